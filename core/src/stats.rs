@@ -1,0 +1,256 @@
+//! Statistics of `amba_results` (CONTRACT sections 3 and 3b), as small pure functions on
+//! statrs' distributions. Every undefined case is `None` (SQL NULL), never NaN or ±inf.
+
+use statrs::distribution::{ChiSquared, ContinuousCDF, Normal, StudentsT};
+use statrs::function::erf::erfc;
+
+/// Sequential testing tuning parameter τ (GrowthBook's default).
+pub const SEQUENTIAL_TUNING: f64 = 5000.0;
+
+/// Exposed users (n) and converted users (x) of one variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Arm {
+    pub exposed: u64,
+    pub converted: u64,
+}
+
+impl Arm {
+    pub fn new(exposed: u64, converted: u64) -> Self {
+        Arm { exposed, converted }
+    }
+
+    /// converted / exposed; `None` when nobody was exposed.
+    pub fn rate(self) -> Option<f64> {
+        (self.exposed > 0).then(|| self.converted as f64 / self.exposed as f64)
+    }
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ZTest {
+    pub z_score: f64,
+    pub p_value: f64,
+}
+
+/// Pooled two-proportion z-test of `treatment` against `control`, two-sided.
+/// `None` when either arm has no exposed users or the pooled standard error is 0.
+pub fn z_test(control: Arm, treatment: Arm) -> Option<ZTest> {
+    if control.exposed == 0 || treatment.exposed == 0 {
+        return None;
+    }
+    let (n_c, n_t) = (control.exposed as f64, treatment.exposed as f64);
+    let (x_c, x_t) = (control.converted as f64, treatment.converted as f64);
+    let (p_c, p_t) = (x_c / n_c, x_t / n_t);
+    let p = (x_t + x_c) / (n_t + n_c);
+    let se = (p * (1.0 - p) * (1.0 / n_t + 1.0 / n_c)).sqrt();
+    if !(se > 0.0) {
+        return None;
+    }
+    let z = (p_t - p_c) / se;
+    // erfc keeps its relative accuracy deep in the tail, where 1 - Φ would round to 0.
+    let p_value = erfc(z.abs() / std::f64::consts::SQRT_2);
+    Some(ZTest { z_score: finite(z)?, p_value: finite(p_value)? })
+}
+
+/// Relative effect of `treatment` over `control`, with its interval, Bayesian chance to
+/// win and always-valid p-value (CONTRACT 3b, matching GrowthBook's gbstats).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Effect {
+    pub lift: f64,
+    pub lift_ci_low: f64,
+    pub lift_ci_high: f64,
+    pub chance_to_win: f64,
+    pub sequential_p_value: f64,
+}
+
+/// Delta-method variance of the relative lift.
+fn lift_variance(p_c: f64, v_c: f64, n_c: f64, p_t: f64, v_t: f64, n_t: f64) -> f64 {
+    v_t / (p_c * p_c * n_t) + v_c * p_t * p_t / (p_c.powi(4) * n_c)
+}
+
+/// Welch–Satterthwaite degrees of freedom.
+fn welch_dof(v_c: f64, n_c: f64, v_t: f64, n_t: f64) -> f64 {
+    let (a, b) = (v_t / n_t, v_c / n_c);
+    (a + b).powi(2) / (v_t * v_t / (n_t * n_t * (n_t - 1.0)) + v_c * v_c / (n_c * n_c * (n_c - 1.0)))
+}
+
+/// ρ² of the asymptotic confidence sequence (Waudby-Smith et al. 2023).
+fn sequential_rho_squared(alpha: f64) -> f64 {
+    let l = alpha.ln();
+    (-2.0 * l + (1.0 - 2.0 * l).ln()) / SEQUENTIAL_TUNING
+}
+
+/// Always-valid p-value, in log space so it never overflows: for a huge effect it
+/// underflows to 0 instead.
+pub fn sequential_p_value(total_n: f64, lift: f64, var: f64, alpha: f64) -> f64 {
+    let rho2 = sequential_rho_squared(alpha);
+    let s = total_n * (lift * lift / var);
+    let nr = total_n * rho2 + 1.0;
+    let log_p = 0.5 * nr.ln() - rho2 * s / (2.0 * nr);
+    log_p.min(0.0).exp()
+}
+
+/// `None` when n_t < 2, n_c < 2, p_c = 0 or the variance is 0 (or anything non-finite).
+pub fn effect(control: Arm, treatment: Arm, alpha: f64) -> Option<Effect> {
+    if control.exposed < 2 || treatment.exposed < 2 || control.converted == 0 {
+        return None;
+    }
+    let (n_c, n_t) = (control.exposed as f64, treatment.exposed as f64);
+    let p_c = control.converted as f64 / n_c;
+    let p_t = treatment.converted as f64 / n_t;
+    let (v_c, v_t) = (p_c * (1.0 - p_c), p_t * (1.0 - p_t));
+    let var = lift_variance(p_c, v_c, n_c, p_t, v_t, n_t);
+    if !(var > 0.0) || !var.is_finite() {
+        return None;
+    }
+    let lift = (p_t - p_c) / p_c;
+    let sd = var.sqrt();
+    let dof = welch_dof(v_c, n_c, v_t, n_t);
+    let t = StudentsT::new(0.0, 1.0, dof).ok()?.inverse_cdf(1.0 - alpha / 2.0);
+    let half_width = t * sd;
+    let standard_normal = Normal::new(0.0, 1.0).ok()?;
+    Some(Effect {
+        lift: finite(lift)?,
+        lift_ci_low: finite(lift - half_width)?,
+        lift_ci_high: finite(lift + half_width)?,
+        chance_to_win: finite(standard_normal.cdf(lift / sd))?,
+        sequential_p_value: finite(sequential_p_value(n_t + n_c, lift, var, alpha))?,
+    })
+}
+
+/// Holm–Bonferroni step-down adjustment over the `Some` p-values (statsmodels'
+/// `multipletests(method="holm")`); `None` stays `None` and does not count in m.
+pub fn holm(p_values: &[Option<f64>]) -> Vec<Option<f64>> {
+    let mut present: Vec<(usize, f64)> =
+        p_values.iter().enumerate().filter_map(|(i, p)| p.map(|p| (i, p))).collect();
+    present.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let m = present.len();
+    let mut adjusted = vec![None; p_values.len()];
+    let mut running_max: f64 = 0.0;
+    for (rank, (index, p)) in present.into_iter().enumerate() {
+        let candidate = ((m - rank) as f64 * p).min(1.0);
+        running_max = running_max.max(candidate);
+        adjusted[index] = Some(running_max);
+    }
+    adjusted
+}
+
+/// Pearson's chi-square goodness of fit of observed exposure counts against expected
+/// ones; variants with expected 0 are left out. `None` when fewer than two variants
+/// expect anyone (no degrees of freedom) or nobody is expected at all.
+pub fn srm_p_value(observed: &[f64], expected: &[f64]) -> Option<f64> {
+    let mut statistic = 0.0;
+    let mut cells = 0usize;
+    for (o, e) in observed.iter().zip(expected) {
+        if *e > 0.0 {
+            statistic += (o - e) * (o - e) / e;
+            cells += 1;
+        }
+    }
+    if cells < 2 {
+        return None;
+    }
+    let chi2 = ChiSquared::new((cells - 1) as f64).ok()?;
+    finite(chi2.sf(statistic))
+}
+
+/// Everything `amba_results` reports for one variant, control first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantStats {
+    pub conversion_rate: Option<f64>,
+    pub z_test: Option<ZTest>,
+    pub effect: Option<Effect>,
+    pub p_value_holm: Option<f64>,
+}
+
+/// The per-variant statistics of an experiment; `arms[0]` is the control, whose row
+/// carries only its conversion rate.
+pub fn analyze(arms: &[Arm], alpha: f64) -> Vec<VariantStats> {
+    let control = arms.first().copied().unwrap_or_default();
+    let mut rows: Vec<VariantStats> = arms
+        .iter()
+        .enumerate()
+        .map(|(i, arm)| VariantStats {
+            conversion_rate: arm.rate(),
+            z_test: if i == 0 { None } else { z_test(control, *arm) },
+            effect: if i == 0 { None } else { effect(control, *arm, alpha) },
+            p_value_holm: None,
+        })
+        .collect();
+    let p_values: Vec<Option<f64>> = rows.iter().map(|r| r.z_test.map(|z| z.p_value)).collect();
+    for (row, adjusted) in rows.iter_mut().zip(holm(&p_values)) {
+        row.p_value_holm = adjusted;
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn z_test_null_cases() {
+        assert!(z_test(Arm::new(0, 0), Arm::new(10, 1)).is_none());
+        assert!(z_test(Arm::new(10, 1), Arm::new(0, 0)).is_none());
+        assert!(z_test(Arm::new(10, 0), Arm::new(10, 0)).is_none()); // p = 0
+        assert!(z_test(Arm::new(10, 10), Arm::new(5, 5)).is_none()); // p = 1
+        assert!(z_test(Arm::new(10, 0), Arm::new(10, 1)).is_some());
+    }
+
+    #[test]
+    fn z_test_known_value() {
+        // 100/1000 vs 150/1000: z = -3.3780 by hand (control better is negative).
+        let r = z_test(Arm::new(1000, 150), Arm::new(1000, 100)).unwrap();
+        assert!((r.z_score + 3.3780).abs() < 1e-4, "{r:?}");
+        assert!((r.p_value - 7.30e-4).abs() < 1e-5, "{r:?}");
+    }
+
+    #[test]
+    fn extreme_p_values_keep_relative_precision() {
+        let r = z_test(Arm::new(100_000, 1_000), Arm::new(100_000, 5_000)).unwrap();
+        assert!(r.p_value > 0.0 && r.p_value < 1e-200, "{r:?}");
+    }
+
+    #[test]
+    fn effect_null_cases() {
+        assert!(effect(Arm::new(1, 1), Arm::new(10, 1), 0.05).is_none());
+        assert!(effect(Arm::new(10, 1), Arm::new(1, 1), 0.05).is_none());
+        assert!(effect(Arm::new(10, 0), Arm::new(10, 1), 0.05).is_none());
+        // Both arms all-converting: the variance is 0.
+        assert!(effect(Arm::new(10, 10), Arm::new(10, 10), 0.05).is_none());
+        // Control all-converting, treatment not: defined.
+        assert!(effect(Arm::new(10, 10), Arm::new(10, 5), 0.05).is_some());
+    }
+
+    #[test]
+    fn sequential_p_value_underflows_instead_of_overflowing() {
+        let e = effect(Arm::new(1_000_000, 1_000), Arm::new(1_000_000, 100_000), 0.05).unwrap();
+        assert_eq!(e.sequential_p_value, 0.0);
+        let none = effect(Arm::new(1000, 100), Arm::new(1000, 100), 0.05).unwrap();
+        assert_eq!(none.sequential_p_value, 1.0);
+    }
+
+    #[test]
+    fn holm_matches_hand_computation() {
+        let adjusted = holm(&[None, Some(0.01), Some(0.04), None, Some(0.03)]);
+        assert_eq!(adjusted[0], None);
+        assert_eq!(adjusted[3], None);
+        assert!((adjusted[1].unwrap() - 0.03).abs() < 1e-15);
+        assert!((adjusted[4].unwrap() - 0.06).abs() < 1e-15);
+        assert!((adjusted[2].unwrap() - 0.06).abs() < 1e-15); // max(0.04, 0.06)
+        assert_eq!(holm(&[Some(0.9), Some(0.8)]), vec![Some(1.0), Some(1.0)]);
+    }
+
+    #[test]
+    fn srm_cases() {
+        assert!(srm_p_value(&[0.0, 0.0], &[0.0, 0.0]).is_none());
+        assert!(srm_p_value(&[10.0, 0.0], &[10.0, 0.0]).is_none());
+        let balanced = srm_p_value(&[500.0, 500.0], &[500.0, 500.0]).unwrap();
+        assert_eq!(balanced, 1.0);
+        let skewed = srm_p_value(&[400.0, 600.0], &[500.0, 500.0]).unwrap();
+        assert!(skewed < 1e-9, "{skewed}");
+    }
+}

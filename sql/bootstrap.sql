@@ -1,0 +1,101 @@
+-- Amba experiments: data schema. Everything the extension stores lives in schema `amba`
+-- (owned by the extension); public functions are created in the extension's schema.
+
+CREATE SCHEMA amba;
+COMMENT ON SCHEMA amba IS 'Amba experiments: data (experiments, assignments, exposures, events, audit, API keys)';
+
+-- The three roles of the contract: reused when they exist already.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'amba_admin') THEN
+        CREATE ROLE amba_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'amba_analyst') THEN
+        CREATE ROLE amba_analyst NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'amba_client') THEN
+        CREATE ROLE amba_client NOLOGIN;
+    END IF;
+END
+$roles$;
+
+CREATE TABLE amba.experiments (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key            text NOT NULL UNIQUE CHECK (key ~ '^[A-Za-z0-9_.:-]{1,128}$'),
+    name           text,
+    description    text,
+    status         text NOT NULL DEFAULT 'active'
+                   CHECK (status IN ('draft', 'active', 'paused', 'ended')),
+    -- Variants in order, control first; weights parallel to the keys.
+    variant_keys   text[] NOT NULL,
+    weights        double precision[] NOT NULL,
+    -- Bumped whenever the variants or weights change (see amba.weight_versions).
+    weight_version integer NOT NULL DEFAULT 1,
+    -- Bumped by every update: assignment inserts only under the revision it computed with.
+    revision       bigint NOT NULL DEFAULT 1,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    CHECK (cardinality(variant_keys) >= 2 AND cardinality(variant_keys) = cardinality(weights))
+);
+
+-- Every set of weights an experiment has had, so the sample-ratio test can compare each
+-- user with the weights in force when they were assigned.
+CREATE TABLE amba.weight_versions (
+    experiment_id bigint NOT NULL REFERENCES amba.experiments (id) ON DELETE CASCADE,
+    version       integer NOT NULL,
+    variant_keys  text[] NOT NULL,
+    weights       double precision[] NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (experiment_id, version)
+);
+
+CREATE TABLE amba.assignments (
+    experiment_id  bigint NOT NULL REFERENCES amba.experiments (id) ON DELETE CASCADE,
+    user_id        text NOT NULL,
+    variant        text NOT NULL,
+    weight_version integer NOT NULL,
+    assigned_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (experiment_id, user_id)
+);
+
+CREATE TABLE amba.exposures (
+    experiment_id bigint NOT NULL,
+    user_id       text NOT NULL,
+    exposed_at    timestamptz NOT NULL DEFAULT now(),   -- the first exposure
+    PRIMARY KEY (experiment_id, user_id),
+    FOREIGN KEY (experiment_id, user_id)
+        REFERENCES amba.assignments (experiment_id, user_id) ON DELETE CASCADE
+);
+
+-- Events are not tied to experiments: one conversion can count in many experiments.
+CREATE TABLE amba.events (
+    event_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id     text NOT NULL,
+    event       text NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    properties  jsonb CHECK (properties IS NULL OR jsonb_typeof(properties) = 'object')
+);
+-- amba_results reads each user's latest occurrence of one event: an index-only scan.
+CREATE INDEX events_event_user_time ON amba.events (event, user_id, occurred_at);
+
+CREATE TABLE amba.experiment_history (
+    history_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    experiment_key text NOT NULL,
+    changed_at     timestamptz NOT NULL DEFAULT now(),
+    changed_by     text NOT NULL,
+    api_key_name   text,
+    jwt_sub        text,
+    action         text NOT NULL CHECK (action IN ('create', 'update', 'delete')),
+    before         jsonb,
+    after          jsonb
+);
+CREATE INDEX experiment_history_key ON amba.experiment_history (experiment_key, history_id);
+
+-- API keys for the HTTP surface: only a SHA-256 of the plaintext is stored.
+CREATE TABLE amba.api_keys (
+    name       text PRIMARY KEY,
+    kind       text NOT NULL CHECK (kind IN ('client', 'admin')),
+    key_hash   bytea NOT NULL UNIQUE,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz
+);
