@@ -273,7 +273,7 @@ BEGIN
     plaintext := 'amba_' || rtrim(translate(encode(amba._random_bytes(32), 'base64'), E'+/\n', '-_'), '=');
     INSERT INTO amba.api_keys (name, kind, key_hash)
     VALUES (amba_create_api_key.name, amba_create_api_key.kind, sha256(convert_to(plaintext, 'UTF8')))
-    ON CONFLICT (name) DO NOTHING;
+    ON CONFLICT ON CONSTRAINT api_keys_pkey DO NOTHING;
     IF NOT FOUND THEN
         PERFORM amba._raise('API_KEY_EXISTS',
             format('an API key named %s exists already (revoked names stay taken)', to_json(amba_create_api_key.name)));

@@ -183,6 +183,12 @@ async fn run(db: &Db, spec: &Spec, args: Option<&JsonObject>) -> Result<(String,
             None => "[]".to_string(),
         },
     };
+    // json_agg puts a line break between elements; a line break never occurs inside a
+    // JSON string (it is escaped there), so dropping them leaves the same JSON on one line.
+    let text = match spec.shape {
+        Shape::List | Shape::Rows => text.replace('\n', ""),
+        _ => text,
+    };
     let value: Value = serde_json::from_str(&text).map_err(|e| bad_reply(&e))?;
     Ok((text, value))
 }
