@@ -23,6 +23,9 @@ REVOKE ALL ON FUNCTION
 FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA amba TO amba_admin, amba_analyst, amba_client;
+-- Admins and analysts call the public functions directly, wherever they were created
+-- (CREATE EXTENSION amba SCHEMA s): without USAGE on that schema they could call none.
+GRANT USAGE ON SCHEMA @extschema@ TO amba_admin, amba_analyst;
 
 -- Admins: everything.
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA amba TO amba_admin;
@@ -149,7 +152,14 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp A
 DECLARE
     headers jsonb := coalesce(nullif(current_setting('request.headers', true), '')::jsonb, '{}'::jsonb);
     api_key text := headers ->> 'x-api-key';
-    path text := coalesce(current_setting('request.path', true), '');
+    -- request.path is the raw path, while PostgREST routes on the percent-decoded one
+    -- (/rpc/experiments%5Fcreate calls experiments_create): match on the decoded path.
+    path text := coalesce((
+        SELECT convert_from(string_agg(CASE WHEN m[1] IS NULL THEN convert_to(m[2], 'UTF8')
+                                            ELSE decode(substr(m[1], 2), 'hex') END,
+                                       ''::bytea ORDER BY n), 'UTF8')
+          FROM regexp_matches(current_setting('request.path', true),
+                              '(%[0-9A-Fa-f]{2})|([^%]+|%)', 'g') WITH ORDINALITY AS t(m, n)), '');
     request_role text := current_setting('role');
     key_row amba.api_keys;
 BEGIN
@@ -161,7 +171,8 @@ BEGIN
         PERFORM amba._http_error(401, 'API_KEY_INVALID', 'the API key is unknown or revoked');
     END IF;
 
-    IF path ~ '^/rpc/experiments_' THEN
+    -- The admin role acts only with an admin key, whatever the path.
+    IF path ~ '^/rpc/experiments_' OR request_role = 'amba_admin' THEN
         IF key_row.kind <> 'admin' OR request_role <> 'amba_admin' THEN
             PERFORM amba._http_error(403, 'FORBIDDEN',
                 'admin endpoints need an admin API key and the amba_admin role');

@@ -202,16 +202,18 @@ mod tests {
 
     #[test]
     fn z_test_known_value() {
-        // 100/1000 vs 150/1000: z = -3.3780 by hand (control better is negative).
+        // 100/1000 vs 150/1000 (control better: negative z). By hand: pooled p = 0.125,
+        // se = sqrt(0.125 * 0.875 * 2 / 1000) = 0.0147902, z = -0.05 / se = -3.38062.
         let r = z_test(Arm::new(1000, 150), Arm::new(1000, 100)).unwrap();
-        assert!((r.z_score + 3.3780).abs() < 1e-4, "{r:?}");
-        assert!((r.p_value - 7.30e-4).abs() < 1e-5, "{r:?}");
+        assert!((r.z_score + 3.380617).abs() < 1e-6, "{r:?}");
+        assert!((r.p_value - 7.2323e-4).abs() < 1e-8, "{r:?}");
     }
 
     #[test]
     fn extreme_p_values_keep_relative_precision() {
-        let r = z_test(Arm::new(100_000, 1_000), Arm::new(100_000, 5_000)).unwrap();
-        assert!(r.p_value > 0.0 && r.p_value < 1e-200, "{r:?}");
+        // z ≈ 25.6: 1 - Φ(z) would round to 0; erfc keeps about 1e-144.
+        let r = z_test(Arm::new(100_000, 1_000), Arm::new(100_000, 2_500)).unwrap();
+        assert!(r.p_value > 0.0 && r.p_value < 1e-100, "{r:?}");
     }
 
     #[test]
@@ -227,7 +229,7 @@ mod tests {
 
     #[test]
     fn sequential_p_value_underflows_instead_of_overflowing() {
-        let e = effect(Arm::new(1_000_000, 1_000), Arm::new(1_000_000, 100_000), 0.05).unwrap();
+        let e = effect(Arm::new(10_000_000, 10_000), Arm::new(10_000_000, 5_000_000), 0.05).unwrap();
         assert_eq!(e.sequential_p_value, 0.0);
         let none = effect(Arm::new(1000, 100), Arm::new(1000, 100), 0.05).unwrap();
         assert_eq!(none.sequential_p_value, 1.0);

@@ -121,7 +121,11 @@ pub struct Variant {
 /// unique valid keys, finite non-negative numeric weights and a positive sum.
 pub fn variants_json(text: &str) -> Result<Vec<Variant>, CoreError> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        CoreError::invalid(format!("variants is not valid JSON with finite numbers ({e})"))
+        if e.is_syntax() && e.to_string().contains("number out of range") {
+            CoreError::invalid("a variant weight is not finite as double precision")
+        } else {
+            CoreError::invalid(format!("variants is not valid JSON ({e})"))
+        }
     })?;
     variants(&value)
 }
@@ -293,7 +297,7 @@ mod tests {
             (r#"[{"key":"a","weight":1},{"key":"b c","weight":1}]"#, "contains"),
             (r#"[{"key":"a","weight":1},{"key":"b","weight":-1}]"#, ">= 0"),
             (r#"[{"key":"a","weight":0},{"key":"b","weight":0}]"#, "greater than 0"),
-            (r#"[{"key":"a","weight":1},{"key":"b","weight":1e999}]"#, "finite"),
+            (r#"[{"key":"a","weight":1},{"key":"b","weight":1e999}]"#, "not finite"),
             (r#"[{"key":"a","weight":1e308},{"key":"b","weight":1e308}]"#, "finite number greater"),
             (r#"[{"key":"a","weight":1},{"key":"b","weight":1,"x":1}]"#, "unknown field"),
             (r#"not json"#, "valid JSON"),

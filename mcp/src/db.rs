@@ -309,7 +309,10 @@ mod tests {
             message_code("EXPERIMENT_NOT_FOUND: experiment \"x\" does not exist"),
             Some("EXPERIMENT_NOT_FOUND")
         );
-        assert_eq!(message_code("INVALID_ARGUMENT: bad"), Some("INVALID_ARGUMENT"));
+        assert_eq!(
+            message_code("INVALID_ARGUMENT: bad"),
+            Some("INVALID_ARGUMENT")
+        );
         assert_eq!(message_code("function amba_x() does not exist"), None);
         assert_eq!(message_code("permission denied: x"), None);
         assert_eq!(message_code("NO colon here"), None);

@@ -78,7 +78,10 @@ fn bind(spec: &Spec, args: Option<&JsonObject>) -> Result<Vec<(&'static str, Par
             format!("allowed: {}", names.join(", "))
         }
     };
-    if let Some(unknown) = args.keys().find(|k| !spec.args.iter().any(|a| a.name == k.as_str())) {
+    if let Some(unknown) = args
+        .keys()
+        .find(|k| !spec.args.iter().any(|a| a.name == k.as_str()))
+    {
         return Err(ToolError::invalid_argument(format!(
             "unknown argument \"{unknown}\" for {} ({})",
             spec.tool,
@@ -157,7 +160,11 @@ fn not_found(key: &str) -> ToolError {
 }
 
 /// Run the tool: the SQL JSON as text, and the same JSON parsed.
-async fn run(db: &Db, spec: &Spec, args: Option<&JsonObject>) -> Result<(String, Value), ToolError> {
+async fn run(
+    db: &Db,
+    spec: &Spec,
+    args: Option<&JsonObject>,
+) -> Result<(String, Value), ToolError> {
     let bound = bind(spec, args)?;
     let key = bound
         .iter()
@@ -170,14 +177,23 @@ async fn run(db: &Db, spec: &Spec, args: Option<&JsonObject>) -> Result<(String,
     let params: Vec<Param> = bound.into_iter().map(|(_, p)| p).collect();
     let row = db.query_one(&sql, &params, spec.read_only).await?;
     let bad_reply = |e: &dyn std::fmt::Display| {
-        ToolError::new("DATABASE_ERROR", format!("unexpected reply from {}: {e}", spec.function))
+        ToolError::new(
+            "DATABASE_ERROR",
+            format!("unexpected reply from {}: {e}", spec.function),
+        )
     };
     let text = match spec.shape {
-        Shape::Deleted => match row.try_get::<_, Option<bool>>(0).map_err(|e| bad_reply(&e))? {
+        Shape::Deleted => match row
+            .try_get::<_, Option<bool>>(0)
+            .map_err(|e| bad_reply(&e))?
+        {
             Some(true) => "true".to_string(),
             _ => return Err(not_found(&key)),
         },
-        _ => match row.try_get::<_, Option<String>>(0).map_err(|e| bad_reply(&e))? {
+        _ => match row
+            .try_get::<_, Option<String>>(0)
+            .map_err(|e| bad_reply(&e))?
+        {
             Some(text) => text,
             None if spec.shape == Shape::Experiment => return Err(not_found(&key)),
             None => "[]".to_string(),
@@ -225,7 +241,11 @@ impl ServerHandler for AmbaServer {
                 format!(
                     "unknown tool \"{}\"; the tools are: {}",
                     request.name,
-                    tools::SPECS.iter().map(|s| s.tool).collect::<Vec<_>>().join(", ")
+                    tools::SPECS
+                        .iter()
+                        .map(|s| s.tool)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 None,
             ));
@@ -341,7 +361,9 @@ mod tests {
             "SELECT amba_update_experiment(experiment_key => $1::text, status => $2::text)::text"
         );
         let spec = tools::spec("amba_experiments_results").unwrap();
-        let a = args(serde_json::json!({"experiment_key": "k", "conversion_event": "buy", "alpha": 0.1}));
+        let a = args(
+            serde_json::json!({"experiment_key": "k", "conversion_event": "buy", "alpha": 0.1}),
+        );
         let bound = bind(spec, Some(&a)).unwrap();
         assert_eq!(
             statement(spec, &bound),
@@ -361,14 +383,25 @@ mod tests {
         let err = bind(spec, Some(&args(serde_json::json!({"variants": []})))).unwrap_err();
         assert_eq!(err.code, "INVALID_ARGUMENT");
         assert!(err.message.contains("experiment_key"), "{}", err.message);
-        let err = bind(spec, Some(&args(serde_json::json!({"experiment_key": 5, "variants": []}))))
-            .unwrap_err();
+        let err = bind(
+            spec,
+            Some(&args(
+                serde_json::json!({"experiment_key": 5, "variants": []}),
+            )),
+        )
+        .unwrap_err();
         assert!(err.message.contains("must be a string"), "{}", err.message);
         let err = bind(
             spec,
-            Some(&args(serde_json::json!({"experiment_key": "k", "variants": [], "key": "x"}))),
+            Some(&args(
+                serde_json::json!({"experiment_key": "k", "variants": [], "key": "x"}),
+            )),
         )
         .unwrap_err();
-        assert!(err.message.contains("unknown argument \"key\""), "{}", err.message);
+        assert!(
+            err.message.contains("unknown argument \"key\""),
+            "{}",
+            err.message
+        );
     }
 }

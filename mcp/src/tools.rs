@@ -49,7 +49,11 @@ pub struct Spec {
     pub legacy_wrapper: &'static str,
 }
 
-const KEY: Arg = Arg { name: "experiment_key", kind: Kind::Text, required: true };
+const KEY: Arg = Arg {
+    name: "experiment_key",
+    kind: Kind::Text,
+    required: true,
+};
 
 pub const SPECS: &[Spec] = &[
     Spec {
@@ -57,10 +61,26 @@ pub const SPECS: &[Spec] = &[
         function: "amba_create_experiment",
         args: &[
             KEY,
-            Arg { name: "variants", kind: Kind::Json, required: true },
-            Arg { name: "name", kind: Kind::Text, required: false },
-            Arg { name: "description", kind: Kind::Text, required: false },
-            Arg { name: "status", kind: Kind::Text, required: false },
+            Arg {
+                name: "variants",
+                kind: Kind::Json,
+                required: true,
+            },
+            Arg {
+                name: "name",
+                kind: Kind::Text,
+                required: false,
+            },
+            Arg {
+                name: "description",
+                kind: Kind::Text,
+                required: false,
+            },
+            Arg {
+                name: "status",
+                kind: Kind::Text,
+                required: false,
+            },
         ],
         shape: Shape::Experiment,
         read_only: false,
@@ -87,10 +107,26 @@ pub const SPECS: &[Spec] = &[
         function: "amba_update_experiment",
         args: &[
             KEY,
-            Arg { name: "variants", kind: Kind::Json, required: false },
-            Arg { name: "status", kind: Kind::Text, required: false },
-            Arg { name: "name", kind: Kind::Text, required: false },
-            Arg { name: "description", kind: Kind::Text, required: false },
+            Arg {
+                name: "variants",
+                kind: Kind::Json,
+                required: false,
+            },
+            Arg {
+                name: "status",
+                kind: Kind::Text,
+                required: false,
+            },
+            Arg {
+                name: "name",
+                kind: Kind::Text,
+                required: false,
+            },
+            Arg {
+                name: "description",
+                kind: Kind::Text,
+                required: false,
+            },
         ],
         shape: Shape::Experiment,
         read_only: false,
@@ -109,8 +145,16 @@ pub const SPECS: &[Spec] = &[
         function: "amba_results",
         args: &[
             KEY,
-            Arg { name: "conversion_event", kind: Kind::Text, required: true },
-            Arg { name: "alpha", kind: Kind::Number, required: false },
+            Arg {
+                name: "conversion_event",
+                kind: Kind::Text,
+                required: true,
+            },
+            Arg {
+                name: "alpha",
+                kind: Kind::Number,
+                required: false,
+            },
         ],
         shape: Shape::Rows,
         read_only: true,
@@ -324,7 +368,10 @@ pub fn tools() -> Vec<Tool> {
     let get = Tool::new(
         "amba_experiments_get",
         GET_DOC,
-        object_schema(json!({ "experiment_key": key_schema() }), &["experiment_key"]),
+        object_schema(
+            json!({ "experiment_key": key_schema() }),
+            &["experiment_key"],
+        ),
     )
     .with_title("Get an A/B experiment")
     .annotate(ToolAnnotations::new().read_only(true).open_world(false));
@@ -359,7 +406,10 @@ pub fn tools() -> Vec<Tool> {
     let delete = Tool::new(
         "amba_experiments_delete",
         DELETE_DOC,
-        object_schema(json!({ "experiment_key": key_schema() }), &["experiment_key"]),
+        object_schema(
+            json!({ "experiment_key": key_schema() }),
+            &["experiment_key"],
+        ),
     )
     .with_title("Delete an A/B experiment")
     .annotate(
@@ -422,8 +472,12 @@ mod tests {
                 .iter()
                 .map(|v| v.as_str().unwrap())
                 .collect();
-            let spec_required: Vec<&str> =
-                spec.args.iter().filter(|a| a.required).map(|a| a.name).collect();
+            let spec_required: Vec<&str> = spec
+                .args
+                .iter()
+                .filter(|a| a.required)
+                .map(|a| a.name)
+                .collect();
             assert_eq!(required, spec_required, "{}", tool.name);
         }
     }

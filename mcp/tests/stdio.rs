@@ -68,7 +68,12 @@ impl Server {
             }
         });
         let stdin = child.stdin.take();
-        let mut server = Server { child, stdin, rx, next_id: 1 };
+        let mut server = Server {
+            child,
+            stdin,
+            rx,
+            next_id: 1,
+        };
         let init = server.request(
             "initialize",
             json!({
@@ -80,7 +85,10 @@ impl Server {
         let result = &init["result"];
         assert_eq!(result["serverInfo"]["name"], "amba-mcp", "{init}");
         assert!(result["capabilities"]["tools"].is_object(), "{init}");
-        assert!(result["instructions"].as_str().unwrap_or("").contains("amba_assign"));
+        assert!(result["instructions"]
+            .as_str()
+            .unwrap_or("")
+            .contains("amba_assign"));
         server.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
         server
     }
@@ -105,9 +113,14 @@ impl Server {
                     return msg;
                 }
                 Ok(_other) => continue, // a notification or a server request: ignore
-                Err(RecvTimeoutError::Timeout) => panic!("no answer to {method} within {TIMEOUT:?}"),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no answer to {method} within {TIMEOUT:?}")
+                }
                 Err(RecvTimeoutError::Disconnected) => {
-                    panic!("amba-mcp closed stdout while waiting for {method}: {:?}", self.child.try_wait())
+                    panic!(
+                        "amba-mcp closed stdout while waiting for {method}: {:?}",
+                        self.child.try_wait()
+                    )
                 }
             }
         }
@@ -116,7 +129,10 @@ impl Server {
     /// tools/call; returns the CallToolResult.
     fn call(&mut self, tool: &str, arguments: Value) -> Value {
         let msg = self.request("tools/call", json!({"name": tool, "arguments": arguments}));
-        assert!(msg.get("error").is_none(), "{tool} gave a protocol error: {msg}");
+        assert!(
+            msg.get("error").is_none(),
+            "{tool} gave a protocol error: {msg}"
+        );
         msg["result"].clone()
     }
 
@@ -124,11 +140,18 @@ impl Server {
     /// text content holds the same JSON.
     fn ok(&mut self, tool: &str, arguments: Value) -> Value {
         let result = self.call(tool, arguments.clone());
-        assert_eq!(result["isError"], json!(false), "{tool} {arguments} failed: {result}");
+        assert_eq!(
+            result["isError"],
+            json!(false),
+            "{tool} {arguments} failed: {result}"
+        );
         let text = result["content"][0]["text"].as_str().expect("text content");
         let from_text: Value = serde_json::from_str(text).expect("text content is JSON");
         let structured = result["structuredContent"].clone();
-        assert!(structured.is_object(), "structuredContent is an object: {result}");
+        assert!(
+            structured.is_object(),
+            "structuredContent is an object: {result}"
+        );
         // Arrays (and the boolean of delete) come wrapped in an object for clients on
         // protocol versions before 2026-07-28; the text is always the bare SQL JSON.
         let unwrapped = match (&from_text, structured.as_object()) {
@@ -143,8 +166,15 @@ impl Server {
     /// A call that must fail with `code`; returns the error text.
     fn err(&mut self, tool: &str, arguments: Value, code: &str) -> String {
         let result = self.call(tool, arguments.clone());
-        assert_eq!(result["isError"], json!(true), "{tool} {arguments} should fail: {result}");
-        let text = result["content"][0]["text"].as_str().expect("text content").to_string();
+        assert_eq!(
+            result["isError"],
+            json!(true),
+            "{tool} {arguments} should fail: {result}"
+        );
+        let text = result["content"][0]["text"]
+            .as_str()
+            .expect("text content")
+            .to_string();
         assert!(
             text.starts_with(&format!("{code}: ")),
             "{tool} {arguments}: expected {code}, got: {text}"
@@ -207,17 +237,37 @@ fn lists_six_tools_with_schemas() {
     let expected: &[(&str, &[&str], &[&str])] = &[
         (
             "amba_experiments_create",
-            &["experiment_key", "variants", "name", "description", "status"],
+            &[
+                "experiment_key",
+                "variants",
+                "name",
+                "description",
+                "status",
+            ],
             &["experiment_key", "variants"],
         ),
         ("amba_experiments_list", &[], &[]),
-        ("amba_experiments_get", &["experiment_key"], &["experiment_key"]),
         (
-            "amba_experiments_update",
-            &["experiment_key", "variants", "status", "name", "description"],
+            "amba_experiments_get",
+            &["experiment_key"],
             &["experiment_key"],
         ),
-        ("amba_experiments_delete", &["experiment_key"], &["experiment_key"]),
+        (
+            "amba_experiments_update",
+            &[
+                "experiment_key",
+                "variants",
+                "status",
+                "name",
+                "description",
+            ],
+            &["experiment_key"],
+        ),
+        (
+            "amba_experiments_delete",
+            &["experiment_key"],
+            &["experiment_key"],
+        ),
         (
             "amba_experiments_results",
             &["experiment_key", "conversion_event", "alpha"],
@@ -246,18 +296,36 @@ fn lists_six_tools_with_schemas() {
         let description = tool["description"].as_str().unwrap();
         assert!(description.len() > 100, "{name} has a real description");
     }
-    let create = tools.iter().find(|t| t["name"] == "amba_experiments_create").unwrap();
+    let create = tools
+        .iter()
+        .find(|t| t["name"] == "amba_experiments_create")
+        .unwrap();
     let variants = &create["inputSchema"]["properties"]["variants"];
     assert_eq!(variants["type"], "array");
     assert_eq!(variants["items"]["properties"]["weight"]["type"], "number");
     assert_eq!(variants["items"]["properties"]["weight"]["minimum"], 0);
-    assert!(variants["description"].as_str().unwrap().contains("control"));
+    assert!(variants["description"]
+        .as_str()
+        .unwrap()
+        .contains("control"));
     let status = &create["inputSchema"]["properties"]["status"];
-    assert_eq!(status["enum"], json!(["draft", "active", "paused", "ended"]));
-    let update = tools.iter().find(|t| t["name"] == "amba_experiments_update").unwrap();
+    assert_eq!(
+        status["enum"],
+        json!(["draft", "active", "paused", "ended"])
+    );
+    let update = tools
+        .iter()
+        .find(|t| t["name"] == "amba_experiments_update")
+        .unwrap();
     let doc = update["description"].as_str().unwrap();
-    assert!(doc.contains("EXPERIMENT_INACTIVE") && doc.contains("never move"), "{doc}");
-    let results = tools.iter().find(|t| t["name"] == "amba_experiments_results").unwrap();
+    assert!(
+        doc.contains("EXPERIMENT_INACTIVE") && doc.contains("never move"),
+        "{doc}"
+    );
+    let results = tools
+        .iter()
+        .find(|t| t["name"] == "amba_experiments_results")
+        .unwrap();
     let doc = results["description"].as_str().unwrap();
     for column in [
         "conversion_rate",
@@ -271,7 +339,10 @@ fn lists_six_tools_with_schemas() {
         "srm_p_value",
         "0.001",
     ] {
-        assert!(doc.contains(column), "results description mentions {column}");
+        assert!(
+            doc.contains(column),
+            "results description mentions {column}"
+        );
     }
     assert!(server.alive());
 }
@@ -343,7 +414,10 @@ fn every_tool_end_to_end() {
     assert_eq!(reweighted["variants"][0]["weight"].as_f64(), Some(0.25));
     assert_eq!(reweighted["variants"][1]["weight"].as_f64(), Some(0.75));
     assert_eq!(reweighted["status"], "active");
-    assert_eq!(reweighted["name"], "Checkout button", "omitted arguments stay unchanged");
+    assert_eq!(
+        reweighted["name"], "Checkout button",
+        "omitted arguments stay unchanged"
+    );
     for (u, v) in &early {
         let now: String = db
             .query_one("SELECT amba_assign($1::text, $2::text)", &[&k, u])
@@ -356,10 +430,13 @@ fn every_tool_end_to_end() {
     let mut tx = db.transaction().unwrap();
     for i in 0..200 {
         let u = user(i);
-        tx.execute("SELECT amba_assign($1::text, $2::text)", &[&k, &u]).unwrap();
-        tx.execute("SELECT amba_expose($1::text, $2::text)", &[&k, &u]).unwrap();
+        tx.execute("SELECT amba_assign($1::text, $2::text)", &[&k, &u])
+            .unwrap();
+        tx.execute("SELECT amba_expose($1::text, $2::text)", &[&k, &u])
+            .unwrap();
         if i % 4 == 0 || (i % 7 == 0) {
-            tx.execute("SELECT amba_track($1::text, $2::text)", &[&u, &event]).unwrap();
+            tx.execute("SELECT amba_track($1::text, $2::text)", &[&u, &event])
+                .unwrap();
         }
     }
     tx.commit().unwrap();
@@ -376,9 +453,15 @@ fn every_tool_end_to_end() {
         .unwrap()
         .get(0);
     assert_eq!(again, early[0].1);
-    let new_user = db.query_one("SELECT amba_assign($1::text, $2::text)", &[&k, &user(10_000)]);
+    let new_user = db.query_one(
+        "SELECT amba_assign($1::text, $2::text)",
+        &[&k, &user(10_000)],
+    );
     let e = new_user.expect_err("a new user on a paused experiment");
-    let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
     assert!(message.starts_with("EXPERIMENT_INACTIVE:"), "{message}");
 
     // results: the same JSON as the SQL function
@@ -417,19 +500,35 @@ fn every_tool_end_to_end() {
         "sequential_p_value",
         "srm_p_value",
     ] {
-        assert!(rows[0].get(column).is_some(), "results carry {column}: {}", rows[0]);
+        assert!(
+            rows[0].get(column).is_some(),
+            "results carry {column}: {}",
+            rows[0]
+        );
     }
-    let assigned: i64 = rows.iter().map(|r| r["assigned_count"].as_i64().unwrap()).sum();
-    let exposed: i64 = rows.iter().map(|r| r["exposed_count"].as_i64().unwrap()).sum();
-    let converted: i64 = rows.iter().map(|r| r["converted_count"].as_i64().unwrap()).sum();
+    let assigned: i64 = rows
+        .iter()
+        .map(|r| r["assigned_count"].as_i64().unwrap())
+        .sum();
+    let exposed: i64 = rows
+        .iter()
+        .map(|r| r["exposed_count"].as_i64().unwrap())
+        .sum();
+    let converted: i64 = rows
+        .iter()
+        .map(|r| r["converted_count"].as_i64().unwrap())
+        .sum();
     assert_eq!((assigned, exposed), (200, 200));
     let expected_conversions = (0..200).filter(|i| i % 4 == 0 || i % 7 == 0).count() as i64;
     assert_eq!(converted, expected_conversions);
     for row in rows {
-        let rate = row["converted_count"].as_f64().unwrap() / row["exposed_count"].as_f64().unwrap();
+        let rate =
+            row["converted_count"].as_f64().unwrap() / row["exposed_count"].as_f64().unwrap();
         assert!((row["conversion_rate"].as_f64().unwrap() - rate).abs() < 1e-12);
     }
-    assert!(rows[0]["z_score"].is_null() && rows[0]["p_value"].is_null() && rows[0]["lift"].is_null());
+    assert!(
+        rows[0]["z_score"].is_null() && rows[0]["p_value"].is_null() && rows[0]["lift"].is_null()
+    );
     assert!(rows[1]["p_value"].is_number(), "{}", rows[1]);
     assert!(rows[1]["srm_p_value"].is_number(), "{}", rows[1]);
 
@@ -439,16 +538,27 @@ fn every_tool_end_to_end() {
         json!({"experiment_key": k, "conversion_event": event, "alpha": 0.01}),
     );
     assert_eq!(wide[1]["p_value"], rows[1]["p_value"]);
-    if let (Some(lo), Some(lo99)) = (rows[1]["lift_ci_low"].as_f64(), wide[1]["lift_ci_low"].as_f64()) {
+    if let (Some(lo), Some(lo99)) = (
+        rows[1]["lift_ci_low"].as_f64(),
+        wide[1]["lift_ci_low"].as_f64(),
+    ) {
         assert!(lo99 < lo, "a 99% interval is wider than a 95% one");
     }
 
     // delete
     let deleted = server.ok("amba_experiments_delete", json!({"experiment_key": k}));
     assert_eq!(deleted, json!(true));
-    server.err("amba_experiments_get", json!({"experiment_key": k}), "EXPERIMENT_NOT_FOUND");
+    server.err(
+        "amba_experiments_get",
+        json!({"experiment_key": k}),
+        "EXPERIMENT_NOT_FOUND",
+    );
     let listed = server.ok("amba_experiments_list", json!({}));
-    assert!(!listed.as_array().unwrap().iter().any(|e| e["key"] == json!(k)));
+    assert!(!listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["key"] == json!(k)));
     assert!(server.alive());
 }
 
@@ -461,12 +571,25 @@ fn errors_carry_contract_codes() {
     let two = json!([{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]);
 
     // unknown key
-    let text = server.err("amba_experiments_get", json!({"experiment_key": missing}), "EXPERIMENT_NOT_FOUND");
+    let text = server.err(
+        "amba_experiments_get",
+        json!({"experiment_key": missing}),
+        "EXPERIMENT_NOT_FOUND",
+    );
     assert!(text.contains("P0002"), "{text}");
     for (tool, args) in [
-        ("amba_experiments_update", json!({"experiment_key": missing, "status": "paused"})),
-        ("amba_experiments_delete", json!({"experiment_key": missing})),
-        ("amba_experiments_results", json!({"experiment_key": missing, "conversion_event": "x"})),
+        (
+            "amba_experiments_update",
+            json!({"experiment_key": missing, "status": "paused"}),
+        ),
+        (
+            "amba_experiments_delete",
+            json!({"experiment_key": missing}),
+        ),
+        (
+            "amba_experiments_results",
+            json!({"experiment_key": missing, "conversion_event": "x"}),
+        ),
     ] {
         server.err(tool, args, "EXPERIMENT_NOT_FOUND");
     }
@@ -500,10 +623,17 @@ fn errors_carry_contract_codes() {
         "INVALID_ARGUMENT",
     );
     // nothing was left behind by the failed creates
-    server.err("amba_experiments_get", json!({"experiment_key": k}), "EXPERIMENT_NOT_FOUND");
+    server.err(
+        "amba_experiments_get",
+        json!({"experiment_key": k}),
+        "EXPERIMENT_NOT_FOUND",
+    );
 
     // duplicate
-    server.ok("amba_experiments_create", json!({"experiment_key": k, "variants": two, "status": "draft"}));
+    server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": k, "variants": two, "status": "draft"}),
+    );
     let text = server.err(
         "amba_experiments_create",
         json!({"experiment_key": k, "variants": two}),
@@ -517,7 +647,11 @@ fn errors_carry_contract_codes() {
         json!({"experiment_key": k, "variants": [{"key": "a", "weight": 1}]}),
         "INVALID_ARGUMENT",
     );
-    server.err("amba_experiments_update", json!({"experiment_key": k, "status": "stopped"}), "INVALID_ARGUMENT");
+    server.err(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "status": "stopped"}),
+        "INVALID_ARGUMENT",
+    );
     server.err(
         "amba_experiments_results",
         json!({"experiment_key": k, "conversion_event": "x", "alpha": 1.5}),
@@ -525,14 +659,30 @@ fn errors_carry_contract_codes() {
     );
 
     // argument errors caught before SQL
-    let text = server.err("amba_experiments_create", json!({"experiment_key": k}), "INVALID_ARGUMENT");
+    let text = server.err(
+        "amba_experiments_create",
+        json!({"experiment_key": k}),
+        "INVALID_ARGUMENT",
+    );
     assert!(text.contains("variants"), "{text}");
     server.err("amba_experiments_get", json!({}), "INVALID_ARGUMENT");
     let bare = server.request("tools/call", json!({"name": "amba_experiments_get"}));
     assert_eq!(bare["result"]["isError"], json!(true), "{bare}");
-    server.err("amba_experiments_results", json!({"experiment_key": k}), "INVALID_ARGUMENT");
-    server.err("amba_experiments_get", json!({"experiment_key": 42}), "INVALID_ARGUMENT");
-    server.err("amba_experiments_get", json!({"key": k}), "INVALID_ARGUMENT");
+    server.err(
+        "amba_experiments_results",
+        json!({"experiment_key": k}),
+        "INVALID_ARGUMENT",
+    );
+    server.err(
+        "amba_experiments_get",
+        json!({"experiment_key": 42}),
+        "INVALID_ARGUMENT",
+    );
+    server.err(
+        "amba_experiments_get",
+        json!({"key": k}),
+        "INVALID_ARGUMENT",
+    );
     server.err(
         "amba_experiments_results",
         json!({"experiment_key": k, "conversion_event": "x", "alpha": "0.05"}),
@@ -570,7 +720,10 @@ fn kill_backend(db: &mut Client, application_name: &str) {
         }
         thread::sleep(Duration::from_millis(100));
     };
-    assert!(!pids.is_empty(), "the server's backend ({application_name}) is connected");
+    assert!(
+        !pids.is_empty(),
+        "the server's backend ({application_name}) is connected"
+    );
     for pid in pids {
         let killed: bool = db
             .query_one("SELECT pg_terminate_backend($1)", &[&pid])
@@ -596,7 +749,10 @@ fn survives_a_killed_connection() {
     let mut server = Server::start_with_url(&format!("{url}{sep}application_name={app}"));
     let mut db = sql();
     let two = json!([{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]);
-    server.ok("amba_experiments_create", json!({"experiment_key": k, "variants": two}));
+    server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": k, "variants": two}),
+    );
 
     // a read after the kill
     kill_backend(&mut db, &app);
@@ -610,17 +766,27 @@ fn survives_a_killed_connection() {
     assert!(server.alive(), "amba-mcp survived the lost connection");
     let again = server.ok("amba_experiments_get", json!({"experiment_key": k}));
     assert_eq!(again["key"], json!(k));
-    assert_eq!(backend_pids(&mut db, &app).len(), 1, "reconnected with its application_name");
+    assert_eq!(
+        backend_pids(&mut db, &app).len(),
+        1,
+        "reconnected with its application_name"
+    );
 
     // a write after the kill (never retried blindly)
     kill_backend(&mut db, &app);
-    let first = server.call("amba_experiments_update", json!({"experiment_key": k, "status": "paused"}));
+    let first = server.call(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "status": "paused"}),
+    );
     if first["isError"] == json!(true) {
         let text = first["content"][0]["text"].as_str().unwrap();
         assert!(text.starts_with("DATABASE_UNAVAILABLE: "), "{first}");
     }
     assert!(server.alive());
-    let paused = server.ok("amba_experiments_update", json!({"experiment_key": k, "status": "paused"}));
+    let paused = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "status": "paused"}),
+    );
     assert_eq!(paused["status"], "paused");
     assert!(server.alive());
 }
@@ -655,7 +821,9 @@ impl Proxy {
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { break };
-                let Ok(server) = TcpStream::connect((host.as_str(), port)) else { continue };
+                let Ok(server) = TcpStream::connect((host.as_str(), port)) else {
+                    continue;
+                };
                 let (mut c_read, mut c_write) = (client.try_clone().unwrap(), client);
                 let (mut s_read, mut s_write) = (server.try_clone().unwrap(), server);
                 let flag = flag.clone();
@@ -685,7 +853,13 @@ impl Proxy {
                 });
             }
         });
-        (Proxy { port: proxy_port, sabotage }, config)
+        (
+            Proxy {
+                port: proxy_port,
+                sabotage,
+            },
+            config,
+        )
     }
 
     /// A key=value connection string for the server, through the proxy.
@@ -696,7 +870,10 @@ impl Proxy {
             parts.push(format!("user={}", quote(user)));
         }
         if let Some(password) = config.get_password() {
-            parts.push(format!("password={}", quote(&String::from_utf8_lossy(password))));
+            parts.push(format!(
+                "password={}",
+                quote(&String::from_utf8_lossy(password))
+            ));
         }
         if let Some(dbname) = config.get_dbname() {
             parts.push(format!("dbname={}", quote(dbname)));
@@ -705,7 +882,8 @@ impl Proxy {
     }
 
     fn drop_next_statement(&self) {
-        self.sabotage.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.sabotage
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -718,7 +896,10 @@ fn connection_lost_in_flight() {
     let (proxy, config) = Proxy::start();
     let mut server = Server::start_with_url(&proxy.conninfo(&config));
     let two = json!([{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]);
-    server.ok("amba_experiments_create", json!({"experiment_key": k, "variants": two}));
+    server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": k, "variants": two}),
+    );
 
     proxy.drop_next_statement();
     let text = server.err(
@@ -729,12 +910,22 @@ fn connection_lost_in_flight() {
     assert!(text.contains("next call reconnects"), "{text}");
     assert!(server.alive());
     let got = server.ok("amba_experiments_get", json!({"experiment_key": k}));
-    assert_eq!(got["status"], "active", "the dropped statement never reached the database");
+    assert_eq!(
+        got["status"], "active",
+        "the dropped statement never reached the database"
+    );
 
     proxy.drop_next_statement();
     let got = server.ok("amba_experiments_get", json!({"experiment_key": k}));
-    assert_eq!(got["key"], json!(k), "a read is retried on a new connection");
-    let paused = server.ok("amba_experiments_update", json!({"experiment_key": k, "status": "paused"}));
+    assert_eq!(
+        got["key"],
+        json!(k),
+        "a read is retried on a new connection"
+    );
+    let paused = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "status": "paused"}),
+    );
     assert_eq!(paused["status"], "paused");
     assert!(server.alive());
 }
@@ -742,7 +933,8 @@ fn connection_lost_in_flight() {
 #[test]
 fn unreachable_database_is_an_error_result_not_an_exit() {
     // Nothing listens on port 1: every call fails, the process stays up.
-    let mut server = Server::start_with_url("postgresql://postgres@127.0.0.1:1/amba_test?connect_timeout=5");
+    let mut server =
+        Server::start_with_url("postgresql://postgres@127.0.0.1:1/amba_test?connect_timeout=5");
     for _ in 0..2 {
         let text = server.err("amba_experiments_list", json!({}), "DATABASE_UNAVAILABLE");
         assert!(text.contains("could not connect"), "{text}");
@@ -760,5 +952,8 @@ fn missing_database_url_is_reported_on_stderr() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("DATABASE_URL is not set"), "{stderr}");
-    assert!(output.stdout.is_empty(), "nothing on stdout (the MCP channel)");
+    assert!(
+        output.stdout.is_empty(),
+        "nothing on stdout (the MCP channel)"
+    );
 }

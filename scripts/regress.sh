@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# SQL regression tests (tests/pg_regress/sql → expected), run with PostgreSQL's own
+# pg_regress against the local cluster of scripts/pg.sh, as pgvector's installcheck does.
+# (`cargo pgrx regress` 0.18 ignores --runas/--pgdata when starting its server, and
+# PostgreSQL refuses to run as root.)  AMBA_REGRESS_ACCEPT=1 copies results to expected/.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGPORT=${AMBA_PGPORT:-28815}
+DIR=$ROOT/tests/pg_regress
+OUT=${AMBA_REGRESS_OUT:-/tmp/amba-regress}
+rm -rf "$OUT"; mkdir -p "$OUT"
+tests=(setup $(cd "$DIR/sql" && ls [0-9]*.sql | sed 's/\.sql$//'))
+status=0
+/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
+  --host=localhost --port="$PGPORT" --user=postgres --dbname=amba_regress \
+  --inputdir="$DIR" --outputdir="$OUT" "${tests[@]}" || status=$?
+if [ "${AMBA_REGRESS_ACCEPT:-0}" = 1 ]; then
+  cp "$OUT"/results/*.out "$DIR/expected/"
+  echo "accepted results into $DIR/expected"
+  exit 0
+fi
+[ $status = 0 ] || cat "$OUT/regression.diffs" >&2
+exit $status

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every test of the project, on a fresh Debian machine as root or on a warm one.
+#   1. pure core: unit tests and reference fixtures (no database)
+#   2. #[pg_test]: every SQL function and error inside PostgreSQL (cargo pgrx test)
+#   3. SQL regression tests with expected output (pg_regress, tests/pg_regress)
+#   4. integration tests against a running server: concurrency, HTTP replay, RLS, compose
+#   5. the MCP server over stdio against the same server
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+PGPORT=${AMBA_PGPORT:-28815}
+export DATABASE_URL="postgresql://postgres@localhost:$PGPORT/amba_test"
+step() { echo; echo "==== $*"; }
+
+step "1/5 core: unit tests and reference fixtures"
+cargo test -p amba-core
+
+step "2/5 #[pg_test] tests"
+PGRX_TEST_DATA=/var/tmp/amba-pgrx-test
+mkdir -p "$PGRX_TEST_DATA" && chown postgres:postgres "$PGRX_TEST_DATA"
+cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DATA"
+
+step "3/5 install into the local cluster; SQL regression tests"
+scripts/pg.sh start
+AMBA_PROFILE=debug scripts/pg.sh install
+scripts/regress.sh
+
+step "4/5 integration tests (DATABASE_URL=$DATABASE_URL)"
+scripts/pg.sh fresh-db amba_test
+cargo test -p amba-integration-tests
+
+step "5/5 MCP server over stdio"
+cargo test -p amba-mcp
+
+echo; echo "==== all tests passed"
