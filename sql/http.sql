@@ -171,13 +171,17 @@ BEGIN
         PERFORM amba._http_error(401, 'API_KEY_INVALID', 'the API key is unknown or revoked');
     END IF;
 
-    -- The admin role acts only with an admin key, whatever the path.
-    IF path ~ '^/rpc/experiments_' OR request_role = 'amba_admin' THEN
+    IF path ~ '^/rpc/experiments_' THEN
         IF key_row.kind <> 'admin' OR request_role <> 'amba_admin' THEN
             PERFORM amba._http_error(403, 'FORBIDDEN',
                 'admin endpoints need an admin API key and the amba_admin role');
         END IF;
-    ELSIF path IN ('/rpc/assign', '/rpc/expose', '/rpc/track', '/my_assignments') THEN
+    END IF;
+    -- The admin role acts only with an admin key, whatever the path.
+    IF request_role = 'amba_admin' AND key_row.kind <> 'admin' THEN
+        PERFORM amba._http_error(403, 'FORBIDDEN', 'the amba_admin role needs an admin API key');
+    END IF;
+    IF path IN ('/rpc/assign', '/rpc/expose', '/rpc/track', '/my_assignments') THEN
         IF request_role <> 'amba_client' THEN
             PERFORM amba._http_error(403, 'FORBIDDEN',
                 'client endpoints need an end-user session token (role amba_client)');
