@@ -99,3 +99,22 @@ CREATE TABLE amba.api_keys (
     created_at timestamptz NOT NULL DEFAULT now(),
     revoked_at timestamptz
 );
+
+-- pg_dump skips extension tables unless told: mark them (and their identity sequences) as
+-- configuration, so a dump/restore keeps every experiment, assignment and event.
+DO $config_dump$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['experiments', 'weight_versions', 'assignments', 'exposures',
+                             'events', 'experiment_history', 'api_keys']
+    LOOP
+        PERFORM pg_catalog.pg_extension_config_dump(format('amba.%I', t)::regclass, '');
+    END LOOP;
+    FOREACH t IN ARRAY ARRAY['experiments.id', 'events.event_id', 'experiment_history.history_id']
+    LOOP
+        PERFORM pg_catalog.pg_extension_config_dump(
+            pg_get_serial_sequence('amba.' || split_part(t, '.', 1), split_part(t, '.', 2))::regclass, '');
+    END LOOP;
+END
+$config_dump$;
