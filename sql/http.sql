@@ -102,10 +102,14 @@ COMMENT ON SCHEMA amba_api IS
 'Amba experiments HTTP API. Every request carries X-Api-Key; client calls also carry the end user''s JWT (sub = user id, role = amba_client).';
 GRANT USAGE ON SCHEMA amba_api TO PUBLIC;
 
--- Raises the error PostgREST turns into HTTP `status` with body {"code", "message"}.
+-- Raises the error PostgREST turns into HTTP `status` with body {"code", "message"}; the
+-- message begins with the code, as every contract error's does.
 CREATE FUNCTION amba._http_error(status integer, code text, message text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
+    IF left(message, length(code) + 1) <> code || ':' THEN
+        message := code || ': ' || message;
+    END IF;
     RAISE SQLSTATE 'PGRST' USING
         message = json_build_object('code', code, 'message', message)::text,
         detail = json_build_object('status', status, 'headers', json_build_object())::text;
