@@ -64,6 +64,13 @@ BEGIN
 END
 $fn$;
 
+-- Validates a variants array (Rust, core::validate) and splits it into keys and weights.
+CREATE FUNCTION amba._variant_arrays(variants jsonb, OUT keys text[], OUT weights double precision[])
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT array_agg(v ->> 'key' ORDER BY i), array_agg((v ->> 'weight')::double precision ORDER BY i)
+      FROM jsonb_array_elements(amba._normalize_variants(variants::text)) WITH ORDINALITY AS t(v, i)
+$fn$;
+
 CREATE FUNCTION @extschema@.amba_create_experiment(
     experiment_key text,
     variants jsonb,
@@ -73,20 +80,16 @@ CREATE FUNCTION @extschema@.amba_create_experiment(
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    canonical jsonb;
     new_keys text[];
     new_weights double precision[];
     created amba.experiments;
     result jsonb;
 BEGIN
     PERFORM amba._check_experiment_key(amba_create_experiment.experiment_key);
-    canonical := amba._normalize_variants(amba_create_experiment.variants::text);
+    SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(amba_create_experiment.variants);
     PERFORM amba._check_status(amba_create_experiment.status);
     PERFORM amba._check_text('name', amba_create_experiment.name, 256);
     PERFORM amba._check_text('description', amba_create_experiment.description, 10000);
-    SELECT array_agg(v ->> 'key' ORDER BY i), array_agg((v ->> 'weight')::double precision ORDER BY i)
-      INTO new_keys, new_weights
-      FROM jsonb_array_elements(canonical) WITH ORDINALITY AS t(v, i);
 
     INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights)
     VALUES (amba_create_experiment.experiment_key, amba_create_experiment.name,
@@ -115,7 +118,6 @@ CREATE FUNCTION @extschema@.amba_update_experiment(
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    canonical jsonb;
     new_keys text[];
     new_weights double precision[];
     current_row amba.experiments;
@@ -132,10 +134,7 @@ BEGIN
     PERFORM amba._check_text('name', amba_update_experiment.name, 256);
     PERFORM amba._check_text('description', amba_update_experiment.description, 10000);
     IF amba_update_experiment.variants IS NOT NULL THEN
-        canonical := amba._normalize_variants(amba_update_experiment.variants::text);
-        SELECT array_agg(v ->> 'key' ORDER BY i), array_agg((v ->> 'weight')::double precision ORDER BY i)
-          INTO new_keys, new_weights
-          FROM jsonb_array_elements(canonical) WITH ORDINALITY AS t(v, i);
+        SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(amba_update_experiment.variants);
     END IF;
 
     -- FOR UPDATE conflicts with the KEY SHARE lock a first assignment takes, so a variant

@@ -6,45 +6,34 @@
 ----------------------------------------------------------------------------------------
 REVOKE ALL ON ALL TABLES IN SCHEMA amba FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA amba FROM PUBLIC;
-REVOKE ALL ON FUNCTION
-    @extschema@.amba_create_experiment(text, jsonb, text, text, text),
-    @extschema@.amba_update_experiment(text, jsonb, text, text, text),
-    @extschema@.amba_delete_experiment(text),
-    @extschema@.amba_get_experiment(text),
-    @extschema@.amba_list_experiments(),
-    @extschema@.amba_assign(text, text),
-    @extschema@.amba_expose(text, text),
-    @extschema@.amba_track(text, text, jsonb, timestamptz),
-    @extschema@.amba_results(text, text, double precision),
-    @extschema@.amba_bucket(text, text),
-    @extschema@.amba_experiment_history(text),
-    @extschema@.amba_create_api_key(text, text),
-    @extschema@.amba_revoke_api_key(text)
-FROM PUBLIC;
-
 GRANT USAGE ON SCHEMA amba TO amba_admin, amba_analyst, amba_client;
--- Admins and analysts call the public functions directly, wherever they were created
--- (CREATE EXTENSION amba SCHEMA s): without USAGE on that schema they could call none.
+-- Calling anything in the extension's schema needs USAGE on it (CREATE EXTENSION amba SCHEMA s).
 GRANT USAGE ON SCHEMA @extschema@ TO amba_admin, amba_analyst;
+
+-- The public SQL API: no PUBLIC access; admins get all of it.
+DO $api_grants$
+DECLARE
+    signature text;
+BEGIN
+    FOREACH signature IN ARRAY ARRAY[
+        'amba_create_experiment(text, jsonb, text, text, text)',
+        'amba_update_experiment(text, jsonb, text, text, text)',
+        'amba_delete_experiment(text)', 'amba_get_experiment(text)', 'amba_list_experiments()',
+        'amba_assign(text, text)', 'amba_expose(text, text)',
+        'amba_track(text, text, jsonb, timestamptz)',
+        'amba_results(text, text, double precision)', 'amba_bucket(text, text)',
+        'amba_experiment_history(text)', 'amba_create_api_key(text, text)',
+        'amba_revoke_api_key(text)']
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %I.%s FROM PUBLIC', '@extschema@', signature);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %I.%s TO amba_admin', '@extschema@', signature);
+    END LOOP;
+END
+$api_grants$;
 
 -- Admins: everything.
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA amba TO amba_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA amba TO amba_admin;
-GRANT EXECUTE ON FUNCTION
-    @extschema@.amba_create_experiment(text, jsonb, text, text, text),
-    @extschema@.amba_update_experiment(text, jsonb, text, text, text),
-    @extschema@.amba_delete_experiment(text),
-    @extschema@.amba_get_experiment(text),
-    @extschema@.amba_list_experiments(),
-    @extschema@.amba_assign(text, text),
-    @extschema@.amba_expose(text, text),
-    @extschema@.amba_track(text, text, jsonb, timestamptz),
-    @extschema@.amba_results(text, text, double precision),
-    @extschema@.amba_bucket(text, text),
-    @extschema@.amba_experiment_history(text),
-    @extschema@.amba_create_api_key(text, text),
-    @extschema@.amba_revoke_api_key(text)
-TO amba_admin;
 
 -- Analysts: read experiments and results, never write; API keys stay hidden.
 GRANT SELECT ON amba.experiments, amba.weight_versions, amba.assignments, amba.exposures,

@@ -91,8 +91,9 @@ fn amba_assign(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
         }
         let user_bucket = bucket::bucket(key, user_id);
         // Each retry follows a commit by someone else (a concurrent first call for this
-        // user, or an update of the experiment); a handful is more than enough.
-        for _ in 0..8 {
+        // user, or an update of the experiment). From the second retry on the definition
+        // is read under a lock that holds updates off, so the next insert cannot lose.
+        for attempt in 0..6 {
             if !exp.is_active() {
                 raise_code(
                     ErrorCode::ExperimentInactive,
@@ -108,7 +109,9 @@ fn amba_assign(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
             if let Some(variant) = stored_variant(client, exp.id, user_id, true) {
                 return variant;
             }
-            exp = cache::reload(client, key).unwrap_or_else(|| {
+            let refreshed =
+                if attempt == 0 { cache::reload(client, key) } else { cache::load_locked(client, key) };
+            exp = refreshed.unwrap_or_else(|| {
                 raise_code(ErrorCode::ExperimentNotFound, format!("experiment {key:?} does not exist"))
             });
         }

@@ -36,6 +36,7 @@ thread_local! {
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     static WATCHED_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     static LOAD_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static LOCK_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
 /// Called by PostgreSQL while it processes invalidation messages: must not error or
@@ -59,6 +60,12 @@ fn ensure_callback() {
 const LOAD_SQL: &str = "SELECT id, status, variant_keys, weights, revision, \
      'amba.experiments'::regclass::oid \
      FROM amba.experiments WHERE key = $1";
+
+/// The current definition under a KEY SHARE lock, which `amba_update_experiment`'s
+/// FOR UPDATE waits for: what is read here stays current until the transaction ends.
+const LOCK_SQL: &str = "SELECT id, status, variant_keys, weights, revision, \
+     'amba.experiments'::regclass::oid \
+     FROM amba.experiments WHERE key = $1 FOR KEY SHARE";
 
 /// Runs a statement prepared once per backend and kept (SPI_keepplan).
 pub fn with_plan<R>(
@@ -85,7 +92,12 @@ pub fn with_plan<R>(
 }
 
 fn load(client: &SpiClient<'_>, key: &str) -> Option<Rc<Experiment>> {
-    let row = with_plan(&LOAD_PLAN, client, LOAD_SQL, &[pg_sys::TEXTOID], false, |plan| {
+    read_definition(client, key, false)
+}
+
+fn read_definition(client: &SpiClient<'_>, key: &str, locked: bool) -> Option<Rc<Experiment>> {
+    let (slot, sql) = if locked { (&LOCK_PLAN, LOCK_SQL) } else { (&LOAD_PLAN, LOAD_SQL) };
+    let row = with_plan(slot, client, sql, &[pg_sys::TEXTOID], locked, |plan| {
         let table = client.select(plan, Some(1), &[key.into()]).expect("loading the experiment");
         if table.is_empty() {
             return None;
@@ -123,4 +135,16 @@ pub fn lookup(client: &SpiClient<'_>, key: &str) -> Option<Rc<Experiment>> {
 pub fn reload(client: &SpiClient<'_>, key: &str) -> Option<Rc<Experiment>> {
     EXPERIMENTS.with(|m| m.borrow_mut().remove(key));
     lookup(client, key)
+}
+
+/// Reads the definition under a KEY SHARE lock held to the end of the transaction, so
+/// no update can change it before this transaction's insert (for a new user who keeps
+/// losing the race against a stream of updates). The cache entry is refreshed too.
+pub fn load_locked(client: &SpiClient<'_>, key: &str) -> Option<Rc<Experiment>> {
+    let loaded = read_definition(client, key, true);
+    EXPERIMENTS.with(|m| match &loaded {
+        Some(e) => m.borrow_mut().insert(key.to_string(), e.clone()),
+        None => m.borrow_mut().remove(key),
+    });
+    loaded
 }
