@@ -227,31 +227,8 @@ BEGIN
 END
 $fn$;
 
-CREATE FUNCTION @extschema@.amba_track(
-    user_id text,
-    event text,
-    properties jsonb DEFAULT NULL,
-    occurred_at timestamptz DEFAULT NULL
-) RETURNS timestamptz
-LANGUAGE plpgsql VOLATILE AS $fn$
-DECLARE
-    stored_at timestamptz := coalesce(amba_track.occurred_at, now());
-BEGIN
-    PERFORM amba._check_track(amba_track.user_id, amba_track.event);
-    IF amba_track.properties IS NOT NULL THEN
-        IF jsonb_typeof(amba_track.properties) <> 'object' THEN
-            PERFORM amba._raise('INVALID_ARGUMENT',
-                format('properties must be a JSON object or NULL, not %s', jsonb_typeof(amba_track.properties)));
-        END IF;
-        IF octet_length(amba_track.properties::text) > 65536 THEN
-            PERFORM amba._raise('INVALID_ARGUMENT', 'properties must be at most 64 KiB of JSON');
-        END IF;
-    END IF;
-    INSERT INTO amba.events (user_id, event, occurred_at, properties)
-    VALUES (amba_track.user_id, amba_track.event, stored_at, amba_track.properties);
-    RETURN stored_at;
-END
-$fn$;
+-- amba_track(user_id, event, properties, occurred_at) is on the hot path: it is Rust
+-- (src/assign.rs), one prepared insert with the validation done in Rust.
 
 CREATE FUNCTION @extschema@.amba_create_api_key(name text, kind text DEFAULT 'client') RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$

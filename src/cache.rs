@@ -37,15 +37,62 @@ thread_local! {
     static WATCHED_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     static LOAD_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static LOCK_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static TABLES: Cell<Option<Tables>> = const { Cell::new(None) };
 }
 
 /// Called by PostgreSQL while it processes invalidation messages: must not error or
-/// allocate in PostgreSQL memory, so it only raises a flag.
+/// allocate in PostgreSQL memory, so it only raises flags.
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let watched = WATCHED_RELID.with(Cell::get);
     if relid == pg_sys::InvalidOid || watched == pg_sys::InvalidOid || relid == watched {
         STALE.with(|s| s.set(true));
     }
+    if let Some(t) = TABLES.with(Cell::get) {
+        if relid == pg_sys::InvalidOid || relid == t.assignments || relid == t.exposures {
+            TABLES.with(|c| c.set(None));
+        }
+    }
+}
+
+/// What the hot path needs to read assignments and exposures by primary key without SPI
+/// (see `assign::pk_fetch`): the tables' and their primary keys' OIDs, resolved once per
+/// backend and forgotten on any relcache invalidation of either table.
+#[derive(Clone, Copy, Debug)]
+pub struct Tables {
+    pub assignments: pg_sys::Oid,
+    pub assignments_pkey: pg_sys::Oid,
+    /// Attribute number of `amba.assignments.variant`.
+    pub variant_attnum: i16,
+    pub exposures: pg_sys::Oid,
+    pub exposures_pkey: pg_sys::Oid,
+}
+
+/// The OIDs of `amba.assignments`, `amba.exposures` and their primary keys; None when the
+/// schema is not all there (the callers then take the SPI path, which reports it).
+pub fn tables() -> Option<Tables> {
+    ensure_callback();
+    if let Some(t) = TABLES.with(Cell::get) {
+        return Some(t);
+    }
+    let resolved = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"amba".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return None;
+        }
+        let oid = |name: &std::ffi::CStr| pg_sys::get_relname_relid(name.as_ptr(), nsp);
+        let (assignments, exposures) = (oid(c"assignments"), oid(c"exposures"));
+        let (assignments_pkey, exposures_pkey) = (oid(c"assignments_pkey"), oid(c"exposures_pkey"));
+        if [assignments, assignments_pkey, exposures, exposures_pkey].contains(&pg_sys::InvalidOid) {
+            return None;
+        }
+        let variant_attnum = pg_sys::get_attnum(assignments, c"variant".as_ptr());
+        if variant_attnum <= 0 {
+            return None;
+        }
+        Tables { assignments, assignments_pkey, variant_attnum, exposures, exposures_pkey }
+    };
+    TABLES.with(|c| c.set(Some(resolved)));
+    Some(resolved)
 }
 
 fn ensure_callback() {
@@ -129,6 +176,19 @@ pub fn lookup(client: &SpiClient<'_>, key: &str) -> Option<Rc<Experiment>> {
     let loaded = load(client, key)?;
     EXPERIMENTS.with(|m| m.borrow_mut().insert(key.to_string(), loaded.clone()));
     Some(loaded)
+}
+
+/// `lookup` for callers without an SPI connection: connects only to load a definition the
+/// cache does not hold, so a cache hit costs no query at all.
+pub fn find(key: &str) -> Option<Rc<Experiment>> {
+    ensure_callback();
+    if STALE.with(|s| s.replace(false)) {
+        EXPERIMENTS.with(|m| m.borrow_mut().clear());
+    }
+    if let Some(found) = EXPERIMENTS.with(|m| m.borrow().get(key).cloned()) {
+        return Some(found);
+    }
+    pgrx::spi::Spi::connect(|client| lookup(client, key))
 }
 
 /// Drops `key` from the cache and reads it again (after a lost race with an update).

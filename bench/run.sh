@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# Amba benchmarks: the hot path against the raw-SQL floor, and amba_results at scale.
+#
+#   bash bench/run.sh              build + install the release build, then everything
+#   bash bench/run.sh throughput   only the pgbench cases (new, returning, expose, track)
+#   bash bench/run.sh results      only amba_results at scale
+#
+# Each pgbench case runs alternately with its baseline (the same table work in one
+# hand-written statement), ROUNDS times, in one go; the summary gives the median tps of
+# each side and their ratio. Not part of the test suite.
+#
+# Settings (environment):
+#   BENCH_SECONDS=15        seconds per pgbench run
+#   BENCH_ROUNDS=3          alternated rounds per case (use an odd number)
+#   BENCH_CLIENTS=4 BENCH_JOBS=2
+#   BENCH_CASES="new returning expose track"
+#   BENCH_COMMIT="off on"   synchronous_commit of the benchmark sessions: `off` measures
+#                           CPU cost (the strict comparison), `on` the durable default
+#                           (each transaction waits for its WAL flush)
+#   BENCH_SCALES="100000 250000 500000 1000000"   assigned users for amba_results
+#   BENCH_RESULTS_REPS=5    timed runs of amba_results and of the hand query per scale
+#   BENCH_SKIP_INSTALL=1    use the amba already installed
+#   AMBA_BENCH_DB=amba_bench   (recreated); AMBA_PGPORT=28815
+#   CARGO_TARGET_DIR        honoured by the build, as usual for cargo
+#   BENCH_OUT=/tmp/amba-bench-<time>   logs, plans and the summary
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=$ROOT/bench
+PG_BIN=/usr/lib/postgresql/15/bin
+PORT=${AMBA_PGPORT:-28815}
+DB=${AMBA_BENCH_DB:-amba_bench}
+T=${BENCH_SECONDS:-15}
+ROUNDS=${BENCH_ROUNDS:-3}
+CLIENTS=${BENCH_CLIENTS:-4}
+JOBS=${BENCH_JOBS:-2}
+CASES=${BENCH_CASES:-new returning expose track}
+COMMIT_MODES=${BENCH_COMMIT:-off on}
+SCALES=${BENCH_SCALES:-100000 250000 500000 1000000}
+REPS=${BENCH_RESULTS_REPS:-5}
+OUT=${BENCH_OUT:-/tmp/amba-bench-$(date +%Y%m%d-%H%M%S)}
+WHAT=${1:-all}
+RETURNING=200000
+export PATH="$HOME/.cargo/bin:$PATH"
+mkdir -p "$OUT"; chmod 755 "$OUT"
+SUMMARY=$OUT/summary.txt
+: > "$SUMMARY"
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
+psql_db() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h localhost -p "$PORT" -U postgres -d "$DB" "$@"; }
+
+# --- build and install ----------------------------------------------------------------
+LIBDIR=$("$PG_BIN/pg_config" --pkglibdir)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+[[ $TARGET = /* ]] || TARGET=$ROOT/$TARGET
+bash "$ROOT/scripts/pg.sh" start
+if [ -z "${BENCH_SKIP_INSTALL:-}" ]; then
+  echo "building and installing the release build (target dir $TARGET)"
+  bash "$ROOT/scripts/pg.sh" install
+fi
+BUILD=$TARGET/release/libamba.so
+if [ ! -f "$BUILD" ]; then
+  echo "warning: no release build in $BUILD; benchmarking the installed $LIBDIR/amba.so" >&2
+  BUILD=$LIBDIR/amba.so
+fi
+# The cluster may be shared, and a test run elsewhere may install another (debug) build of
+# amba at any moment. So the benchmark database loads a private copy of this release build,
+# $libdir/amba_bench.so: its functions are pointed at it (pin_build), nothing else changes.
+cp "$BUILD" "$LIBDIR/.amba_bench.so.tmp" && mv -f "$LIBDIR/.amba_bench.so.tmp" "$LIBDIR/amba_bench.so"
+SO_MD5=$(md5sum < "$LIBDIR/amba_bench.so")
+pin_build() {
+  psql_db -c "UPDATE pg_catalog.pg_proc SET probin = '\$libdir/amba_bench' WHERE probin IN ('amba', '\$libdir/amba')"
+}
+fresh_db() { bash "$ROOT/scripts/pg.sh" fresh-db "$DB" > /dev/null; pin_build; }
+
+say "Amba benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC'), logs in $OUT"
+say "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+say "server: $("$PG_BIN/psql" -X -Atq -h localhost -p "$PORT" -U postgres -d postgres -c 'SHOW server_version')," \
+    "shared_buffers=$("$PG_BIN/psql" -X -Atq -h localhost -p "$PORT" -U postgres -d postgres -c 'SHOW shared_buffers')," \
+    "work_mem=$("$PG_BIN/psql" -X -Atq -h localhost -p "$PORT" -U postgres -d postgres -c 'SHOW work_mem')," \
+    "build $BUILD (md5 ${SO_MD5%% *})"
+
+median() { sort -g | awk '{v[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+
+# --- throughput -------------------------------------------------------------------------
+RUN=0
+# backend_rss: the largest RssAnon (kB) among the pgbench backends connected to $DB
+backend_rss() {
+  local pid r max=0
+  for pid in $("$PG_BIN/psql" -X -Atq -h localhost -p "$PORT" -U postgres -d postgres -c \
+      "SELECT pid FROM pg_stat_activity WHERE datname = '$DB' AND application_name = 'pgbench'"); do
+    r=$(awk '/RssAnon/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    [ -n "$r" ] && [ "$r" -gt "$max" ] && max=$r
+  done
+  echo "$max"
+}
+
+# pgbench_run MODE SCRIPT LOG [-D ...]: prints "tps rss_early rss_late"
+pgbench_run() {
+  local mode=$1 script=$2 log=$3; shift 3
+  PGOPTIONS="-c synchronous_commit=$mode" "$PG_BIN/pgbench" -h localhost -p "$PORT" -U postgres \
+    -n -M prepared -c "$CLIENTS" -j "$JOBS" -T "$T" -D eid="$EID" "$@" \
+    -f "$BENCH/pgbench/$script.sql" "$DB" > "$log" 2>&1 &
+  local job=$! early late
+  # Private memory of the benchmark's backends early in the run and near its end: it
+  # must not grow with the number of users served.
+  sleep 2; early=$(backend_rss)
+  sleep $((T > 4 ? T - 3 : 1)); late=$(backend_rss)
+  wait "$job" || { cat "$log" >&2; exit 1; }
+  if ! grep -q '^number of failed transactions: 0 ' "$log" || grep -q 'aborted' "$log"; then
+    cat "$log" >&2; echo "pgbench run failed: $log" >&2; exit 1
+  fi
+  if [ "$script" = expose ] || [ "$script" = expose_raw ]; then
+    local done_tx; done_tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
+    if [ "$done_tx" -gt $((CLIENTS * EXPOSE_POOL * 9 / 10)) ]; then
+      echo "  !! $log: $done_tx exposures for a pool of $((CLIENTS * EXPOSE_POOL)): some clients may have wrapped around" >&2
+    fi
+  fi
+  echo "backend RssAnon kB (max over clients): $early after 2 s, $late near the end" >> "$log"
+  echo "$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$log") $early $late"
+}
+
+# case_args CASE: sets ARGS, the -D variables a run of CASE needs (fresh users for new
+# and expose: every run gets its own prefix, every exposure run its own pool)
+case_args() {
+  RUN=$((RUN + 1))
+  case $1 in
+    new) ARGS="-D p=n${RUN}_" ;;
+    returning) ARGS="-D returning=$RETURNING" ;;
+    expose)
+      # Room for 40,000 tps (a client that ran out would wrap around and re-expose its
+      # users; pgbench_run checks it did not).
+      EXPOSE_SLOT=$((EXPOSE_SLOT + 1))
+      EXPOSE_POOL=$(( T * 40000 / CLIENTS + 1000 ))
+      psql_db -v slot=$EXPOSE_SLOT -v clients="$CLIENTS" -v pool=$EXPOSE_POOL -f "$BENCH/expose_pool.sql" > /dev/null
+      ARGS="-D p=x${EXPOSE_SLOT}_ -D n=0 -D expose_pool=$EXPOSE_POOL" ;;
+    track) ARGS="" ;;
+  esac
+}
+script_of() { case $1 in new) echo assign_new ;; returning) echo assign_returning ;; expose) echo expose ;; track) echo track ;; esac; }
+target_of() { case $1 in new) echo 0.90 ;; returning) echo 0.85 ;; expose) echo 0.90 ;; track) echo 0.90 ;; esac; }
+label_of() {
+  case $1 in
+    new) echo "new user: amba_assign vs insert on conflict + read back" ;;
+    returning) echo "returning user: amba_assign vs primary-key select" ;;
+    expose) echo "exposure: amba_expose vs lookup + insert on conflict" ;;
+    track) echo "event: amba_track vs insert" ;;
+  esac
+}
+
+throughput() {
+  echo "setting up $DB: $RETURNING returning users"
+  fresh_db
+  psql_db -v returning=$RETURNING -f "$BENCH/setup.sql" > /dev/null
+  EID=$(psql_db -Atc "SELECT id FROM amba.experiments WHERE key = 'bench'")
+  EXPOSE_SLOT=0
+  local results=$OUT/throughput.tsv
+  : > "$results"
+  for mode in $COMMIT_MODES; do
+    for round in $(seq "$ROUNDS"); do
+      for c in $CASES; do
+        local sides="amba raw"
+        [ $((round % 2)) -eq 0 ] && sides="raw amba"   # alternate who goes first
+        for side in $sides; do
+          local script; script=$(script_of "$c"); [ "$side" = raw ] && script=${script}_raw
+          case_args "$c"
+          local out tps early late
+          # shellcheck disable=SC2086
+          out=$(pgbench_run "$mode" "$script" "$OUT/pgbench-$mode-$c-$side-$round.log" $ARGS)
+          read -r tps early late <<< "$out"
+          printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$c" "$side" "$round" "$tps" "$early" "$late" >> "$results"
+          printf '  synchronous_commit=%-3s round %s  %-9s %-4s %10.0f tps   backend RssAnon %s -> %s kB\n' \
+            "$mode" "$round" "$c" "$side" "$tps" "$early" "$late"
+        done
+      done
+    done
+  done
+
+  say ""
+  say "Throughput: pgbench -M prepared -c $CLIENTS -j $JOBS -T $T, $ROUNDS alternated rounds, median tps"
+  for mode in $COMMIT_MODES; do
+    say ""
+    say "synchronous_commit=$mode"
+    say "$(printf '%-58s %8s %8s %6s %6s %13s  %-6s %s' case amba raw ratio target per-round verdict 'amba backend RssAnon kB')"
+    for c in $CASES; do
+      local a r ratio per lo hi target verdict mem
+      a=$(awk -v m="$mode" -v c="$c" '$1==m && $2==c && $3=="amba" {print $5}' "$results" | median)
+      r=$(awk -v m="$mode" -v c="$c" '$1==m && $2==c && $3=="raw" {print $5}' "$results" | median)
+      per=$(awk -v m="$mode" -v c="$c" '$1==m && $2==c {t[$4,$3]=$5; k[$4]=1} END {for (i in k) printf "%.3f\n", t[i,"amba"]/t[i,"raw"]}' "$results" | sort -g)
+      lo=$(head -1 <<< "$per"); hi=$(tail -1 <<< "$per")
+      ratio=$(awk -v a="$a" -v r="$r" 'BEGIN {printf "%.3f", a/r}')
+      target=$(target_of "$c")
+      verdict=$(awk -v x="$ratio" -v t="$target" 'BEGIN {print (x >= t) ? "ok" : "BELOW"}')
+      mem=$(awk -v m="$mode" -v c="$c" '$1==m && $2==c && $3=="amba" {e = (e == "" || $6 > e) ? $6 : e; l = (l == "" || $7 > l) ? $7 : l} END {print e " -> " l}' "$results")
+      say "$(printf '%-58s %8.0f %8.0f %6s %6s %13s  %-6s %s' "$(label_of "$c")" "$a" "$r" "$ratio" ">=$target" "$lo-$hi" "$verdict" "$mem")"
+    done
+  done
+}
+
+# --- results at scale ------------------------------------------------------------------
+# peak_rss N: peak private memory (RssAnon: shared buffers excluded) of a backend while
+# it runs amba_results, sampled every 10 ms; written to $OUT/rss-N.txt as "before peak" kB.
+peak_rss() {
+  local n=$1 pidf=$OUT/pid-$1.txt
+  rm -f "$pidf"
+  printf '%s\n' "\\o $pidf" 'SELECT pg_backend_pid();' '\o /dev/null' 'SELECT pg_sleep(0.5);' \
+    "SELECT * FROM amba_results('results', 'purchase');" 'SELECT pg_sleep(0.3);' > "$OUT/results-mem.sql"
+  psql_db -At -f "$OUT/results-mem.sql" > /dev/null 2>&1 &
+  local job=$! pid="" before="" peak=0 r
+  while [ -z "$pid" ] && kill -0 "$job" 2>/dev/null; do pid=$(cat "$pidf" 2>/dev/null || true); sleep 0.01; done
+  while kill -0 "$job" 2>/dev/null; do
+    r=$(awk '/RssAnon/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    if [ -n "$r" ]; then [ -z "$before" ] && before=$r; [ "$r" -gt "$peak" ] && peak=$r; fi
+    sleep 0.01
+  done
+  wait "$job" || true
+  echo "$before $peak" > "$OUT/rss-$n.txt"
+}
+
+results() {
+  if psql_db -Atc "SELECT 1" > /dev/null 2>&1; then pin_build; else fresh_db; fi
+  local results=$OUT/results.tsv
+  : > "$results"
+  local largest; largest=$(tr ' ' '\n' <<< "$SCALES" | sort -n | tail -1)
+  for n in $SCALES; do
+    echo "results: generating $n assigned users, $((n / 2)) exposed, $((5 * n)) events"
+    psql_db -v n="$n" -f "$BENCH/results_data.sql" > "$OUT/results-data-$n.log"
+    # One session: a warm-up of each (plans, caches), then REPS alternated timed runs.
+    local script=$OUT/results-$n.sql
+    {
+      echo '\set key results'
+      echo '\set event purchase'
+      echo 'SELECT * FROM amba_results(:'"'"'key'"'"', :'"'"'event'"'"') \g /dev/null'
+      cat "$BENCH/results_hand.sql"; echo ' \g /dev/null'
+      echo '\timing on'
+      for i in $(seq "$REPS"); do
+        echo '\echo @@amba'
+        echo 'SELECT * FROM amba_results(:'"'"'key'"'"', :'"'"'event'"'"') \g /dev/null'
+        echo '\echo @@hand'
+        cat "$BENCH/results_hand.sql"; echo ' \g /dev/null'
+      done
+    } > "$script"
+    psql_db -f "$script" > "$OUT/results-$n.log" 2>&1
+    awk -v n="$n" '/^@@/ {side = substr($0, 3)} /^Time:/ && side != "" {print n "\t" side "\t" $2; side = ""}' \
+      "$OUT/results-$n.log" >> "$results"
+    peak_rss "$n"
+    if [ "$n" = "$largest" ]; then
+      # The plan amba_results runs inside (auto_explain of its nested statements) and the
+      # hand-written query's plan.
+      {
+        echo "LOAD 'auto_explain';"
+        echo "SET auto_explain.log_min_duration = 0;"
+        echo "SET auto_explain.log_nested_statements = on;"
+        echo "SET auto_explain.log_analyze = on;"
+        echo "SET auto_explain.log_buffers = on;"
+        echo "SET auto_explain.log_timing = off;"
+        echo "SET client_min_messages = log;"
+        echo "SELECT variant, assigned_count, exposed_count, converted_count FROM amba_results('results', 'purchase');"
+        echo "RESET client_min_messages;"
+        echo "LOAD 'auto_explain'; SET auto_explain.log_min_duration = -1;"
+        echo '\set key results'
+        echo '\set event purchase'
+        echo 'EXPLAIN (ANALYZE, BUFFERS, TIMING OFF)'
+        cat "$BENCH/results_hand.sql"; echo ';'
+        cat "$BENCH/results_hand.sql"; echo ';'
+      } > "$OUT/results-plans.sql"
+      psql_db -f "$OUT/results-plans.sql" > "$OUT/results-plans.txt" 2>&1 || true
+    fi
+  done
+
+  say ""
+  say "amba_results('results', 'purchase') vs the hand-written query (bench/results_hand.sql):"
+  say "n users = n/2 exposed, 5n events; median of $REPS alternated runs after a warm-up, ms"
+  say "$(printf '%10s %12s %12s %7s %14s %20s' users amba_ms hand_ms ratio amba_ms/100k backend_RssAnon_MB)"
+  for n in $SCALES; do
+    local a h per100k rss
+    a=$(awk -v n="$n" '$1==n && $2=="amba" {print $3}' "$results" | median)
+    h=$(awk -v n="$n" '$1==n && $2=="hand" {print $3}' "$results" | median)
+    per100k=$(awk -v a="$a" -v n="$n" 'BEGIN {printf "%.0f", a / (n / 100000)}')
+    rss=$(awk '{printf "%.0f -> %.0f", $1/1024, $2/1024}' "$OUT/rss-$n.txt" 2>/dev/null || echo "?")
+    say "$(printf '%10s %12.0f %12.0f %7.2f %14s %20s' "$n" "$a" "$h" "$(awk -v a="$a" -v h="$h" 'BEGIN {print a/h}')" "$per100k" "$rss")"
+  done
+  say "(plans at $largest users: $OUT/results-plans.txt)"
+}
+
+case $WHAT in
+  all) throughput; results ;;
+  throughput) throughput ;;
+  results) results ;;
+  *) echo "usage: $0 [all|throughput|results]" >&2; exit 2 ;;
+esac
+say ""
+say "done; summary in $SUMMARY"
