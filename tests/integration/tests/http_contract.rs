@@ -33,7 +33,7 @@ use amba_integration_tests::{connect, connect_as};
 use postgres::Client;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{Once, OnceLock};
 
 // ------------------------------------------------------------------------------------------
@@ -69,33 +69,11 @@ fn ensure_roles() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Roles are cluster-wide: another test binary may be creating them right now.
-        for attempt in 0.. {
-            match connect().batch_execute(ROLES_SQL) {
-                Ok(()) => return,
-                Err(e) if attempt < 10 => {
-                    eprintln!("retrying role setup: {e}");
-                    std::thread::sleep(std::time::Duration::from_millis(100 * (attempt + 1)));
-                }
-                Err(e) => panic!("cannot create the PostgREST roles: {e}"),
-            }
-        }
+        amba_integration_tests::batch_with_retry(ROLES_SQL, "the PostgREST role setup");
     });
 }
 
-/// A name no other test (or run) uses.
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}_{}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use amba_integration_tests::unique;
 
 struct Keys {
     client: String,

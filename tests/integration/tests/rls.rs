@@ -10,7 +10,7 @@
 use amba_integration_tests::connect;
 use postgres::Client;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::Once;
 
 const NOBODY: &str = "amba_probe_nobody";
@@ -30,32 +30,11 @@ fn ensure_roles() {
                 END IF;
             END $r$"
         );
-        for attempt in 0.. {
-            match connect().batch_execute(&sql) {
-                Ok(()) => return,
-                Err(e) if attempt < 10 => {
-                    eprintln!("retrying role setup: {e}");
-                    std::thread::sleep(std::time::Duration::from_millis(100 * (attempt + 1)));
-                }
-                Err(e) => panic!("cannot create the probe roles: {e}"),
-            }
-        }
+        amba_integration_tests::batch_with_retry(&sql, "the probe role setup");
     });
 }
 
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}_{}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use amba_integration_tests::unique;
 
 /// Who is asking: a role, and the JWT `sub` of the request (client sessions).
 #[derive(Clone, Copy, Debug)]
