@@ -1,6 +1,6 @@
 -- Amba experiments: the SQL API that is not on the hot path (experiments CRUD, audit
 -- trail, events, API keys), as plpgsql over the Rust validators in schema amba.
--- Hot-path functions (amba_assign, amba_expose, amba_results, amba_bucket) are Rust.
+-- Hot-path functions (amba_assign, amba_expose, amba_track, amba_results, amba_bucket) are Rust.
 
 -- Every change to amba.experiments tells all backends to drop their cached definitions.
 CREATE FUNCTION amba._experiments_changed() RETURNS trigger
