@@ -20,7 +20,9 @@ cargo test -p amba-core
 step "2/5 #[pg_test] tests"
 PGRX_TEST_DATA=/var/tmp/amba-pgrx-test
 mkdir -p "$PGRX_TEST_DATA" && chown postgres:postgres "$PGRX_TEST_DATA"
-cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DATA"
+# -p amba: the workspace default members include the MCP crate, whose tests
+# need the cluster started in step 3; they run in step 5.
+cargo pgrx test pg15 -p amba --runas postgres --pgdata "$PGRX_TEST_DATA"
 
 step "3/5 install into the local cluster; SQL regression tests"
 scripts/pg.sh start
