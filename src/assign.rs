@@ -352,6 +352,10 @@ fn amba_track(
             raise_code(ErrorCode::InvalidArgument, "properties must be at most 64 KiB of JSON");
         }
     }
+    // An event at ±infinity would count as a conversion for every user (or for none).
+    if occurred_at.is_some_and(|at| !at.is_finite()) {
+        raise_code(ErrorCode::InvalidArgument, "occurred_at must be a finite time or NULL");
+    }
     let stored_at = occurred_at.unwrap_or_else(|| {
         TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
             .expect("now() is a valid timestamp")

@@ -225,6 +225,8 @@ mod tests {
         assert_err(&format!("SELECT amba_track('u', '{}')", "e".repeat(129)), "22023", "INVALID_ARGUMENT");
         assert_err("SELECT amba_track('', 'e')", "22023", "INVALID_ARGUMENT");
         assert_err("SELECT amba_track(NULL, 'e')", "22023", "INVALID_ARGUMENT");
+        assert_err("SELECT amba_track('u', 'e', NULL, 'infinity')", "22023", "INVALID_ARGUMENT");
+        assert_err("SELECT amba_track('u', 'e', NULL, '-infinity')", "22023", "INVALID_ARGUMENT");
         assert_err(
             "SELECT amba_track('u', 'e', jsonb_build_object('big', repeat('x', 70000)))",
             "22023",

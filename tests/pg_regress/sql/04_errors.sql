@@ -34,6 +34,7 @@ SELECT pg_temp.try(s) AS result FROM (VALUES
     ($$SELECT amba_update_experiment('errors', variants => '[{"key": "b", "weight": 1}, {"key": "control", "weight": 1}]')$$),
     ($$SELECT amba_track('u', 'signup', '[1, 2]')$$),
     ($$SELECT amba_track('u', E'sign\tup')$$),
+    ($$SELECT amba_track('u', 'signup', NULL, 'infinity')$$),
     ($$SELECT * FROM amba_results('errors', 'signup', 1.5)$$),
     ($$SELECT amba_create_api_key('k', 'superuser')$$)
 ) AS t(s);
