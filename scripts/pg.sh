@@ -37,10 +37,29 @@ CONF
   fi
 }
 
+# Builds a package into a staging directory, then moves each file into place with a rename
+# (atomic on one filesystem), as package managers do: a backend that has the old amba.so
+# mapped keeps it (the old inode lives on) instead of crashing when the file is rewritten
+# in place. Also installs the frozen install scripts of earlier releases (sql/amba--X.sql),
+# which `cargo pgrx install` leaves out, so `CREATE EXTENSION amba VERSION '0.1.0'` and
+# upgrades from it work.
 install() {
   local flags=(--pg-config "$PG_BIN/pg_config")
-  [ "${AMBA_PROFILE:-release}" = release ] && flags+=(--release)
-  (cd "$ROOT" && cargo pgrx install "${flags[@]}" >/dev/null)
+  [ "${AMBA_PROFILE:-release}" = release ] || flags+=(--debug)
+  local stage
+  stage=$(mktemp -d /tmp/amba-package.XXXXXX)
+  (cd "$ROOT" && cargo pgrx package "${flags[@]}" --out-dir "$stage" >/dev/null)
+  local libdir extdir
+  libdir=$("$PG_BIN/pg_config" --pkglibdir)
+  extdir=$("$PG_BIN/pg_config" --sharedir)/extension
+  cp "$ROOT"/sql/amba--[0-9]*.sql "$stage/$extdir/"
+  find "$stage" -type f | while read -r f; do
+    local dest=${f#"$stage"}
+    mkdir -p "$(dirname "$dest")"
+    cp "$f" "$dest.amba-new"
+    mv -f "$dest.amba-new" "$dest"
+  done
+  rm -rf "$stage"
 }
 
 fresh_db() {

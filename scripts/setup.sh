@@ -6,11 +6,14 @@ set -euo pipefail
 PG_MAJOR=15
 PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
 PGRX_VERSION=0.18.0
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 log() { echo "[setup] $*" >&2; }
 
 need_pkgs=()
-for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev clang sudo pkg-config python3; do
+# chromium: Debian's browser for the report page's browser test (tests/browser), never a
+# downloaded one.
+for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev clang sudo pkg-config python3 chromium; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then
@@ -18,6 +21,20 @@ if ((${#need_pkgs[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# The browser test's Python dependency, pinned in tests/browser/requirements.txt (Playwright
+# drives /usr/bin/chromium; `playwright install` is never run, nothing else is downloaded).
+PLAYWRIGHT_VERSION=$(sed -n 's/^playwright==//p' "$ROOT/tests/browser/requirements.txt")
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("playwright"))' 2>/dev/null)" != "$PLAYWRIGHT_VERSION" ]; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    log "installing Debian package python3-pip"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  log "installing playwright $PLAYWRIGHT_VERSION (Python) for tests/browser"
+  # (a Debian-managed python3 refuses pip installs without PIP_BREAK_SYSTEM_PACKAGES)
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore \
+    python3 -m pip install -q --disable-pip-version-check -r "$ROOT/tests/browser/requirements.txt"
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"

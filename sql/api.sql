@@ -1,19 +1,10 @@
--- Amba experiments: the SQL API that is not on the hot path (experiments CRUD, audit
--- trail, events, API keys), as plpgsql over the Rust validators in schema amba.
--- Hot-path functions (amba_assign, amba_expose, amba_track, amba_results, amba_bucket) are Rust.
-
--- Every change to amba.experiments tells all backends to drop their cached definitions.
-CREATE FUNCTION amba._experiments_changed() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-BEGIN
-    PERFORM amba._invalidate_relcache(TG_RELID);
-    RETURN NULL;
-END
-$fn$;
-
-CREATE TRIGGER invalidate_experiment_cache
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON amba.experiments
-    FOR EACH STATEMENT EXECUTE FUNCTION amba._experiments_changed();
+-- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
+-- aliases, audit trail, API keys). Each function is an internal in schema `amba`, which
+-- only the extension controls, with a thin public wrapper in the extension's schema; the
+-- HTTP surface calls the internals. Every call between amba's functions is schema-qualified
+-- with argument types that match exactly (CONTRACT 8). Validation rules are Rust
+-- (amba._check_*: the core's validators).
+-- Hot-path functions (assign, expose, peek, track, bucket) and the results are Rust.
 
 -- The experiment as the API returns it.
 CREATE FUNCTION amba._experiment_json(e amba.experiments) RETURNS jsonb
@@ -26,6 +17,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
         'variants', (SELECT jsonb_agg(jsonb_build_object('key', k, 'weight', w) ORDER BY i)
                      FROM unnest(e.variant_keys, e.weights) WITH ORDINALITY AS v(k, w, i)),
         'weight_version', e.weight_version,
+        'bucketing_version', e.bucketing_version,
         'created_at', e.created_at,
         'updated_at', e.updated_at)
 $fn$;
@@ -54,16 +46,6 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
             amba._jwt_sub(), $2, $3, $4)
 $fn$;
 
-CREATE FUNCTION amba._check_text(what text, value text, max_length integer) RETURNS void
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
-BEGIN
-    IF value IS NOT NULL AND char_length(value) > max_length THEN
-        PERFORM amba._raise('INVALID_ARGUMENT',
-            format('%s is %s characters long; at most %s are allowed', what, char_length(value), max_length));
-    END IF;
-END
-$fn$;
-
 -- Validates a variants array (Rust, core::validate) and splits it into keys and weights.
 CREATE FUNCTION amba._variant_arrays(variants jsonb, OUT keys text[], OUT weights double precision[])
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
@@ -71,12 +53,16 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
       FROM jsonb_array_elements(amba._normalize_variants(variants::text)) WITH ORDINALITY AS t(v, i)
 $fn$;
 
-CREATE FUNCTION @extschema@.amba_create_experiment(
-    experiment_key text,
-    variants jsonb,
-    name text DEFAULT NULL,
-    description text DEFAULT NULL,
-    status text DEFAULT 'active'
+CREATE FUNCTION amba._not_found(experiment_key text) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT amba._raise('EXPERIMENT_NOT_FOUND'::text, format('experiment %s does not exist', to_json($1)))
+$fn$;
+
+----------------------------------------------------------------------------------------
+-- Experiments
+----------------------------------------------------------------------------------------
+CREATE FUNCTION amba._create_experiment(
+    experiment_key text, variants jsonb, name text, description text, status text
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -85,36 +71,31 @@ DECLARE
     created amba.experiments;
     result jsonb;
 BEGIN
-    PERFORM amba._check_experiment_key(amba_create_experiment.experiment_key);
-    SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(amba_create_experiment.variants);
-    PERFORM amba._check_status(amba_create_experiment.status);
-    PERFORM amba._check_text('name', amba_create_experiment.name, 256);
-    PERFORM amba._check_text('description', amba_create_experiment.description, 10000);
+    PERFORM amba._check_experiment_key(_create_experiment.experiment_key);
+    SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(_create_experiment.variants);
+    PERFORM amba._check_status(_create_experiment.status);
+    PERFORM amba._check_texts(_create_experiment.name, _create_experiment.description);
 
     INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights)
-    VALUES (amba_create_experiment.experiment_key, amba_create_experiment.name,
-            amba_create_experiment.description, amba_create_experiment.status, new_keys, new_weights)
+    VALUES (_create_experiment.experiment_key, _create_experiment.name,
+            _create_experiment.description, _create_experiment.status, new_keys, new_weights)
     ON CONFLICT (key) DO NOTHING
     RETURNING e.* INTO created;
     IF created.id IS NULL THEN
-        PERFORM amba._raise('EXPERIMENT_EXISTS',
-            format('experiment %s already exists', to_json(amba_create_experiment.experiment_key)));
+        PERFORM amba._raise('EXPERIMENT_EXISTS'::text,
+            format('experiment %s already exists', to_json(_create_experiment.experiment_key)));
     END IF;
     INSERT INTO amba.weight_versions (experiment_id, version, variant_keys, weights)
     VALUES (created.id, created.weight_version, new_keys, new_weights);
 
     result := amba._experiment_json(created);
-    PERFORM amba._audit(created.key, 'create', NULL, result);
+    PERFORM amba._audit(created.key, 'create'::text, NULL::jsonb, result);
     RETURN result;
 END
 $fn$;
 
-CREATE FUNCTION @extschema@.amba_update_experiment(
-    experiment_key text,
-    variants jsonb DEFAULT NULL,
-    status text DEFAULT NULL,
-    name text DEFAULT NULL,
-    description text DEFAULT NULL
+CREATE FUNCTION amba._update_experiment(
+    experiment_key text, variants jsonb, status text, name text, description text
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -122,39 +103,46 @@ DECLARE
     new_weights double precision[];
     current_row amba.experiments;
     updated amba.experiments;
-    assigned_removed text[];
+    removed text[];
+    in_use text[] := '{}';
     new_version integer;
     before jsonb;
     after jsonb;
 BEGIN
-    PERFORM amba._check_experiment_key(amba_update_experiment.experiment_key);
-    IF amba_update_experiment.status IS NOT NULL THEN
-        PERFORM amba._check_status(amba_update_experiment.status);
+    PERFORM amba._check_experiment_key(_update_experiment.experiment_key);
+    IF _update_experiment.status IS NOT NULL THEN
+        PERFORM amba._check_status(_update_experiment.status);
     END IF;
-    PERFORM amba._check_text('name', amba_update_experiment.name, 256);
-    PERFORM amba._check_text('description', amba_update_experiment.description, 10000);
-    IF amba_update_experiment.variants IS NOT NULL THEN
-        SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(amba_update_experiment.variants);
+    PERFORM amba._check_texts(_update_experiment.name, _update_experiment.description);
+    IF _update_experiment.variants IS NOT NULL THEN
+        SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(_update_experiment.variants);
     END IF;
 
-    -- FOR UPDATE conflicts with the KEY SHARE lock a first assignment takes, so a variant
-    -- removal and a first assignment to that variant are serialized.
     SELECT * INTO current_row FROM amba.experiments e
-     WHERE e.key = amba_update_experiment.experiment_key FOR UPDATE;
+     WHERE e.key = _update_experiment.experiment_key FOR UPDATE;
     IF current_row.id IS NULL THEN
-        PERFORM amba._raise('EXPERIMENT_NOT_FOUND',
-            format('experiment %s does not exist', to_json(amba_update_experiment.experiment_key)));
+        PERFORM amba._not_found(_update_experiment.experiment_key);
     END IF;
     before := amba._experiment_json(current_row);
     new_version := current_row.weight_version;
 
     IF new_keys IS NOT NULL THEN
-        assigned_removed := ARRAY(
-            SELECT k FROM unnest(current_row.variant_keys) AS k
-             WHERE k <> ALL (new_keys)
-               AND EXISTS (SELECT 1 FROM amba.assignments a
-                            WHERE a.experiment_id = current_row.id AND a.variant = k));
-        PERFORM amba._check_variant_update(current_row.variant_keys, new_keys, assigned_removed);
+        removed := ARRAY(SELECT k FROM unnest(current_row.variant_keys) AS k WHERE k <> ALL (new_keys));
+        IF cardinality(removed) > 0 THEN
+            -- Waits for first assignments in flight and holds off new ones to the end of this
+            -- transaction; then reads, in the latest snapshot (also in REPEATABLE READ), which
+            -- removed variants have assignments or overrides: a removal and a first
+            -- assignment to that variant never both commit.
+            PERFORM amba._lock_experiment(current_row.id);
+            in_use := ARRAY(SELECT v FROM unnest(amba._select_fresh(
+                'SELECT k FROM pg_catalog.unnest($2::text[]) AS k
+                  WHERE EXISTS (SELECT 1 FROM amba.assignments a
+                                 WHERE a.experiment_id = $1::bigint AND a.variant = k)
+                     OR EXISTS (SELECT 1 FROM amba.overrides o
+                                 WHERE o.experiment_id = $1::bigint AND o.variant = k)'::text,
+                ARRAY[current_row.id::text, removed::text])) AS v);
+        END IF;
+        PERFORM amba._check_variant_update(current_row.variant_keys, new_keys, in_use);
         IF new_keys IS DISTINCT FROM current_row.variant_keys
            OR new_weights IS DISTINCT FROM current_row.weights THEN
             new_version := current_row.weight_version + 1;
@@ -164,9 +152,9 @@ BEGIN
     END IF;
 
     UPDATE amba.experiments e SET
-        status = coalesce(amba_update_experiment.status, e.status),
-        name = coalesce(amba_update_experiment.name, e.name),
-        description = coalesce(amba_update_experiment.description, e.description),
+        status = coalesce(_update_experiment.status, e.status),
+        name = coalesce(_update_experiment.name, e.name),
+        description = coalesce(_update_experiment.description, e.description),
         variant_keys = coalesce(new_keys, e.variant_keys),
         weights = coalesce(new_weights, e.weights),
         weight_version = new_version,
@@ -176,96 +164,339 @@ BEGIN
     RETURNING e.* INTO updated;
 
     after := amba._experiment_json(updated);
-    PERFORM amba._audit(updated.key, 'update', before, after);
+    PERFORM amba._audit(updated.key, 'update'::text, before, after);
     RETURN after;
 END
 $fn$;
 
-CREATE FUNCTION @extschema@.amba_delete_experiment(experiment_key text) RETURNS boolean
+CREATE FUNCTION amba._delete_experiment(experiment_key text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     current_row amba.experiments;
 BEGIN
-    PERFORM amba._check_experiment_key(amba_delete_experiment.experiment_key);
+    PERFORM amba._check_experiment_key(_delete_experiment.experiment_key);
     SELECT * INTO current_row FROM amba.experiments e
-     WHERE e.key = amba_delete_experiment.experiment_key FOR UPDATE;
+     WHERE e.key = _delete_experiment.experiment_key FOR UPDATE;
     IF current_row.id IS NULL THEN
         RETURN false;
     END IF;
-    -- Assignments, exposures and weight versions go with it (ON DELETE CASCADE).
+    -- After first assignments in flight (the lock waits for them), delete their rows too:
+    -- in the latest snapshot, cross-checked in REPEATABLE READ (a row this transaction
+    -- could not see fails it cleanly with 40001 rather than being left behind).
+    PERFORM amba._lock_experiment(current_row.id);
+    PERFORM amba._exec_fresh('DELETE FROM amba.exposures x WHERE x.experiment_id = $1::bigint'::text,
+                             ARRAY[current_row.id::text]);
+    PERFORM amba._exec_fresh('DELETE FROM amba.assignments a WHERE a.experiment_id = $1::bigint'::text,
+                             ARRAY[current_row.id::text]);
+    -- Weight versions and overrides go with it (ON DELETE CASCADE).
     DELETE FROM amba.experiments e WHERE e.id = current_row.id;
-    PERFORM amba._audit(current_row.key, 'delete', amba._experiment_json(current_row), NULL);
+    PERFORM amba._audit(current_row.key, 'delete'::text, amba._experiment_json(current_row), NULL::jsonb);
     RETURN true;
 END
 $fn$;
 
-CREATE FUNCTION @extschema@.amba_get_experiment(experiment_key text) RETURNS jsonb
+CREATE FUNCTION amba._get_experiment(experiment_key text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    PERFORM amba._check_experiment_key(amba_get_experiment.experiment_key);
+    PERFORM amba._check_experiment_key(_get_experiment.experiment_key);
     RETURN (SELECT amba._experiment_json(e) FROM amba.experiments e
-             WHERE e.key = amba_get_experiment.experiment_key);
+             WHERE e.key = _get_experiment.experiment_key);
 END
 $fn$;
 
-CREATE FUNCTION @extschema@.amba_list_experiments() RETURNS SETOF jsonb
+CREATE FUNCTION amba._list_experiments() RETURNS SETOF jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT amba._experiment_json(e) FROM amba.experiments e ORDER BY e.id
 $fn$;
 
-CREATE FUNCTION @extschema@.amba_experiment_history(experiment_key text)
+CREATE FUNCTION amba._experiment_history(experiment_key text)
 RETURNS TABLE (changed_at timestamptz, changed_by text, api_key_name text,
                action text, before jsonb, after jsonb)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    PERFORM amba._check_experiment_key(amba_experiment_history.experiment_key);
+    PERFORM amba._check_experiment_key(_experiment_history.experiment_key);
     RETURN QUERY
         SELECT h.changed_at, h.changed_by, h.api_key_name, h.action, h.before, h.after
           FROM amba.experiment_history h
-         WHERE h.experiment_key = amba_experiment_history.experiment_key
+         WHERE h.experiment_key = _experiment_history.experiment_key
          ORDER BY h.history_id;
 END
 $fn$;
 
--- amba_track(user_id, event, properties, occurred_at) is on the hot path: it is Rust
--- (src/assign.rs), one prepared insert with the validation done in Rust.
+----------------------------------------------------------------------------------------
+-- Overrides (CONTRACT 3d). Setting or clearing one updates the experiment's row, so every
+-- backend's cached definition (which holds the overrides) is replaced.
+----------------------------------------------------------------------------------------
+-- The experiment's row, locked against concurrent changes; EXPERIMENT_NOT_FOUND if none.
+CREATE FUNCTION amba._experiment_for_update(experiment_key text) RETURNS amba.experiments
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    found amba.experiments;
+BEGIN
+    PERFORM amba._check_experiment_key(_experiment_for_update.experiment_key);
+    SELECT * INTO found FROM amba.experiments e WHERE e.key = _experiment_for_update.experiment_key FOR UPDATE;
+    IF found.id IS NULL THEN
+        PERFORM amba._not_found(_experiment_for_update.experiment_key);
+    END IF;
+    RETURN found;
+END
+$fn$;
 
-CREATE FUNCTION @extschema@.amba_create_api_key(name text, kind text DEFAULT 'client') RETURNS text
+-- The identity a user id acts as (CONTRACT 3d): the id it was aliased to, or itself.
+CREATE FUNCTION amba._identity(user_id text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT coalesce((SELECT a.user_id FROM amba.aliases a WHERE a.anonymous_id = $1), $1)
+$fn$;
+
+CREATE FUNCTION amba._override_json(experiment_key text, o amba.overrides) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT jsonb_build_object('experiment_key', $1, 'user_id', o.user_id, 'variant', o.variant,
+                              'set_at', o.set_at)
+$fn$;
+
+CREATE FUNCTION amba._set_override(experiment_key text, user_id text, variant text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    exp amba.experiments;
+    who text;
+    previous amba.overrides;
+    stored amba.overrides;
+    after jsonb;
+BEGIN
+    PERFORM amba._check_user_id(_set_override.user_id);
+    PERFORM amba._check_variant_key(_set_override.variant);
+    exp := amba._experiment_for_update(_set_override.experiment_key);
+    IF _set_override.variant <> ALL (exp.variant_keys) THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('experiment %s has no variant %s', to_json(exp.key), to_json(_set_override.variant)));
+    END IF;
+    who := amba._identity(_set_override.user_id);
+    SELECT * INTO previous FROM amba.overrides o WHERE o.experiment_id = exp.id AND o.user_id = who;
+    INSERT INTO amba.overrides AS o (experiment_id, user_id, variant)
+    VALUES (exp.id, who, _set_override.variant)
+    ON CONFLICT ON CONSTRAINT overrides_pkey
+    DO UPDATE SET variant = excluded.variant, set_at = now()
+    RETURNING o.* INTO stored;
+    UPDATE amba.experiments e SET revision = e.revision + 1 WHERE e.id = exp.id;
+    after := amba._override_json(exp.key, stored);
+    PERFORM amba._audit(exp.key, 'override_set'::text,
+                        CASE WHEN previous.user_id IS NULL THEN NULL ELSE amba._override_json(exp.key, previous) END,
+                        after);
+    RETURN after;
+END
+$fn$;
+
+CREATE FUNCTION amba._clear_override(experiment_key text, user_id text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    exp amba.experiments;
+    removed amba.overrides;
+BEGIN
+    PERFORM amba._check_user_id(_clear_override.user_id);
+    exp := amba._experiment_for_update(_clear_override.experiment_key);
+    DELETE FROM amba.overrides o
+     WHERE o.experiment_id = exp.id AND o.user_id = amba._identity(_clear_override.user_id)
+    RETURNING o.* INTO removed;
+    IF removed.user_id IS NULL THEN
+        RETURN false;
+    END IF;
+    UPDATE amba.experiments e SET revision = e.revision + 1 WHERE e.id = exp.id;
+    PERFORM amba._audit(exp.key, 'override_clear'::text, amba._override_json(exp.key, removed), NULL::jsonb);
+    RETURN true;
+END
+$fn$;
+
+CREATE FUNCTION amba._list_overrides(experiment_key text)
+RETURNS TABLE (user_id text, variant text, set_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    exp_id bigint;
+BEGIN
+    PERFORM amba._check_experiment_key(_list_overrides.experiment_key);
+    SELECT e.id INTO exp_id FROM amba.experiments e WHERE e.key = _list_overrides.experiment_key;
+    IF exp_id IS NULL THEN
+        PERFORM amba._not_found(_list_overrides.experiment_key);
+    END IF;
+    RETURN QUERY SELECT o.user_id, o.variant, o.set_at FROM amba.overrides o
+                  WHERE o.experiment_id = exp_id ORDER BY o.user_id;
+END
+$fn$;
+
+----------------------------------------------------------------------------------------
+-- Identities (CONTRACT 3d)
+----------------------------------------------------------------------------------------
+-- Every statement that moves rows runs in the latest snapshot after both users' locks are
+-- held (assign, expose and track hold the caller's lock shared), so nothing a concurrent
+-- call committed is left behind under the anonymous id.
+CREATE FUNCTION amba._alias(anonymous_id text, user_id text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    anon text := _alias.anonymous_id;
+    target text := _alias.user_id;
+    params text[];
+    existing text;
+    conflicts bigint := 0;
+    moved bigint;
+    events_moved bigint;
+BEGIN
+    PERFORM amba._check_user_id(anon);
+    PERFORM amba._check_user_id(target);
+    IF anon = target THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text, 'anonymous_id and user_id must differ'::text);
+    END IF;
+    PERFORM amba._lock_users(anon, target);
+    params := ARRAY[anon, target];
+
+    existing := (amba._select_fresh(
+        'SELECT a.user_id FROM amba.aliases a WHERE a.anonymous_id = $1'::text, params))[1];
+    IF existing = target THEN
+        RETURN jsonb_build_object('user_id', target, 'moved', 0, 'conflicts', 0, 'events', 0);
+    ELSIF existing IS NOT NULL THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('%s is already an alias of another user id', to_json(anon)));
+    END IF;
+    IF cardinality(amba._select_fresh(
+        'SELECT a.anonymous_id FROM amba.aliases a WHERE a.user_id = $1 LIMIT 1'::text, params)) > 0 THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('other ids are aliased to %s; it cannot become an alias itself', to_json(anon)));
+    END IF;
+    IF cardinality(amba._select_fresh(
+        'SELECT a.user_id FROM amba.aliases a WHERE a.anonymous_id = $2'::text, params)) > 0 THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('%s is itself an alias of another user id', to_json(target)));
+    END IF;
+    INSERT INTO amba.aliases (anonymous_id, user_id) VALUES (anon, target);
+
+    -- Where both have an assignment, the earlier (first touch) stays for the user; the
+    -- other goes, with its exposure (ON DELETE CASCADE). Each experiment is one primary-key
+    -- lookup per id.
+    conflicts := amba._exec_fresh(
+        'DELETE FROM amba.assignments t USING amba.experiments x, amba.assignments s
+          WHERE t.experiment_id = x.id AND t.user_id = $2
+            AND s.experiment_id = x.id AND s.user_id = $1 AND s.assigned_at < t.assigned_at'::text, params)
+      + amba._exec_fresh(
+        'DELETE FROM amba.assignments s USING amba.experiments x, amba.assignments t
+          WHERE s.experiment_id = x.id AND s.user_id = $1
+            AND t.experiment_id = x.id AND t.user_id = $2'::text, params);
+    -- The rest move unchanged; their exposures follow (ON UPDATE CASCADE).
+    moved := amba._exec_fresh(
+        'UPDATE amba.assignments s SET user_id = $2 FROM amba.experiments x
+          WHERE s.experiment_id = x.id AND s.user_id = $1'::text, params);
+    -- Events: one index lookup per event name (a skip scan over the events index).
+    events_moved := amba._exec_fresh(
+        'WITH RECURSIVE names(event) AS (
+             (SELECT e.event FROM amba.events e ORDER BY e.event LIMIT 1)
+             UNION ALL
+             SELECT (SELECT e.event FROM amba.events e WHERE e.event > n.event ORDER BY e.event LIMIT 1)
+               FROM names n WHERE n.event IS NOT NULL)
+         UPDATE amba.events e SET user_id = $2 FROM names n
+          WHERE e.event = n.event AND e.user_id = $1'::text, params);
+    -- Overrides of the anonymous id become the user's where the user has none.
+    PERFORM amba._exec_fresh(
+        'WITH moved AS (
+             UPDATE amba.overrides o SET user_id = $2 FROM amba.experiments x
+              WHERE o.experiment_id = x.id AND o.user_id = $1
+                AND NOT EXISTS (SELECT 1 FROM amba.overrides u
+                                 WHERE u.experiment_id = x.id AND u.user_id = $2)
+             RETURNING o.experiment_id),
+         dropped AS (
+             DELETE FROM amba.overrides o USING amba.experiments x
+              WHERE o.experiment_id = x.id AND o.user_id = $1
+             RETURNING o.experiment_id)
+         UPDATE amba.experiments e SET revision = e.revision + 1
+          WHERE e.id IN (SELECT experiment_id FROM moved UNION SELECT experiment_id FROM dropped)'::text, params);
+    RETURN jsonb_build_object('user_id', target, 'moved', moved, 'conflicts', conflicts, 'events', events_moved);
+END
+$fn$;
+
+----------------------------------------------------------------------------------------
+-- API keys
+----------------------------------------------------------------------------------------
+CREATE FUNCTION amba._create_api_key(name text, kind text) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     plaintext text;
 BEGIN
-    IF amba_create_api_key.name IS NULL OR amba_create_api_key.name = ''
-       OR char_length(amba_create_api_key.name) > 128
-       OR amba_create_api_key.name ~ '[[:cntrl:]]' THEN
-        PERFORM amba._raise('INVALID_ARGUMENT',
-            'an API key name must be 1 to 128 characters without control characters');
-    END IF;
-    IF amba_create_api_key.kind IS NULL OR amba_create_api_key.kind NOT IN ('client', 'admin') THEN
-        PERFORM amba._raise('INVALID_ARGUMENT',
-            format('API key kind must be client or admin, not %s', coalesce(to_json(amba_create_api_key.kind)::text, 'NULL')));
-    END IF;
+    PERFORM amba._check_api_key(_create_api_key.name, _create_api_key.kind);
     -- 256 random bits, URL-safe base64 without padding: amba_ + 43 characters.
     plaintext := 'amba_' || rtrim(translate(encode(amba._random_bytes(32), 'base64'), E'+/\n', '-_'), '=');
     INSERT INTO amba.api_keys (name, kind, key_hash)
-    VALUES (amba_create_api_key.name, amba_create_api_key.kind, sha256(convert_to(plaintext, 'UTF8')))
+    VALUES (_create_api_key.name, _create_api_key.kind, sha256(convert_to(plaintext, 'UTF8')))
     ON CONFLICT ON CONSTRAINT api_keys_pkey DO NOTHING;
     IF NOT FOUND THEN
-        PERFORM amba._raise('API_KEY_EXISTS',
-            format('an API key named %s exists already (revoked names stay taken)', to_json(amba_create_api_key.name)));
+        PERFORM amba._raise('API_KEY_EXISTS'::text,
+            format('an API key named %s exists already (revoked names stay taken)', to_json(_create_api_key.name)));
     END IF;
     RETURN plaintext;
 END
 $fn$;
 
-CREATE FUNCTION @extschema@.amba_revoke_api_key(name text) RETURNS boolean
+CREATE FUNCTION amba._revoke_api_key(name text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    IF amba_revoke_api_key.name IS NULL THEN
-        PERFORM amba._raise('INVALID_ARGUMENT', 'name must not be NULL');
+    IF _revoke_api_key.name IS NULL THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text, 'name must not be NULL'::text);
     END IF;
     UPDATE amba.api_keys k SET revoked_at = now()
-     WHERE k.name = amba_revoke_api_key.name AND k.revoked_at IS NULL;
+     WHERE k.name = _revoke_api_key.name AND k.revoked_at IS NULL;
     RETURN FOUND;
 END
 $fn$;
+
+----------------------------------------------------------------------------------------
+-- The public SQL API: thin wrappers in the extension's schema.
+----------------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.amba_create_experiment(
+    experiment_key text, variants jsonb, name text DEFAULT NULL,
+    description text DEFAULT NULL, status text DEFAULT 'active') RETURNS jsonb
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5) $fn$;
+
+CREATE FUNCTION @extschema@.amba_update_experiment(
+    experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
+    name text DEFAULT NULL, description text DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5) $fn$;
+
+CREATE FUNCTION @extschema@.amba_delete_experiment(experiment_key text) RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT amba._delete_experiment($1) $fn$;
+
+CREATE FUNCTION @extschema@.amba_get_experiment(experiment_key text) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT amba._get_experiment($1) $fn$;
+
+CREATE FUNCTION @extschema@.amba_list_experiments() RETURNS SETOF jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT * FROM amba._list_experiments() $fn$;
+
+CREATE FUNCTION @extschema@.amba_experiment_history(experiment_key text)
+RETURNS TABLE (changed_at timestamptz, changed_by text, api_key_name text,
+               action text, before jsonb, after jsonb)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT * FROM amba._experiment_history($1) $fn$;
+
+CREATE FUNCTION @extschema@.amba_set_override(experiment_key text, user_id text, variant text) RETURNS jsonb
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT amba._set_override($1, $2, $3) $fn$;
+
+CREATE FUNCTION @extschema@.amba_clear_override(experiment_key text, user_id text) RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT amba._clear_override($1, $2) $fn$;
+
+CREATE FUNCTION @extschema@.amba_list_overrides(experiment_key text)
+RETURNS TABLE (user_id text, variant text, set_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT * FROM amba._list_overrides($1) $fn$;
+
+CREATE FUNCTION @extschema@.amba_alias(anonymous_id text, user_id text) RETURNS jsonb
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT amba._alias($1, $2) $fn$;
+
+CREATE FUNCTION @extschema@.amba_create_api_key(name text, kind text DEFAULT 'client') RETURNS text
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT amba._create_api_key($1, $2) $fn$;
+
+CREATE FUNCTION @extschema@.amba_revoke_api_key(name text) RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT amba._revoke_api_key($1) $fn$;

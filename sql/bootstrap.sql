@@ -4,18 +4,22 @@
 CREATE SCHEMA amba;
 COMMENT ON SCHEMA amba IS 'Amba experiments: data (experiments, assignments, exposures, events, audit, API keys)';
 
--- The three roles of the contract: reused when they exist already.
+-- The three roles of the contract, and amba_owner, the owner of the SECURITY DEFINER
+-- functions (not a superuser: they run with no more than amba's tables need). An existing
+-- role is reused; one that can log in is reused with a warning (anyone who logs in as it
+-- acts with its amba rights).
 DO $roles$
+DECLARE
+    r text;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'amba_admin') THEN
-        CREATE ROLE amba_admin NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'amba_analyst') THEN
-        CREATE ROLE amba_analyst NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'amba_client') THEN
-        CREATE ROLE amba_client NOLOGIN;
-    END IF;
+    FOREACH r IN ARRAY ARRAY['amba_admin', 'amba_analyst', 'amba_client', 'amba_owner'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        ELSIF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r AND (rolcanlogin OR rolsuper)) THEN
+            RAISE WARNING 'amba: the existing role % can log in (or is a superuser); it is reused as is', r
+                USING HINT = pg_catalog.format('ALTER ROLE %I NOLOGIN NOSUPERUSER unless that is intended.', r);
+        END IF;
+    END LOOP;
 END
 $roles$;
 
@@ -31,8 +35,10 @@ CREATE TABLE amba.experiments (
     weights        double precision[] NOT NULL,
     -- Bumped whenever the variants or weights change (see amba.weight_versions).
     weight_version integer NOT NULL DEFAULT 1,
-    -- Bumped by every update: assignment inserts only under the revision it computed with.
+    -- Bumped by every update (and by setting or clearing an override).
     revision       bigint NOT NULL DEFAULT 1,
+    -- The bucketing rule users are assigned with (amba_core::bucket::BUCKETING_VERSION).
+    bucketing_version smallint NOT NULL DEFAULT 1,
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
     CHECK (cardinality(variant_keys) >= 2 AND cardinality(variant_keys) = cardinality(weights))
@@ -49,8 +55,11 @@ CREATE TABLE amba.weight_versions (
     PRIMARY KEY (experiment_id, version)
 );
 
+-- No foreign key to amba.experiments: its check would lock the experiment's row for every
+-- first assignment. Deletes take assignments with them explicitly, under the experiment's
+-- advisory lock (see src/locks.rs).
 CREATE TABLE amba.assignments (
-    experiment_id  bigint NOT NULL REFERENCES amba.experiments (id) ON DELETE CASCADE,
+    experiment_id  bigint NOT NULL,
     user_id        text NOT NULL,
     variant        text NOT NULL,
     weight_version integer NOT NULL,
@@ -64,7 +73,7 @@ CREATE TABLE amba.exposures (
     exposed_at    timestamptz NOT NULL DEFAULT now(),   -- the first exposure
     PRIMARY KEY (experiment_id, user_id),
     FOREIGN KEY (experiment_id, user_id)
-        REFERENCES amba.assignments (experiment_id, user_id) ON DELETE CASCADE
+        REFERENCES amba.assignments (experiment_id, user_id) ON DELETE CASCADE ON UPDATE CASCADE
 );
 
 -- Events are not tied to experiments: one conversion can count in many experiments.
@@ -85,11 +94,31 @@ CREATE TABLE amba.experiment_history (
     changed_by     text NOT NULL,
     api_key_name   text,
     jwt_sub        text,
-    action         text NOT NULL CHECK (action IN ('create', 'update', 'delete')),
+    action         text NOT NULL
+                   CHECK (action IN ('create', 'update', 'delete', 'override_set', 'override_clear')),
     before         jsonb,
     after          jsonb
 );
 CREATE INDEX experiment_history_key ON amba.experiment_history (experiment_key, history_id);
+
+-- Overrides (CONTRACT 3d): the variant a user gets whatever the status; nothing is
+-- written for them and results leave them out while the override exists.
+CREATE TABLE amba.overrides (
+    experiment_id bigint NOT NULL REFERENCES amba.experiments (id) ON DELETE CASCADE,
+    user_id       text NOT NULL,
+    variant       text NOT NULL,
+    set_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (experiment_id, user_id)
+);
+
+-- Identities (CONTRACT 3d): anonymous_id now acts as user_id.
+CREATE TABLE amba.aliases (
+    anonymous_id text PRIMARY KEY,
+    user_id      text NOT NULL,
+    aliased_at   timestamptz NOT NULL DEFAULT now(),
+    CHECK (anonymous_id <> user_id)
+);
+CREATE INDEX aliases_user_id ON amba.aliases (user_id);
 
 -- API keys for the HTTP surface: only a SHA-256 of the plaintext is stored.
 CREATE TABLE amba.api_keys (
@@ -107,9 +136,9 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['experiments', 'weight_versions', 'assignments', 'exposures',
-                             'events', 'experiment_history', 'api_keys']
+                             'events', 'experiment_history', 'api_keys', 'overrides', 'aliases']
     LOOP
-        PERFORM pg_catalog.pg_extension_config_dump(format('amba.%I', t)::regclass, '');
+        PERFORM pg_catalog.pg_extension_config_dump(pg_catalog.format('amba.%I', t)::regclass, '');
     END LOOP;
     FOREACH t IN ARRAY ARRAY['experiments.id', 'events.event_id', 'experiment_history.history_id']
     LOOP

@@ -1,100 +1,22 @@
--- Amba experiments: access control (grants, row-level security) and the PostgREST
--- surface, schema amba_api. Runs last in the extension script (finalize).
+-- Amba experiments: the PostgREST surface, schema amba_api (PGRST_DB_SCHEMAS=amba_api).
+-- Functions here only translate: they call amba's internals (schema `amba`, which only the
+-- extension controls) with exactly typed arguments, and turn contract errors into
+-- PostgREST's HTTP errors. Grants are in access.sql.
 
-----------------------------------------------------------------------------------------
--- Grants. Nothing is reachable by PUBLIC; each role gets what CONTRACT section 4 says.
-----------------------------------------------------------------------------------------
-REVOKE ALL ON ALL TABLES IN SCHEMA amba FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA amba FROM PUBLIC;
-GRANT USAGE ON SCHEMA amba TO amba_admin, amba_analyst, amba_client;
--- Calling anything in the extension's schema needs USAGE on it (CREATE EXTENSION amba SCHEMA s).
-GRANT USAGE ON SCHEMA @extschema@ TO amba_admin, amba_analyst;
+CREATE SCHEMA amba_api;
+COMMENT ON SCHEMA amba_api IS
+'Amba experiments HTTP API. Every request carries X-Api-Key; client calls also carry the end user''s JWT (sub = user id, role = amba_client).';
 
--- The public SQL API: no PUBLIC access; admins get all of it.
-DO $api_grants$
-DECLARE
-    signature text;
-BEGIN
-    FOREACH signature IN ARRAY ARRAY[
-        'amba_create_experiment(text, jsonb, text, text, text)',
-        'amba_update_experiment(text, jsonb, text, text, text)',
-        'amba_delete_experiment(text)', 'amba_get_experiment(text)', 'amba_list_experiments()',
-        'amba_assign(text, text)', 'amba_expose(text, text)',
-        'amba_track(text, text, jsonb, timestamptz)',
-        'amba_results(text, text, double precision)', 'amba_bucket(text, text)',
-        'amba_experiment_history(text)', 'amba_create_api_key(text, text)',
-        'amba_revoke_api_key(text)']
-    LOOP
-        EXECUTE format('REVOKE ALL ON FUNCTION %I.%s FROM PUBLIC', '@extschema@', signature);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %I.%s TO amba_admin', '@extschema@', signature);
-    END LOOP;
-END
-$api_grants$;
-
--- Admins: everything.
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA amba TO amba_admin;
-GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA amba TO amba_admin;
-
--- Analysts: read experiments and results, never write; API keys stay hidden.
-GRANT SELECT ON amba.experiments, amba.weight_versions, amba.assignments, amba.exposures,
-                amba.events, amba.experiment_history TO amba_analyst;
-GRANT EXECUTE ON FUNCTION
-    @extschema@.amba_get_experiment(text),
-    @extschema@.amba_list_experiments(),
-    @extschema@.amba_results(text, text, double precision),
-    @extschema@.amba_bucket(text, text),
-    @extschema@.amba_experiment_history(text),
-    amba._check_experiment_key(text),
-    amba._experiment_json(amba.experiments),
-    amba._raise(text, text)
-TO amba_analyst;
-
--- Clients: their own assignments and exposures, read-only; everything else goes through
--- the amba_api functions below.
-GRANT SELECT ON amba.assignments, amba.exposures TO amba_client;
-
-----------------------------------------------------------------------------------------
--- Row-level security on every table: a role that reaches a table sees only what it may.
-----------------------------------------------------------------------------------------
 -- The end user of an HTTP request (JWT `sub`); NULL elsewhere.
 CREATE FUNCTION amba._request_user_id() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT amba._jwt_sub()
 $fn$;
-GRANT EXECUTE ON FUNCTION amba._request_user_id(), amba._jwt_sub() TO amba_client;
-
-DO $rls$
-DECLARE
-    t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['experiments', 'weight_versions', 'assignments', 'exposures',
-                             'events', 'experiment_history', 'api_keys']
-    LOOP
-        EXECUTE format('ALTER TABLE amba.%I ENABLE ROW LEVEL SECURITY', t);
-        EXECUTE format('CREATE POLICY admin_all ON amba.%I TO amba_admin USING (true) WITH CHECK (true)', t);
-        IF t <> 'api_keys' THEN
-            EXECUTE format('CREATE POLICY analyst_read ON amba.%I FOR SELECT TO amba_analyst USING (true)', t);
-        END IF;
-    END LOOP;
-END
-$rls$;
-CREATE POLICY client_own ON amba.assignments FOR SELECT TO amba_client
-    USING (user_id = amba._request_user_id());
-CREATE POLICY client_own ON amba.exposures FOR SELECT TO amba_client
-    USING (user_id = amba._request_user_id());
-
-----------------------------------------------------------------------------------------
--- The PostgREST surface: schema amba_api (PGRST_DB_SCHEMAS=amba_api).
-----------------------------------------------------------------------------------------
-CREATE SCHEMA amba_api;
-COMMENT ON SCHEMA amba_api IS
-'Amba experiments HTTP API. Every request carries X-Api-Key; client calls also carry the end user''s JWT (sub = user id, role = amba_client).';
-GRANT USAGE ON SCHEMA amba_api TO PUBLIC;
 
 -- Raises the error PostgREST turns into HTTP `status` with body {"code", "message"}; the
 -- message begins with the code, as every contract error's does.
 CREATE FUNCTION amba._http_error(status integer, code text, message text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     IF left(message, length(code) + 1) <> code || ':' THEN
         message := code || ': ' || message;
@@ -105,26 +27,24 @@ BEGIN
 END
 $fn$;
 
--- Re-raises a caught error: contract errors with their HTTP status, others unchanged
--- (PostgREST maps those SQLSTATEs itself).
+-- Re-raises a caught error: contract errors with their HTTP status (the core's error
+-- table, through amba._http_status), others unchanged (PostgREST maps those SQLSTATEs).
 CREATE FUNCTION amba._http_rethrow(state text, message text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    code text := substring(message FROM '^([A-Z_]+):');
-    status integer := CASE code
-        WHEN 'EXPERIMENT_INACTIVE' THEN 409
-        WHEN 'EXPERIMENT_EXISTS' THEN 409
-        WHEN 'API_KEY_EXISTS' THEN 409
-        WHEN 'ASSIGNMENT_REQUIRED' THEN 404
-        WHEN 'EXPERIMENT_NOT_FOUND' THEN 404
-        WHEN 'INVALID_ARGUMENT' THEN 400
-    END;
+    status integer := amba._http_status(message);
 BEGIN
     IF status IS NOT NULL THEN
-        PERFORM amba._http_error(status, code, message);
+        PERFORM amba._http_error(status, substring(message FROM '^([A-Z_]+):'), message);
     END IF;
     RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message;
 END
+$fn$;
+
+CREATE FUNCTION amba._http_not_found(experiment_key text) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT amba._http_error(404, 'EXPERIMENT_NOT_FOUND'::text,
+                            format('experiment %s does not exist', to_json($1)))
 $fn$;
 
 -- The user id of a client call: always the JWT's `sub`, never a parameter.
@@ -134,10 +54,23 @@ DECLARE
     sub text := amba._jwt_sub();
 BEGIN
     IF sub IS NULL OR sub = '' THEN
-        PERFORM amba._http_error(403, 'FORBIDDEN', 'client calls need an end-user session token with a sub claim');
+        PERFORM amba._http_error(403, 'FORBIDDEN'::text,
+            'client calls need an end-user session token with a sub claim'::text);
     END IF;
     RETURN sub;
 END
+$fn$;
+
+-- request.path is the raw path, while PostgREST routes on the percent-decoded one
+-- (/rpc/experiments%5Fcreate calls experiments_create): match on the decoded path.
+CREATE FUNCTION amba._decoded_request_path() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT coalesce((
+        SELECT convert_from(string_agg(CASE WHEN m[1] IS NULL THEN convert_to(m[2], 'UTF8')
+                                            ELSE decode(substr(m[1], 2), 'hex') END,
+                                       ''::bytea ORDER BY n), 'UTF8')
+          FROM regexp_matches(current_setting('request.path', true),
+                              '(%[0-9A-Fa-f]{2})|([^%]+|%)', 'g') WITH ORDINALITY AS t(m, n)), '')
 $fn$;
 
 CREATE FUNCTION amba_api.pre_request() RETURNS void
@@ -145,39 +78,32 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp A
 DECLARE
     headers jsonb := coalesce(nullif(current_setting('request.headers', true), '')::jsonb, '{}'::jsonb);
     api_key text := headers ->> 'x-api-key';
-    -- request.path is the raw path, while PostgREST routes on the percent-decoded one
-    -- (/rpc/experiments%5Fcreate calls experiments_create): match on the decoded path.
-    path text := coalesce((
-        SELECT convert_from(string_agg(CASE WHEN m[1] IS NULL THEN convert_to(m[2], 'UTF8')
-                                            ELSE decode(substr(m[1], 2), 'hex') END,
-                                       ''::bytea ORDER BY n), 'UTF8')
-          FROM regexp_matches(current_setting('request.path', true),
-                              '(%[0-9A-Fa-f]{2})|([^%]+|%)', 'g') WITH ORDINALITY AS t(m, n)), '');
+    path text := amba._decoded_request_path();
     request_role text := current_setting('role');
     key_row amba.api_keys;
 BEGIN
     IF api_key IS NULL OR api_key = '' THEN
-        PERFORM amba._http_error(401, 'API_KEY_REQUIRED', 'the X-Api-Key header is required');
+        PERFORM amba._http_error(401, 'API_KEY_REQUIRED'::text, 'the X-Api-Key header is required'::text);
     END IF;
     SELECT * INTO key_row FROM amba.api_keys k WHERE k.key_hash = sha256(convert_to(api_key, 'UTF8'));
     IF key_row.name IS NULL OR key_row.revoked_at IS NOT NULL THEN
-        PERFORM amba._http_error(401, 'API_KEY_INVALID', 'the API key is unknown or revoked');
+        PERFORM amba._http_error(401, 'API_KEY_INVALID'::text, 'the API key is unknown or revoked'::text);
     END IF;
 
-    IF path ~ '^/rpc/experiments_' THEN
+    IF path ~ '^/rpc/(experiments|overrides|users)_' THEN
         IF key_row.kind <> 'admin' OR request_role <> 'amba_admin' THEN
-            PERFORM amba._http_error(403, 'FORBIDDEN',
-                'admin endpoints need an admin API key and the amba_admin role');
+            PERFORM amba._http_error(403, 'FORBIDDEN'::text,
+                'admin endpoints need an admin API key and the amba_admin role'::text);
         END IF;
     END IF;
     -- The admin role acts only with an admin key, whatever the path.
     IF request_role = 'amba_admin' AND key_row.kind <> 'admin' THEN
-        PERFORM amba._http_error(403, 'FORBIDDEN', 'the amba_admin role needs an admin API key');
+        PERFORM amba._http_error(403, 'FORBIDDEN'::text, 'the amba_admin role needs an admin API key'::text);
     END IF;
-    IF path IN ('/rpc/assign', '/rpc/expose', '/rpc/track', '/my_assignments') THEN
+    IF path IN ('/rpc/assign', '/rpc/expose', '/rpc/track', '/rpc/peek', '/my_assignments') THEN
         IF request_role <> 'amba_client' THEN
-            PERFORM amba._http_error(403, 'FORBIDDEN',
-                'client endpoints need an end-user session token (role amba_client)');
+            PERFORM amba._http_error(403, 'FORBIDDEN'::text,
+                'client endpoints need an end-user session token (role amba_client)'::text);
         END IF;
     END IF;
     -- Attributes changes in the experiment history to this key.
@@ -186,9 +112,9 @@ END
 $fn$;
 COMMENT ON FUNCTION amba_api.pre_request() IS
 'PostgREST pre-request hook (PGRST_DB_PRE_REQUEST=amba_api.pre_request): rejects a missing (401 API_KEY_REQUIRED), unknown or revoked (401 API_KEY_INVALID) X-Api-Key, and a client key or role on an admin endpoint (403 FORBIDDEN).';
-GRANT EXECUTE ON FUNCTION amba_api.pre_request() TO PUBLIC;
 
--- Client endpoints ----------------------------------------------------------------------
+-- Client endpoints (SECURITY DEFINER, owned by amba_owner: the user id comes from the
+-- token, so the client role itself never gets rights on the tables) ---------------------
 
 CREATE FUNCTION amba_api.assign(experiment_key text) RETURNS json
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
@@ -196,7 +122,7 @@ DECLARE
     user_id text := amba._client_user_id();
 BEGIN
     RETURN json_build_object('experiment_key', experiment_key,
-                             'variant', @extschema@.amba_assign(experiment_key, user_id));
+                             'variant', amba._assign(experiment_key, user_id));
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
@@ -210,7 +136,7 @@ DECLARE
     user_id text := amba._client_user_id();
 BEGIN
     RETURN json_build_object('experiment_key', experiment_key,
-                             'variant', @extschema@.amba_expose(experiment_key, user_id));
+                             'variant', amba._expose(experiment_key, user_id));
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
@@ -224,13 +150,27 @@ DECLARE
     user_id text := amba._client_user_id();
 BEGIN
     RETURN json_build_object('event', event,
-                             'occurred_at', @extschema@.amba_track(user_id, event, properties, NULL));
+                             'occurred_at', amba._track(user_id, event, properties, NULL::timestamptz));
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
 COMMENT ON FUNCTION amba_api.track(text, jsonb) IS
 'Records an event (a conversion) for the session user, now. properties: a JSON object of at most 64 KiB, or null.';
+
+CREATE FUNCTION amba_api.peek(experiment_key text) RETURNS json
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    user_id text := amba._client_user_id();
+BEGIN
+    RETURN json_build_object('experiment_key', experiment_key,
+                             'variant', amba._peek(experiment_key, user_id));
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.peek(text) IS
+'The session user''s variant without enrolling them: their override or assignment, else the variant they would get now (active experiments), else null. Writes nothing. 404 EXPERIMENT_NOT_FOUND.';
 
 CREATE VIEW amba_api.my_assignments WITH (security_barrier) AS
     SELECT e.key AS experiment_key, a.variant, a.assigned_at, x.exposed_at
@@ -240,10 +180,6 @@ CREATE VIEW amba_api.my_assignments WITH (security_barrier) AS
      WHERE a.user_id = amba._request_user_id();
 COMMENT ON VIEW amba_api.my_assignments IS
 'The session user''s assignments: experiment_key, variant, assigned_at, exposed_at (null until exposed).';
-GRANT SELECT ON amba_api.my_assignments TO amba_client;
-
-GRANT EXECUTE ON FUNCTION amba_api.assign(text), amba_api.expose(text), amba_api.track(text, jsonb)
-    TO amba_client;
 
 -- Admin endpoints (security invoker: they run with amba_admin's own rights) --------------
 
@@ -252,7 +188,7 @@ CREATE FUNCTION amba_api.experiments_create(
     description text DEFAULT NULL, status text DEFAULT 'active') RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    RETURN @extschema@.amba_create_experiment(experiment_key, variants, name, description, status);
+    RETURN amba._create_experiment(experiment_key, variants, name, description, status);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
@@ -263,7 +199,7 @@ COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text) I
 CREATE FUNCTION amba_api.experiments_list() RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    RETURN QUERY SELECT * FROM @extschema@.amba_list_experiments();
+    RETURN QUERY SELECT * FROM amba._list_experiments();
 END
 $fn$;
 COMMENT ON FUNCTION amba_api.experiments_list() IS 'Lists all experiments, oldest first.';
@@ -274,13 +210,12 @@ DECLARE
     found jsonb;
 BEGIN
     BEGIN
-        found := @extschema@.amba_get_experiment(experiment_key);
+        found := amba._get_experiment(experiment_key);
     EXCEPTION WHEN OTHERS THEN
         PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
     END;
     IF found IS NULL THEN
-        PERFORM amba._http_error(404, 'EXPERIMENT_NOT_FOUND',
-            format('EXPERIMENT_NOT_FOUND: experiment %s does not exist', to_json(experiment_key)));
+        PERFORM amba._http_not_found(experiment_key);
     END IF;
     RETURN found;
 END
@@ -292,7 +227,7 @@ CREATE FUNCTION amba_api.experiments_update(
     name text DEFAULT NULL, description text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    RETURN @extschema@.amba_update_experiment(experiment_key, variants, status, name, description);
+    RETURN amba._update_experiment(experiment_key, variants, status, name, description);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
@@ -306,13 +241,12 @@ DECLARE
     deleted boolean;
 BEGIN
     BEGIN
-        deleted := @extschema@.amba_delete_experiment(experiment_key);
+        deleted := amba._delete_experiment(experiment_key);
     EXCEPTION WHEN OTHERS THEN
         PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
     END;
     IF NOT deleted THEN
-        PERFORM amba._http_error(404, 'EXPERIMENT_NOT_FOUND',
-            format('EXPERIMENT_NOT_FOUND: experiment %s does not exist', to_json(experiment_key)));
+        PERFORM amba._http_not_found(experiment_key);
     END IF;
     RETURN true;
 END
@@ -330,7 +264,7 @@ RETURNS TABLE (variant text, is_control boolean, assigned_count bigint, exposed_
                srm_p_value double precision)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    RETURN QUERY SELECT * FROM @extschema@.amba_results(experiment_key, conversion_event, alpha);
+    RETURN QUERY SELECT * FROM amba._results(experiment_key, conversion_event, alpha);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
@@ -338,23 +272,84 @@ $fn$;
 COMMENT ON FUNCTION amba_api.experiments_results(text, text, double precision) IS
 'Per-variant results for a conversion event, control first: counts, conversion_rate, z_score and two-sided p_value against the control, relative lift with its (1 - alpha) interval, chance_to_win, Holm-adjusted p-value, always-valid sequential p-value, and the sample-ratio-mismatch p-value (below 0.001: do not trust the results). 404 EXPERIMENT_NOT_FOUND.';
 
-GRANT EXECUTE ON FUNCTION
-    amba_api.experiments_create(text, jsonb, text, text, text),
-    amba_api.experiments_list(),
-    amba_api.experiments_get(text),
-    amba_api.experiments_update(text, jsonb, text, text, text),
-    amba_api.experiments_delete(text),
-    amba_api.experiments_results(text, text, double precision)
-TO amba_admin;
-REVOKE EXECUTE ON FUNCTION amba_api.assign(text), amba_api.expose(text), amba_api.track(text, jsonb),
-    amba_api.experiments_create(text, jsonb, text, text, text), amba_api.experiments_list(),
-    amba_api.experiments_get(text), amba_api.experiments_update(text, jsonb, text, text, text),
-    amba_api.experiments_delete(text), amba_api.experiments_results(text, text, double precision)
-FROM PUBLIC;
+CREATE FUNCTION amba_api.experiments_metric_results(
+    experiment_key text, event text, value_property text DEFAULT NULL,
+    alpha double precision DEFAULT 0.05, cap double precision DEFAULT NULL,
+    cap_percentile double precision DEFAULT NULL, cuped_days integer DEFAULT NULL)
+RETURNS TABLE (variant text, is_control boolean, exposed_count bigint, mean double precision,
+               stddev double precision, delta double precision, delta_ci_low double precision,
+               delta_ci_high double precision, p_value double precision,
+               p_value_holm double precision, lift double precision,
+               lift_ci_low double precision, lift_ci_high double precision,
+               cuped_theta double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._metric_results(experiment_key, event, value_property, alpha,
+                                                    cap, cap_percentile, cuped_days);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_metric_results(text, text, text, double precision, double precision, double precision, integer) IS
+'Per-variant mean metric (event count, or the sum of a numeric property) per exposed user: mean, stddev, absolute delta and relative lift vs the control with Welch intervals and p-values, Holm, optional capping (cap or cap_percentile) and CUPED (cuped_days). 404 EXPERIMENT_NOT_FOUND.';
 
--- Helpers created after the blanket grants above.
-REVOKE ALL ON FUNCTION amba._request_user_id(), amba._http_error(integer, text, text),
-    amba._http_rethrow(text, text), amba._client_user_id() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION amba._request_user_id(), amba._jwt_sub() TO amba_client, amba_admin, amba_analyst;
-GRANT EXECUTE ON FUNCTION amba._http_error(integer, text, text), amba._http_rethrow(text, text)
-    TO amba_admin;
+CREATE FUNCTION amba_api.experiments_results_daily(
+    experiment_key text, conversion_event text, alpha double precision DEFAULT 0.05)
+RETURNS TABLE (day date, variant text, is_control boolean, exposed_count bigint,
+               converted_count bigint, conversion_rate double precision, lift double precision,
+               lift_ci_low double precision, lift_ci_high double precision,
+               p_value double precision, sequential_p_value double precision,
+               lift_cs_low double precision, lift_cs_high double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._results_daily(experiment_key, conversion_event, alpha);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_results_daily(text, text, double precision) IS
+'The results as they stood at the end of each UTC day (cumulative), with the always-valid interval of the lift (lift_cs_low/high). 404 EXPERIMENT_NOT_FOUND.';
+
+CREATE FUNCTION amba_api.overrides_set(experiment_key text, user_id text, variant text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN amba._set_override(experiment_key, user_id, variant);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.overrides_set(text, text, text) IS
+'Forces a user''s variant (QA, demos): nothing is recorded for them and results leave them out. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT.';
+
+CREATE FUNCTION amba_api.overrides_clear(experiment_key text, user_id text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN amba._clear_override(experiment_key, user_id);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.overrides_clear(text, text) IS
+'Removes a user''s override (true if there was one). 404 EXPERIMENT_NOT_FOUND.';
+
+CREATE FUNCTION amba_api.overrides_list(experiment_key text)
+RETURNS TABLE (user_id text, variant text, set_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._list_overrides(experiment_key);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.overrides_list(text) IS 'The experiment''s overrides. 404 EXPERIMENT_NOT_FOUND.';
+
+CREATE FUNCTION amba_api.users_alias(anonymous_id text, user_id text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN amba._alias(anonymous_id, user_id);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.users_alias(text, text) IS
+'Makes user_id the identity of the visitor known as anonymous_id (e.g. at login): assignments, exposures and events move; where both have an assignment the earlier one is kept. 400 INVALID_ARGUMENT.';

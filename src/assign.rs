@@ -1,19 +1,31 @@
-//! The hot path: `amba_assign`, `amba_expose`, `amba_track`, and the pure `amba_bucket`.
+//! The hot path: `amba_assign`, `amba_expose`, `amba_peek`, `amba_track`, and the pure
+//! `amba_bucket`.
 //!
-//! A returning user costs one primary-key lookup, read straight from the index (`pk_fetch`,
-//! no SPI) whenever that reads exactly what a SELECT would; a new user costs that plus one
-//! insert (SPI, on a plan prepared once per backend). The experiment definition comes from
-//! the per-backend cache, so no JSON is parsed here. See BENCHMARKS.md for the figures.
+//! A returning user costs one primary-key lookup, read straight from the index whenever
+//! that reads exactly what a SELECT would (`direct.rs`); a new user costs that plus one
+//! insert on a plan prepared once per backend, under the experiment's shared advisory lock
+//! (`locks.rs`): no row of `amba.experiments` is locked, so first assignments from many
+//! connections never queue on one row. The definition comes from the per-backend cache,
+//! checked against each statement's snapshot (`cache.rs`). Overridden users get the
+//! override and nothing is written for them; ids aliased to another act as that id.
+//!
+//! Each SQL function has a twin in schema `amba` (`amba._assign`, ...), which the HTTP
+//! surface calls: only the extension can create functions there, so no look-alike placed
+//! in the extension's schema can intercept a SECURITY DEFINER call (CONTRACT 8).
 
-use crate::cache::{self, with_plan, Experiment};
-use crate::errors::{raise_code, OrRaise};
+use crate::cache::{self, Experiment};
+use crate::direct;
+use crate::errors::{raise_code, raise_serialization_failure, OrRaise};
+use crate::identity;
+use crate::jsonb::JsonbDatum;
+use crate::locks;
+use crate::spi::with_plan;
 use amba_core::{bucket, validate, ErrorCode};
-use pgrx::callconv::{Arg, ArgAbi};
-use pgrx::nullable::Nullable;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use std::cell::RefCell;
+use std::rc::Rc;
 
 thread_local! {
     static FIND_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
@@ -24,19 +36,12 @@ thread_local! {
     static TRACK_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
-const FIND_SQL: &str =
-    "SELECT variant FROM amba.assignments WHERE experiment_id = $1 AND user_id = $2";
+const FIND_SQL: &str = "SELECT variant FROM amba.assignments WHERE experiment_id = $1 AND user_id = $2";
 
-/// Inserts only while the experiment is still at the revision the variant was computed
-/// from: the KEY SHARE lock waits for a concurrent update (which holds FOR UPDATE) and
-/// re-checks the revision, so an update removing a variant and a first assignment to it
-/// never both succeed. The weight version is recorded for the SRM test.
+/// The weight version is recorded for the SRM test. No foreign key to amba.experiments:
+/// its check would lock the experiment's row for every first assignment.
 const INSERT_SQL: &str = "INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version) \
-     SELECT e.id, $2, $3, e.weight_version FROM amba.experiments e \
-     WHERE e.id = $1 AND e.revision = $4 AND e.status = 'active' \
-     FOR KEY SHARE \
-     ON CONFLICT (experiment_id, user_id) DO NOTHING \
-     RETURNING variant";
+     VALUES ($1, $2, $3, $4) ON CONFLICT (experiment_id, user_id) DO NOTHING RETURNING variant";
 
 const EXPOSE_SQL: &str = "WITH assigned AS ( \
        SELECT variant FROM amba.assignments WHERE experiment_id = $1 AND user_id = $2), \
@@ -46,104 +51,57 @@ const EXPOSE_SQL: &str = "WITH assigned AS ( \
        ON CONFLICT (experiment_id, user_id) DO NOTHING) \
      SELECT variant FROM assigned";
 
-/// A first exposure, once `pk_fetch` has found the assignment and no exposure.
+/// A first exposure, once the direct read has found the assignment and no exposure.
 const INSERT_EXPOSURE_SQL: &str = "INSERT INTO amba.exposures (experiment_id, user_id) VALUES ($1, $2) \
      ON CONFLICT (experiment_id, user_id) DO NOTHING";
 
-const TRACK_SQL: &str =
-    "INSERT INTO amba.events (user_id, event, occurred_at, properties) VALUES ($1, $2, $3, $4)";
+const TRACK_SQL: &str = "INSERT INTO amba.events (user_id, event, occurred_at, properties) VALUES ($1, $2, $3, $4)";
 
-/// Reads the row with primary key (experiment_id, user_id) straight from the index, the way
-/// PostgreSQL reads its own catalogs (a systable scan): no SPI connection, no plan, no
-/// executor. Returns whether a row is visible in `snapshot` and, with `attnum`, that text
-/// column of it. Only used where it reads exactly what the SELECT through SPI would (see
-/// `direct_reads_allowed`); the relation stays locked (AccessShareLock) to the end of the
-/// transaction, as the executor would leave it.
-unsafe fn pk_fetch(
-    table: pg_sys::Oid,
-    index: pg_sys::Oid,
-    experiment_id: i64,
-    user_id: &str,
-    snapshot: pg_sys::Snapshot,
-    attnum: Option<i16>,
-) -> (bool, Option<String>) {
-    unsafe {
-        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        // The btree is searched with the scan key's collation: it must be the index's.
-        let irel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let user_id_collation = *(*irel).rd_indcollation.add(1);
-        pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
-        pg_sys::ScanKeyEntryInitialize(
-            &mut keys[0],
-            0,
-            1,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::InvalidOid,
-            pg_sys::InvalidOid,
-            pg_sys::Oid::from(pg_sys::F_INT8EQ),
-            pg_sys::Datum::from(experiment_id),
-        );
-        let user_id_text = user_id.into_datum().expect("a text datum");
-        pg_sys::ScanKeyEntryInitialize(
-            &mut keys[1],
-            0,
-            2,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::InvalidOid,
-            user_id_collation,
-            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-            user_id_text,
-        );
-        let scan = pg_sys::systable_beginscan(rel, index, true, snapshot, 2, keys.as_mut_ptr());
-        let tuple = pg_sys::systable_getnext(scan);
-        let found = if tuple.is_null() {
-            (false, None)
-        } else if let Some(attnum) = attnum {
-            let mut is_null = false;
-            let datum = pg_sys::heap_getattr(tuple, attnum as i32, (*rel).rd_att, &mut is_null);
-            (true, String::from_datum(datum, is_null))
-        } else {
-            (true, None)
-        };
-        pg_sys::systable_endscan(scan);
-        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        found
-    }
+fn check_inputs<'a>(experiment_key: Option<&'a str>, user_id: Option<&'a str>) -> (&'a str, &'a str) {
+    validate::experiment_key(experiment_key).or_raise();
+    validate::user_id(user_id).or_raise();
+    (experiment_key.unwrap(), user_id.unwrap())
 }
 
-/// Whether `pk_fetch` reads what a SELECT through SPI would: the transaction has written
-/// nothing yet (so no earlier command of ours must first become visible, as SPI makes it by
-/// bumping the command counter), the caller may read each table, and row-level security
-/// does not apply to the caller (else the policies must filter, and SPI applies them).
-/// Otherwise the callers take the SPI path, which also raises any permission error.
-fn direct_reads_allowed(tables: &[pg_sys::Oid]) -> bool {
-    unsafe {
-        if pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId {
-            return false;
-        }
-        let user = pg_sys::GetUserId();
-        tables.iter().all(|&relid| {
-            pg_sys::pg_class_aclcheck(relid, user, pg_sys::ACL_SELECT as pg_sys::AclMode)
-                == pg_sys::AclResult::ACLCHECK_OK
-                && pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
-                    != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
-        })
+fn not_found(key: &str) -> ! {
+    raise_code(ErrorCode::ExperimentNotFound, format!("experiment {key:?} does not exist"))
+}
+
+fn find_experiment(key: &str) -> Rc<Experiment> {
+    let exp = cache::find(key).unwrap_or_else(|| not_found(key));
+    if exp.bucketing_version != bucket::BUCKETING_VERSION as i32 {
+        raise_code(
+            ErrorCode::InvalidArgument,
+            format!(
+                "experiment {key:?} uses bucketing version {}, this build implements version {}",
+                exp.bucketing_version,
+                bucket::BUCKETING_VERSION
+            ),
+        );
     }
+    exp
+}
+
+/// The override of the identity `user_id` acts as, if the experiment has any.
+fn override_for(exp: &Experiment, user_id: &str) -> Option<String> {
+    if exp.overrides.is_empty() {
+        return None;
+    }
+    exp.overrides.get(user_id).or_else(|| exp.overrides.get(&identity::resolve(user_id))).cloned()
 }
 
 /// The stored variant read directly, in the statement's snapshot (what the read-only SPI
 /// SELECT sees): Some(found) when the direct read applies, None when SPI must do it.
 fn direct_stored_variant(experiment_id: i64, user_id: &str) -> Option<Option<String>> {
-    let t = cache::tables()?;
-    if !direct_reads_allowed(&[t.assignments]) || !unsafe { pg_sys::ActiveSnapshotSet() } {
+    let t = direct::tables()?;
+    if !direct::direct_reads_allowed(&[t.assignments]) {
         return None;
     }
     let (_, variant) = unsafe {
-        pk_fetch(
+        direct::fetch_by_key(
             t.assignments,
             t.assignments_pkey,
-            experiment_id,
+            Some(experiment_id),
             user_id,
             pg_sys::GetActiveSnapshot(),
             Some(t.variant_attnum),
@@ -152,26 +110,12 @@ fn direct_stored_variant(experiment_id: i64, user_id: &str) -> Option<Option<Str
     Some(variant)
 }
 
-fn check_inputs<'a>(experiment_key: Option<&'a str>, user_id: Option<&'a str>) -> (&'a str, &'a str) {
-    validate::experiment_key(experiment_key).or_raise();
-    validate::user_id(user_id).or_raise();
-    (experiment_key.unwrap(), user_id.unwrap())
-}
-
-fn find_experiment(key: &str) -> std::rc::Rc<Experiment> {
-    cache::find(key).unwrap_or_else(|| {
-        raise_code(ErrorCode::ExperimentNotFound, format!("experiment {key:?} does not exist"))
-    })
-}
-
 fn stored_variant(client: &SpiClient<'_>, experiment_id: i64, user_id: &str, fresh: bool) -> Option<String> {
     // The fresh variant is prepared as mutating so SPI takes a new snapshot: it must see
     // an assignment a concurrent first call committed while we were inserting.
     let slot = if fresh { &FIND_FRESH_PLAN } else { &FIND_PLAN };
     with_plan(slot, client, FIND_SQL, &[pg_sys::INT8OID, pg_sys::TEXTOID], fresh, |plan| {
-        let table = client
-            .select(plan, Some(1), &[experiment_id.into(), user_id.into()])
-            .expect("reading the assignment");
+        let table = client.select(plan, None, &[experiment_id.into(), user_id.into()]).expect("reading the assignment");
         if table.is_empty() {
             None
         } else {
@@ -181,144 +125,229 @@ fn stored_variant(client: &SpiClient<'_>, experiment_id: i64, user_id: &str, fre
 }
 
 fn insert_assignment(client: &SpiClient<'_>, exp: &Experiment, user_id: &str, variant: &str) -> bool {
-    let types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::INT8OID];
+    let types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::INT4OID];
     with_plan(&INSERT_PLAN, client, INSERT_SQL, &types, true, |plan| {
-        let table = client
-            .select(plan, None, &[exp.id.into(), user_id.into(), variant.into(), exp.revision.into()])
-            .expect("storing the assignment");
-        !table.is_empty()
+        let args = [exp.id.into(), user_id.into(), variant.into(), exp.weight_version.into()];
+        !client.select(plan, None, &args).expect("storing the assignment").is_empty()
     })
 }
 
-/// The user's sticky variant: the stored one, or a new one from the bucket and the
-/// current weights, stored before it is returned.
-#[pg_extern(volatile, parallel_unsafe)]
-fn amba_assign(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
+fn inactive(key: &str, exp: &Experiment) -> ! {
+    raise_code(
+        ErrorCode::ExperimentInactive,
+        format!("experiment {key:?} is {}; new users cannot be assigned", exp.status),
+    )
+}
+
+/// A first assignment of `who` (the identity, after aliases), under the experiment's
+/// shared lock: no variant removal or delete can commit until this transaction ends, and
+/// one committed before the lock was granted is seen in the latest snapshot.
+fn first_assignment(client: &SpiClient<'_>, key: &str, mut exp: Rc<Experiment>, who: &str) -> String {
+    locks::experiment_shared(exp.id);
+    let user_bucket = bucket::bucket(key, who);
+    for _ in 0..8 {
+        if !exp.is_latest() {
+            if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+                raise_serialization_failure(&format!(
+                    "experiment {key:?} changed since this transaction's snapshot; retry the transaction"
+                ));
+            }
+            exp = cache::reload_fresh(client, key).unwrap_or_else(|| not_found(key));
+            continue;
+        }
+        if let Some(variant) = exp.overrides.get(who) {
+            return variant.clone();
+        }
+        if !exp.is_active() {
+            inactive(key, &exp);
+        }
+        let index = bucket::pick(user_bucket, &exp.thresholds, &exp.weights).expect("validated weights have a positive sum");
+        let variant = &exp.variant_keys[index];
+        if insert_assignment(client, &exp, who, variant) {
+            return variant.clone();
+        }
+        // A concurrent first call for this user committed first: return what it stored.
+        if let Some(variant) = stored_variant(client, exp.id, who, true) {
+            return variant;
+        }
+    }
+    panic!("could not assign user to experiment {key:?}: the experiment kept changing");
+}
+
+fn assign(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
     let (key, user_id) = check_inputs(experiment_key, user_id);
-    let mut exp = find_experiment(key);
+    let exp = find_experiment(key);
+    if let Some(variant) = override_for(&exp, user_id) {
+        return variant;
+    }
     let direct = direct_stored_variant(exp.id, user_id);
     if let Some(Some(variant)) = direct {
         return variant;
     }
-    pgrx::spi::Spi::connect_mut(|client| {
+    Spi::connect_mut(|client| {
         if direct.is_none() {
             if let Some(variant) = stored_variant(client, exp.id, user_id, false) {
                 return variant;
             }
         }
-        let user_bucket = bucket::bucket(key, user_id);
-        // Each retry follows a commit by someone else (a concurrent first call for this
-        // user, or an update of the experiment). From the second retry on the definition
-        // is read under a lock that holds updates off, so the next insert cannot lose.
-        for attempt in 0..6 {
-            if !exp.is_active() {
-                raise_code(
-                    ErrorCode::ExperimentInactive,
-                    format!("experiment {key:?} is {}; new users cannot be assigned", exp.status),
-                );
+        if !exp.is_active() {
+            // Nothing to write; the alias target may hold an assignment, though.
+            let who = identity::resolve(user_id);
+            if who != user_id {
+                if let Some(variant) = stored_variant(client, exp.id, &who, true) {
+                    return variant;
+                }
             }
-            let index = bucket::pick(user_bucket, &exp.thresholds, &exp.weights)
-                .expect("validated weights have a positive sum");
-            let variant = &exp.variant_keys[index];
-            if insert_assignment(client, &exp, user_id, variant) {
-                return variant.clone();
-            }
-            if let Some(variant) = stored_variant(client, exp.id, user_id, true) {
+            inactive(key, &exp);
+        }
+        locks::user(user_id, false);
+        let who = identity::resolve(user_id);
+        if who != user_id {
+            if let Some(variant) = stored_variant(client, exp.id, &who, true) {
                 return variant;
             }
-            let refreshed =
-                if attempt == 0 { cache::reload(client, key) } else { cache::load_locked(client, key) };
-            exp = refreshed.unwrap_or_else(|| {
-                raise_code(ErrorCode::ExperimentNotFound, format!("experiment {key:?} does not exist"))
-            });
         }
-        panic!("could not assign user to experiment {key:?}: the experiment kept changing");
+        first_assignment(client, key, exp.clone(), &who)
     })
 }
 
-/// Records that the user saw their variant (the first time is kept) and returns it.
-#[pg_extern(volatile, parallel_unsafe)]
-fn amba_expose(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
+fn expose(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
     let (key, user_id) = check_inputs(experiment_key, user_id);
     let exp = find_experiment(key);
-    let no_assignment = || -> ! {
-        raise_code(
-            ErrorCode::AssignmentRequired,
-            format!("user has no assignment in experiment {key:?}; call amba_assign first"),
-        )
-    };
-    if let Some(t) = cache::tables().filter(|t| direct_reads_allowed(&[t.assignments, t.exposures])) {
+    if let Some(variant) = override_for(&exp, user_id) {
+        return variant;
+    }
+    // An alias committing meanwhile moves the assignment with its exposure: wait for it.
+    locks::user(user_id, false);
+    if let Some(variant) = expose_as(&exp, user_id) {
+        return variant;
+    }
+    let who = identity::resolve(user_id);
+    if who != user_id {
+        if let Some(variant) = expose_as(&exp, &who) {
+            return variant;
+        }
+    }
+    raise_code(
+        ErrorCode::AssignmentRequired,
+        format!("user has no assignment in experiment {key:?}; call amba_assign first"),
+    )
+}
+
+/// Records the first exposure of `user_id`'s assignment; None when there is no assignment.
+fn expose_as(exp: &Experiment, user_id: &str) -> Option<String> {
+    if let Some(t) = direct::tables().filter(|t| direct::direct_reads_allowed(&[t.assignments, t.exposures])) {
         // Read as the SPI statement below would: in a new snapshot (it must see an
         // assignment committed since this statement began).
         let (variant, exposed) = unsafe {
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
             let snapshot = pg_sys::GetActiveSnapshot();
             let (_, variant) =
-                pk_fetch(t.assignments, t.assignments_pkey, exp.id, user_id, snapshot, Some(t.variant_attnum));
-            let exposed = variant.is_some()
-                && pk_fetch(t.exposures, t.exposures_pkey, exp.id, user_id, snapshot, None).0;
+                direct::fetch_by_key(t.assignments, t.assignments_pkey, Some(exp.id), user_id, snapshot, Some(t.variant_attnum));
+            let exposed =
+                variant.is_some() && direct::fetch_by_key(t.exposures, t.exposures_pkey, Some(exp.id), user_id, snapshot, None).0;
             pg_sys::PopActiveSnapshot();
             (variant, exposed)
         };
-        let Some(variant) = variant else { no_assignment() };
+        let variant = variant?;
         if !exposed {
             // Only a first exposure writes; the foreign key still checks the assignment.
-            pgrx::spi::Spi::connect_mut(|client| {
+            Spi::connect_mut(|client| {
                 let types = [pg_sys::INT8OID, pg_sys::TEXTOID];
                 with_plan(&INSERT_EXPOSURE_PLAN, client, INSERT_EXPOSURE_SQL, &types, true, |plan| {
                     client.select(plan, None, &[exp.id.into(), user_id.into()]).expect("recording the exposure");
                 });
             });
         }
-        return variant;
+        return Some(variant);
     }
-    pgrx::spi::Spi::connect_mut(|client| {
+    Spi::connect_mut(|client| {
         let types = [pg_sys::INT8OID, pg_sys::TEXTOID];
-        let variant = with_plan(&EXPOSE_PLAN, client, EXPOSE_SQL, &types, true, |plan| {
-            let table = client
-                .select(plan, Some(1), &[exp.id.into(), user_id.into()])
-                .expect("recording the exposure");
+        with_plan(&EXPOSE_PLAN, client, EXPOSE_SQL, &types, true, |plan| {
+            let table = client.select(plan, None, &[exp.id.into(), user_id.into()]).expect("recording the exposure");
             if table.is_empty() {
                 None
             } else {
                 table.first().get::<String>(1).expect("reading the variant")
             }
-        });
-        variant.unwrap_or_else(|| no_assignment())
+        })
     })
 }
 
-/// A `jsonb` argument as PostgreSQL passes it. pgrx's `JsonB` would print it to text and
-/// parse that into serde values on every call; `amba_track` only stores it.
-pub struct JsonbDatum(pg_sys::Datum);
-
-impl FromDatum for JsonbDatum {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
-        (!is_null).then_some(JsonbDatum(datum))
+/// The variant without enrolling: override, stored assignment, the variant `amba_assign`
+/// would store now (active experiments), else NULL. Writes nothing, takes no lock.
+fn peek(experiment_key: Option<&str>, user_id: Option<&str>) -> Option<String> {
+    let (key, user_id) = check_inputs(experiment_key, user_id);
+    let exp = find_experiment(key);
+    if let Some(variant) = override_for(&exp, user_id) {
+        return Some(variant);
     }
+    let who = identity::resolve(user_id);
+    let stored = match direct_stored_variant(exp.id, &who) {
+        Some(found) => found,
+        None => Spi::connect(|client| stored_variant(client, exp.id, &who, false)),
+    };
+    if stored.is_some() || !exp.is_active() {
+        return stored;
+    }
+    let index = bucket::pick(bucket::bucket(key, &who), &exp.thresholds, &exp.weights)?;
+    Some(exp.variant_keys[index].clone())
 }
 
-impl IntoDatum for JsonbDatum {
-    fn into_datum(self) -> Option<pg_sys::Datum> {
-        Some(self.0)
+fn track(
+    user_id: Option<&str>,
+    event: Option<&str>,
+    properties: Option<JsonbDatum>,
+    occurred_at: Option<TimestampWithTimeZone>,
+) -> TimestampWithTimeZone {
+    validate::user_id(user_id).or_raise();
+    validate::event(event).or_raise();
+    let (user_id, event) = (user_id.unwrap(), event.unwrap());
+    if let Some(props) = &properties {
+        let kind = props.kind();
+        if kind != "object" {
+            raise_code(ErrorCode::InvalidArgument, format!("properties must be a JSON object or NULL, not {kind}"));
+        }
+        validate::properties_size(props.text_len()).or_raise();
     }
-    fn type_oid() -> pg_sys::Oid {
-        pg_sys::JSONBOID
+    // An event at ±infinity would count as a conversion for every user (or for none).
+    if occurred_at.is_some_and(|at| !at.is_finite()) {
+        raise_code(ErrorCode::InvalidArgument, "occurred_at must be a finite time or NULL");
     }
+    let stored_at = occurred_at.unwrap_or_else(|| {
+        TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
+            .expect("now() is a valid timestamp")
+    });
+    locks::user(user_id, false);
+    let who = identity::resolve(user_id);
+    Spi::connect_mut(|client| {
+        let types = [pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID, pg_sys::JSONBOID];
+        with_plan(&TRACK_PLAN, client, TRACK_SQL, &types, true, |plan| {
+            let args = [who.as_str().into(), event.into(), stored_at.into(), properties.map(|p| p.0).into()];
+            client.select(plan, None, &args).expect("storing the event");
+        });
+    });
+    stored_at
 }
 
-unsafe impl<'fcx> ArgAbi<'fcx> for JsonbDatum {
-    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
-        let index = arg.index();
-        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or_else(|| panic!("argument {index} must not be null"))
-    }
-
-    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
-        unsafe { arg.unbox_arg_using_from_datum() }.into()
-    }
+/// The user's sticky variant: the stored one, or a new one from the bucket and the
+/// current weights, stored before it is returned.
+#[pg_extern(volatile, parallel_unsafe)]
+fn amba_assign(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
+    assign(experiment_key, user_id)
 }
 
-pgrx::impl_sql_translatable!(JsonbDatum, arg_only = "jsonb");
+/// Records that the user saw their variant (the first time is kept) and returns it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn amba_expose(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
+    expose(experiment_key, user_id)
+}
+
+/// The user's variant without enrolling them (CONTRACT 3d).
+#[pg_extern(stable, parallel_unsafe)]
+fn amba_peek(experiment_key: Option<&str>, user_id: Option<&str>) -> Option<String> {
+    peek(experiment_key, user_id)
+}
 
 /// Appends one event and returns its `occurred_at` as stored (`now()` when NULL).
 /// `properties`: a JSON object or NULL, at most 64 KiB as JSON text.
@@ -329,46 +358,7 @@ fn amba_track(
     properties: default!(Option<JsonbDatum>, "NULL"),
     occurred_at: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> TimestampWithTimeZone {
-    validate::user_id(user_id).or_raise();
-    validate::event(event).or_raise();
-    if let Some(JsonbDatum(datum)) = properties {
-        let kind = unsafe { pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(datum)]) }
-            .expect("jsonb_typeof of a jsonb");
-        if kind != "object" {
-            raise_code(
-                ErrorCode::InvalidArgument,
-                format!("properties must be a JSON object or NULL, not {kind}"),
-            );
-        }
-        // As octet_length(properties::text): the size of the JSON text.
-        let text_len = unsafe {
-            let text = pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(datum)])
-                .expect("jsonb_out of a jsonb");
-            let len = text.to_bytes().len();
-            pg_sys::pfree(text.as_ptr().cast_mut().cast());
-            len
-        };
-        if text_len > 65536 {
-            raise_code(ErrorCode::InvalidArgument, "properties must be at most 64 KiB of JSON");
-        }
-    }
-    // An event at ±infinity would count as a conversion for every user (or for none).
-    if occurred_at.is_some_and(|at| !at.is_finite()) {
-        raise_code(ErrorCode::InvalidArgument, "occurred_at must be a finite time or NULL");
-    }
-    let stored_at = occurred_at.unwrap_or_else(|| {
-        TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
-            .expect("now() is a valid timestamp")
-    });
-    pgrx::spi::Spi::connect_mut(|client| {
-        let types = [pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID, pg_sys::JSONBOID];
-        with_plan(&TRACK_PLAN, client, TRACK_SQL, &types, true, |plan| {
-            client
-                .select(plan, None, &[user_id.into(), event.into(), stored_at.into(), properties.into()])
-                .expect("storing the event");
-        });
-    });
-    stored_at
+    track(user_id, event, properties, occurred_at)
 }
 
 /// The user's bucket in [0, 1): reproduces an assignment from the published rule.
@@ -376,4 +366,35 @@ fn amba_track(
 fn amba_bucket(experiment_key: Option<&str>, user_id: Option<&str>) -> f64 {
     let (key, user_id) = check_inputs(experiment_key, user_id);
     bucket::bucket(key, user_id)
+}
+
+/// The twins the HTTP surface calls (see the module comment).
+#[pg_schema]
+mod amba {
+    use super::*;
+
+    #[pg_extern(name = "_assign", volatile, parallel_unsafe)]
+    fn assign_internal(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
+        assign(experiment_key, user_id)
+    }
+
+    #[pg_extern(name = "_expose", volatile, parallel_unsafe)]
+    fn expose_internal(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
+        expose(experiment_key, user_id)
+    }
+
+    #[pg_extern(name = "_peek", stable, parallel_unsafe)]
+    fn peek_internal(experiment_key: Option<&str>, user_id: Option<&str>) -> Option<String> {
+        peek(experiment_key, user_id)
+    }
+
+    #[pg_extern(name = "_track", volatile, parallel_unsafe)]
+    fn track_internal(
+        user_id: Option<&str>,
+        event: Option<&str>,
+        properties: Option<JsonbDatum>,
+        occurred_at: Option<TimestampWithTimeZone>,
+    ) -> TimestampWithTimeZone {
+        track(user_id, event, properties, occurred_at)
+    }
 }

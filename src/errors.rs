@@ -1,31 +1,35 @@
-//! Raising the contract's errors from Rust: `CODE: sentence` with the code's SQLSTATE.
+//! Raising the contract's errors from Rust: `CODE: sentence` with the code's SQLSTATE, both
+//! from the core's one error table.
 
 use amba_core::{CoreError, ErrorCode};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
+/// PostgreSQL's packed form of a five-character SQLSTATE (MAKE_SQLSTATE).
+fn packed_sqlstate(sqlstate: &str) -> i32 {
+    sqlstate.bytes().enumerate().fold(0, |acc, (i, c)| acc + ((((c - b'0') & 0x3f) as i32) << (6 * i)))
+}
+
 fn sql_error_code(code: ErrorCode) -> PgSqlErrorCode {
-    match code {
-        ErrorCode::ExperimentNotFound | ErrorCode::AssignmentRequired => {
-            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND
-        }
-        ErrorCode::ExperimentInactive => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        ErrorCode::ExperimentExists | ErrorCode::ApiKeyExists => {
-            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION
-        }
-        ErrorCode::InvalidArgument => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-    }
+    PgSqlErrorCode::from(packed_sqlstate(code.sqlstate()))
 }
 
 /// Raises `error` as a PostgreSQL ERROR; never returns.
 pub fn raise(error: CoreError) -> ! {
-    ErrorReport::new(sql_error_code(error.code), error.to_string(), "amba")
-        .report(PgLogLevel::ERROR);
+    ErrorReport::new(sql_error_code(error.code), error.to_string(), "amba").report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
 
 pub fn raise_code(code: ErrorCode, detail: impl Into<String>) -> ! {
     raise(CoreError::new(code, detail))
+}
+
+/// 40001, as PostgreSQL raises it when a REPEATABLE READ or SERIALIZABLE transaction
+/// would act on data its snapshot cannot see; the client retries the transaction.
+pub fn raise_serialization_failure(message: &str) -> ! {
+    ErrorReport::new(PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE, message.to_string(), "amba")
+        .report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
 }
 
 /// Unwraps a validation result, raising its error.
@@ -39,15 +43,11 @@ impl<T> OrRaise<T> for Result<T, CoreError> {
     }
 }
 
-pub fn code_from_name(name: &str) -> Option<ErrorCode> {
-    [
-        ErrorCode::ExperimentNotFound,
-        ErrorCode::ExperimentInactive,
-        ErrorCode::AssignmentRequired,
-        ErrorCode::ExperimentExists,
-        ErrorCode::ApiKeyExists,
-        ErrorCode::InvalidArgument,
-    ]
-    .into_iter()
-    .find(|c| c.as_str() == name)
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn packs_sqlstates_as_postgres_does() {
+        assert_eq!(super::packed_sqlstate("22023"), pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+        assert_eq!(super::packed_sqlstate("P0002"), pgrx::PgSqlErrorCode::ERRCODE_NO_DATA_FOUND as i32);
+    }
 }

@@ -1,13 +1,14 @@
-//! Helpers for the hand-written SQL in `sql/`: the contract's validation rules and
-//! errors live in Rust once, and the plpgsql functions call them. All in schema `amba`,
-//! not executable by PUBLIC (see sql/http.sql).
+//! Helpers for the hand-written SQL in `sql/`: the contract's validation rules and errors
+//! live in Rust once (the core), and the plpgsql functions call them. All in schema
+//! `amba`, not executable by PUBLIC (see sql/access.sql).
 
 use pgrx::prelude::*;
 
 /// Created in schema `amba` (the extension's data schema), away from user schemas.
 #[pg_schema]
 mod amba {
-    use crate::errors::{code_from_name, raise, raise_code, OrRaise};
+    use crate::errors::{raise, raise_code, OrRaise};
+    use crate::spi::run_fresh;
     use amba_core::{validate, CoreError, ErrorCode};
     use pgrx::pg_sys;
     use pgrx::prelude::*;
@@ -16,10 +17,17 @@ mod amba {
     /// Raises the contract error `code` with `detail` (used by plpgsql).
     #[pg_extern(name = "_raise", volatile)]
     fn raise_error(code: &str, detail: &str) {
-        match code_from_name(code) {
+        match ErrorCode::from_name(code) {
             Some(code) => raise(CoreError::new(code, detail)),
             None => panic!("unknown error code {code:?}"),
         }
+    }
+
+    /// The HTTP status of the contract error a message starts with (`CODE: ...`); NULL
+    /// for any other message (PostgREST maps those SQLSTATEs itself).
+    #[pg_extern(name = "_http_status", immutable, parallel_safe)]
+    fn http_status(message: Option<&str>) -> Option<i32> {
+        ErrorCode::from_message(message?).map(|c| c.http_status() as i32)
     }
 
     #[pg_extern(name = "_check_experiment_key", immutable, parallel_safe)]
@@ -43,29 +51,42 @@ mod amba {
         validate::user_id(user_id).or_raise();
     }
 
+    #[pg_extern(name = "_check_variant_key", immutable, parallel_safe)]
+    fn check_variant_key(variant: Option<&str>) {
+        validate::variant_key(variant).or_raise();
+    }
+
+    /// An experiment's name (at most 256 characters) and description (at most 10,000).
+    #[pg_extern(name = "_check_texts", immutable, parallel_safe)]
+    fn check_texts(name: Option<&str>, description: Option<&str>) {
+        validate::text_length("name", name, validate::NAME_MAX).or_raise();
+        validate::text_length("description", description, validate::DESCRIPTION_MAX).or_raise();
+    }
+
+    #[pg_extern(name = "_check_api_key", immutable, parallel_safe)]
+    fn check_api_key(name: Option<&str>, kind: Option<&str>) {
+        validate::api_key_name(name).or_raise();
+        validate::api_key_kind(kind).or_raise();
+    }
+
     /// Validates a variants array given as JSON text (so numbers beyond double precision,
     /// like 1e999, reach the validator instead of failing in a jsonb conversion) and returns
     /// it in canonical form: `[{"key": ..., "weight": ...}, ...]`.
     #[pg_extern(name = "_normalize_variants", immutable, parallel_safe)]
     fn normalize_variants(variants: Option<&str>) -> JsonB {
-        let text = variants.unwrap_or_else(|| {
-            raise_code(ErrorCode::InvalidArgument, "variants must not be NULL")
-        });
+        let text = variants.unwrap_or_else(|| raise_code(ErrorCode::InvalidArgument, "variants must not be NULL"));
         let parsed = validate::variants_json(text).or_raise();
         JsonB(serde_json::Value::Array(
-            parsed
-                .into_iter()
-                .map(|v| serde_json::json!({ "key": v.key, "weight": v.weight }))
-                .collect(),
+            parsed.into_iter().map(|v| serde_json::json!({ "key": v.key, "weight": v.weight })).collect(),
         ))
     }
 
-    /// The control stays first; `assigned_removed` lists removed variants that have assignments.
+    /// The control stays first; `in_use_removed` lists removed variants that have
+    /// assignments or overrides.
     #[pg_extern(name = "_check_variant_update", immutable, parallel_safe)]
-    fn check_variant_update(old_keys: Vec<String>, new_keys: Vec<String>, assigned_removed: Vec<String>) {
-        let new: Vec<validate::Variant> =
-            new_keys.into_iter().map(|key| validate::Variant { key, weight: 1.0 }).collect();
-        validate::variant_update(&old_keys, &new, |k| assigned_removed.iter().any(|a| a == k)).or_raise();
+    fn check_variant_update(old_keys: Vec<String>, new_keys: Vec<String>, in_use_removed: Vec<String>) {
+        let new: Vec<validate::Variant> = new_keys.into_iter().map(|key| validate::Variant { key, weight: 1.0 }).collect();
+        validate::variant_update(&old_keys, &new, |k| in_use_removed.iter().any(|a| a == k)).or_raise();
     }
 
     /// `n` bytes from PostgreSQL's cryptographically strong random source (for API keys).
@@ -82,8 +103,23 @@ mod amba {
         buf
     }
 
-    /// Tells every backend, at commit, that the experiment definitions changed (see cache.rs).
-    #[pg_extern(name = "_invalidate_relcache", volatile)]
+    /// Runs a modifying statement of amba's own SQL in the latest snapshot (cross-checked
+    /// in REPEATABLE READ: see spi::run_fresh); returns the rows processed. Invoker's rights;
+    /// not executable by PUBLIC.
+    #[pg_extern(name = "_exec_fresh", volatile)]
+    fn exec_fresh(query: &str, params: Vec<Option<String>>) -> i64 {
+        run_fresh(query, &params, false).processed as i64
+    }
+
+    /// The first column of a query of amba's own SQL, run in the latest snapshot.
+    #[pg_extern(name = "_select_fresh", volatile)]
+    fn select_fresh(query: &str, params: Vec<Option<String>>) -> Vec<Option<String>> {
+        run_fresh(query, &params, true).first_column
+    }
+
+    /// Kept for version 0.1.0's install script, whose cache-invalidation trigger called it;
+    /// 0.2.0 checks cached definitions against each statement's snapshot instead.
+    #[pg_extern(name = "_invalidate_relcache", volatile, sql = false)]
     fn invalidate_relcache(relid: pg_sys::Oid) {
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
     }

@@ -1,9 +1,17 @@
 //! Amba experiments: server-side A/B testing inside PostgreSQL.
 //!
 //! This crate is the thin extension layer: it moves data between SQL and the pure core
-//! (`amba_core`: bucketing, validation, statistics). Hand-written SQL lives in `sql/`:
-//! the data schema (`bootstrap.sql`), the experiment CRUD and audit trail (`api.sql`),
-//! and roles, row-level security and the PostgREST surface (`http.sql`).
+//! (`amba_core`: bucketing, validation, statistics). Modules:
+//! - `assign`: the hot path (assign, expose, peek, track, bucket);
+//! - `results`, `metrics`, `daily`: the results functions (count in SQL, statistics in the core);
+//! - `cache`: experiment definitions per backend, checked against each statement's snapshot;
+//! - `direct`: index and heap reads without SPI; `spi`: SPI helpers; `locks`: advisory locks;
+//! - `identity`: aliases; `internal`: validators and helpers the hand-written SQL calls;
+//! - `errors`: raising the contract's errors; `jsonb`: a jsonb argument passed through.
+//!
+//! Hand-written SQL lives in `sql/`: the data schema (`bootstrap.sql`), experiments,
+//! overrides, aliases and the audit trail (`api.sql`), the PostgREST surface (`http.sql`),
+//! the report page (`report.sql`), and grants and row-level security (`access.sql`, last).
 
 use pgrx::prelude::*;
 
@@ -11,13 +19,22 @@ use pgrx::prelude::*;
 
 mod assign;
 mod cache;
+mod daily;
+mod direct;
 mod errors;
+mod identity;
 mod internal;
+mod jsonb;
+mod locks;
+mod metrics;
 mod results;
+mod spi;
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["bootstrap"]);
-extension_sql_file!("../sql/http.sql", name = "http", finalize);
+extension_sql_file!("../sql/http.sql", name = "http", requires = ["api"]);
+extension_sql_file!("../sql/report.sql", name = "report", requires = ["http"]);
+extension_sql_file!("../sql/access.sql", name = "access", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;

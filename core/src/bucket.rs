@@ -1,6 +1,6 @@
 //! Bucketing, fixed by the contract and versioned: changing anything here would move
 //! users who are not yet stored, so `BUCKETING_VERSION` must change with it and the
-//! committed test vectors (`tests/fixtures/bucket_vectors.json`) must be regenerated.
+//! committed test vectors (`core/tests/fixtures/bucket_vectors.json`, from `scripts/fixtures/bucket_vectors.py`) must be regenerated.
 //!
 //! h = xxh3_64(utf8(experiment_key) || 0x00 || utf8(user_id)), seed 0;
 //! bucket = (h >> 11) / 2^53 in [0, 1);

@@ -100,6 +100,51 @@ pub fn status(status: Option<&str>) -> Result<(), CoreError> {
     }
 }
 
+pub const NAME_MAX: usize = 256;
+pub const DESCRIPTION_MAX: usize = 10_000;
+pub const API_KEY_NAME_MAX: usize = 128;
+pub const API_KEY_KINDS: [&str; 2] = ["client", "admin"];
+
+/// Optional free text (an experiment's name or description): at most `max` characters.
+pub fn text_length(what: &str, value: Option<&str>, max: usize) -> Result<(), CoreError> {
+    match value {
+        Some(v) if v.len() > max && v.chars().count() > max => Err(CoreError::invalid(format!(
+            "{what} is {} characters long; at most {max} are allowed",
+            v.chars().count()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// An API key's name: 1–128 characters without control characters.
+pub fn api_key_name(name: Option<&str>) -> Result<(), CoreError> {
+    match name {
+        Some(n) if !n.is_empty() && n.chars().count() <= API_KEY_NAME_MAX && !n.chars().any(char::is_control) => Ok(()),
+        _ => Err(CoreError::invalid(format!(
+            "an API key name must be 1 to {API_KEY_NAME_MAX} characters without control characters"
+        ))),
+    }
+}
+
+/// An API key's kind: `client` or `admin`.
+pub fn api_key_kind(kind: Option<&str>) -> Result<(), CoreError> {
+    match kind {
+        Some(k) if API_KEY_KINDS.contains(&k) => Ok(()),
+        Some(k) => Err(CoreError::invalid(format!("API key kind must be client or admin, not {}", shown(k)))),
+        None => Err(CoreError::invalid("API key kind must be client or admin, not NULL")),
+    }
+}
+
+/// The size of an event's properties as JSON text.
+pub fn properties_size(bytes: usize) -> Result<(), CoreError> {
+    if bytes > PROPERTIES_MAX_BYTES {
+        return Err(CoreError::invalid(format!(
+            "properties must be at most 64 KiB of JSON ({PROPERTIES_MAX_BYTES} bytes), got {bytes}"
+        )));
+    }
+    Ok(())
+}
+
 /// `alpha` of `amba_results`: strictly between 0 and 1.
 pub fn alpha(alpha: Option<f64>) -> Result<f64, CoreError> {
     match alpha {

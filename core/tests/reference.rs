@@ -16,7 +16,7 @@
 //!
 //! Every test collects all failing cases and reports them together, each with its inputs.
 
-use amba_core::bucket;
+use amba_core::{bucket, srm};
 use amba_core::stats::{self, Arm};
 use serde_json::Value;
 
@@ -200,18 +200,19 @@ fn z_test_matches_statsmodels() {
 // Section 3b
 
 /// E_i = Σ_g count_g · (w_i(g) / W(g)), groups in the listed order.
-fn expected_exposures(groups: &[Value], variants: usize) -> Vec<f64> {
-    let mut expected = vec![0.0; variants];
-    for g in groups {
-        let count = g["count"].as_u64().unwrap() as f64;
+/// The fixture's groups as production sees them: weight version i+1 for group i, variant
+/// keys "v0", "v1", ... in arm order.
+fn as_versions(groups: &[Value], variants: usize) -> (Vec<String>, Vec<(i32, u64)>, Vec<srm::WeightVersion>) {
+    let keys: Vec<String> = (0..variants).map(|i| format!("v{i}")).collect();
+    let mut by_version = Vec::new();
+    let mut versions = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
         let weights: Vec<f64> = g["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).collect();
         assert_eq!(weights.len(), variants);
-        let total = weights.iter().fold(0.0, |acc, w| acc + w);
-        for (e, w) in expected.iter_mut().zip(&weights) {
-            *e += count * (w / total);
-        }
+        by_version.push((i as i32 + 1, g["count"].as_u64().unwrap()));
+        versions.push(srm::WeightVersion { version: i as i32 + 1, keys: keys.clone(), weights });
     }
-    expected
+    (keys, by_version, versions)
 }
 
 fn experiment_label(e: &Value, arms: &[Arm]) -> String {
@@ -296,10 +297,11 @@ fn srm_matches_check_srm_and_contract_formula() {
     for e in experiments {
         let arms: Vec<Arm> = e["arms"].as_array().unwrap().iter().map(arm_of).collect();
         let label = experiment_label(e, &arms);
-        let observed: Vec<f64> = arms.iter().map(|a| a.exposed as f64).collect();
         let groups = e["srm_groups"].as_array().unwrap();
-        let expected = expected_exposures(groups, arms.len());
-        let got = stats::srm_p_value(&observed, &expected);
+        let (keys, by_version, versions) = as_versions(groups, arms.len());
+        let by_key: Vec<(String, u64)> = keys.iter().cloned().zip(arms.iter().map(|a| a.exposed)).collect();
+        let got = srm::srm_p_value_by_version(&keys, &by_key, &by_version, &versions);
+        let expected = srm::expected_exposures(&keys, &by_version, &versions);
         if let Some(problem) = mismatch("srm_p_value", got, opt_f64(&e["srm_p_value"]), Kind::Probability(REL)) {
             failures.push(format!(
                 "{label}, groups {} [{}]: {problem} (E = {expected:?})",

@@ -1,0 +1,159 @@
+//! `amba_results_daily` (CONTRACT 3e): the results as they stood at the end of each UTC
+//! day, in one pass. SQL counts exposed users by (variant, day of first exposure, day they
+//! converted — the later of exposure and first qualifying event); cumulative sums over the
+//! days give each day's exposed and converted counts, and the core gives the statistics.
+
+use crate::errors::OrRaise;
+use crate::results::{check_event, experiment_for_results, run_counting, COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE};
+use amba_core::stats::{self, Arm};
+use amba_core::validate;
+use pgrx::datum::Date;
+use pgrx::prelude::*;
+use std::collections::BTreeMap;
+
+/// Days are numbered from 2000-01-01 (PostgreSQL's date epoch) so Rust sums run on integers.
+fn counts_sql() -> String {
+    format!(
+        "WITH users AS ( \
+           SELECT a.user_id, a.variant, a.assigned_at, x.exposed_at \
+             FROM {COUNTED_ASSIGNMENTS_FROM} \
+             JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id \
+            WHERE {COUNTED_ASSIGNMENTS_WHERE}), \
+         converted AS ( \
+           SELECT u.user_id, min(e.occurred_at) AS first_at \
+             FROM users u \
+             JOIN amba.events e ON e.event = $2 AND e.user_id = u.user_id AND e.occurred_at >= u.assigned_at \
+            GROUP BY u.user_id) \
+         SELECT u.variant, \
+                ((u.exposed_at AT TIME ZONE 'UTC')::date - date '2000-01-01') AS exposed_day, \
+                ((greatest(u.exposed_at, c.first_at) AT TIME ZONE 'UTC')::date - date '2000-01-01') AS converted_day, \
+                count(*) \
+           FROM users u LEFT JOIN converted c ON c.user_id = u.user_id \
+          GROUP BY 1, 2, 3"
+    )
+}
+
+/// The last day of activity: the latest `conversion_event` of an assigned user.
+fn last_event_sql() -> String {
+    format!(
+        "SELECT ((max(e.occurred_at) AT TIME ZONE 'UTC')::date - date '2000-01-01') \
+           FROM {COUNTED_ASSIGNMENTS_FROM} JOIN amba.events e ON e.event = $2 AND e.user_id = a.user_id \
+          WHERE {COUNTED_ASSIGNMENTS_WHERE}"
+    )
+}
+
+pub type DailyRow = (
+    Date, String, bool, i64, i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>,
+    Option<f64>, Option<f64>, Option<f64>,
+);
+
+fn results_daily(experiment_key: Option<&str>, conversion_event: Option<&str>, alpha: Option<f64>) -> Vec<DailyRow> {
+    validate::experiment_key(experiment_key).or_raise();
+    let event = check_event("conversion_event", conversion_event);
+    let alpha = validate::alpha(alpha).or_raise();
+
+    // (variant index, day) → new exposures, new conversions.
+    let (variant_keys, new_exposed, new_converted, last_event_day) = Spi::connect(|client| {
+        let exp = experiment_for_results(client, experiment_key);
+        let index: BTreeMap<&str, usize> = exp.variant_keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let mut new_exposed: BTreeMap<(i32, usize), i64> = BTreeMap::new();
+        let mut new_converted: BTreeMap<(i32, usize), i64> = BTreeMap::new();
+        let args = [exp.id.into(), event.into()];
+        run_counting(client, exp.id, &counts_sql(), &args, |table| {
+            for row in table {
+                let variant: String = row.get(1).expect("variant").expect("variant");
+                let Some(&v) = index.get(variant.as_str()) else { continue };
+                let exposed_day: i32 = row.get(2).expect("day").expect("day");
+                let converted_day: Option<i32> = row.get(3).expect("day");
+                let users: i64 = row.get(4).expect("count").unwrap_or(0);
+                *new_exposed.entry((exposed_day, v)).or_default() += users;
+                if let Some(day) = converted_day {
+                    *new_converted.entry((day, v)).or_default() += users;
+                }
+            }
+        });
+        let last_event_day: Option<i32> =
+            run_counting(client, exp.id, &last_event_sql(), &args, |table| table.first().get(1).ok().flatten());
+        (exp.variant_keys.clone(), new_exposed, new_converted, last_event_day)
+    });
+
+    let Some(first_day) = new_exposed.keys().map(|(d, _)| *d).min() else { return Vec::new() };
+    let last_day = new_exposed
+        .keys()
+        .map(|(d, _)| *d)
+        .chain(new_converted.keys().map(|(d, _)| *d))
+        .chain(last_event_day)
+        .max()
+        .unwrap_or(first_day);
+    let n = variant_keys.len();
+    let (mut exposed, mut converted) = (vec![0i64; n], vec![0i64; n]);
+    let mut rows = Vec::new();
+    for day in first_day..=last_day {
+        for v in 0..n {
+            exposed[v] += new_exposed.get(&(day, v)).copied().unwrap_or(0);
+            converted[v] += new_converted.get(&(day, v)).copied().unwrap_or(0);
+        }
+        let arms: Vec<Arm> = (0..n).map(|v| Arm::new(exposed[v] as u64, converted[v] as u64)).collect();
+        let analysis = stats::analyze(&arms, alpha);
+        let date = Date::try_from(pgrx::pg_sys::DateADT::from(day)).expect("a valid date");
+        for (v, s) in analysis.into_iter().enumerate() {
+            let total_n = (exposed[v] + exposed[0]) as f64;
+            let cs = s.effect.and_then(|e| {
+                let var = stats::lift_variance_of(arms[0], arms[v])?;
+                stats::lift_confidence_sequence(total_n, e.lift, var, alpha)
+            });
+            rows.push((
+                date,
+                variant_keys[v].clone(),
+                v == 0,
+                exposed[v],
+                converted[v],
+                s.conversion_rate,
+                s.effect.map(|e| e.lift),
+                s.effect.map(|e| e.lift_ci_low),
+                s.effect.map(|e| e.lift_ci_high),
+                s.z_test.map(|z| z.p_value),
+                s.effect.map(|e| e.sequential_p_value),
+                cs.map(|c| c.0),
+                cs.map(|c| c.1),
+            ));
+        }
+    }
+    rows
+}
+
+/// `amba_results_daily` and its twin `amba._results_daily` share one column list.
+macro_rules! results_daily_fn {
+    ($(#[$attr:meta])* $fn_name:ident) => {
+        $(#[$attr])*
+        fn $fn_name(
+            experiment_key: Option<&str>,
+            conversion_event: Option<&str>,
+            alpha: default!(Option<f64>, 0.05),
+        ) -> TableIterator<'static, (
+            name!(day, Date),
+            name!(variant, String),
+            name!(is_control, bool),
+            name!(exposed_count, i64),
+            name!(converted_count, i64),
+            name!(conversion_rate, Option<f64>),
+            name!(lift, Option<f64>),
+            name!(lift_ci_low, Option<f64>),
+            name!(lift_ci_high, Option<f64>),
+            name!(p_value, Option<f64>),
+            name!(sequential_p_value, Option<f64>),
+            name!(lift_cs_low, Option<f64>),
+            name!(lift_cs_high, Option<f64>),
+        )> {
+            TableIterator::new(results_daily(experiment_key, conversion_event, alpha))
+        }
+    };
+}
+
+results_daily_fn!(#[pg_extern(stable, parallel_unsafe)] amba_results_daily);
+
+#[pg_schema]
+mod amba {
+    use super::*;
+    results_daily_fn!(#[pg_extern(name = "_results_daily", stable, parallel_unsafe)] results_daily_internal);
+}

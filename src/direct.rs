@@ -1,0 +1,189 @@
+//! Direct reads for the hot path, the way PostgreSQL reads its own catalogs (a systable
+//! scan): no SPI connection, no plan, no executor. Each is used only where it reads
+//! exactly what the equivalent SELECT would (see `direct_reads_allowed`).
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::Cell;
+
+/// The OIDs the direct reads need, resolved once per backend and forgotten on any relcache
+/// invalidation of one of the tables (ALTER, DROP, a new extension version...).
+#[derive(Clone, Copy, Debug)]
+pub struct Tables {
+    pub experiments: pg_sys::Oid,
+    pub assignments: pg_sys::Oid,
+    pub assignments_pkey: pg_sys::Oid,
+    /// Attribute number of `amba.assignments.variant`.
+    pub variant_attnum: i16,
+    pub exposures: pg_sys::Oid,
+    pub exposures_pkey: pg_sys::Oid,
+    pub aliases: pg_sys::Oid,
+    pub aliases_pkey: pg_sys::Oid,
+    /// Attribute number of `amba.aliases.user_id`.
+    pub alias_user_attnum: i16,
+}
+
+thread_local! {
+    static TABLES: Cell<Option<Tables>> = const { Cell::new(None) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called while PostgreSQL processes invalidation messages: must not error or allocate.
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    if let Some(t) = TABLES.with(Cell::get) {
+        if relid == pg_sys::InvalidOid
+            || [t.experiments, t.assignments, t.exposures, t.aliases].contains(&relid)
+        {
+            TABLES.with(|c| c.set(None));
+        }
+    }
+}
+
+/// The OIDs of amba's tables; None when the schema is not all there (the callers then take
+/// the SPI path, which reports it).
+pub fn tables() -> Option<Tables> {
+    if !CALLBACK_REGISTERED.with(Cell::get) {
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+        CALLBACK_REGISTERED.with(|c| c.set(true));
+    }
+    if let Some(t) = TABLES.with(Cell::get) {
+        return Some(t);
+    }
+    let resolved = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"amba".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return None;
+        }
+        let oid = |name: &std::ffi::CStr| pg_sys::get_relname_relid(name.as_ptr(), nsp);
+        let t = Tables {
+            experiments: oid(c"experiments"),
+            assignments: oid(c"assignments"),
+            assignments_pkey: oid(c"assignments_pkey"),
+            variant_attnum: 0,
+            exposures: oid(c"exposures"),
+            exposures_pkey: oid(c"exposures_pkey"),
+            aliases: oid(c"aliases"),
+            aliases_pkey: oid(c"aliases_pkey"),
+            alias_user_attnum: 0,
+        };
+        let oids = [t.experiments, t.assignments, t.assignments_pkey, t.exposures, t.exposures_pkey, t.aliases, t.aliases_pkey];
+        if oids.contains(&pg_sys::InvalidOid) {
+            return None;
+        }
+        let variant_attnum = pg_sys::get_attnum(t.assignments, c"variant".as_ptr());
+        let alias_user_attnum = pg_sys::get_attnum(t.aliases, c"user_id".as_ptr());
+        if variant_attnum <= 0 || alias_user_attnum <= 0 {
+            return None;
+        }
+        Tables { variant_attnum, alias_user_attnum, ..t }
+    };
+    TABLES.with(|c| c.set(Some(resolved)));
+    Some(resolved)
+}
+
+/// A btree equality key on column `attno` of `index`, with the index's collation.
+unsafe fn eq_key(key: &mut pg_sys::ScanKeyData, irel: pg_sys::Relation, attno: i16, proc_: u32, value: pg_sys::Datum) {
+    unsafe {
+        let collation = *(*irel).rd_indcollation.add(attno as usize - 1);
+        pg_sys::ScanKeyEntryInitialize(
+            key,
+            0,
+            attno,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::InvalidOid,
+            collation,
+            pg_sys::Oid::from(proc_),
+            value,
+        );
+    }
+}
+
+/// Looks up one row by a unique index on (bigint, text) — `experiment_id` given — or on
+/// (text) alone — `experiment_id` None. Returns whether a row is visible in `snapshot` and,
+/// with `attnum`, that text column of it. The relation stays locked (AccessShareLock) to
+/// the end of the transaction, as the executor would leave it.
+pub unsafe fn fetch_by_key(
+    table: pg_sys::Oid,
+    index: pg_sys::Oid,
+    experiment_id: Option<i64>,
+    user_id: &str,
+    snapshot: pg_sys::Snapshot,
+    attnum: Option<i16>,
+) -> (bool, Option<String>) {
+    unsafe {
+        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let irel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        let user_id_text = user_id.into_datum().expect("a text datum");
+        let nkeys = match experiment_id {
+            Some(id) => {
+                eq_key(&mut keys[0], irel, 1, pg_sys::F_INT8EQ, pg_sys::Datum::from(id));
+                eq_key(&mut keys[1], irel, 2, pg_sys::F_TEXTEQ, user_id_text);
+                2
+            }
+            None => {
+                eq_key(&mut keys[0], irel, 1, pg_sys::F_TEXTEQ, user_id_text);
+                1
+            }
+        };
+        pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        let scan = pg_sys::systable_beginscan(rel, index, true, snapshot, nkeys, keys.as_mut_ptr());
+        let tuple = pg_sys::systable_getnext(scan);
+        let found = if tuple.is_null() {
+            (false, None)
+        } else if let Some(attnum) = attnum {
+            let mut is_null = false;
+            let datum = pg_sys::heap_getattr(tuple, attnum as i32, (*rel).rd_att, &mut is_null);
+            (true, String::from_datum(datum, is_null))
+        } else {
+            (true, None)
+        };
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        found
+    }
+}
+
+/// Whether the row version at `tid`, inserted by `xmin`, is the version of its row that
+/// `snapshot` sees (visible, and not yet replaced or deleted in that snapshot). This is
+/// how a cached experiment definition is checked against each statement's snapshot.
+pub unsafe fn row_version_visible(table: pg_sys::Oid, tid: pg_sys::ItemPointerData, xmin: u32, snapshot: pg_sys::Snapshot) -> bool {
+    unsafe {
+        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+        tuple.t_self = tid;
+        let mut buffer: pg_sys::Buffer = 0;
+        let visible = pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buffer, false);
+        // The line pointer may have been reused by another row since: the inserting
+        // transaction tells them apart.
+        let same = visible && (*tuple.t_data).t_choice.t_heap.t_xmin == pg_sys::TransactionId::from(xmin);
+        if visible {
+            pg_sys::ReleaseBuffer(buffer);
+        }
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        same
+    }
+}
+
+/// Whether the direct reads read what a SELECT through SPI would: the transaction has
+/// written nothing yet (so no earlier command of ours must first become visible, as SPI
+/// makes it by bumping the command counter), the caller may read each table, and
+/// row-level security does not apply to the caller (else the policies must filter, and SPI
+/// applies them). Otherwise the callers take the SPI path, which also raises any
+/// permission error.
+pub fn direct_reads_allowed(tables: &[pg_sys::Oid]) -> bool {
+    unsafe {
+        if pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId {
+            return false;
+        }
+        if !pg_sys::ActiveSnapshotSet() {
+            return false;
+        }
+        let user = pg_sys::GetUserId();
+        tables.iter().all(|&relid| {
+            pg_sys::pg_class_aclcheck(relid, user, pg_sys::ACL_SELECT as pg_sys::AclMode) == pg_sys::AclResult::ACLCHECK_OK
+                && pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
+                    != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+        })
+    }
+}

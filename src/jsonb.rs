@@ -1,0 +1,54 @@
+//! A `jsonb` argument as PostgreSQL passes it. pgrx's `JsonB` would print it to text and
+//! parse that into serde values on every call; `amba_track` only checks and stores it.
+
+use pgrx::callconv::{Arg, ArgAbi};
+use pgrx::nullable::Nullable;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+pub struct JsonbDatum(pub pg_sys::Datum);
+
+impl FromDatum for JsonbDatum {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+        (!is_null).then_some(JsonbDatum(datum))
+    }
+}
+
+impl IntoDatum for JsonbDatum {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+unsafe impl<'fcx> ArgAbi<'fcx> for JsonbDatum {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+
+    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+pgrx::impl_sql_translatable!(JsonbDatum, arg_only = "jsonb");
+
+impl JsonbDatum {
+    /// jsonb_typeof of the value: "object", "array", "number", ...
+    pub fn kind(&self) -> String {
+        unsafe { pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(self.0)]) }.expect("jsonb_typeof of a jsonb")
+    }
+
+    /// The size of its JSON text, as octet_length(properties::text).
+    pub fn text_len(&self) -> usize {
+        unsafe {
+            let text = pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)]).expect("jsonb_out of a jsonb");
+            let len = text.to_bytes().len();
+            pg_sys::pfree(text.as_ptr().cast_mut().cast());
+            len
+        }
+    }
+}

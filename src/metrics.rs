@@ -1,0 +1,162 @@
+//! `amba_metric_results` (CONTRACT 3c): a number per exposed user (a count of events or
+//! the sum of a numeric property), capped, optionally CUPED-adjusted with a pre-assignment
+//! window. SQL reduces the users to sufficient statistics per variant in one pass; the
+//! statistics are the core's (`amba_core::metric`).
+
+use crate::errors::{raise_code, OrRaise};
+use crate::results::{check_event, experiment_for_results, run_counting, COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE};
+use amba_core::metric::{self, MeanArm};
+use amba_core::{validate, ErrorCode};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+
+/// Y and X per exposed user, then the cap, then the sums per variant. `$3` the value
+/// property (NULL: count events), `$4` CUPED days (NULL: no X), `$5` the absolute cap,
+/// `$6` the cap percentile (pooled over the users of every variant, before capping).
+fn sums_sql() -> String {
+    format!(
+        "WITH users AS ( \
+           SELECT a.user_id, a.variant, a.assigned_at \
+             FROM {COUNTED_ASSIGNMENTS_FROM} \
+             JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id \
+            WHERE {COUNTED_ASSIGNMENTS_WHERE}), \
+         per_user AS ( \
+           SELECT u.variant, \
+                  coalesce(sum(v.value) FILTER (WHERE e.occurred_at >= u.assigned_at), 0) AS y, \
+                  coalesce(sum(v.value) FILTER (WHERE e.occurred_at < u.assigned_at), 0) AS x \
+             FROM users u \
+             LEFT JOIN amba.events e \
+               ON e.event = $2 AND e.user_id = u.user_id \
+              AND e.occurred_at >= u.assigned_at - make_interval(days => coalesce($4, 0)) \
+             LEFT JOIN LATERAL (SELECT CASE WHEN $3 IS NULL THEN 1::float8 \
+                                            WHEN jsonb_typeof(e.properties -> $3) = 'number' \
+                                            THEN (e.properties ->> $3)::float8 \
+                                            ELSE 0::float8 END AS value) v ON true \
+            GROUP BY u.user_id, u.variant), \
+         cap AS ( \
+           SELECT CASE WHEN $5 IS NOT NULL THEN $5 \
+                       WHEN $6 IS NOT NULL THEN percentile_cont($6) WITHIN GROUP (ORDER BY y) END AS c \
+             FROM per_user), \
+         capped AS ( \
+           SELECT p.variant, least(p.y, cap.c) AS y, least(p.x, cap.c) AS x FROM per_user p, cap) \
+         SELECT variant, count(*)::float8, sum(y), sum(y * y), sum(x), sum(x * x), sum(x * y) \
+           FROM capped GROUP BY variant"
+    )
+}
+
+pub type MetricRow = (
+    String, bool, i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>,
+    Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>,
+);
+
+#[allow(clippy::too_many_arguments)]
+fn metric_results(
+    experiment_key: Option<&str>,
+    event: Option<&str>,
+    value_property: Option<&str>,
+    alpha: Option<f64>,
+    cap: Option<f64>,
+    cap_percentile: Option<f64>,
+    cuped_days: Option<i32>,
+) -> Vec<MetricRow> {
+    validate::experiment_key(experiment_key).or_raise();
+    let event = check_event("event", event);
+    if value_property.is_some() {
+        check_event("value_property", value_property);
+    }
+    let alpha = validate::alpha(alpha).or_raise();
+    if cap.is_some() && cap_percentile.is_some() {
+        raise_code(ErrorCode::InvalidArgument, "give at most one of cap and cap_percentile");
+    }
+    if cap.is_some_and(|c| !c.is_finite()) {
+        raise_code(ErrorCode::InvalidArgument, "cap must be a finite number");
+    }
+    if cap_percentile.is_some_and(|q| !(q > 0.0 && q < 1.0)) {
+        raise_code(ErrorCode::InvalidArgument, "cap_percentile must be strictly between 0 and 1");
+    }
+    if cuped_days.is_some_and(|d| !(1..=365).contains(&d)) {
+        raise_code(ErrorCode::InvalidArgument, "cuped_days must be between 1 and 365");
+    }
+
+    let (variant_keys, sums) = Spi::connect(|client| {
+        let exp = experiment_for_results(client, experiment_key);
+        let mut sums: HashMap<String, MeanArm> = HashMap::new();
+        let args = [exp.id.into(), event.into(), value_property.into(), cuped_days.into(), cap.into(), cap_percentile.into()];
+        run_counting(client, exp.id, &sums_sql(), &args, |table| {
+            for row in table {
+                let get = |i: usize| row.get::<f64>(i).expect("a sum").unwrap_or(0.0);
+                let arm = MeanArm { n: get(2), sum: get(3), sum_sq: get(4), x_sum: get(5), x_sum_sq: get(6), xy_sum: get(7) };
+                sums.insert(row.get(1).expect("variant").expect("variant"), arm);
+            }
+        });
+        (exp.variant_keys.clone(), sums)
+    });
+    let arms: Vec<MeanArm> = variant_keys.iter().map(|k| sums.get(k).copied().unwrap_or_default()).collect();
+    let rows = metric::analyze_means(&arms, alpha, cuped_days.is_some());
+    variant_keys
+        .into_iter()
+        .zip(arms)
+        .zip(rows)
+        .enumerate()
+        .map(|(i, ((variant, arm), r))| {
+            (
+                variant,
+                i == 0,
+                arm.n as i64,
+                r.mean,
+                r.stddev,
+                r.delta,
+                r.delta_ci_low,
+                r.delta_ci_high,
+                r.p_value,
+                r.p_value_holm,
+                r.lift,
+                r.lift_ci_low,
+                r.lift_ci_high,
+                r.cuped_theta,
+            )
+        })
+        .collect()
+}
+
+/// `amba_metric_results` and its twin `amba._metric_results` share one column list.
+macro_rules! metric_results_fn {
+    ($(#[$attr:meta])* $fn_name:ident) => {
+        $(#[$attr])*
+        #[allow(clippy::too_many_arguments)]
+        fn $fn_name(
+            experiment_key: Option<&str>,
+            event: Option<&str>,
+            value_property: default!(Option<&str>, "NULL"),
+            alpha: default!(Option<f64>, 0.05),
+            cap: default!(Option<f64>, "NULL"),
+            cap_percentile: default!(Option<f64>, "NULL"),
+            cuped_days: default!(Option<i32>, "NULL"),
+        ) -> TableIterator<'static, (
+            name!(variant, String),
+            name!(is_control, bool),
+            name!(exposed_count, i64),
+            name!(mean, Option<f64>),
+            name!(stddev, Option<f64>),
+            name!(delta, Option<f64>),
+            name!(delta_ci_low, Option<f64>),
+            name!(delta_ci_high, Option<f64>),
+            name!(p_value, Option<f64>),
+            name!(p_value_holm, Option<f64>),
+            name!(lift, Option<f64>),
+            name!(lift_ci_low, Option<f64>),
+            name!(lift_ci_high, Option<f64>),
+            name!(cuped_theta, Option<f64>),
+        )> {
+            TableIterator::new(metric_results(experiment_key, event, value_property, alpha, cap, cap_percentile, cuped_days))
+        }
+    };
+}
+
+metric_results_fn!(#[pg_extern(stable, parallel_unsafe)] amba_metric_results);
+
+#[pg_schema]
+mod amba {
+    use super::*;
+    metric_results_fn!(#[pg_extern(name = "_metric_results", stable, parallel_unsafe)] metric_results_internal);
+}

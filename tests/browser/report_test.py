@@ -1,0 +1,418 @@
+#!/usr/bin/env python3
+"""Browser test of the experiment report page (CONTRACT 3e / 5b).
+
+Renders `SELECT amba._report(key, event)` in Debian's headless Chromium (driven by
+Playwright, never a downloaded browser) and checks it the way a person would look at it:
+
+  * no console error, no page error, no dialog (window.alert never fires);
+  * no network request at all besides the document itself (everything is routed);
+  * the table's numbers (data-value) equal amba._results(key, event, 0.05), queried here,
+    to 1e-12 relative, and the shown text is that number, formatted (percentages with 2
+    decimals, p-values with 4 significant digits or "< 0.0001", "—" for NULL);
+  * user texts (name, description, key, event, variant keys) appear as text, equal to the
+    raw strings, and nothing was injected: only an allowlist of elements, no on* attribute;
+  * the charts: one lift marker per non-control variant with a lift (its value exact), one
+    lift-over-time panel per non-control variant whose points equal amba._results_daily;
+    no chart and a notice when nobody is exposed;
+  * the sample-ratio-mismatch warning is shown iff srm_p_value < 0.001, above the results;
+  * the generation time is there (UTC);
+and saves a full-page screenshot.
+
+    python3 tests/browser/report_test.py --database-url postgresql://postgres@localhost:28815/report_dev \
+        --experiment checkout-redesign --event purchase --screenshot target/report.png
+
+Exits 0 when every check passes, 1 otherwise (the last line reads "N passed, M failed").
+"""
+import argparse
+import base64
+import datetime as dt
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+
+from playwright.sync_api import sync_playwright  # noqa: E402  (pinned in requirements.txt)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--disable-default-apps", "--disable-extensions",
+]
+REPORT_URL = "http://amba-report.invalid/report.html"
+ALPHA = 0.05
+REL_TOL = 1e-12
+
+# Columns of amba._results shown in the table, each in an element with data-col.
+TABLE_COLS = ["assigned_count", "exposed_count", "converted_count", "conversion_rate", "lift",
+              "lift_ci_low", "lift_ci_high", "p_value", "p_value_holm", "sequential_p_value",
+              "chance_to_win"]
+PCT_COLS = {"conversion_rate", "lift", "lift_ci_low", "lift_ci_high"}
+P_COLS = {"p_value", "p_value_holm", "sequential_p_value"}
+COUNT_COLS = {"assigned_count", "exposed_count", "converted_count"}
+
+# Every element the page may contain (lower-case tag names); anything else was injected.
+ALLOWED_TAGS = {
+    "html", "head", "meta", "title", "style", "body", "header", "main", "section", "footer",
+    "div", "span", "h1", "h2", "p", "b", "i", "code", "br", "time", "ul", "li",
+    "table", "thead", "tbody", "tr", "th", "td",
+    "svg", "g", "rect", "line", "circle", "text", "tspan", "path", "polygon", "clippath",
+}
+
+
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, ok, what, detail=""):
+        if ok:
+            self.passed += 1
+            print(f"ok   - {what}")
+        else:
+            self.failed += 1
+            print(f"FAIL - {what}" + (f": {detail}" if detail else ""))
+        return ok
+
+
+def psql(url, sql, **variables):
+    cmd = ["psql", "-X", "-At", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", "-"]
+    for name, value in variables.items():
+        cmd[1:1] = ["-v", f"{name}={value}"]
+    out = subprocess.run(cmd, input="SET extra_float_digits = 3;\n" + sql, text=True,
+                         capture_output=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"psql failed: {out.stderr.strip()}")
+    return out.stdout
+
+
+def fetch(url, key, event):
+    """The page and, in the same way, the numbers it must show."""
+    page_b64 = psql(url, "SELECT encode(convert_to(amba._report(:'key'::text, :'event'::text), 'UTF8'), 'base64');",
+                    key=key, event=event)
+    html = base64.b64decode(page_b64).decode("utf-8")
+    experiment = json.loads(psql(url, "SELECT amba._get_experiment(:'key'::text);", key=key))
+    results = json.loads(psql(
+        url, "SELECT coalesce(json_agg(r ORDER BY o), '[]') FROM amba._results("
+             ":'key'::text, :'event'::text, 0.05::double precision) WITH ORDINALITY r"
+             "(variant, is_control, assigned_count, exposed_count, converted_count, conversion_rate,"
+             " z_score, p_value, lift, lift_ci_low, lift_ci_high, chance_to_win, p_value_holm,"
+             " sequential_p_value, srm_p_value, o);", key=key, event=event))
+    daily = json.loads(psql(
+        url, "SELECT coalesce(json_agg(d ORDER BY o), '[]') FROM amba._results_daily("
+             ":'key'::text, :'event'::text, 0.05::double precision) WITH ORDINALITY d"
+             "(day, variant, is_control, exposed_count, converted_count, conversion_rate, lift,"
+             " lift_ci_low, lift_ci_high, p_value, sequential_p_value, lift_cs_low, lift_cs_high, o);",
+        key=key, event=event))
+    return html, experiment, results, daily
+
+
+def parse_value(s):
+    if s is None or s == "":
+        return None
+    return float(s)
+
+
+def same(a, b):
+    """Equal to REL_TOL relative (NULL only equals NULL)."""
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = float(a), float(b)
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if a == b:
+        return True
+    return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
+
+
+def number_in(text):
+    t = text.replace("−", "-").replace(",", "").replace("%", "").strip()
+    return float(t)
+
+
+def shown_ok(col, value, text):
+    """Is `text` the readable form of `value` for this column?"""
+    text = text.strip()
+    if value is None:
+        return text == "—"
+    if col in COUNT_COLS:
+        return text == f"{int(value):,}"
+    if col in P_COLS:
+        if value < 0.0001:
+            return text == "< 0.0001"
+        digits = re.sub(r"^0\.0*", "", text).replace(".", "")
+        if not re.fullmatch(r"\d+\.\d+", text) or len(digits) != 4:
+            return False
+        e = math.floor(math.log10(value))
+        return abs(float(text) - value) <= 0.5 * 10 ** (e - 3) * (1 + 1e-9) + 1e-15
+    if col in PCT_COLS:
+        if not re.fullmatch(r"[+−]?\d+\.\d{2}%", text):
+            return False
+        if col != "conversion_rate" and value * 100 >= 0.005 and not text.startswith("+"):
+            return False
+        return abs(number_in(text) / 100 - value) <= 0.00005 * (1 + 1e-9) + 1e-15
+    if col == "chance_to_win":
+        if value > 0.9999:
+            return text == "> 99.99%"
+        if value < 0.0001:
+            return text == "< 0.01%"
+        return bool(re.fullmatch(r"\d+\.\d{2}%", text)) and \
+            abs(number_in(text) / 100 - value) <= 0.00005 * (1 + 1e-9)
+    return True
+
+
+def run(args):
+    c = Checks()
+    html, experiment, results, daily = fetch(args.database_url, args.experiment, args.event)
+    if args.save_html:
+        os.makedirs(os.path.dirname(os.path.abspath(args.save_html)), exist_ok=True)
+        with open(args.save_html, "w", encoding="utf-8") as f:
+            f.write(html)
+    c.check(html.startswith("<!DOCTYPE html>"), "the report is an HTML5 document")
+    c.check(bool(results), "amba._results returned rows", f"{len(results)} rows")
+
+    requests, blocked, console_errors, page_errors, dialogs = [], [], [], [], []
+    served = []
+    profile = tempfile.mkdtemp(prefix="amba-report-chromium-")
+    try:
+        with sync_playwright() as p:
+            context = p.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                viewport={"width": 1280, "height": 900}, device_scale_factor=1,
+                offline=False, java_script_enabled=True, service_workers="block")
+
+            def route(r):
+                req = r.request
+                if req.url == REPORT_URL and req.resource_type == "document" and not served:
+                    served.append(req.url)
+                    r.fulfill(status=200, content_type="text/html; charset=utf-8", body=html)
+                else:
+                    blocked.append(req.url)
+                    r.abort()
+
+            context.route("**/*", route)
+            context.on("request", lambda req: requests.append(req.url))
+            context.add_init_script(
+                "window.__alerts = [];"
+                "for (const f of ['alert', 'confirm', 'prompt', 'print']) {"
+                "  window[f] = (...a) => { window.__alerts.push(f + ':' + a.join(' ')); };"
+                "}")
+            page = context.pages[0] if context.pages else context.new_page()
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(REPORT_URL, wait_until="load")
+            page.wait_for_timeout(400)
+
+            check_page(c, page, experiment, results, daily, args)
+
+            os.makedirs(os.path.dirname(os.path.abspath(args.screenshot)), exist_ok=True)
+            page.screenshot(path=args.screenshot, full_page=True)
+            print(f"# screenshot: {args.screenshot}")
+            alerts = page.evaluate("window.__alerts")
+            context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+    short = lambda msgs: f"{len(msgs)}: " + "; ".join(m[:160] for m in msgs[:4])
+    c.check(not console_errors, "no console errors", short(console_errors))
+    c.check(not page_errors, "no page errors", short(page_errors))
+    c.check(not dialogs and not alerts, "no alert/confirm/prompt ever fired", f"{dialogs} {alerts}")
+    c.check(requests == [REPORT_URL] and not blocked,
+            "no network request besides the document itself",
+            f"requests={requests[:6]} blocked={blocked[:6]}")
+    print(f"{c.passed} passed, {c.failed} failed")
+    return 0 if c.failed == 0 else 1
+
+
+def check_page(c, page, experiment, results, daily, args):
+    # --- Who and what: user texts appear as text, exactly.
+    field = lambda name: page.evaluate(
+        "n => { const e = document.querySelector(`[data-field=\"${n}\"]`); return e && e.textContent; }", name)
+    name = experiment.get("name")
+    if name and name.strip():
+        c.check(field("name") == name, "experiment name shown as text", repr(field("name")))
+        c.check(name in page.title(), "document title names the experiment", page.title())
+    desc = experiment.get("description")
+    if desc:
+        c.check(field("description") == desc, "description shown as text", repr(field("description")))
+    c.check(field("key") == experiment["key"], "experiment key shown", repr(field("key")))
+    c.check(field("event") == args.event, "conversion event shown as text", repr(field("event")))
+    c.check(field("status") == experiment.get("status"), "status shown", repr(field("status")))
+    gen = page.evaluate("(() => { const t = document.querySelector('time[data-field=\"generated-at\"]');"
+                        " return t && [t.getAttribute('datetime'), t.textContent]; })()")
+    ok = False
+    if gen:
+        when = dt.datetime.strptime(gen[0], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+        ok = abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds()) < 600 and gen[1].endswith("UTC")
+    c.check(ok, "generation time shown (UTC, just now)", repr(gen))
+
+    # --- Nothing injected.
+    dom = page.evaluate("""() => {
+        const all = Array.from(document.querySelectorAll('*'));
+        return {
+          tags: Array.from(new Set(all.map(e => e.tagName.toLowerCase()))),
+          on: all.flatMap(e => Array.from(e.attributes).filter(a => /^on/i.test(a.name))
+                                   .map(a => e.tagName + '@' + a.name)),
+          hrefs: all.flatMap(e => Array.from(e.attributes)
+                   .filter(a => /^(href|src|xlink:href|srcset|action|formaction|background|poster)$/i.test(a.name))
+                   .map(a => e.tagName + '@' + a.name + '=' + a.value)),
+          urls_in_style: Array.from(document.querySelectorAll('style')).map(s => s.textContent)
+                   .filter(t => /url\\(|@import/i.test(t)).length,
+          scripts: document.scripts.length,
+          overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+          table_overflow: Array.from(document.querySelectorAll('.table-wrap'))
+                   .map(w => w.scrollWidth - w.clientWidth).reduce((a, b) => Math.max(a, b), 0),
+        };
+    }""")
+    unexpected = sorted(set(dom["tags"]) - ALLOWED_TAGS)
+    c.check(not unexpected, "only expected elements (no injected <img>, <script>, ...)", str(unexpected))
+    c.check(dom["scripts"] == 0, "no <script> element", str(dom["scripts"]))
+    c.check(not dom["on"], "no event-handler attribute", str(dom["on"][:5]))
+    c.check(not dom["hrefs"] and dom["urls_in_style"] == 0, "no external reference (href/src/url())",
+            str(dom["hrefs"][:5]))
+    c.check(dom["overflow"] <= 0 and dom["table_overflow"] <= 0,
+            "no horizontal overflow at 1280 px (page and results table)",
+            f"page {dom['overflow']} px, table {dom['table_overflow']} px")
+
+    # --- The table: one row per variant, in order, numbers exact, shown readably.
+    rows = page.evaluate("""() => Array.from(document.querySelectorAll('#results-table tbody tr')).map(r => ({
+        variant: r.getAttribute('data-variant'),
+        key: (r.querySelector('[data-field="variant-key"]') || {}).textContent,
+        cells: Array.from(r.querySelectorAll('[data-col]')).map(e => [e.getAttribute('data-col'),
+               e.getAttribute('data-value'), e.firstChild && e.firstChild.nodeType === 3
+               ? e.firstChild.textContent : e.textContent]),
+    }))""")
+    c.check([r["variant"] for r in rows] == [r["variant"] for r in results],
+            "a table row per variant, in order (data-variant = raw key)",
+            f"{[r['variant'] for r in rows]}")
+    c.check([r["key"] for r in rows] == [r["variant"] for r in results],
+            "variant keys shown as text, exactly", f"{[r['key'] for r in rows]}")
+    weights = {v["key"]: v["weight"] for v in experiment.get("variants", [])}
+    bad_values, bad_shown, missing = [], [], []
+    for row, res in zip(rows, results):
+        cells = {}
+        for col, val, text in row["cells"]:
+            if col in cells:
+                missing.append(f"{row['variant']}: {col} twice")
+            cells[col] = (val, text)
+        for col in TABLE_COLS:
+            if col not in cells:
+                missing.append(f"{row['variant']}: {col}")
+                continue
+            val, text = cells[col]
+            if not same(parse_value(val), res[col]):
+                bad_values.append(f"{row['variant']}.{col}: page {val!r} vs results {res[col]!r}")
+            if not shown_ok(col, res[col], text):
+                bad_shown.append(f"{row['variant']}.{col}: {res[col]!r} shown as {text!r}")
+        if "weight" in cells and not same(parse_value(cells["weight"][0]), weights.get(res["variant"])):
+            bad_values.append(f"{row['variant']}.weight: {cells['weight'][0]!r} vs {weights.get(res['variant'])!r}")
+    c.check(not missing, "every results column present once per row", "; ".join(missing[:6]))
+    c.check(not bad_values, f"table values equal amba._results (rel. {REL_TOL:g})", "; ".join(bad_values[:6]))
+    c.check(not bad_shown, "numbers formatted readably (%, 4 significant digits, '—' for NULL)",
+            "; ".join(bad_shown[:6]))
+    srm = results[0]["srm_p_value"] if results else None
+    srm_shown = page.evaluate("(() => { const e = document.querySelector('[data-col=\"srm_p_value\"]');"
+                              " return e && e.getAttribute('data-value'); })()")
+    c.check(srm_shown is not None and same(parse_value(srm_shown), srm), "SRM p-value shown, exact",
+            f"{srm_shown!r} vs {srm!r}")
+
+    # --- The SRM warning: iff srm_p_value < 0.001, visible, above the results.
+    warn = page.evaluate("""() => { const w = document.getElementById('srm-warning');
+        if (!w) return null; const b = w.getBoundingClientRect();
+        const t = document.getElementById('results-table').getBoundingClientRect();
+        return {h: b.height, above: b.bottom <= t.top, text: w.textContent}; }""")
+    expect_warn = srm is not None and srm < 0.001
+    c.check((warn is not None) == expect_warn, f"SRM warning {'present' if expect_warn else 'absent'}"
+            f" (srm_p_value = {srm!r})", repr(warn and warn["text"][:80]))
+    if warn:
+        c.check(warn["h"] > 40 and warn["above"] and "do not trust" in warn["text"].lower(),
+                "SRM warning is prominent, above the table, and says not to trust the results")
+
+    # --- Charts.
+    non_control = [r for r in results if not r["is_control"]]
+    exposed = sum(r["exposed_count"] or 0 for r in results)
+    charts = page.evaluate("""() => ({
+        svgs: document.querySelectorAll('svg.chart').length,
+        forest: !!document.querySelector('svg.forest'),
+        rows: Array.from(document.querySelectorAll('svg.forest g.forest-row')).map(g => g.getAttribute('data-variant')),
+        markers: Array.from(document.querySelectorAll('svg.forest .lift-marker')).map(m =>
+                 [m.getAttribute('data-variant'), m.getAttribute('data-value'), m.getBBox().width > 0]),
+        zero: document.querySelectorAll('svg.forest line.zero').length,
+        panels: Array.from(document.querySelectorAll('svg.timeseries')).map(s => ({
+            variant: s.getAttribute('data-variant'),
+            band: s.querySelectorAll('.cs-band').length,
+            line: s.querySelectorAll('.lift-line').length,
+            zero: s.querySelectorAll('line.zero').length,
+            points: Array.from(s.querySelectorAll('.ts-point')).map(p => [p.getAttribute('data-day'),
+                    p.getAttribute('data-value'), p.getAttribute('data-cs-low'), p.getAttribute('data-cs-high')]),
+        })),
+        notice: !!document.getElementById('no-exposures'),
+    })""")
+    if exposed == 0:
+        c.check(charts["notice"], "nobody exposed: the page says so")
+        c.check(charts["svgs"] == 0, "nobody exposed: no charts", f"{charts['svgs']} charts")
+        return
+    c.check(not charts["notice"], "no 'no exposures' notice when users are exposed")
+    c.check(charts["forest"] and charts["zero"] == 1, "lift chart (forest plot) with a zero line")
+    c.check(charts["rows"] == [r["variant"] for r in non_control],
+            "lift chart has a row per non-control variant", str(charts["rows"]))
+    with_lift = [r for r in non_control if r["lift"] is not None]
+    c.check([m[0] for m in charts["markers"]] == [r["variant"] for r in with_lift],
+            "one lift marker per non-control variant (with a lift)", str(charts["markers"]))
+    c.check(all(m[2] for m in charts["markers"]), "lift markers are rendered")
+    c.check(all(same(parse_value(m[1]), r["lift"]) for m, r in zip(charts["markers"], with_lift)),
+            "lift markers carry the exact lift")
+    c.check([p["variant"] for p in charts["panels"]] == [r["variant"] for r in non_control],
+            "one lift-over-time chart per non-control variant", str([p["variant"] for p in charts["panels"]]))
+    bad = []
+    for panel in charts["panels"]:
+        rows_d = [d for d in daily if d["variant"] == panel["variant"] and d["lift"] is not None]
+        want = [(d["day"], d["lift"], d["lift_cs_low"], d["lift_cs_high"]) for d in rows_d]
+        got = panel["points"]
+        if len(got) != len(want):
+            bad.append(f"{panel['variant']}: {len(got)} points, {len(want)} days with a lift")
+            continue
+        for g, w in zip(got, want):
+            if g[0] != w[0] or not all(same(parse_value(a), b) for a, b in zip(g[1:], w[1:])):
+                bad.append(f"{panel['variant']} {w[0]}: page {g} vs daily {w}")
+                break
+        if want and panel["line"] != 1:
+            bad.append(f"{panel['variant']}: no lift line")
+        if any(w[2] is not None for w in want) and panel["band"] < 1:
+            bad.append(f"{panel['variant']}: no always-valid band")
+        if want and panel["zero"] != 1:
+            bad.append(f"{panel['variant']}: no zero line")
+    c.check(not bad, "lift-over-time points equal amba._results_daily; line, band and zero line drawn",
+            "; ".join(bad[:4]))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--database-url", default=os.environ.get(
+        "DATABASE_URL", "postgresql://postgres@localhost:28815/report_dev"))
+    ap.add_argument("--experiment", required=True, help="experiment key")
+    ap.add_argument("--event", required=True, help="conversion event")
+    ap.add_argument("--screenshot", default="target/report.png", help="full-page PNG to write")
+    ap.add_argument("--save-html", help="also write the HTML here")
+    args = ap.parse_args()
+    if not os.path.exists(CHROMIUM):
+        print(f"FAIL - {CHROMIUM} is missing (apt-get install chromium; scripts/setup.sh does)")
+        print("0 passed, 1 failed")
+        return 1
+    try:
+        return run(args)
+    except Exception as e:  # a broken page or database is a failure, not a crash
+        print(f"FAIL - {type(e).__name__}: {e}")
+        print("0 passed, 1 failed")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
