@@ -37,10 +37,10 @@ CREATE TABLE amba.experiments (
     weight_version integer NOT NULL DEFAULT 1,
     -- Bumped by every update (and by setting or clearing an override).
     revision       bigint NOT NULL DEFAULT 1,
-    -- The bucketing rule users are assigned with (amba_core::bucket::BUCKETING_VERSION).
-    bucketing_version smallint NOT NULL DEFAULT 1,
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
+    -- The bucketing rule users are assigned with (amba_core::bucket::BUCKETING_VERSION).
+    bucketing_version smallint NOT NULL DEFAULT 1,
     CHECK (cardinality(variant_keys) >= 2 AND cardinality(variant_keys) = cardinality(weights))
 );
 

@@ -81,12 +81,12 @@ mod amba {
         ))
     }
 
-    /// The control stays first; `in_use_removed` lists removed variants that have
-    /// assignments or overrides.
+    /// The control stays first; `assigned_removed` lists removed variants that have
+    /// assignments or overrides (the name is 0.1.0's, kept for upgrades).
     #[pg_extern(name = "_check_variant_update", immutable, parallel_safe)]
-    fn check_variant_update(old_keys: Vec<String>, new_keys: Vec<String>, in_use_removed: Vec<String>) {
+    fn check_variant_update(old_keys: Vec<String>, new_keys: Vec<String>, assigned_removed: Vec<String>) {
         let new: Vec<validate::Variant> = new_keys.into_iter().map(|key| validate::Variant { key, weight: 1.0 }).collect();
-        validate::variant_update(&old_keys, &new, |k| in_use_removed.iter().any(|a| a == k)).or_raise();
+        validate::variant_update(&old_keys, &new, |k| assigned_removed.iter().any(|a| a == k)).or_raise();
     }
 
     /// `n` bytes from PostgreSQL's cryptographically strong random source (for API keys).
