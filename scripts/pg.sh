@@ -4,6 +4,7 @@
 #   scripts/pg.sh start       init if needed, start if not running
 #   scripts/pg.sh stop
 #   scripts/pg.sh install     build (release unless AMBA_PROFILE=debug) and install amba
+#   scripts/pg.sh place       install the package built last time again (atomically)
 #   scripts/pg.sh fresh-db D  (re)create database D with the extension
 # Settings: AMBA_PGDATA (default /var/tmp/amba-pg), AMBA_PGPORT (default 28815).
 set -euo pipefail
@@ -37,29 +38,32 @@ CONF
   fi
 }
 
-# Builds a package into a staging directory, then moves each file into place with a rename
-# (atomic on one filesystem), as package managers do: a backend that has the old amba.so
-# mapped keeps it (the old inode lives on) instead of crashing when the file is rewritten
-# in place. Also installs the frozen install scripts of earlier releases (sql/amba--X.sql),
-# which `cargo pgrx install` leaves out, so `CREATE EXTENSION amba VERSION '0.1.0'` and
-# upgrades from it work.
+# `install` builds a package into target/amba-package, then `place` moves each of its files
+# into place with a rename (atomic on one filesystem), as package managers do: a backend
+# that has the old amba.so mapped keeps it (the old inode lives on) instead of crashing when
+# the file is rewritten in place. The frozen install scripts of earlier releases
+# (sql/amba--X.sql), which `cargo pgrx package` leaves out, are placed too, so
+# `CREATE EXTENSION amba VERSION '0.1.0'` and upgrades from it work.
+STAGE=$ROOT/target/amba-package
 install() {
   local flags=(--pg-config "$PG_BIN/pg_config")
   [ "${AMBA_PROFILE:-release}" = release ] || flags+=(--debug)
-  local stage
-  stage=$(mktemp -d /tmp/amba-package.XXXXXX)
-  (cd "$ROOT" && cargo pgrx package "${flags[@]}" --out-dir "$stage" >/dev/null)
-  local libdir extdir
-  libdir=$("$PG_BIN/pg_config" --pkglibdir)
+  rm -rf "$STAGE"
+  (cd "$ROOT" && cargo pgrx package "${flags[@]}" --out-dir "$STAGE" >/dev/null)
+  place
+}
+
+place() {
+  [ -d "$STAGE" ] || { echo "no package in $STAGE: run $0 install" >&2; exit 1; }
+  local extdir
   extdir=$("$PG_BIN/pg_config" --sharedir)/extension
-  cp "$ROOT"/sql/amba--[0-9]*.sql "$stage/$extdir/"
-  find "$stage" -type f | while read -r f; do
-    local dest=${f#"$stage"}
+  cp "$ROOT"/sql/amba--[0-9]*.sql "$STAGE/$extdir/"
+  find "$STAGE" -type f | while read -r f; do
+    local dest=${f#"$STAGE"}
     mkdir -p "$(dirname "$dest")"
     cp "$f" "$dest.amba-new"
     mv -f "$dest.amba-new" "$dest"
   done
-  rm -rf "$stage"
 }
 
 fresh_db() {
@@ -72,7 +76,8 @@ case "${1:-start}" in
   start) start ;;
   stop) as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast stop >/dev/null 2>&1 || true ;;
   install) install ;;
+  place) place ;;
   fresh-db) start; fresh_db "$2" ;;
   psql) shift; psql_pg "$@" ;;
-  *) echo "usage: $0 start|stop|install|fresh-db DB|psql ARGS" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|install|place|fresh-db DB|psql ARGS" >&2; exit 2 ;;
 esac

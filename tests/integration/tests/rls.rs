@@ -124,6 +124,10 @@ fn fixture(db: &mut Client) -> Fixture {
     }
     db.query_one("SELECT amba_create_api_key($1)", &[&f.key_name])
         .unwrap();
+    db.query_one("SELECT amba_set_override($1, $2, 'treatment')", &[&f.exp, &format!("{}_qa", f.a)])
+        .unwrap();
+    db.query_one("SELECT amba_alias($1, $2)", &[&format!("{}_anon", f.b), &f.b])
+        .unwrap();
     let id: i64 = db
         .query_one("SELECT id FROM amba.experiments WHERE key = $1", &[&f.exp])
         .unwrap()
@@ -196,7 +200,7 @@ fn table_probes(f: &Fixture) -> BTreeMap<&'static str, TableProbe> {
     );
     add(
         "experiment_history",
-        1,
+        2,
         format!("experiment_key = '{exp}'"),
         format!("INSERT INTO amba.experiment_history (experiment_key, changed_by, action) VALUES ('{exp}', 'probe', 'update')"),
         "changed_by = 'forged'",
@@ -208,12 +212,28 @@ fn table_probes(f: &Fixture) -> BTreeMap<&'static str, TableProbe> {
         format!("INSERT INTO amba.api_keys (name, kind, key_hash) VALUES ('{key}_x', 'admin', sha256(convert_to('{key}', 'UTF8')))"),
         "revoked_at = now()",
     );
+    add(
+        "overrides",
+        1,
+        format!("experiment_id = {id}"),
+        format!("INSERT INTO amba.overrides (experiment_id, user_id, variant) VALUES ({id}, '{a}_o', 'control')"),
+        "variant = variant",
+    );
+    add(
+        "aliases",
+        1,
+        format!("user_id = '{b}'"),
+        format!("INSERT INTO amba.aliases (anonymous_id, user_id) VALUES ('{a}_anon2', '{b}')"),
+        "aliased_at = aliased_at",
+    );
     m
 }
 
 /// Expected (select, insert, update, delete) for a role on a table.
 fn expected(who: &str, table: &str, rows: i64, own_rows: i64) -> [Outcome; 4] {
     match who {
+        // The audit trail is append-only, for amba_admin too (CONTRACT 8).
+        "amba_admin" if table == "experiment_history" => [Rows(rows), Rows(1), Denied, Denied],
         "amba_admin" => [Rows(rows), Rows(1), Rows(rows), Rows(rows)],
         "amba_analyst" if table == "api_keys" => [Denied; 4],
         "amba_analyst" => [Rows(rows), Denied, Denied, Denied],
@@ -493,8 +513,17 @@ fn policies_hold_even_with_table_grants() {
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         for role in &roles {
             match role.as_str() {
-                "amba_admin" => {}
+                "amba_admin" => assert!(
+                    table != "experiment_history" || cmd == "SELECT" || cmd == "INSERT",
+                    "{table}.{name}: the audit trail is append-only"
+                ),
                 "amba_analyst" => assert_eq!(cmd, "SELECT", "{table}.{name}"),
+                // The owner of the SECURITY DEFINER functions: reads, and inserts only
+                // where the client endpoints write.
+                "amba_owner" => assert!(
+                    cmd == "SELECT" || (cmd == "INSERT" && ["assignments", "exposures", "events"].contains(&table.as_str())),
+                    "{table}.{name}: {cmd}"
+                ),
                 "amba_client" => {
                     assert_eq!(cmd, "SELECT", "{table}.{name}");
                     assert!(
@@ -627,7 +656,7 @@ fn clients_cannot_call_the_sql_api_directly() {
             "experiments_delete",
         );
     }
-    // What a client may execute at all: its three endpoints and the pre-request hook.
+    // What a client may execute at all: its four endpoints and the pre-request hook.
     let allowed: BTreeSet<String> = db
         .query(
             "SELECT p.oid::regprocedure::text FROM pg_proc p
@@ -644,6 +673,7 @@ fn clients_cannot_call_the_sql_api_directly() {
     let want: BTreeSet<String> = [
         "amba_api.assign(text)",
         "amba_api.expose(text)",
+        "amba_api.peek(text)",
         "amba_api.pre_request()",
         "amba_api.track(text,jsonb)",
     ]
@@ -707,7 +737,7 @@ fn analysts_read_and_compute_but_never_write() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(hist, 1);
+    assert_eq!(hist, 2, "create and override_set");
     let listed: i64 = tx
         .query_one(
             "SELECT count(*) FROM amba_list_experiments() e WHERE e->>'key' = $1",
