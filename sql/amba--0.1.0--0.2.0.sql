@@ -123,15 +123,13 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'amba_results_daily_wrapper';
 
-CREATE  FUNCTION amba."_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT, /* Option < & str > */
-	"properties" jsonb, /* Option < JsonbDatum > */
-	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
-) RETURNS timestamp with time zone /* TimestampWithTimeZone */
-VOLATILE PARALLEL UNSAFE 
+CREATE  FUNCTION amba."_peek"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* Option < String > */
+STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'track_internal_wrapper';
+AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
 
 CREATE  FUNCTION amba."_expose"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -149,21 +147,29 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'assign_internal_wrapper';
 
-CREATE  FUNCTION amba."_peek"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* Option < String > */
-STABLE PARALLEL UNSAFE 
+CREATE  FUNCTION amba."_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"properties" jsonb, /* Option < JsonbDatum > */
+	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
+) RETURNS timestamp with time zone /* TimestampWithTimeZone */
+VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
+AS 'MODULE_PATHNAME', 'track_internal_wrapper';
 
-CREATE  FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
+CREATE  FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'http_status_wrapper';
+
+CREATE  FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
 ) RETURNS void
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_texts_wrapper';
+AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
 
 CREATE  FUNCTION amba."_exec_fresh"(
 	"query" TEXT, /* & str */
@@ -172,13 +178,6 @@ CREATE  FUNCTION amba."_exec_fresh"(
 STRICT VOLATILE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
-
-CREATE  FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
 
 CREATE  FUNCTION amba."_check_api_key"(
 	"name" TEXT, /* Option < & str > */
@@ -196,12 +195,28 @@ STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
 
-CREATE  FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
+CREATE  FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'http_status_wrapper';
+AS 'MODULE_PATHNAME', 'check_texts_wrapper';
+
+CREATE  FUNCTION amba."_lock_users"(
+	"a" TEXT, /* & str */
+	"b" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lock_users_wrapper';
+
+CREATE  FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lock_experiment_wrapper';
 
 CREATE  FUNCTION amba."_metric_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -231,44 +246,6 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'metric_results_internal_wrapper';
 
-CREATE  FUNCTION amba."_results_daily"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"day" date,  /* Date */
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"lift_cs_low" double precision,  /* Option < f64 > */
-	"lift_cs_high" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'results_daily_internal_wrapper';
-
-CREATE  FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lock_experiment_wrapper';
-
-CREATE  FUNCTION amba."_lock_users"(
-	"a" TEXT, /* & str */
-	"b" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lock_users_wrapper';
-
 CREATE  FUNCTION amba."_results"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"conversion_event" TEXT, /* Option < & str > */
@@ -293,6 +270,29 @@ CREATE  FUNCTION amba."_results"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'results_internal_wrapper';
+
+CREATE  FUNCTION amba."_results_daily"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"day" date,  /* Date */
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"lift_cs_low" double precision,  /* Option < f64 > */
+	"lift_cs_high" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'results_daily_internal_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
@@ -633,6 +633,7 @@ DECLARE
     params text[];
     existing text;
     conflicts bigint := 0;
+    anon_won bigint;
     moved bigint;
     events_moved bigint;
 BEGIN
@@ -667,18 +668,19 @@ BEGIN
     -- Where both have an assignment, the earlier (first touch) stays for the user; the
     -- other goes, with its exposure (ON DELETE CASCADE). Each experiment is one primary-key
     -- lookup per id.
-    conflicts := amba._exec_fresh(
+    anon_won := amba._exec_fresh(
         'DELETE FROM amba.assignments t USING amba.experiments x, amba.assignments s
           WHERE t.experiment_id = x.id AND t.user_id = $2
-            AND s.experiment_id = x.id AND s.user_id = $1 AND s.assigned_at < t.assigned_at'::text, params)
-      + amba._exec_fresh(
+            AND s.experiment_id = x.id AND s.user_id = $1 AND s.assigned_at < t.assigned_at'::text, params);
+    conflicts := anon_won + amba._exec_fresh(
         'DELETE FROM amba.assignments s USING amba.experiments x, amba.assignments t
           WHERE s.experiment_id = x.id AND s.user_id = $1
             AND t.experiment_id = x.id AND t.user_id = $2'::text, params);
-    -- The rest move unchanged; their exposures follow (ON UPDATE CASCADE).
+    -- The rest move unchanged; their exposures follow (ON UPDATE CASCADE). Where the
+    -- anonymous assignment won a conflict it moves too, but counts as the conflict.
     moved := amba._exec_fresh(
         'UPDATE amba.assignments s SET user_id = $2 FROM amba.experiments x
-          WHERE s.experiment_id = x.id AND s.user_id = $1'::text, params);
+          WHERE s.experiment_id = x.id AND s.user_id = $1'::text, params) - anon_won;
     -- Events: one index lookup per event name (a skip scan over the events index).
     events_moved := amba._exec_fresh(
         'WITH RECURSIVE names(event) AS (
@@ -688,20 +690,20 @@ BEGIN
                FROM names n WHERE n.event IS NOT NULL)
          UPDATE amba.events e SET user_id = $2 FROM names n
           WHERE e.event = n.event AND e.user_id = $1'::text, params);
-    -- Overrides of the anonymous id become the user's where the user has none.
+    -- Overrides of the anonymous id become the user's where the user has none; every
+    -- experiment where either id has an override gets its row bumped, so cached
+    -- definitions (which key overrides by user and alias ids) are read again.
     PERFORM amba._exec_fresh(
-        'WITH moved AS (
-             UPDATE amba.overrides o SET user_id = $2 FROM amba.experiments x
-              WHERE o.experiment_id = x.id AND o.user_id = $1
-                AND NOT EXISTS (SELECT 1 FROM amba.overrides u
-                                 WHERE u.experiment_id = x.id AND u.user_id = $2)
-             RETURNING o.experiment_id),
-         dropped AS (
-             DELETE FROM amba.overrides o USING amba.experiments x
-              WHERE o.experiment_id = x.id AND o.user_id = $1
-             RETURNING o.experiment_id)
-         UPDATE amba.experiments e SET revision = e.revision + 1
-          WHERE e.id IN (SELECT experiment_id FROM moved UNION SELECT experiment_id FROM dropped)'::text, params);
+        'UPDATE amba.experiments e SET revision = e.revision + 1
+          WHERE e.id IN (SELECT o.experiment_id FROM amba.overrides o WHERE o.user_id IN ($1, $2))'::text, params);
+    PERFORM amba._exec_fresh(
+        'UPDATE amba.overrides o SET user_id = $2 FROM amba.experiments x
+          WHERE o.experiment_id = x.id AND o.user_id = $1
+            AND NOT EXISTS (SELECT 1 FROM amba.overrides u WHERE u.experiment_id = x.id AND u.user_id = $2)'::text,
+        params);
+    PERFORM amba._exec_fresh(
+        'DELETE FROM amba.overrides o USING amba.experiments x
+          WHERE o.experiment_id = x.id AND o.user_id = $1'::text, params);
     RETURN jsonb_build_object('user_id', target, 'moved', moved, 'conflicts', conflicts, 'events', events_moved);
 END
 $fn$;

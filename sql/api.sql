@@ -336,6 +336,7 @@ DECLARE
     params text[];
     existing text;
     conflicts bigint := 0;
+    anon_won bigint;
     moved bigint;
     events_moved bigint;
 BEGIN
@@ -370,18 +371,19 @@ BEGIN
     -- Where both have an assignment, the earlier (first touch) stays for the user; the
     -- other goes, with its exposure (ON DELETE CASCADE). Each experiment is one primary-key
     -- lookup per id.
-    conflicts := amba._exec_fresh(
+    anon_won := amba._exec_fresh(
         'DELETE FROM amba.assignments t USING amba.experiments x, amba.assignments s
           WHERE t.experiment_id = x.id AND t.user_id = $2
-            AND s.experiment_id = x.id AND s.user_id = $1 AND s.assigned_at < t.assigned_at'::text, params)
-      + amba._exec_fresh(
+            AND s.experiment_id = x.id AND s.user_id = $1 AND s.assigned_at < t.assigned_at'::text, params);
+    conflicts := anon_won + amba._exec_fresh(
         'DELETE FROM amba.assignments s USING amba.experiments x, amba.assignments t
           WHERE s.experiment_id = x.id AND s.user_id = $1
             AND t.experiment_id = x.id AND t.user_id = $2'::text, params);
-    -- The rest move unchanged; their exposures follow (ON UPDATE CASCADE).
+    -- The rest move unchanged; their exposures follow (ON UPDATE CASCADE). Where the
+    -- anonymous assignment won a conflict it moves too, but counts as the conflict.
     moved := amba._exec_fresh(
         'UPDATE amba.assignments s SET user_id = $2 FROM amba.experiments x
-          WHERE s.experiment_id = x.id AND s.user_id = $1'::text, params);
+          WHERE s.experiment_id = x.id AND s.user_id = $1'::text, params) - anon_won;
     -- Events: one index lookup per event name (a skip scan over the events index).
     events_moved := amba._exec_fresh(
         'WITH RECURSIVE names(event) AS (
@@ -391,20 +393,20 @@ BEGIN
                FROM names n WHERE n.event IS NOT NULL)
          UPDATE amba.events e SET user_id = $2 FROM names n
           WHERE e.event = n.event AND e.user_id = $1'::text, params);
-    -- Overrides of the anonymous id become the user's where the user has none.
+    -- Overrides of the anonymous id become the user's where the user has none; every
+    -- experiment where either id has an override gets its row bumped, so cached
+    -- definitions (which key overrides by user and alias ids) are read again.
     PERFORM amba._exec_fresh(
-        'WITH moved AS (
-             UPDATE amba.overrides o SET user_id = $2 FROM amba.experiments x
-              WHERE o.experiment_id = x.id AND o.user_id = $1
-                AND NOT EXISTS (SELECT 1 FROM amba.overrides u
-                                 WHERE u.experiment_id = x.id AND u.user_id = $2)
-             RETURNING o.experiment_id),
-         dropped AS (
-             DELETE FROM amba.overrides o USING amba.experiments x
-              WHERE o.experiment_id = x.id AND o.user_id = $1
-             RETURNING o.experiment_id)
-         UPDATE amba.experiments e SET revision = e.revision + 1
-          WHERE e.id IN (SELECT experiment_id FROM moved UNION SELECT experiment_id FROM dropped)'::text, params);
+        'UPDATE amba.experiments e SET revision = e.revision + 1
+          WHERE e.id IN (SELECT o.experiment_id FROM amba.overrides o WHERE o.user_id IN ($1, $2))'::text, params);
+    PERFORM amba._exec_fresh(
+        'UPDATE amba.overrides o SET user_id = $2 FROM amba.experiments x
+          WHERE o.experiment_id = x.id AND o.user_id = $1
+            AND NOT EXISTS (SELECT 1 FROM amba.overrides u WHERE u.experiment_id = x.id AND u.user_id = $2)'::text,
+        params);
+    PERFORM amba._exec_fresh(
+        'DELETE FROM amba.overrides o USING amba.experiments x
+          WHERE o.experiment_id = x.id AND o.user_id = $1'::text, params);
     RETURN jsonb_build_object('user_id', target, 'moved', moved, 'conflicts', conflicts, 'events', events_moved);
 END
 $fn$;

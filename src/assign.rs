@@ -82,12 +82,9 @@ fn find_experiment(key: &str) -> Rc<Experiment> {
     exp
 }
 
-/// The override of the identity `user_id` acts as, if the experiment has any.
+/// The override of `user_id` (or of the user it is aliased to): one map lookup.
 fn override_for(exp: &Experiment, user_id: &str) -> Option<String> {
-    if exp.overrides.is_empty() {
-        return None;
-    }
-    exp.overrides.get(user_id).or_else(|| exp.overrides.get(&identity::resolve(user_id))).cloned()
+    exp.overrides.get(user_id).cloned()
 }
 
 /// The stored variant read directly, in the statement's snapshot (what the read-only SPI

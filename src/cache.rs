@@ -25,7 +25,8 @@ pub struct Experiment {
     pub thresholds: Vec<f64>,
     pub weight_version: i32,
     pub bucketing_version: i32,
-    /// user id → variant for the experiment's overrides (CONTRACT 3d).
+    /// user id (and every anonymous id aliased to it) → variant, for the experiment's
+    /// overrides (CONTRACT 3d).
     pub overrides: HashMap<String, String>,
     /// The row version this definition was read from.
     tid: pg_sys::ItemPointerData,
@@ -58,10 +59,18 @@ thread_local! {
     static LOAD_FRESH_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
-const LOAD_SQL: &str = "SELECT e.id, e.status, e.variant_keys, e.weights, e.weight_version, \
+/// The overrides come keyed by every id that acts as the overridden user: the user id and
+/// the anonymous ids aliased to it (amba_alias bumps the experiment's row when that set
+/// changes), so the hot path finds an override with one map lookup.
+const LOAD_SQL: &str = "WITH o AS ( \
+       SELECT o.user_id AS id, o.variant FROM amba.overrides o \
+        WHERE o.experiment_id = (SELECT id FROM amba.experiments WHERE key = $1) \
+       UNION ALL \
+       SELECT a.anonymous_id, o.variant FROM amba.overrides o JOIN amba.aliases a ON a.user_id = o.user_id \
+        WHERE o.experiment_id = (SELECT id FROM amba.experiments WHERE key = $1)) \
+     SELECT e.id, e.status, e.variant_keys, e.weights, e.weight_version, \
        e.bucketing_version, e.ctid::text, e.xmin::text, \
-       ARRAY(SELECT o.user_id FROM amba.overrides o WHERE o.experiment_id = e.id ORDER BY o.user_id), \
-       ARRAY(SELECT o.variant FROM amba.overrides o WHERE o.experiment_id = e.id ORDER BY o.user_id) \
+       ARRAY(SELECT o.id FROM o ORDER BY o.id), ARRAY(SELECT o.variant FROM o ORDER BY o.id) \
      FROM amba.experiments e WHERE e.key = $1";
 
 fn parse_tid(text: &str) -> Option<pg_sys::ItemPointerData> {
