@@ -26,7 +26,9 @@ fn counts_sql() -> String {
             GROUP BY u.user_id) \
          SELECT u.variant, \
                 ((u.exposed_at AT TIME ZONE 'UTC')::date - date '2000-01-01') AS exposed_day, \
-                ((greatest(u.exposed_at, c.first_at) AT TIME ZONE 'UTC')::date - date '2000-01-01') AS converted_day, \
+                CASE WHEN c.first_at IS NOT NULL \
+                     THEN ((greatest(u.exposed_at, c.first_at) AT TIME ZONE 'UTC')::date - date '2000-01-01') \
+                END AS converted_day, \
                 count(*) \
            FROM users u LEFT JOIN converted c ON c.user_id = u.user_id \
           GROUP BY 1, 2, 3"

@@ -1,110 +1,32 @@
-//! The PostgreSQL side: one lazily (re)connected `tokio_postgres::Client`, and the
-//! mapping of database errors to the contract's error codes.
+//! The PostgreSQL side: one lazily (re)connected `tokio_postgres::Client`, the schema the
+//! amba extension is installed in (every call is qualified with it, so the connecting
+//! user's search_path does not matter), and the mapping of database errors to codes.
 
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use tokio_postgres::{types::ToSql, Client, Config, NoTls, Row};
 
-/// A tool failure, reported to the caller as a tool result with `isError: true`.
-#[derive(Debug, Clone)]
-pub struct ToolError {
-    /// The contract code (`EXPERIMENT_NOT_FOUND`, `INVALID_ARGUMENT`, ...), or
-    /// `DATABASE_UNAVAILABLE` / `DATABASE_ERROR` for failures outside the contract.
-    pub code: String,
-    /// The full message, starting with `CODE: ` like the SQL errors do.
-    pub message: String,
-    /// The SQLSTATE, when the error came from (or stands for) a database error.
-    pub sqlstate: Option<String>,
-    pub detail: Option<String>,
-    pub hint: Option<String>,
-}
+use crate::error::{Code, ToolError};
 
-impl ToolError {
-    pub fn new(code: &str, sentence: impl AsRef<str>) -> Self {
-        ToolError {
-            code: code.to_string(),
-            message: format!("{code}: {}", sentence.as_ref()),
-            sqlstate: None,
-            detail: None,
-            hint: None,
-        }
-    }
-
-    pub fn invalid_argument(sentence: impl AsRef<str>) -> Self {
-        Self::new("INVALID_ARGUMENT", sentence)
-    }
-
-    pub fn with_sqlstate(mut self, sqlstate: &str) -> Self {
-        self.sqlstate = Some(sqlstate.to_string());
-        self
-    }
-
-    /// The text an agent reads: `CODE: sentence (SQLSTATE xxxxx)`, then detail and hint.
-    pub fn text(&self) -> String {
-        let mut text = self.message.clone();
-        if let Some(state) = &self.sqlstate {
-            text.push_str(&format!(" (SQLSTATE {state})"));
-        }
-        if let Some(detail) = &self.detail {
-            text.push_str(&format!("\nDETAIL: {detail}"));
-        }
-        if let Some(hint) = &self.hint {
-            text.push_str(&format!("\nHINT: {hint}"));
-        }
-        text
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut obj = serde_json::Map::new();
-        obj.insert("code".into(), self.code.clone().into());
-        obj.insert("message".into(), self.message.clone().into());
-        if let Some(state) = &self.sqlstate {
-            obj.insert("sqlstate".into(), state.clone().into());
-        }
-        if let Some(detail) = &self.detail {
-            obj.insert("detail".into(), detail.clone().into());
-        }
-        if let Some(hint) = &self.hint {
-            obj.insert("hint".into(), hint.clone().into());
-        }
-        serde_json::Value::Object(obj)
-    }
-}
-
-/// The leading `CODE` of a message shaped `CODE: sentence` (upper-case letters, digits
-/// and underscores, starting with a letter), as every contract error message is.
-pub fn message_code(message: &str) -> Option<&str> {
-    let (head, _) = message.split_once(':')?;
-    let mut chars = head.chars();
-    let first = chars.next()?;
-    if first.is_ascii_uppercase()
-        && head.len() >= 3
-        && head
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-    {
-        Some(head)
-    } else {
-        None
-    }
-}
-
-/// A statement argument: its SQL cast and value.
-#[derive(Debug)]
+/// A statement argument: its value, and the SQL type it is passed as.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Param {
     Text(String),
     /// JSON text, passed as `$n::text::jsonb`.
     Json(String),
     Float(f64),
+    Int(i32),
 }
 
 impl Param {
+    /// The cast after the placeholder: the SQL function's exact argument type.
     pub fn cast(&self) -> &'static str {
         match self {
             Param::Text(_) => "::text",
             Param::Json(_) => "::text::jsonb",
-            Param::Float(_) => "::float8",
+            Param::Float(_) => "::double precision",
+            Param::Int(_) => "::integer",
         }
     }
 
@@ -112,36 +34,87 @@ impl Param {
         match self {
             Param::Text(s) | Param::Json(s) => s,
             Param::Float(f) => f,
+            Param::Int(i) => i,
         }
     }
 }
 
+/// The extension's schema, as a quoted identifier ready to prefix a function name.
+const EXTENSION_SCHEMA: &str = "SELECT pg_catalog.quote_ident(n.nspname) \
+     FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+     WHERE e.extname = 'amba'";
+
+struct Conn {
+    client: Arc<Client>,
+    /// Found on the first use of the connection; looked up again when it was missing or
+    /// a call could not find a function (the extension was re-created elsewhere).
+    schema: Option<String>,
+}
+
 pub struct Db {
     config: Config,
-    client: Mutex<Option<Arc<Client>>>,
+    conn: Mutex<Option<Conn>>,
 }
 
 impl Db {
     pub fn new(config: Config) -> Self {
         Db {
             config,
-            client: Mutex::new(None),
+            conn: Mutex::new(None),
         }
     }
 
-    /// The current connection, or a new one when there is none or it was lost.
-    async fn client(&self) -> Result<Arc<Client>, ToolError> {
-        let mut slot = self.client.lock().await;
-        if let Some(client) = slot.as_ref() {
-            if !client.is_closed() {
-                return Ok(client.clone());
-            }
+    /// The current connection (a new one when there is none or it was lost) and the
+    /// extension's schema.
+    async fn client(&self) -> Result<(Arc<Client>, String), ToolError> {
+        let mut slot = self.conn.lock().await;
+        if slot.as_ref().is_some_and(|c| c.client.is_closed()) {
             eprintln!("amba-mcp: the database connection was closed; reconnecting");
+            *slot = None;
         }
-        *slot = None;
+        if slot.is_none() {
+            let client = self.connect().await?;
+            *slot = Some(Conn {
+                client,
+                schema: None,
+            });
+        }
+        let conn = slot.as_mut().expect("connected above");
+        if let Some(schema) = &conn.schema {
+            return Ok((conn.client.clone(), schema.clone()));
+        }
+        match conn.client.query_opt(EXTENSION_SCHEMA, &[]).await {
+            Ok(Some(row)) => {
+                let schema: String = row.get(0);
+                conn.schema = Some(schema.clone());
+                Ok((conn.client.clone(), schema))
+            }
+            Ok(None) => {
+                let mut err = ToolError::new(
+                    Code::DatabaseError,
+                    "the amba extension is not installed in this database",
+                );
+                err.hint = Some(
+                    "run CREATE EXTENSION amba in the database DATABASE_URL names (or point \
+                     DATABASE_URL at the database that has it)"
+                        .to_string(),
+                );
+                Err(err)
+            }
+            Err(e) => {
+                let lost = is_lost(&e, &conn.client);
+                if lost {
+                    *slot = None;
+                }
+                Err(map_error(&e, lost))
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Arc<Client>, ToolError> {
         let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
             let mut err = ToolError::new(
-                "DATABASE_UNAVAILABLE",
+                Code::DatabaseUnavailable,
                 format!(
                     "could not connect to PostgreSQL ({}); check DATABASE_URL and that the \
                      server is running. The next call tries again.",
@@ -158,38 +131,43 @@ impl Db {
                 eprintln!("amba-mcp: database connection ended: {}", error_text(&e));
             }
         });
-        let client = Arc::new(client);
-        *slot = Some(client.clone());
-        Ok(client)
+        Ok(Arc::new(client))
     }
 
     /// Forget `client` if it is still the current connection (it failed or was closed).
     async fn discard(&self, client: &Arc<Client>) {
-        let mut slot = self.client.lock().await;
-        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
+        let mut slot = self.conn.lock().await;
+        if slot
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.client, client))
+        {
             *slot = None;
+        }
+    }
+
+    /// Look the extension's schema up again on the next call over `client`.
+    async fn forget_schema(&self, client: &Arc<Client>) {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_mut().filter(|c| Arc::ptr_eq(&c.client, client)) {
+            conn.schema = None;
         }
     }
 
     /// Connect now, to report a bad configuration early on stderr (never fatal).
     pub async fn warm_up(&self) {
-        match self.client().await {
-            Ok(client) => {
-                if let Err(e) = client.simple_query("SELECT 1").await {
-                    eprintln!("amba-mcp: database check failed: {}", error_text(&e));
-                }
-            }
-            Err(e) => eprintln!("amba-mcp: {}", e.text()),
+        if let Err(e) = self.client().await {
+            eprintln!("amba-mcp: {}", e.text());
         }
     }
 
-    /// Run `sql` (one row expected) with `params`. Statements that are safe to repeat
-    /// (`retry_on_connection_loss`) are retried once on a fresh connection when the
-    /// connection turns out to be lost; others report the loss and leave the reconnect
-    /// to the next call.
+    /// Run the statement `sql(schema)` (one row expected) with `params`, where `schema`
+    /// is the extension's schema as a quoted identifier. Statements that are safe to
+    /// repeat (`retry_on_connection_loss`) are retried once on a fresh connection when
+    /// the connection turns out to be lost; others report the loss and leave the
+    /// reconnect to the next call.
     pub async fn query_one(
         &self,
-        sql: &str,
+        sql: impl Fn(&str) -> String,
         params: &[Param],
         retry_on_connection_loss: bool,
     ) -> Result<Row, ToolError> {
@@ -197,14 +175,11 @@ impl Db {
         let mut attempts = if retry_on_connection_loss { 2 } else { 1 };
         loop {
             attempts -= 1;
-            let client = self.client().await?;
-            match client.query_one(sql, &values).await {
+            let (client, schema) = self.client().await?;
+            match client.query_one(&sql(&schema), &values).await {
                 Ok(row) => return Ok(row),
                 Err(e) => {
-                    let lost = e.is_closed()
-                        || client.is_closed()
-                        || is_connection_sqlstate(&e)
-                        || is_io_error(&e);
+                    let lost = is_lost(&e, &client);
                     if lost {
                         self.discard(&client).await;
                         if attempts > 0 {
@@ -214,12 +189,22 @@ impl Db {
                             );
                             continue;
                         }
+                    } else if e
+                        .as_db_error()
+                        .is_some_and(|db| matches!(db.code().code(), "42883" | "3F000"))
+                    {
+                        // undefined function / schema: maybe the extension moved.
+                        self.forget_schema(&client).await;
                     }
                     return Err(map_error(&e, lost));
                 }
             }
         }
     }
+}
+
+fn is_lost(e: &tokio_postgres::Error, client: &Client) -> bool {
+    e.is_closed() || client.is_closed() || is_connection_sqlstate(e) || is_io_error(e)
 }
 
 fn is_io_error(e: &tokio_postgres::Error) -> bool {
@@ -252,20 +237,18 @@ fn map_error(e: &tokio_postgres::Error, lost: bool) -> ToolError {
         Some(db) if !lost => {
             let message = db.message().to_string();
             let sqlstate = db.code().code().to_string();
-            let code = match message_code(&message) {
-                Some(code) => code.to_string(),
-                None => "DATABASE_ERROR".to_string(),
-            };
-            let message = if message_code(&message).is_some() {
-                message
-            } else {
-                format!("{code}: {message}")
+            let (code, message) = match Code::from_message(&message) {
+                Some(code) => (code, message),
+                None => (
+                    Code::DatabaseError,
+                    format!("{}: {message}", Code::DatabaseError),
+                ),
             };
             let mut hint = db.hint().map(str::to_string);
             if sqlstate == "42883" && message.contains("amba_") && hint.is_none() {
                 hint = Some(
-                    "is the amba extension installed in this database (CREATE EXTENSION amba) \
-                     and is its schema on the search_path of the DATABASE_URL user?"
+                    "is the amba extension in this database up to date? The tools of version \
+                     0.2.0 need amba 0.2.0: ALTER EXTENSION amba UPDATE"
                         .to_string(),
                 );
             }
@@ -278,12 +261,12 @@ fn map_error(e: &tokio_postgres::Error, lost: bool) -> ToolError {
             }
         }
         None if !lost => ToolError::new(
-            "DATABASE_ERROR",
+            Code::DatabaseError,
             format!("unexpected reply from PostgreSQL: {}", error_text(e)),
         ),
         _ => {
             let mut err = ToolError::new(
-                "DATABASE_UNAVAILABLE",
+                Code::DatabaseUnavailable,
                 format!(
                     "lost the connection to PostgreSQL ({}); the statement's outcome is \
                      unknown if it was a change — check with amba_experiments_get. The next \
@@ -296,25 +279,5 @@ fn map_error(e: &tokio_postgres::Error, lost: bool) -> ToolError {
             }
             err
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::message_code;
-
-    #[test]
-    fn codes_are_read_from_messages() {
-        assert_eq!(
-            message_code("EXPERIMENT_NOT_FOUND: experiment \"x\" does not exist"),
-            Some("EXPERIMENT_NOT_FOUND")
-        );
-        assert_eq!(
-            message_code("INVALID_ARGUMENT: bad"),
-            Some("INVALID_ARGUMENT")
-        );
-        assert_eq!(message_code("function amba_x() does not exist"), None);
-        assert_eq!(message_code("permission denied: x"), None);
-        assert_eq!(message_code("NO colon here"), None);
     }
 }

@@ -1,12 +1,13 @@
 //! amba-mcp: a stdio MCP server exposing the Amba experiments SQL API to coding agents.
 //!
 //! It connects to PostgreSQL with `DATABASE_URL` and calls the extension's `amba_*` SQL
-//! functions (found through the connection's search_path); it never reimplements them.
+//! functions (in the extension's schema, looked up on connecting); it never reimplements them.
 
 mod db;
+mod error;
 mod tools;
 
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{io::Write, process::ExitCode, sync::Arc, time::Duration};
 
 use rmcp::{
     model::{
@@ -19,27 +20,34 @@ use rmcp::{
 };
 use serde_json::Value;
 
-use db::{Db, Param, ToolError};
+use db::{Db, Param};
+use error::{Code, ToolError};
 use tools::{Kind, Shape, Spec};
 
-const USAGE: &str = "\
+fn usage() -> String {
+    let tools: Vec<&str> = tools::SPECS.iter().map(|s| s.tool).collect();
+    format!(
+        "\
 amba-mcp: MCP server (stdio) for Amba experiments, A/B testing inside PostgreSQL.
 
 Usage: DATABASE_URL=postgresql://user:password@host:5432/dbname amba-mcp
 
 It speaks the Model Context Protocol on stdin/stdout (start it from an MCP client such as
-Claude Desktop, Claude Code or Cursor) and logs to stderr. Tools: amba_experiments_create,
-amba_experiments_list, amba_experiments_get, amba_experiments_update,
-amba_experiments_delete, amba_experiments_results.
+Claude Desktop, Claude Code or Cursor) and logs to stderr.
+Tools: {}.
 
 Environment:
   DATABASE_URL  PostgreSQL connection URL or key=value string (required). The database must
-                have the amba extension installed (CREATE EXTENSION amba) in a schema on the
-                user's search_path. application_name defaults to amba-mcp.
+                have the amba extension installed (CREATE EXTENSION amba); its functions are
+                called in the extension's schema, whatever the user's search_path.
+                application_name defaults to amba-mcp.
 
 Options:
   -h, --help     print this help
-  -V, --version  print the version";
+  -V, --version  print the version",
+        tools.join(", ")
+    )
+}
 
 #[derive(Clone)]
 struct AmbaServer {
@@ -127,6 +135,22 @@ fn bind(spec: &Spec, args: Option<&JsonObject>) -> Result<Vec<(&'static str, Par
                     type_name(other)
                 )))
             }
+            (Kind::Integer, Value::Number(n)) => match integer(n) {
+                Ok(i) => Param::Int(i),
+                Err(why) => {
+                    return Err(ToolError::invalid_argument(format!(
+                        "argument \"{}\" {why}, not {n}",
+                        arg.name
+                    )))
+                }
+            },
+            (Kind::Integer, other) => {
+                return Err(ToolError::invalid_argument(format!(
+                    "argument \"{}\" must be a whole number, not {}",
+                    arg.name,
+                    type_name(other)
+                )))
+            }
             // Passed through as jsonb: the SQL function validates it.
             (Kind::Json, value) => Param::Json(value.to_string()),
         };
@@ -135,28 +159,35 @@ fn bind(spec: &Spec, args: Option<&JsonObject>) -> Result<Vec<(&'static str, Par
     Ok(bound)
 }
 
-/// The statement for `spec` with the supplied arguments in named notation.
-fn statement(spec: &Spec, bound: &[(&'static str, Param)]) -> String {
+/// A JSON number without a fraction that fits an `integer` (7 and 7.0 alike).
+fn integer(n: &serde_json::Number) -> Result<i32, &'static str> {
+    let whole = match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => i as f64,
+        (None, Some(f)) if f.fract() == 0.0 => f,
+        _ => return Err("must be a whole number"),
+    };
+    if whole < i32::MIN as f64 || whole > i32::MAX as f64 {
+        return Err("is out of range for an integer");
+    }
+    Ok(whole as i32)
+}
+
+/// The statement for `spec` with the supplied arguments in named notation, each cast to
+/// the function's argument type, the function qualified with `schema` (the extension's
+/// schema, already quoted).
+fn statement(spec: &Spec, schema: &str, bound: &[(&'static str, Param)]) -> String {
     let call_args: Vec<String> = bound
         .iter()
         .enumerate()
         .map(|(i, (name, param))| format!("{name} => ${}{}", i + 1, param.cast()))
         .collect();
-    let call = format!("{}({})", spec.function, call_args.join(", "));
+    let call = format!("{schema}.{}({})", spec.function, call_args.join(", "));
     match spec.shape {
-        Shape::Experiment => format!("SELECT {call}::text"),
-        Shape::Deleted => format!("SELECT {call}"),
+        Shape::Object => format!("SELECT {call}::text"),
+        Shape::Deleted | Shape::Bool => format!("SELECT {call}"),
         Shape::List => format!("SELECT coalesce(json_agg(e), '[]'::json)::text FROM {call} AS e"),
         Shape::Rows => format!("SELECT coalesce(json_agg(r), '[]'::json)::text FROM {call} AS r"),
     }
-}
-
-fn not_found(key: &str) -> ToolError {
-    ToolError::new(
-        "EXPERIMENT_NOT_FOUND",
-        format!("experiment \"{key}\" does not exist"),
-    )
-    .with_sqlstate("P0002")
 }
 
 /// Run the tool: the SQL JSON as text, and the same JSON parsed.
@@ -173,29 +204,37 @@ async fn run(
             _ => None,
         })
         .unwrap_or_default();
-    let sql = statement(spec, &bound);
-    let params: Vec<Param> = bound.into_iter().map(|(_, p)| p).collect();
-    let row = db.query_one(&sql, &params, spec.read_only).await?;
+    let params: Vec<Param> = bound.iter().map(|(_, p)| p.clone()).collect();
+    let row = db
+        .query_one(
+            |schema| statement(spec, schema, &bound),
+            &params,
+            spec.read_only(),
+        )
+        .await?;
     let bad_reply = |e: &dyn std::fmt::Display| {
         ToolError::new(
-            "DATABASE_ERROR",
+            Code::DatabaseError,
             format!("unexpected reply from {}: {e}", spec.function),
         )
     };
     let text = match spec.shape {
-        Shape::Deleted => match row
+        Shape::Deleted | Shape::Bool => match row
             .try_get::<_, Option<bool>>(0)
             .map_err(|e| bad_reply(&e))?
         {
             Some(true) => "true".to_string(),
-            _ => return Err(not_found(&key)),
+            Some(false) if spec.shape == Shape::Bool => "false".to_string(),
+            _ => return Err(ToolError::experiment_not_found(&key)),
         },
         _ => match row
             .try_get::<_, Option<String>>(0)
             .map_err(|e| bad_reply(&e))?
         {
             Some(text) => text,
-            None if spec.shape == Shape::Experiment => return Err(not_found(&key)),
+            None if spec.shape == Shape::Object => {
+                return Err(ToolError::experiment_not_found(&key))
+            }
             None => "[]".to_string(),
         },
     };
@@ -216,7 +255,7 @@ impl ServerHandler for AmbaServer {
                 Implementation::new("amba-mcp", env!("CARGO_PKG_VERSION"))
                     .with_title("Amba experiments"),
             )
-            .with_instructions(tools::INSTRUCTIONS)
+            .with_instructions(tools::instructions())
     }
 
     async fn list_tools(
@@ -278,15 +317,16 @@ async fn main() -> ExitCode {
     if let Some(arg) = std::env::args().nth(1) {
         match arg.as_str() {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                // (a closed pipe, as in `amba-mcp --help | head`, is not an error)
+                let _ = writeln!(std::io::stdout(), "{}", usage());
                 return ExitCode::SUCCESS;
             }
             "-V" | "--version" => {
-                println!("amba-mcp {}", env!("CARGO_PKG_VERSION"));
+                let _ = writeln!(std::io::stdout(), "amba-mcp {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
             }
             other => {
-                eprintln!("amba-mcp: unknown argument {other:?}\n\n{USAGE}");
+                eprintln!("amba-mcp: unknown argument {other:?}\n\n{}", usage());
                 return ExitCode::from(2);
             }
         }
@@ -343,6 +383,7 @@ async fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn args(v: Value) -> JsonObject {
         match v {
@@ -351,57 +392,157 @@ mod tests {
         }
     }
 
+    fn sql(tool: &str, a: Value) -> String {
+        let spec = tools::spec(tool).unwrap();
+        statement(spec, "\"App-1\"", &bind(spec, Some(&args(a))).unwrap())
+    }
+
     #[test]
-    fn statements_use_named_notation_and_only_supplied_arguments() {
-        let spec = tools::spec("amba_experiments_update").unwrap();
-        let a = args(serde_json::json!({"experiment_key": "k", "status": "paused", "name": null}));
-        let bound = bind(spec, Some(&a)).unwrap();
+    fn statements_use_named_notation_typed_parameters_and_the_extension_schema() {
         assert_eq!(
-            statement(spec, &bound),
-            "SELECT amba_update_experiment(experiment_key => $1::text, status => $2::text)::text"
+            sql(
+                "amba_experiments_update",
+                json!({"experiment_key": "k", "status": "paused", "name": null})
+            ),
+            "SELECT \"App-1\".amba_update_experiment(experiment_key => $1::text, \
+             status => $2::text)::text"
         );
-        let spec = tools::spec("amba_experiments_results").unwrap();
-        let a = args(
-            serde_json::json!({"experiment_key": "k", "conversion_event": "buy", "alpha": 0.1}),
-        );
-        let bound = bind(spec, Some(&a)).unwrap();
         assert_eq!(
-            statement(spec, &bound),
-            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM amba_results(experiment_key => $1::text, \
-             conversion_event => $2::text, alpha => $3::float8) AS r"
+            sql(
+                "amba_experiments_create",
+                json!({"experiment_key": "k", "variants": []})
+            ),
+            "SELECT \"App-1\".amba_create_experiment(experiment_key => $1::text, \
+             variants => $2::text::jsonb)::text"
         );
-        let spec = tools::spec("amba_experiments_list").unwrap();
         assert_eq!(
-            statement(spec, &bind(spec, None).unwrap()),
-            "SELECT coalesce(json_agg(e), '[]'::json)::text FROM amba_list_experiments() AS e"
+            sql(
+                "amba_experiments_results",
+                json!({"experiment_key": "k", "conversion_event": "buy", "alpha": 0.1})
+            ),
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_results(\
+             experiment_key => $1::text, conversion_event => $2::text, \
+             alpha => $3::double precision) AS r"
+        );
+        assert_eq!(
+            sql("amba_experiments_list", json!({})),
+            "SELECT coalesce(json_agg(e), '[]'::json)::text FROM \"App-1\".amba_list_experiments() AS e"
+        );
+        assert_eq!(
+            sql(
+                "amba_experiments_metric_results",
+                json!({"experiment_key": "k", "event": "buy", "value_property": "amount",
+                       "cap_percentile": 0.99, "cuped_days": 14})
+            ),
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_metric_results(\
+             experiment_key => $1::text, event => $2::text, value_property => $3::text, \
+             cap_percentile => $4::double precision, cuped_days => $5::integer) AS r"
+        );
+        assert_eq!(
+            sql(
+                "amba_experiments_results_daily",
+                json!({"experiment_key": "k", "conversion_event": "buy", "alpha": 0.1})
+            ),
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_results_daily(\
+             experiment_key => $1::text, conversion_event => $2::text, \
+             alpha => $3::double precision) AS r"
+        );
+        assert_eq!(
+            sql(
+                "amba_overrides_set",
+                json!({"experiment_key": "k", "user_id": "u", "variant": "b"})
+            ),
+            "SELECT \"App-1\".amba_set_override(experiment_key => $1::text, \
+             user_id => $2::text, variant => $3::text)::text"
+        );
+        assert_eq!(
+            sql(
+                "amba_overrides_clear",
+                json!({"experiment_key": "k", "user_id": "u"})
+            ),
+            "SELECT \"App-1\".amba_clear_override(experiment_key => $1::text, user_id => $2::text)"
+        );
+        assert_eq!(
+            sql("amba_overrides_list", json!({"experiment_key": "k"})),
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_list_overrides(\
+             experiment_key => $1::text) AS r"
+        );
+    }
+
+    #[test]
+    fn parameters_carry_the_values() {
+        let spec = tools::spec("amba_experiments_metric_results").unwrap();
+        let bound = bind(
+            spec,
+            Some(&args(
+                json!({"experiment_key": "k", "event": "e", "cap": 100,
+                              "cuped_days": 7.0, "alpha": 0.1}),
+            )),
+        )
+        .unwrap();
+        let params: Vec<&Param> = bound.iter().map(|(_, p)| p).collect();
+        assert_eq!(
+            params,
+            [
+                &Param::Text("k".into()),
+                &Param::Text("e".into()),
+                &Param::Float(0.1),
+                &Param::Float(100.0),
+                &Param::Int(7)
+            ]
         );
     }
 
     #[test]
     fn bad_arguments_are_invalid_argument() {
-        let spec = tools::spec("amba_experiments_create").unwrap();
-        let err = bind(spec, Some(&args(serde_json::json!({"variants": []})))).unwrap_err();
-        assert_eq!(err.code, "INVALID_ARGUMENT");
-        assert!(err.message.contains("experiment_key"), "{}", err.message);
-        let err = bind(
-            spec,
-            Some(&args(
-                serde_json::json!({"experiment_key": 5, "variants": []}),
-            )),
-        )
-        .unwrap_err();
-        assert!(err.message.contains("must be a string"), "{}", err.message);
-        let err = bind(
-            spec,
-            Some(&args(
-                serde_json::json!({"experiment_key": "k", "variants": [], "key": "x"}),
-            )),
-        )
-        .unwrap_err();
-        assert!(
-            err.message.contains("unknown argument \"key\""),
-            "{}",
+        let err_of = |tool: &str, a: Value| {
+            let spec = tools::spec(tool).unwrap();
+            let err = bind(spec, Some(&args(a))).unwrap_err();
+            assert_eq!(err.code, Code::INVALID_ARGUMENT);
+            assert!(
+                err.text().starts_with("INVALID_ARGUMENT: "),
+                "{}",
+                err.text()
+            );
             err.message
+        };
+        let m = err_of("amba_experiments_create", json!({"variants": []}));
+        assert!(m.contains("experiment_key"), "{m}");
+        let m = err_of(
+            "amba_experiments_create",
+            json!({"experiment_key": 5, "variants": []}),
         );
+        assert!(m.contains("must be a string"), "{m}");
+        let m = err_of(
+            "amba_experiments_create",
+            json!({"experiment_key": "k", "variants": [], "key": "x"}),
+        );
+        assert!(m.contains("unknown argument \"key\""), "{m}");
+        for (days, why) in [
+            (json!(1.5), "must be a whole number, not 1.5"),
+            (json!(1e12), "is out of range for an integer"),
+            (json!(-3_000_000_000_i64), "is out of range for an integer"),
+        ] {
+            let m = err_of(
+                "amba_experiments_metric_results",
+                json!({"experiment_key": "k", "event": "e", "cuped_days": days}),
+            );
+            assert!(m.contains(why), "{m}");
+        }
+        let m = err_of(
+            "amba_experiments_metric_results",
+            json!({"experiment_key": "k", "event": "e", "cuped_days": "7"}),
+        );
+        assert!(m.contains("must be a whole number, not a string"), "{m}");
+        let m = err_of(
+            "amba_experiments_metric_results",
+            json!({"experiment_key": "k", "event": "e", "cap": "100"}),
+        );
+        assert!(m.contains("must be a number"), "{m}");
+        let m = err_of(
+            "amba_overrides_set",
+            json!({"experiment_key": "k", "user_id": "u"}),
+        );
+        assert!(m.contains("missing required argument \"variant\""), "{m}");
     }
 }

@@ -1,9 +1,13 @@
-//! The six tools: names, argument specs, JSON Schemas and descriptions.
+//! The tools, declared once in `SPECS`: each tool's SQL function, its arguments (with
+//! their JSON Schema), the columns it returns, its documentation and annotations. The MCP
+//! tool list (`tools()`), the argument checks and the SQL statements are all derived from it.
 
 use std::sync::Arc;
 
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use serde_json::{json, Value};
+
+use crate::error::Code;
 
 /// What kind of value an argument takes, and so how it is passed to SQL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,180 +18,217 @@ pub enum Kind {
     Json,
     /// A JSON number, passed as `double precision`.
     Number,
+    /// A JSON number without a fraction, passed as `integer`.
+    Integer,
+}
+
+impl Kind {
+    /// The JSON Schema `type` of the argument; `None` for `Json`, whose schema says it.
+    fn json_type(self) -> Option<&'static str> {
+        match self {
+            Kind::Text => Some("string"),
+            Kind::Number => Some("number"),
+            Kind::Integer => Some("integer"),
+            Kind::Json => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct Arg {
+    /// The SQL function's parameter name (calls use named notation).
     pub name: &'static str,
     pub kind: Kind,
     pub required: bool,
+    /// The argument's JSON Schema, with its description, without `type` (derived from
+    /// `kind`) unless `kind` is `Json`.
+    pub schema: fn() -> Value,
 }
 
 /// How the SQL function's answer becomes the tool result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
-    /// `jsonb` experiment; NULL means EXPERIMENT_NOT_FOUND.
-    Experiment,
+    /// `jsonb` object; NULL means EXPERIMENT_NOT_FOUND.
+    Object,
     /// `boolean`; false means EXPERIMENT_NOT_FOUND.
     Deleted,
+    /// `boolean`, returned as is.
+    Bool,
     /// `SETOF jsonb`, aggregated into a JSON array.
     List,
-    /// A table, aggregated into a JSON array of row objects.
+    /// A table, aggregated into a JSON array of row objects (keys: the column names).
     Rows,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only: safe to retry once on a fresh connection if the connection was lost.
+    Read,
+    Write {
+        destructive: bool,
+        idempotent: bool,
+    },
+}
+
+/// Columns of a table result, documented together.
+#[derive(Clone, Copy, Debug)]
+pub struct Columns {
+    pub names: &'static [&'static str],
+    pub doc: &'static str,
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct Spec {
     pub tool: &'static str,
+    /// The SQL function, called qualified with the extension's schema.
     pub function: &'static str,
+    pub title: &'static str,
     pub args: &'static [Arg],
     pub shape: Shape,
-    /// Safe to retry once on a fresh connection if the connection was lost.
-    pub read_only: bool,
-    /// Key of the object that wraps an array result for clients on MCP protocol
+    pub access: Access,
+    /// Key of the object that wraps a non-object result for clients on MCP protocol
     /// versions before 2026-07-28, whose `structuredContent` must be an object.
     pub legacy_wrapper: &'static str,
+    /// The description, up to the columns.
+    pub doc: &'static str,
+    /// For `Shape::Rows`: the SQL function's columns, in order.
+    pub columns: &'static [Columns],
+    /// The description after the columns.
+    pub notes: &'static str,
 }
 
-const KEY: Arg = Arg {
-    name: "experiment_key",
-    kind: Kind::Text,
-    required: true,
-};
+impl Spec {
+    pub fn read_only(&self) -> bool {
+        self.access == Access::Read
+    }
 
-pub const SPECS: &[Spec] = &[
-    Spec {
-        tool: "amba_experiments_create",
-        function: "amba_create_experiment",
-        args: &[
-            KEY,
-            Arg {
-                name: "variants",
-                kind: Kind::Json,
-                required: true,
-            },
-            Arg {
-                name: "name",
-                kind: Kind::Text,
-                required: false,
-            },
-            Arg {
-                name: "description",
-                kind: Kind::Text,
-                required: false,
-            },
-            Arg {
-                name: "status",
-                kind: Kind::Text,
-                required: false,
-            },
-        ],
-        shape: Shape::Experiment,
-        read_only: false,
-        legacy_wrapper: "experiment",
-    },
-    Spec {
-        tool: "amba_experiments_list",
-        function: "amba_list_experiments",
-        args: &[],
-        shape: Shape::List,
-        read_only: true,
-        legacy_wrapper: "experiments",
-    },
-    Spec {
-        tool: "amba_experiments_get",
-        function: "amba_get_experiment",
-        args: &[KEY],
-        shape: Shape::Experiment,
-        read_only: true,
-        legacy_wrapper: "experiment",
-    },
-    Spec {
-        tool: "amba_experiments_update",
-        function: "amba_update_experiment",
-        args: &[
-            KEY,
-            Arg {
-                name: "variants",
-                kind: Kind::Json,
-                required: false,
-            },
-            Arg {
-                name: "status",
-                kind: Kind::Text,
-                required: false,
-            },
-            Arg {
-                name: "name",
-                kind: Kind::Text,
-                required: false,
-            },
-            Arg {
-                name: "description",
-                kind: Kind::Text,
-                required: false,
-            },
-        ],
-        shape: Shape::Experiment,
-        read_only: false,
-        legacy_wrapper: "experiment",
-    },
-    Spec {
-        tool: "amba_experiments_delete",
-        function: "amba_delete_experiment",
-        args: &[KEY],
-        shape: Shape::Deleted,
-        read_only: false,
-        legacy_wrapper: "deleted",
-    },
-    Spec {
-        tool: "amba_experiments_results",
-        function: "amba_results",
-        args: &[
-            KEY,
-            Arg {
-                name: "conversion_event",
-                kind: Kind::Text,
-                required: true,
-            },
-            Arg {
-                name: "alpha",
-                kind: Kind::Number,
-                required: false,
-            },
-        ],
-        shape: Shape::Rows,
-        read_only: true,
-        legacy_wrapper: "results",
-    },
-];
+    /// The result's column names, in the SQL function's order (`Shape::Rows` only).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn column_names(&self) -> impl Iterator<Item = &'static str> {
+        self.columns.iter().flat_map(|c| c.names.iter().copied())
+    }
+
+    pub fn description(&self) -> String {
+        let mut text = self.doc.to_string();
+        if !self.columns.is_empty() {
+            text.push_str("\nRow fields, in this order:");
+            for group in self.columns {
+                text.push_str(&format!("\n- {}: {}", group.names.join(", "), group.doc));
+            }
+        }
+        if !self.notes.is_empty() {
+            text.push('\n');
+            text.push_str(self.notes);
+        }
+        text
+    }
+
+    pub fn input_schema(&self) -> Arc<JsonObject> {
+        let mut properties = JsonObject::new();
+        for arg in self.args {
+            let mut schema = match (arg.schema)() {
+                Value::Object(map) => map,
+                other => panic!("the schema of {}.{} is {other}", self.tool, arg.name),
+            };
+            if let Some(ty) = arg.kind.json_type() {
+                schema.insert("type".into(), ty.into());
+            }
+            properties.insert(arg.name.into(), Value::Object(schema));
+        }
+        let required: Vec<&str> = self
+            .args
+            .iter()
+            .filter(|a| a.required)
+            .map(|a| a.name)
+            .collect();
+        let mut schema = JsonObject::new();
+        schema.insert("type".into(), "object".into());
+        schema.insert("properties".into(), Value::Object(properties));
+        schema.insert("required".into(), json!(required));
+        schema.insert("additionalProperties".into(), false.into());
+        Arc::new(schema)
+    }
+
+    pub fn mcp_tool(&self) -> Tool {
+        let annotations = match self.access {
+            Access::Read => ToolAnnotations::new().read_only(true),
+            Access::Write {
+                destructive,
+                idempotent,
+            } => ToolAnnotations::new()
+                .read_only(false)
+                .destructive(destructive)
+                .idempotent(idempotent),
+        };
+        Tool::new(self.tool, self.description(), self.input_schema())
+            .with_title(self.title)
+            .annotate(annotations.open_world(false))
+    }
+}
 
 pub fn spec(tool: &str) -> Option<&'static Spec> {
     SPECS.iter().find(|s| s.tool == tool)
 }
 
-pub const INSTRUCTIONS: &str = "\
-Amba runs A/B experiments inside PostgreSQL. These tools manage experiments \
-(amba_experiments_create, _list, _get, _update, _delete) and read their statistics \
-(amba_experiments_results). They call the database's amba_* SQL functions and return \
-exactly the JSON those return.
+pub fn tools() -> Vec<Tool> {
+    SPECS.iter().map(Spec::mcp_tool).collect()
+}
+
+/// The server's instructions (MCP `initialize`).
+pub fn instructions() -> String {
+    let names =
+        |tools: &[&Spec]| -> String { tools.iter().map(|s| s.tool).collect::<Vec<_>>().join(", ") };
+    let writes: Vec<&Spec> = SPECS.iter().filter(|s| !s.read_only()).collect();
+    let reads: Vec<&Spec> = SPECS.iter().filter(|s| s.read_only()).collect();
+    let contract: Vec<&str> = Code::all()
+        .filter(|c| matches!(c, Code::Contract(_)))
+        .map(Code::as_str)
+        .collect();
+    format!(
+        "\
+Amba runs A/B experiments inside PostgreSQL. These tools change experiments and their \
+overrides ({}) and read them and their statistics ({}). They call the database's amba_* SQL \
+functions and return exactly the JSON those return.
 
 An experiment has a key, an ordered list of weighted variants (the first is the control) \
 and a status: draft, active, paused or ended. Application code (not these tools) then \
 runs, per end user: amba_assign(experiment_key, user_id) -> the user's sticky variant key \
 (deterministic hash, persisted; only 'active' experiments assign new users); \
 amba_expose(experiment_key, user_id) when the user actually sees the variant; \
-amba_track(user_id, event [, properties jsonb]) for conversions. Over HTTP (PostgREST, \
-schema amba_api) the same are POST /rpc/assign, /rpc/expose, /rpc/track with the user's \
-session token. Results count exposed users only.
+amba_track(user_id, event [, properties jsonb]) for conversions and metric values (e.g. \
+{{\"amount\": 19.99}}). Over HTTP (PostgREST, schema amba_api) the same are POST /rpc/assign, \
+/rpc/expose, /rpc/track with the user's session token. Results count exposed users only; \
+users with an override (QA, demos) are left out of them.
 
-Errors come back as tool errors whose text starts with a code: EXPERIMENT_NOT_FOUND, \
-EXPERIMENT_EXISTS, EXPERIMENT_INACTIVE, ASSIGNMENT_REQUIRED, INVALID_ARGUMENT (then the \
-SQLSTATE), or DATABASE_UNAVAILABLE when PostgreSQL cannot be reached (the next call \
-reconnects).";
+Errors come back as tool errors whose text starts with a code: {} (then the SQLSTATE), \
+{} when PostgreSQL cannot be reached (the next call reconnects), or {} for anything else \
+the database reports (e.g. permission denied).",
+        names(&writes),
+        names(&reads),
+        contract.join(", "),
+        Code::DatabaseUnavailable,
+        Code::DatabaseError,
+    )
+}
 
-const KEY_DOC: &str = "The experiment's key: 1-128 characters of A-Z a-z 0-9 _ . : - \
-(e.g. \"checkout_button_color\"). Unique; the identifier the application passes to amba_assign.";
+// ---------------------------------------------------------------------------------------
+// Arguments
+
+const KEY: Arg = Arg {
+    name: "experiment_key",
+    kind: Kind::Text,
+    required: true,
+    schema: || {
+        json!({
+            "minLength": 1,
+            "maxLength": 128,
+            "pattern": "^[A-Za-z0-9_.:-]+$",
+            "description": "The experiment's key: 1-128 characters of A-Z a-z 0-9 _ . : - \
+                (e.g. \"checkout_button_color\"). Unique; the identifier the application \
+                passes to amba_assign.",
+        })
+    },
+};
 
 const VARIANTS_DOC: &str = "The variants, in order: a JSON array of at least two objects \
 {\"key\": string, \"weight\": number}. The FIRST variant is the control that every other \
@@ -197,23 +238,7 @@ non-negative finite JSON numbers (not strings) with a sum > 0, e.g. 50/50 or 1/1
 weight 0 switches a variant off for users not yet assigned. \
 Example: [{\"key\":\"control\",\"weight\":50},{\"key\":\"treatment\",\"weight\":50}]";
 
-const STATUS_DOC: &str = "draft = prepared, assigns nobody; active = assigns new users; \
-paused = users already assigned keep their variant, new users get EXPERIMENT_INACTIVE \
-(the application should then show its default experience); ended = like paused, for a \
-finished experiment. Any status can change to any other (an ended experiment can be \
-re-activated).";
-
-fn key_schema() -> Value {
-    json!({
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 128,
-        "pattern": "^[A-Za-z0-9_.:-]+$",
-        "description": KEY_DOC,
-    })
-}
-
-fn variants_schema(doc: &str) -> Value {
+fn variants_schema(doc: String) -> Value {
     json!({
         "type": "array",
         "minItems": 2,
@@ -239,28 +264,411 @@ fn variants_schema(doc: &str) -> Value {
     })
 }
 
+const STATUS_DOC: &str = "draft = prepared, assigns nobody; active = assigns new users; \
+paused = users already assigned keep their variant, new users get EXPERIMENT_INACTIVE \
+(the application should then show its default experience); ended = like paused, for a \
+finished experiment. Any status can change to any other (an ended experiment can be \
+re-activated).";
+
 fn status_schema(doc: String) -> Value {
     json!({
-        "type": "string",
         "enum": ["draft", "active", "paused", "ended"],
         "description": doc,
     })
 }
 
-fn object_schema(properties: Value, required: &[&str]) -> Arc<JsonObject> {
-    let schema = json!({
-        "type": "object",
-        "properties": properties,
-        "required": required,
-        "additionalProperties": false,
-    });
-    match schema {
-        Value::Object(map) => Arc::new(map),
-        _ => unreachable!(),
-    }
+const CREATE_ARGS: &[Arg] = &[
+    KEY,
+    Arg {
+        name: "variants",
+        kind: Kind::Json,
+        required: true,
+        schema: || variants_schema(VARIANTS_DOC.to_string()),
+    },
+    Arg {
+        name: "name",
+        kind: Kind::Text,
+        required: false,
+        schema: || json!({"description": "Optional human-readable name."}),
+    },
+    Arg {
+        name: "description",
+        kind: Kind::Text,
+        required: false,
+        schema: || json!({"description": "Optional description: the hypothesis, what each variant changes."}),
+    },
+    Arg {
+        name: "status",
+        kind: Kind::Text,
+        required: false,
+        schema: || status_schema(format!("Initial status, default 'active'. {STATUS_DOC}")),
+    },
+];
+
+const UPDATE_ARGS: &[Arg] = &[
+    KEY,
+    Arg {
+        name: "variants",
+        kind: Kind::Json,
+        required: false,
+        schema: || {
+            variants_schema(format!(
+                "Optional: the new complete variant list (re-weight, append variants). \
+                 Existing assignments never move; a variant with assigned users (or an \
+                 override) cannot be removed (weight 0 instead). {VARIANTS_DOC}"
+            ))
+        },
+    },
+    Arg {
+        name: "status",
+        kind: Kind::Text,
+        required: false,
+        schema: || status_schema(format!("Optional: the new status. {STATUS_DOC}")),
+    },
+    Arg {
+        name: "name",
+        kind: Kind::Text,
+        required: false,
+        schema: || json!({"description": "Optional: the new name."}),
+    },
+    Arg {
+        name: "description",
+        kind: Kind::Text,
+        required: false,
+        schema: || json!({"description": "Optional: the new description."}),
+    },
+];
+
+const CONVERSION_EVENT: Arg = Arg {
+    name: "conversion_event",
+    kind: Kind::Text,
+    required: true,
+    schema: || {
+        json!({
+            "minLength": 1,
+            "maxLength": 128,
+            "description": "The event name that counts as a conversion, as the application \
+                passes it to amba_track (e.g. \"purchase\").",
+        })
+    },
+};
+
+fn alpha_schema(effect: &str) -> Value {
+    json!({
+        "exclusiveMinimum": 0,
+        "exclusiveMaximum": 1,
+        "default": 0.05,
+        "description": format!("Significance level, 0 < alpha < 1, default 0.05: {effect}"),
+    })
 }
 
-const CREATE_DOC: &str = "\
+const RESULTS_ARGS: &[Arg] = &[
+    KEY,
+    CONVERSION_EVENT,
+    Arg {
+        name: "alpha",
+        kind: Kind::Number,
+        required: false,
+        schema: || {
+            alpha_schema(
+                "sets the (1 - alpha) interval of lift and tunes sequential_p_value. \
+                 p_value, p_value_holm and chance_to_win do not depend on it.",
+            )
+        },
+    },
+];
+
+const METRIC_ARGS: &[Arg] = &[
+    KEY,
+    Arg {
+        name: "event",
+        kind: Kind::Text,
+        required: true,
+        schema: || {
+            json!({
+                "minLength": 1,
+                "maxLength": 128,
+                "description": "The event the metric is made of, as the application passes \
+                    it to amba_track (e.g. \"purchase\"): its occurrences are counted, or \
+                    its value_property summed, per user.",
+            })
+        },
+    },
+    Arg {
+        name: "value_property",
+        kind: Kind::Text,
+        required: false,
+        schema: || {
+            json!({
+                "description": "Optional: the property of the event to sum per user, e.g. \
+                    \"amount\" for amba_track(user_id, 'purchase', '{\"amount\": 19.99}'). \
+                    Events where it is missing or not a JSON number add 0. Omitted: the \
+                    metric is the number of events.",
+            })
+        },
+    },
+    Arg {
+        name: "alpha",
+        kind: Kind::Number,
+        required: false,
+        schema: || {
+            alpha_schema(
+                "sets the (1 - alpha) intervals of delta and lift. p_value and p_value_holm \
+                 do not depend on it.",
+            )
+        },
+    },
+    Arg {
+        name: "cap",
+        kind: Kind::Number,
+        required: false,
+        schema: || {
+            json!({
+                "description": "Optional: an absolute upper cap on each user's value \
+                    (value = least(value, cap)), so a few outliers cannot dominate the mean. \
+                    At most one of cap and cap_percentile.",
+            })
+        },
+    },
+    Arg {
+        name: "cap_percentile",
+        kind: Kind::Number,
+        required: false,
+        schema: || {
+            json!({
+                "exclusiveMinimum": 0,
+                "exclusiveMaximum": 1,
+                "description": "Optional: cap each user's value at this percentile of the \
+                    values of all exposed users (e.g. 0.99; 0 < q < 1). At most one of cap \
+                    and cap_percentile.",
+            })
+        },
+    },
+    Arg {
+        name: "cuped_days",
+        kind: Kind::Integer,
+        required: false,
+        schema: || {
+            json!({
+                "minimum": 1,
+                "maximum": 365,
+                "description": "Optional: CUPED variance reduction, using each user's value \
+                    of the same metric over this many days (1-365) before their assignment \
+                    as covariate. Narrower intervals when behaviour before the experiment \
+                    predicts behaviour during it; mean and stddev stay unadjusted.",
+            })
+        },
+    },
+];
+
+const DAILY_ARGS: &[Arg] = &[
+    KEY,
+    CONVERSION_EVENT,
+    Arg {
+        name: "alpha",
+        kind: Kind::Number,
+        required: false,
+        schema: || {
+            alpha_schema(
+                "sets the (1 - alpha) interval lift_ci and sequence lift_cs and tunes \
+                 sequential_p_value. p_value does not depend on it.",
+            )
+        },
+    },
+];
+
+const USER_ID: Arg = Arg {
+    name: "user_id",
+    kind: Kind::Text,
+    required: true,
+    schema: || {
+        json!({
+            "minLength": 1,
+            "maxLength": 512,
+            "description": "The end user's id, exactly as the application passes it to \
+                amba_assign (non-empty, at most 512 characters, not trimmed).",
+        })
+    },
+};
+
+const SET_OVERRIDE_ARGS: &[Arg] = &[
+    KEY,
+    USER_ID,
+    Arg {
+        name: "variant",
+        kind: Kind::Text,
+        required: true,
+        schema: || {
+            json!({
+                "minLength": 1,
+                "maxLength": 64,
+                "pattern": "^[A-Za-z0-9_.:-]+$",
+                "description": "The variant the user gets: one of the experiment's variant keys.",
+            })
+        },
+    },
+];
+
+// ---------------------------------------------------------------------------------------
+// Result columns
+
+const VARIANT: Columns = Columns {
+    names: &["variant", "is_control"],
+    doc: "the variant key; is_control is true on the first variant (the control) only.",
+};
+
+const HOLM: Columns = Columns {
+    names: &["p_value_holm"],
+    doc: "p_value adjusted (Holm) for comparing several variants with the control; with 3+ \
+          variants use it instead of p_value. Null where p_value is null.",
+};
+
+const RESULTS_COLUMNS: &[Columns] = &[
+    VARIANT,
+    Columns {
+        names: &["assigned_count"],
+        doc: "users assigned to the variant.",
+    },
+    Columns {
+        names: &["exposed_count"],
+        doc: "assigned users who were exposed (amba_expose); every statistic below uses \
+              exposed users only.",
+    },
+    Columns {
+        names: &["converted_count"],
+        doc: "exposed users with at least one event named conversion_event at or after their \
+              assignment.",
+    },
+    Columns {
+        names: &["conversion_rate"],
+        doc: "converted_count / exposed_count; null when exposed_count = 0.",
+    },
+    Columns {
+        names: &["z_score", "p_value"],
+        doc: "pooled two-proportion z-test of this variant against the control; p_value is \
+              two-sided. Null on the control row and when undefined (no exposed users on \
+              either side, or zero variance, e.g. both sides at 0% or both at 100%).",
+    },
+    Columns {
+        names: &["lift", "lift_ci_low", "lift_ci_high"],
+        doc: "relative lift over the control, (rate - control_rate) / control_rate \
+              (0.05 = +5%), and its two-sided (1 - alpha) confidence interval.",
+    },
+    Columns {
+        names: &["chance_to_win"],
+        doc: "Bayesian probability (flat prior) that the variant's rate beats the control's.",
+    },
+    HOLM,
+    Columns {
+        names: &["sequential_p_value"],
+        doc: "always-valid p-value, safe to check repeatedly while data comes in and to stop \
+              as soon as it is < alpha (the plain p_value is only valid for a sample size \
+              fixed in advance).",
+    },
+    Columns {
+        names: &["srm_p_value"],
+        doc: "sample-ratio-mismatch test of the exposed counts against the weights, the same \
+              on every row; null when nobody is exposed. Below 0.001 means exposures are \
+              being lost or skewed in some variant: do not trust the results until the \
+              assignment/exposure path is fixed.",
+    },
+];
+
+const METRIC_COLUMNS: &[Columns] = &[
+    VARIANT,
+    Columns {
+        names: &["exposed_count"],
+        doc: "n, the exposed users of the variant (users with an override are left out); \
+              each counts, with value 0 when they have no event.",
+    },
+    Columns {
+        names: &["mean", "stddev"],
+        doc: "mean and sample standard deviation of the per-user value (after capping, \
+              never CUPED-adjusted); mean is null when n = 0, stddev when n < 2.",
+    },
+    Columns {
+        names: &["delta", "delta_ci_low", "delta_ci_high"],
+        doc: "absolute difference of means, mean - control mean (CUPED-adjusted with \
+              cuped_days), and its two-sided (1 - alpha) Welch interval.",
+    },
+    Columns {
+        names: &["p_value"],
+        doc: "two-sided Welch t-test of delta.",
+    },
+    HOLM,
+    Columns {
+        names: &["lift", "lift_ci_low", "lift_ci_high"],
+        doc: "relative difference, delta / control mean (0.05 = +5%), and its (1 - alpha) \
+              interval.",
+    },
+    Columns {
+        names: &["cuped_theta"],
+        doc: "the CUPED coefficient used (0 when the pre-period carries no information); \
+              null without cuped_days.",
+    },
+];
+
+const DAILY_COLUMNS: &[Columns] = &[
+    Columns {
+        names: &["day"],
+        doc: "the UTC date, \"YYYY-MM-DD\".",
+    },
+    VARIANT,
+    Columns {
+        names: &["exposed_count", "converted_count", "conversion_rate"],
+        doc: "as in amba_experiments_results, counted up to the end of the day.",
+    },
+    Columns {
+        names: &["lift", "lift_ci_low", "lift_ci_high"],
+        doc: "relative lift over the control and its (1 - alpha) confidence interval, as in \
+              amba_experiments_results on that day.",
+    },
+    Columns {
+        names: &["p_value"],
+        doc: "two-sided z-test p-value on that day.",
+    },
+    Columns {
+        names: &["sequential_p_value"],
+        doc: "always-valid p-value: unlike p_value it may be looked at every day.",
+    },
+    Columns {
+        names: &["lift_cs_low", "lift_cs_high"],
+        doc: "always-valid (1 - alpha) confidence sequence of the lift: the band to chart \
+              over time; it holds simultaneously for all days, so it is wider than lift_ci.",
+    },
+];
+
+const OVERRIDE_COLUMNS: &[Columns] = &[
+    Columns {
+        names: &["user_id"],
+        doc: "the user.",
+    },
+    Columns {
+        names: &["variant"],
+        doc: "the variant the override gives them.",
+    },
+    Columns {
+        names: &["set_at"],
+        doc: "when the override was (last) set.",
+    },
+];
+
+// ---------------------------------------------------------------------------------------
+// The tools
+
+pub const SPECS: &[Spec] = &[
+    Spec {
+        tool: "amba_experiments_create",
+        function: "amba_create_experiment",
+        title: "Create an A/B experiment",
+        args: CREATE_ARGS,
+        shape: Shape::Object,
+        access: Access::Write {
+            destructive: false,
+            idempotent: false,
+        },
+        legacy_wrapper: "experiment",
+        doc: "\
 Create an A/B experiment. Each end user the application assigns (SQL amba_assign) gets a \
 sticky variant: picked by a deterministic hash of (experiment_key, user_id) with probability \
 proportional to the weights, stored, and never changed afterwards. The first variant is the \
@@ -270,215 +678,331 @@ Returns the experiment as JSON: {key, name, description, status, variants: [{key
 created_at, updated_at}.
 Errors: EXPERIMENT_EXISTS when the key is taken (change it with amba_experiments_update \
 instead); INVALID_ARGUMENT for a bad key, fewer than two variants, duplicate or bad variant \
-keys, negative/non-numeric/non-finite weights or a zero sum, or an unknown status.";
-
-const LIST_DOC: &str = "\
+keys, negative/non-numeric/non-finite weights or a zero sum, or an unknown status.",
+        columns: &[],
+        notes: "",
+    },
+    Spec {
+        tool: "amba_experiments_list",
+        function: "amba_list_experiments",
+        title: "List A/B experiments",
+        args: &[],
+        shape: Shape::List,
+        access: Access::Read,
+        legacy_wrapper: "experiments",
+        doc: "\
 List every experiment. Returns a JSON array of experiment objects, each \
 {key, name, description, status, variants: [{key, weight}], created_at, updated_at} \
-(the same shape as amba_experiments_get); [] when there are none. Takes no arguments.";
-
-const GET_DOC: &str = "\
+(the same shape as amba_experiments_get); [] when there are none. Takes no arguments.",
+        columns: &[],
+        notes: "",
+    },
+    Spec {
+        tool: "amba_experiments_get",
+        function: "amba_get_experiment",
+        title: "Get an A/B experiment",
+        args: &[KEY],
+        shape: Shape::Object,
+        access: Access::Read,
+        legacy_wrapper: "experiment",
+        doc: "\
 Read one experiment by key. Returns {key, name, description, status, \
 variants: [{key, weight}] (control first), created_at, updated_at}.
-Errors: EXPERIMENT_NOT_FOUND when no experiment has this key.";
-
-const UPDATE_DOC: &str = "\
+Errors: EXPERIMENT_NOT_FOUND when no experiment has this key.",
+        columns: &[],
+        notes: "",
+    },
+    Spec {
+        tool: "amba_experiments_update",
+        function: "amba_update_experiment",
+        title: "Update an A/B experiment (re-weight, pause, rename)",
+        args: UPDATE_ARGS,
+        shape: Shape::Object,
+        access: Access::Write {
+            destructive: true,
+            idempotent: true,
+        },
+        legacy_wrapper: "experiment",
+        doc: "\
 Change an experiment. Pass experiment_key plus only what should change; omitted (or null) \
 arguments keep their current value.
 variants replaces the whole list (send every variant, control first): re-weighting only \
 affects users not yet assigned, existing assignments never move. New variants may be \
-appended. A variant that already has assigned users cannot be removed (INVALID_ARGUMENT): \
-set its weight to 0 instead so it gets no new users. The control must stay first.
+appended. A variant that already has assigned users (or an override) cannot be removed \
+(INVALID_ARGUMENT): set its weight to 0 instead so it gets no new users. The control must \
+stay first.
 status: draft | active | paused | ended, any to any. Pausing (or ending) stops new \
 assignments: users already assigned keep getting their variant, new users get \
 EXPERIMENT_INACTIVE. Setting 'active' again resumes assigning.
 Returns the updated experiment {key, name, description, status, variants, created_at, \
-updated_at}. Errors: EXPERIMENT_NOT_FOUND, INVALID_ARGUMENT.";
-
-const DELETE_DOC: &str = "\
+updated_at}. Errors: EXPERIMENT_NOT_FOUND, INVALID_ARGUMENT.",
+        columns: &[],
+        notes: "",
+    },
+    Spec {
+        tool: "amba_experiments_delete",
+        function: "amba_delete_experiment",
+        title: "Delete an A/B experiment",
+        args: &[KEY],
+        shape: Shape::Deleted,
+        access: Access::Write {
+            destructive: true,
+            idempotent: true,
+        },
+        legacy_wrapper: "deleted",
+        doc: "\
 Permanently delete an experiment together with all its assignments and exposures (tracked \
 events are not tied to an experiment and stay; the audit trail stays readable in SQL with \
 amba_experiment_history). To stop an experiment but keep its results, set status 'ended' \
 with amba_experiments_update instead.
-Returns true. Errors: EXPERIMENT_NOT_FOUND when no experiment has this key.";
-
-const RESULTS_DOC: &str = "\
+Returns true. Errors: EXPERIMENT_NOT_FOUND when no experiment has this key.",
+        columns: &[],
+        notes: "",
+    },
+    Spec {
+        tool: "amba_experiments_results",
+        function: "amba_results",
+        title: "A/B experiment results for a conversion event",
+        args: RESULTS_ARGS,
+        shape: Shape::Rows,
+        access: Access::Read,
+        legacy_wrapper: "results",
+        doc: "\
 Statistics of an experiment for one conversion event: a JSON array with one row per variant, \
-in variant order, the control first. Row fields:
-- variant: the variant key. is_control: true on the first variant only.
-- assigned_count: users assigned to the variant. exposed_count: assigned users who were \
-exposed (amba_expose); every statistic below uses exposed users only. converted_count: \
-exposed users with at least one event named conversion_event at or after their assignment.
-- conversion_rate: converted_count / exposed_count; null when exposed_count = 0.
-- z_score, p_value: pooled two-proportion z-test of this variant against the control; \
-p_value is two-sided. Null on the control row and when undefined (no exposed users on either \
-side, or zero variance, e.g. both sides at 0% or both at 100%).
-- lift: relative lift over the control, (rate - control_rate) / control_rate (0.05 = +5%). \
-lift_ci_low, lift_ci_high: its two-sided (1 - alpha) confidence interval.
-- chance_to_win: Bayesian probability (flat prior) that the variant's rate beats the control's.
-- p_value_holm: p_value adjusted (Holm) for comparing several variants with the control; \
-with 3+ variants use it instead of p_value. Null where p_value is null.
-- sequential_p_value: always-valid p-value, safe to check repeatedly while data comes in \
-and to stop as soon as it is < alpha (the plain p_value is only valid for a sample size \
-fixed in advance).
-- lift, lift_ci_low, lift_ci_high, chance_to_win and sequential_p_value are null on the \
+in variant order, the control first.",
+        columns: RESULTS_COLUMNS,
+        notes: "\
+lift, lift_ci_low, lift_ci_high, chance_to_win and sequential_p_value are null on the \
 control row and when either side has fewer than 2 exposed users, the control's \
 conversion_rate is 0, or the variance is 0.
-- srm_p_value: sample-ratio-mismatch test of the exposed counts against the weights, the same \
-on every row; null when nobody is exposed. Below 0.001 means exposures are being lost or \
-skewed in some variant: do not trust the results until the assignment/exposure path is fixed.
 Reading it: a variant is significantly better than the control at level alpha when lift > 0 \
 and p_value < alpha (p_value_holm with several variants; sequential_p_value if the results were \
 looked at before the planned sample size); [lift_ci_low, lift_ci_high] is the plausible size \
-of the effect.
-Errors: EXPERIMENT_NOT_FOUND; INVALID_ARGUMENT for a bad conversion_event or alpha.";
-
-pub fn tools() -> Vec<Tool> {
-    let create = Tool::new(
-        "amba_experiments_create",
-        CREATE_DOC,
-        object_schema(
-            json!({
-                "experiment_key": key_schema(),
-                "variants": variants_schema(VARIANTS_DOC),
-                "name": {"type": "string", "description": "Optional human-readable name."},
-                "description": {"type": "string", "description": "Optional description: the hypothesis, what each variant changes."},
-                "status": status_schema(format!("Initial status, default 'active'. {STATUS_DOC}")),
-            }),
-            &["experiment_key", "variants"],
-        ),
-    )
-    .with_title("Create an A/B experiment")
-    .annotate(
-        ToolAnnotations::new()
-            .read_only(false)
-            .destructive(false)
-            .idempotent(false)
-            .open_world(false),
-    );
-
-    let list = Tool::new(
-        "amba_experiments_list",
-        LIST_DOC,
-        object_schema(json!({}), &[]),
-    )
-    .with_title("List A/B experiments")
-    .annotate(ToolAnnotations::new().read_only(true).open_world(false));
-
-    let get = Tool::new(
-        "amba_experiments_get",
-        GET_DOC,
-        object_schema(
-            json!({ "experiment_key": key_schema() }),
-            &["experiment_key"],
-        ),
-    )
-    .with_title("Get an A/B experiment")
-    .annotate(ToolAnnotations::new().read_only(true).open_world(false));
-
-    let update = Tool::new(
-        "amba_experiments_update",
-        UPDATE_DOC,
-        object_schema(
-            json!({
-                "experiment_key": key_schema(),
-                "variants": variants_schema(&format!(
-                    "Optional: the new complete variant list (re-weight, append variants). \
-                     Existing assignments never move; a variant with assigned users cannot be \
-                     removed (weight 0 instead). {VARIANTS_DOC}"
-                )),
-                "status": status_schema(format!("Optional: the new status. {STATUS_DOC}")),
-                "name": {"type": "string", "description": "Optional: the new name."},
-                "description": {"type": "string", "description": "Optional: the new description."},
-            }),
-            &["experiment_key"],
-        ),
-    )
-    .with_title("Update an A/B experiment (re-weight, pause, rename)")
-    .annotate(
-        ToolAnnotations::new()
-            .read_only(false)
-            .destructive(true)
-            .idempotent(true)
-            .open_world(false),
-    );
-
-    let delete = Tool::new(
-        "amba_experiments_delete",
-        DELETE_DOC,
-        object_schema(
-            json!({ "experiment_key": key_schema() }),
-            &["experiment_key"],
-        ),
-    )
-    .with_title("Delete an A/B experiment")
-    .annotate(
-        ToolAnnotations::new()
-            .read_only(false)
-            .destructive(true)
-            .idempotent(true)
-            .open_world(false),
-    );
-
-    let results = Tool::new(
-        "amba_experiments_results",
-        RESULTS_DOC,
-        object_schema(
-            json!({
-                "experiment_key": key_schema(),
-                "conversion_event": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": 128,
-                    "description": "The event name that counts as a conversion, as the application passes it to amba_track (e.g. \"purchase\")."
-                },
-                "alpha": {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "exclusiveMaximum": 1,
-                    "default": 0.05,
-                    "description": "Significance level, 0 < alpha < 1, default 0.05: sets the (1 - alpha) interval of lift and tunes sequential_p_value. p_value, p_value_holm and chance_to_win do not depend on it."
-                },
-            }),
-            &["experiment_key", "conversion_event"],
-        ),
-    )
-    .with_title("A/B experiment results for a conversion event")
-    .annotate(ToolAnnotations::new().read_only(true).open_world(false));
-
-    vec![create, list, get, update, delete, results]
-}
+of the effect. For revenue or other numbers per user use amba_experiments_metric_results; \
+for the results day by day, amba_experiments_results_daily.
+Errors: EXPERIMENT_NOT_FOUND; INVALID_ARGUMENT for a bad conversion_event or alpha.",
+    },
+    Spec {
+        tool: "amba_experiments_metric_results",
+        function: "amba_metric_results",
+        title: "A/B experiment results for a numeric metric (revenue, counts)",
+        args: METRIC_ARGS,
+        shape: Shape::Rows,
+        access: Access::Read,
+        legacy_wrapper: "results",
+        doc: "\
+Statistics of an experiment for a number per user (revenue, orders, minutes) rather than a \
+yes/no conversion. Each exposed user's value is, over their events named event at or after \
+their assignment, the number of events (value_property omitted) or the sum of the numeric \
+property value_property; users without such events count with 0. Optionally capped from \
+above (cap or cap_percentile) and variance-reduced with CUPED (cuped_days). Each variant is \
+compared with the control by a Welch t-test. Returns a JSON array with one row per variant, \
+in variant order, the control first (every variant has a row, also with nobody exposed).",
+        columns: METRIC_COLUMNS,
+        notes: "\
+delta, its interval, p_value, p_value_holm, lift, its interval and cuped_theta are null on \
+the control row and when either side has fewer than 2 users or the variance is 0; the lift \
+columns also when the control's mean is 0.
+Reading it: the variant moves the metric when p_value < alpha (p_value_holm with several \
+variants); [delta_ci_low, delta_ci_high] is the plausible size of the change in the metric's \
+unit, [lift_ci_low, lift_ci_high] relative to the control.
+Errors: EXPERIMENT_NOT_FOUND; INVALID_ARGUMENT for a bad event, alpha outside (0, 1), both \
+cap and cap_percentile, cap_percentile outside (0, 1) or cuped_days outside 1..365.",
+    },
+    Spec {
+        tool: "amba_experiments_results_daily",
+        function: "amba_results_daily",
+        title: "A/B experiment results day by day",
+        args: DAILY_ARGS,
+        shape: Shape::Rows,
+        access: Access::Read,
+        legacy_wrapper: "results",
+        doc: "\
+The results of an experiment for a conversion event over time: one row per (UTC day, \
+variant), for every day from the first exposure to the latest exposure or conversion event \
+(days without activity included), ordered by day, then variant (control first). Each day's \
+rows are cumulative: what amba_experiments_results would have returned at the end of that \
+day. [] when nobody is exposed.",
+        columns: DAILY_COLUMNS,
+        notes: "\
+The statistics are null on the control rows and on days with too little data (as in \
+amba_experiments_results). Use it to chart the lift over time with its always-valid band, \
+and to see when an effect appeared or whether it faded.
+Errors: EXPERIMENT_NOT_FOUND; INVALID_ARGUMENT for a bad conversion_event or alpha.",
+    },
+    Spec {
+        tool: "amba_overrides_set",
+        function: "amba_set_override",
+        title: "Force a user into a variant (QA override)",
+        args: SET_OVERRIDE_ARGS,
+        shape: Shape::Object,
+        access: Access::Write {
+            destructive: true,
+            idempotent: true,
+        },
+        legacy_wrapper: "override",
+        doc: "\
+Force one user into a variant, for QA, demos or support: from now on amba_assign and \
+amba_expose return this variant for the user whatever the experiment's status (a draft \
+experiment can be tested), and nothing is recorded for them (no assignment, no exposure). \
+The user is left out of every result while the override exists. Setting an override again \
+replaces it; amba_overrides_clear removes it. Overrides are kept in the audit trail.
+Returns the override as JSON (what SQL amba_set_override returns).
+Errors: EXPERIMENT_NOT_FOUND; INVALID_ARGUMENT when the variant is not one of the \
+experiment's or the user_id is empty or too long.",
+        columns: &[],
+        notes: "",
+    },
+    Spec {
+        tool: "amba_overrides_clear",
+        function: "amba_clear_override",
+        title: "Remove a user's variant override",
+        args: &[KEY, USER_ID],
+        shape: Shape::Bool,
+        access: Access::Write {
+            destructive: true,
+            idempotent: true,
+        },
+        legacy_wrapper: "cleared",
+        doc: "\
+Remove a user's override: the user gets their stored assignment back, if they have one (else \
+a normal assignment on their next amba_assign), and counts in the results again.
+Returns true if there was an override, false if there was none.
+Errors: EXPERIMENT_NOT_FOUND.",
+        columns: &[],
+        notes: "",
+    },
+    Spec {
+        tool: "amba_overrides_list",
+        function: "amba_list_overrides",
+        title: "List an experiment's variant overrides",
+        args: &[KEY],
+        shape: Shape::Rows,
+        access: Access::Read,
+        legacy_wrapper: "overrides",
+        doc: "\
+The users with an override in an experiment: a JSON array of rows, [] when there are none.",
+        columns: OVERRIDE_COLUMNS,
+        notes: "Errors: EXPERIMENT_NOT_FOUND.",
+    },
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn every_tool_has_a_spec_and_matching_arguments() {
+    fn schemas_are_derived_from_the_specs() {
         let tools = tools();
         assert_eq!(tools.len(), SPECS.len());
-        for tool in &tools {
-            let spec = spec(&tool.name).expect("spec");
-            let props = tool.input_schema["properties"].as_object().unwrap();
-            let names: Vec<&str> = spec.args.iter().map(|a| a.name).collect();
-            let mut listed: Vec<&str> = props.keys().map(String::as_str).collect();
-            let mut expected = names.clone();
-            listed.sort();
-            expected.sort();
-            assert_eq!(listed, expected, "{}", tool.name);
-            let required: Vec<&str> = tool.input_schema["required"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap())
-                .collect();
-            let spec_required: Vec<&str> = spec
-                .args
-                .iter()
-                .filter(|a| a.required)
-                .map(|a| a.name)
-                .collect();
-            assert_eq!(required, spec_required, "{}", tool.name);
+        for (tool, spec) in tools.iter().zip(SPECS) {
+            assert_eq!(tool.name, spec.tool);
+            let schema = &tool.input_schema;
+            assert_eq!(schema["type"], "object");
+            assert_eq!(schema["additionalProperties"], false);
+            let props = schema["properties"].as_object().unwrap();
+            assert_eq!(props.len(), spec.args.len(), "{}", spec.tool);
+            for arg in spec.args {
+                let prop = &props[arg.name];
+                assert!(
+                    prop["description"].as_str().is_some_and(|d| d.len() > 10),
+                    "{}.{} is documented",
+                    spec.tool,
+                    arg.name
+                );
+                match arg.kind {
+                    Kind::Json => assert!(prop["type"].is_string()),
+                    kind => assert_eq!(prop["type"], kind.json_type().unwrap()),
+                }
+            }
+            assert_eq!(
+                spec.shape == Shape::Rows,
+                !spec.columns.is_empty(),
+                "{}: table results list their columns",
+                spec.tool
+            );
+            let description = tool.description.as_deref().unwrap();
+            for column in spec.column_names() {
+                assert!(description.contains(column), "{}: {column}", spec.tool);
+            }
+            let mut names: Vec<&str> = spec.column_names().collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), spec.column_names().count(), "{}", spec.tool);
+        }
+        let mut names: Vec<&str> = SPECS.iter().map(|s| s.tool).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), SPECS.len());
+    }
+
+    /// Words shaped like error codes (FOO_BAR) in the documentation are codes the server
+    /// can report: the documentation cannot drift from the code table.
+    #[test]
+    fn documented_codes_exist() {
+        let mut texts: Vec<String> = SPECS.iter().map(Spec::description).collect();
+        texts.push(instructions());
+        for spec in SPECS {
+            for arg in spec.args {
+                texts.push((arg.schema)().to_string());
+            }
+        }
+        let mut seen = 0;
+        for text in &texts {
+            for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                let code_like = word.contains('_')
+                    && word.len() > 3
+                    && word
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                if code_like {
+                    assert!(
+                        Code::from_name(word).is_some(),
+                        "unknown code {word} in: {text}"
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 10);
+        for code in Code::all() {
+            assert!(instructions().contains(code.as_str()), "{code}");
+        }
+    }
+
+    /// mcp/README.md documents every tool, argument and column.
+    #[test]
+    fn readme_documents_every_tool() {
+        let readme = include_str!("../README.md");
+        for spec in SPECS {
+            assert!(
+                readme.contains(&format!("`{}`", spec.tool)),
+                "{}",
+                spec.tool
+            );
+            assert!(
+                readme.contains(&format!("`{}`", spec.function)),
+                "{}",
+                spec.function
+            );
+            for arg in spec.args {
+                assert!(
+                    readme.contains(&format!("`{}`", arg.name)),
+                    "{}.{}",
+                    spec.tool,
+                    arg.name
+                );
+            }
+            for column in spec.column_names() {
+                assert!(
+                    readme.contains(&format!("`{column}`")),
+                    "{}: {column}",
+                    spec.tool
+                );
+            }
+        }
+        for code in Code::all() {
+            assert!(readme.contains(&format!("`{code}`")), "{code}");
         }
     }
 }

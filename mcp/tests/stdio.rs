@@ -139,6 +139,12 @@ impl Server {
     /// A call that must succeed; returns its structured content, after checking that the
     /// text content holds the same JSON.
     fn ok(&mut self, tool: &str, arguments: Value) -> Value {
+        self.ok_text(tool, arguments).0
+    }
+
+    /// Like `ok`, also returning the text content (the SQL function's JSON verbatim, so
+    /// with the columns in the function's order).
+    fn ok_text(&mut self, tool: &str, arguments: Value) -> (Value, String) {
         let result = self.call(tool, arguments.clone());
         assert_eq!(
             result["isError"],
@@ -160,7 +166,7 @@ impl Server {
             _ => panic!("unexpected structuredContent {structured} for {text}"),
         };
         assert_eq!(unwrapped, from_text, "structured and text content differ");
-        from_text
+        (from_text, text.to_string())
     }
 
     /// A call that must fail with `code`; returns the error text.
@@ -189,16 +195,26 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Closing stdin ends the MCP session: the server exits, which closes its stdout and
+    /// so ends the reader thread (the channel disconnects). Wait for exactly that, bounded
+    /// only in case the server hangs, then reap the process.
     fn drop(&mut self) {
         drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    eprintln!("amba-mcp did not exit within 10 s of stdin closing; killing it");
+                    let _ = self.child.kill();
+                    break;
+                }
             }
-            thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
@@ -216,68 +232,216 @@ impl Drop for Cleanup {
     }
 }
 
+// The contract (CONTRACT sections 3, 3b-3e): each table function's columns, in order.
+// Written here once; the tests check the tool descriptions and the rows against them.
+const RESULTS_COLUMNS: &[&str] = &[
+    "variant",
+    "is_control",
+    "assigned_count",
+    "exposed_count",
+    "converted_count",
+    "conversion_rate",
+    "z_score",
+    "p_value",
+    "lift",
+    "lift_ci_low",
+    "lift_ci_high",
+    "chance_to_win",
+    "p_value_holm",
+    "sequential_p_value",
+    "srm_p_value",
+];
+const METRIC_COLUMNS: &[&str] = &[
+    "variant",
+    "is_control",
+    "exposed_count",
+    "mean",
+    "stddev",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "p_value",
+    "p_value_holm",
+    "lift",
+    "lift_ci_low",
+    "lift_ci_high",
+    "cuped_theta",
+];
+const DAILY_COLUMNS: &[&str] = &[
+    "day",
+    "variant",
+    "is_control",
+    "exposed_count",
+    "converted_count",
+    "conversion_rate",
+    "lift",
+    "lift_ci_low",
+    "lift_ci_high",
+    "p_value",
+    "sequential_p_value",
+    "lift_cs_low",
+    "lift_cs_high",
+];
+const OVERRIDE_COLUMNS: &[&str] = &["user_id", "variant", "set_at"];
+
+/// A tool of CONTRACT section 7: (name, arguments in SQL order, required arguments,
+/// columns of a table result).
+type ToolContract = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+const TOOLS: &[ToolContract] = &[
+    (
+        "amba_experiments_create",
+        &[
+            "experiment_key",
+            "variants",
+            "name",
+            "description",
+            "status",
+        ],
+        &["experiment_key", "variants"],
+        &[],
+    ),
+    ("amba_experiments_list", &[], &[], &[]),
+    (
+        "amba_experiments_get",
+        &["experiment_key"],
+        &["experiment_key"],
+        &[],
+    ),
+    (
+        "amba_experiments_update",
+        &[
+            "experiment_key",
+            "variants",
+            "status",
+            "name",
+            "description",
+        ],
+        &["experiment_key"],
+        &[],
+    ),
+    (
+        "amba_experiments_delete",
+        &["experiment_key"],
+        &["experiment_key"],
+        &[],
+    ),
+    (
+        "amba_experiments_results",
+        &["experiment_key", "conversion_event", "alpha"],
+        &["experiment_key", "conversion_event"],
+        RESULTS_COLUMNS,
+    ),
+    (
+        "amba_experiments_metric_results",
+        &[
+            "experiment_key",
+            "event",
+            "value_property",
+            "alpha",
+            "cap",
+            "cap_percentile",
+            "cuped_days",
+        ],
+        &["experiment_key", "event"],
+        METRIC_COLUMNS,
+    ),
+    (
+        "amba_experiments_results_daily",
+        &["experiment_key", "conversion_event", "alpha"],
+        &["experiment_key", "conversion_event"],
+        DAILY_COLUMNS,
+    ),
+    (
+        "amba_overrides_set",
+        &["experiment_key", "user_id", "variant"],
+        &["experiment_key", "user_id", "variant"],
+        &[],
+    ),
+    (
+        "amba_overrides_clear",
+        &["experiment_key", "user_id"],
+        &["experiment_key", "user_id"],
+        &[],
+    ),
+    (
+        "amba_overrides_list",
+        &["experiment_key"],
+        &["experiment_key"],
+        OVERRIDE_COLUMNS,
+    ),
+];
+
+/// The keys of each object of a JSON array, in the order of the text.
+fn ordered_keys(text: &str) -> Vec<Vec<String>> {
+    use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys(Vec<String>);
+    impl<'de> Deserialize<'de> for Keys {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some(k) = map.next_key::<String>()? {
+                        map.next_value::<IgnoredAny>()?;
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Vec<Keys>>(text)
+        .unwrap_or_else(|e| panic!("not an array of objects ({e}): {text}"))
+        .into_iter()
+        .map(|k| k.0)
+        .collect()
+}
+
+/// Every row carries exactly the contract's columns, in the contract's order.
+fn assert_columns(text: &str, columns: &[&str]) {
+    for keys in ordered_keys(text) {
+        assert_eq!(keys, columns, "columns of {text}");
+    }
+}
+
+/// `SELECT json_agg(...) FROM call`, straight from SQL, to compare a tool's result with.
+fn sql_rows(db: &mut Client, call: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Value {
+    let text: String = db
+        .query_one(
+            &format!("SELECT coalesce(json_agg(r), '[]'::json)::text FROM {call} r"),
+            params,
+        )
+        .unwrap_or_else(|e| panic!("{call}: {e}"))
+        .get(0);
+    serde_json::from_str(&text).unwrap()
+}
+
 #[test]
-fn lists_six_tools_with_schemas() {
+fn lists_every_tool_with_schemas() {
     let mut server = Server::start();
     let msg = server.request("tools/list", json!({}));
     let tools = msg["result"]["tools"].as_array().expect("tools").clone();
     let mut names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "amba_experiments_create",
-            "amba_experiments_delete",
-            "amba_experiments_get",
-            "amba_experiments_list",
-            "amba_experiments_results",
-            "amba_experiments_update"
-        ]
-    );
-    let expected: &[(&str, &[&str], &[&str])] = &[
-        (
-            "amba_experiments_create",
-            &[
-                "experiment_key",
-                "variants",
-                "name",
-                "description",
-                "status",
-            ],
-            &["experiment_key", "variants"],
-        ),
-        ("amba_experiments_list", &[], &[]),
-        (
-            "amba_experiments_get",
-            &["experiment_key"],
-            &["experiment_key"],
-        ),
-        (
-            "amba_experiments_update",
-            &[
-                "experiment_key",
-                "variants",
-                "status",
-                "name",
-                "description",
-            ],
-            &["experiment_key"],
-        ),
-        (
-            "amba_experiments_delete",
-            &["experiment_key"],
-            &["experiment_key"],
-        ),
-        (
-            "amba_experiments_results",
-            &["experiment_key", "conversion_event", "alpha"],
-            &["experiment_key", "conversion_event"],
-        ),
-    ];
-    for (name, props, required) in expected {
+    let mut want: Vec<&str> = TOOLS.iter().map(|t| t.0).collect();
+    want.sort();
+    assert_eq!(names, want);
+    for (name, props, required, columns) in TOOLS {
         let tool = tools.iter().find(|t| t["name"] == *name).unwrap();
         let schema = &tool["inputSchema"];
         assert_eq!(schema["type"], "object", "{name}");
+        assert_eq!(schema["additionalProperties"], false, "{name}");
         let mut got: Vec<&str> = schema["properties"]
             .as_object()
             .unwrap()
@@ -293,14 +457,25 @@ fn lists_six_tools_with_schemas() {
             .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
             .unwrap_or_default();
         assert_eq!(got_required, required.to_vec(), "{name} required");
+        for prop in schema["properties"].as_object().unwrap().values() {
+            assert!(prop["description"].is_string(), "{name}: {prop}");
+            assert!(prop["type"].is_string(), "{name}: {prop}");
+        }
         let description = tool["description"].as_str().unwrap();
         assert!(description.len() > 100, "{name} has a real description");
+        for column in *columns {
+            assert!(
+                description.contains(column),
+                "{name}'s description explains {column}"
+            );
+        }
+        assert!(tool["annotations"]["readOnlyHint"].is_boolean(), "{tool}");
     }
-    let create = tools
-        .iter()
-        .find(|t| t["name"] == "amba_experiments_create")
-        .unwrap();
-    let variants = &create["inputSchema"]["properties"]["variants"];
+    let property = |tool: &str, arg: &str| -> Value {
+        let tool = tools.iter().find(|t| t["name"] == tool).unwrap();
+        tool["inputSchema"]["properties"][arg].clone()
+    };
+    let variants = property("amba_experiments_create", "variants");
     assert_eq!(variants["type"], "array");
     assert_eq!(variants["items"]["properties"]["weight"]["type"], "number");
     assert_eq!(variants["items"]["properties"]["weight"]["minimum"], 0);
@@ -308,41 +483,40 @@ fn lists_six_tools_with_schemas() {
         .as_str()
         .unwrap()
         .contains("control"));
-    let status = &create["inputSchema"]["properties"]["status"];
     assert_eq!(
-        status["enum"],
+        property("amba_experiments_create", "status")["enum"],
         json!(["draft", "active", "paused", "ended"])
     );
-    let update = tools
-        .iter()
-        .find(|t| t["name"] == "amba_experiments_update")
-        .unwrap();
-    let doc = update["description"].as_str().unwrap();
-    assert!(
-        doc.contains("EXPERIMENT_INACTIVE") && doc.contains("never move"),
-        "{doc}"
+    assert_eq!(
+        property("amba_experiments_results", "alpha")["type"],
+        "number"
     );
-    let results = tools
-        .iter()
-        .find(|t| t["name"] == "amba_experiments_results")
-        .unwrap();
-    let doc = results["description"].as_str().unwrap();
-    for column in [
-        "conversion_rate",
-        "z_score",
-        "p_value",
-        "lift_ci_low",
-        "lift_ci_high",
-        "chance_to_win",
-        "p_value_holm",
-        "sequential_p_value",
-        "srm_p_value",
-        "0.001",
+    assert_eq!(
+        property("amba_experiments_metric_results", "cuped_days")["type"],
+        "integer"
+    );
+    assert_eq!(
+        property("amba_experiments_metric_results", "cap_percentile")["type"],
+        "number"
+    );
+    let doc = |tool: &str| -> String {
+        let tool = tools.iter().find(|t| t["name"] == tool).unwrap();
+        tool["description"].as_str().unwrap().to_string()
+    };
+    let update = doc("amba_experiments_update");
+    assert!(
+        update.contains("EXPERIMENT_INACTIVE") && update.contains("never move"),
+        "{update}"
+    );
+    assert!(doc("amba_experiments_results").contains("0.001"));
+    for tool in [
+        "amba_overrides_set",
+        "amba_overrides_clear",
+        "amba_overrides_list",
+        "amba_experiments_metric_results",
+        "amba_experiments_results_daily",
     ] {
-        assert!(
-            doc.contains(column),
-            "results description mentions {column}"
-        );
+        assert!(doc(tool).contains("EXPERIMENT_NOT_FOUND"), "{tool}");
     }
     assert!(server.alive());
 }
@@ -483,29 +657,11 @@ fn every_tool_end_to_end() {
     assert_eq!(rows[0]["is_control"], true);
     assert_eq!(rows[1]["variant"], "treatment");
     assert_eq!(rows[1]["is_control"], false);
-    for column in [
-        "variant",
-        "is_control",
-        "assigned_count",
-        "exposed_count",
-        "converted_count",
-        "conversion_rate",
-        "z_score",
-        "p_value",
-        "lift",
-        "lift_ci_low",
-        "lift_ci_high",
-        "chance_to_win",
-        "p_value_holm",
-        "sequential_p_value",
-        "srm_p_value",
-    ] {
-        assert!(
-            rows[0].get(column).is_some(),
-            "results carry {column}: {}",
-            rows[0]
-        );
-    }
+    let (_, text) = server.ok_text(
+        "amba_experiments_results",
+        json!({"experiment_key": k, "conversion_event": event}),
+    );
+    assert_columns(&text, RESULTS_COLUMNS);
     let assigned: i64 = rows
         .iter()
         .map(|r| r["assigned_count"].as_i64().unwrap())
@@ -711,30 +867,27 @@ fn backend_pids(db: &mut Client, application_name: &str) -> Vec<i32> {
     .collect()
 }
 
+/// Terminates the server's backend. The caller has just had a call succeed, so the
+/// backend exists; pg_terminate_backend with a timeout returns once it is gone (its
+/// pg_stat_activity row with it), so no polling is needed.
 fn kill_backend(db: &mut Client, application_name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let pids = loop {
-        let pids = backend_pids(db, application_name);
-        if !pids.is_empty() || Instant::now() > deadline {
-            break pids;
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        !pids.is_empty(),
+    let pids = backend_pids(db, application_name);
+    assert_eq!(
+        pids.len(),
+        1,
         "the server's backend ({application_name}) is connected"
     );
     for pid in pids {
-        let killed: bool = db
-            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        let gone: bool = db
+            .query_one(
+                "SELECT pg_terminate_backend($1::integer, 30000::bigint)",
+                &[&pid],
+            )
             .unwrap()
             .get(0);
-        assert!(killed);
+        assert!(gone, "backend {pid} terminated within 30 s");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !backend_pids(db, application_name).is_empty() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(backend_pids(db, application_name).is_empty());
 }
 
 /// After a lost connection a call either reports DATABASE_UNAVAILABLE or succeeds on a new
@@ -956,4 +1109,639 @@ fn missing_database_url_is_reported_on_stderr() {
         output.stdout.is_empty(),
         "nothing on stdout (the MCP channel)"
     );
+}
+
+/// A key=value connection string for `dbname` on the server of DATABASE_URL.
+fn conninfo_for_database(dbname: &str) -> String {
+    let config: postgres::Config = database_url().parse().expect("DATABASE_URL parses");
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut parts = Vec::new();
+    match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => parts.push(format!("host={}", quote(h))),
+        Some(postgres::config::Host::Unix(p)) => {
+            parts.push(format!("host={}", quote(&p.to_string_lossy())))
+        }
+        None => {}
+    }
+    if let Some(port) = config.get_ports().first() {
+        parts.push(format!("port={port}"));
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={}", quote(user)));
+    }
+    if let Some(password) = config.get_password() {
+        parts.push(format!(
+            "password={}",
+            quote(&String::from_utf8_lossy(password))
+        ));
+    }
+    parts.push(format!("dbname={}", quote(dbname)));
+    parts.join(" ")
+}
+
+/// Creates an experiment (50/50 control/treatment) and `n` users assigned and exposed to it;
+/// returns each user with their variant.
+fn exposed_users(db: &mut Client, k: &str, n: usize) -> Vec<(String, String)> {
+    db.execute(
+        "SELECT amba_create_experiment($1::text, $2::text::jsonb)",
+        &[
+            &k,
+            &r#"[{"key":"control","weight":50},{"key":"treatment","weight":50}]"#,
+        ],
+    )
+    .unwrap();
+    let mut tx = db.transaction().unwrap();
+    let users = (0..n)
+        .map(|i| {
+            let u = format!("{k}-user-{i}");
+            let v: String = tx
+                .query_one("SELECT amba_assign($1::text, $2::text)", &[&k, &u])
+                .unwrap()
+                .get(0);
+            tx.execute("SELECT amba_expose($1::text, $2::text)", &[&k, &u])
+                .unwrap();
+            (u, v)
+        })
+        .collect();
+    tx.commit().unwrap();
+    users
+}
+
+/// amba_overrides_set / _clear / _list (CONTRACT 3d): a round trip, the same JSON as SQL,
+/// and the contract's error codes.
+#[test]
+fn overrides_round_trip() {
+    let k = key("overrides");
+    let missing = key("overrides_never_created");
+    let _cleanup = Cleanup(vec![k.clone()]);
+    let mut db = sql();
+    let mut server = Server::start();
+    // A draft experiment: an override works whatever the status.
+    server.ok(
+        "amba_experiments_create",
+        json!({
+            "experiment_key": k,
+            "variants": [{"key": "control", "weight": 1}, {"key": "treatment", "weight": 1}],
+            "status": "draft"
+        }),
+    );
+    let (u1, u2) = (format!("{k}-qa-1"), format!("{k}-qa-2"));
+    let list = |server: &mut Server, db: &mut Client| -> Value {
+        let (rows, text) = server.ok_text("amba_overrides_list", json!({"experiment_key": k}));
+        assert_columns(&text, OVERRIDE_COLUMNS);
+        assert_eq!(
+            rows,
+            sql_rows(db, "amba_list_overrides($1::text)", &[&k]),
+            "the same JSON as SQL"
+        );
+        rows
+    };
+    assert_eq!(list(&mut server, &mut db), json!([]));
+
+    let set = server.ok(
+        "amba_overrides_set",
+        json!({"experiment_key": k, "user_id": u1, "variant": "treatment"}),
+    );
+    assert!(set.is_object(), "amba_set_override returns jsonb: {set}");
+    let rows = list(&mut server, &mut db);
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(rows[0]["user_id"], json!(u1));
+    assert_eq!(rows[0]["variant"], "treatment");
+    assert!(rows[0]["set_at"].is_string(), "{rows}");
+    // The overridden user gets the variant, even on a draft experiment.
+    let assigned: String = db
+        .query_one("SELECT amba_assign($1::text, $2::text)", &[&k, &u1])
+        .unwrap()
+        .get(0);
+    assert_eq!(assigned, "treatment");
+
+    // Setting again replaces; a second user adds a row.
+    server.ok(
+        "amba_overrides_set",
+        json!({"experiment_key": k, "user_id": u1, "variant": "control"}),
+    );
+    server.ok(
+        "amba_overrides_set",
+        json!({"experiment_key": k, "user_id": u2, "variant": "treatment"}),
+    );
+    let rows = list(&mut server, &mut db);
+    let mut got: Vec<(String, String)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["user_id"].as_str().unwrap().to_string(),
+                r["variant"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (u1.clone(), "control".to_string()),
+            (u2.clone(), "treatment".to_string())
+        ]
+    );
+
+    // Clear: true when there was one, then false.
+    let cleared = server.ok(
+        "amba_overrides_clear",
+        json!({"experiment_key": k, "user_id": u1}),
+    );
+    assert_eq!(cleared, json!(true));
+    let cleared = server.ok(
+        "amba_overrides_clear",
+        json!({"experiment_key": k, "user_id": u1}),
+    );
+    assert_eq!(cleared, json!(false), "no override left to clear");
+    let rows = list(&mut server, &mut db);
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["user_id"], json!(u2));
+    assert_eq!(
+        server.ok(
+            "amba_overrides_clear",
+            json!({"experiment_key": k, "user_id": u2})
+        ),
+        json!(true)
+    );
+    assert_eq!(list(&mut server, &mut db), json!([]));
+
+    // Errors: unknown experiment for set, clear and list alike; unknown variant; bad
+    // user_id; arguments caught by the server.
+    for (tool, args) in [
+        (
+            "amba_overrides_set",
+            json!({"experiment_key": missing, "user_id": u1, "variant": "control"}),
+        ),
+        (
+            "amba_overrides_clear",
+            json!({"experiment_key": missing, "user_id": u1}),
+        ),
+        ("amba_overrides_list", json!({"experiment_key": missing})),
+    ] {
+        server.err(tool, args, "EXPERIMENT_NOT_FOUND");
+    }
+    let text = server.err(
+        "amba_overrides_set",
+        json!({"experiment_key": k, "user_id": u1, "variant": "nope"}),
+        "INVALID_ARGUMENT",
+    );
+    assert!(text.contains("22023"), "{text}");
+    server.err(
+        "amba_overrides_set",
+        json!({"experiment_key": k, "user_id": "", "variant": "control"}),
+        "INVALID_ARGUMENT",
+    );
+    server.err(
+        "amba_overrides_set",
+        json!({"experiment_key": k, "user_id": "x".repeat(513), "variant": "control"}),
+        "INVALID_ARGUMENT",
+    );
+    server.err(
+        "amba_overrides_set",
+        json!({"experiment_key": k, "user_id": u1}),
+        "INVALID_ARGUMENT",
+    );
+    server.err(
+        "amba_overrides_clear",
+        json!({"experiment_key": k, "user_id": 7}),
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        list(&mut server, &mut db),
+        json!([]),
+        "failed calls left nothing"
+    );
+    assert!(server.alive());
+}
+
+/// amba_experiments_metric_results (CONTRACT 3c) on a small experiment with revenue events:
+/// the contract's columns in order, one row per variant with the control first, the means
+/// of the data, and exactly the JSON of SQL amba_metric_results with every argument.
+#[test]
+fn metric_results_shape() {
+    let k = key("metric");
+    let _cleanup = Cleanup(vec![k.clone()]);
+    let event = format!("revenue_{}", std::process::id());
+    let mut db = sql();
+    let users = exposed_users(&mut db, &k, 40);
+    // Expected per variant: (users, sum of amounts, number of events).
+    let mut expected = std::collections::BTreeMap::<String, (f64, f64, f64)>::new();
+    let mut tx = db.transaction().unwrap();
+    for (i, (u, v)) in users.iter().enumerate() {
+        let e = expected.entry(v.clone()).or_default();
+        e.0 += 1.0;
+        if i % 3 == 0 {
+            continue; // no purchase: counts with 0
+        }
+        let purchases: &[String] = if i % 5 == 0 {
+            &[
+                format!(r#"{{"amount": {}.5}}"#, i),
+                r#"{"amount": 2}"#.to_string(),
+            ]
+        } else {
+            &[format!(r#"{{"amount": {}.25}}"#, i)]
+        };
+        for p in purchases {
+            tx.execute(
+                "SELECT amba_track($1::text, $2::text, $3::text::jsonb)",
+                &[u, &event, p],
+            )
+            .unwrap();
+            let amount: f64 = serde_json::from_str::<Value>(p).unwrap()["amount"]
+                .as_f64()
+                .unwrap();
+            e.1 += amount;
+            e.2 += 1.0;
+        }
+        if i % 7 == 0 {
+            // not a JSON number: adds 0 to the sum, 1 to the count
+            tx.execute(
+                "SELECT amba_track($1::text, $2::text, $3::text::jsonb)",
+                &[u, &event, &r#"{"amount": "lots"}"#],
+            )
+            .unwrap();
+            e.2 += 1.0;
+        }
+    }
+    tx.commit().unwrap();
+    let mut server = Server::start();
+
+    // Revenue: the sum of "amount" per user.
+    let (rows, text) = server.ok_text(
+        "amba_experiments_metric_results",
+        json!({"experiment_key": k, "event": event, "value_property": "amount"}),
+    );
+    assert_columns(&text, METRIC_COLUMNS);
+    assert_eq!(
+        rows,
+        sql_rows(
+            &mut db,
+            "amba_metric_results($1::text, $2::text, $3::text)",
+            &[&k, &event, &"amount"]
+        )
+    );
+    let rows = rows.as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2, "one row per variant");
+    assert_eq!(rows[0]["variant"], "control");
+    assert_eq!(rows[0]["is_control"], true);
+    assert_eq!(rows[1]["variant"], "treatment");
+    assert_eq!(rows[1]["is_control"], false);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    for row in &rows {
+        let (n, sum, _) = expected[row["variant"].as_str().unwrap()];
+        assert_eq!(row["exposed_count"].as_f64(), Some(n), "{row}");
+        let mean = row["mean"].as_f64().unwrap();
+        assert!(close(mean, sum / n), "{row}: mean {mean} != {}", sum / n);
+        assert!(row["stddev"].is_number(), "{row}");
+    }
+    for column in ["delta", "p_value", "lift", "cuped_theta"] {
+        assert!(
+            rows[0][column].is_null(),
+            "{column} is null on the control row"
+        );
+    }
+    assert!(rows[1]["p_value"].is_number(), "{}", rows[1]);
+    assert!(
+        rows[1]["delta_ci_low"].as_f64().unwrap() < rows[1]["delta_ci_high"].as_f64().unwrap(),
+        "{}",
+        rows[1]
+    );
+    assert!(
+        rows[1]["cuped_theta"].is_null(),
+        "no CUPED without cuped_days"
+    );
+
+    // Counting: value_property omitted.
+    let counts = server.ok(
+        "amba_experiments_metric_results",
+        json!({"experiment_key": k, "event": event}),
+    );
+    for row in counts.as_array().unwrap() {
+        let (n, _, count) = expected[row["variant"].as_str().unwrap()];
+        assert!(close(row["mean"].as_f64().unwrap(), count / n), "{row}");
+    }
+    assert_eq!(
+        counts,
+        sql_rows(
+            &mut db,
+            "amba_metric_results($1::text, $2::text)",
+            &[&k, &event]
+        )
+    );
+
+    // Every optional argument, passed with its SQL type.
+    let all = server.ok(
+        "amba_experiments_metric_results",
+        json!({"experiment_key": k, "event": event, "value_property": "amount",
+               "alpha": 0.1, "cap": 20, "cuped_days": 7}),
+    );
+    assert_eq!(
+        all,
+        sql_rows(
+            &mut db,
+            "amba_metric_results(experiment_key => $1::text, event => $2::text, \
+             value_property => $3::text, alpha => $4::double precision, \
+             cap => $5::double precision, cuped_days => $6::integer)",
+            &[&k, &event, &"amount", &0.1f64, &20f64, &7i32]
+        )
+    );
+    assert!(
+        all[1]["cuped_theta"].is_number(),
+        "CUPED reports its theta: {}",
+        all[1]
+    );
+    let pct = server.ok(
+        "amba_experiments_metric_results",
+        json!({"experiment_key": k, "event": event, "value_property": "amount",
+               "cap_percentile": 0.9}),
+    );
+    assert_eq!(
+        pct,
+        sql_rows(
+            &mut db,
+            "amba_metric_results(experiment_key => $1::text, event => $2::text, \
+             value_property => $3::text, cap_percentile => $4::double precision)",
+            &[&k, &event, &"amount", &0.9f64]
+        )
+    );
+
+    // Overridden users are left out while the override exists.
+    let (u0, _) = &users[0];
+    server.ok(
+        "amba_overrides_set",
+        json!({"experiment_key": k, "user_id": u0, "variant": "treatment"}),
+    );
+    let without = server.ok(
+        "amba_experiments_metric_results",
+        json!({"experiment_key": k, "event": event}),
+    );
+    let total = |rows: &Value| -> i64 {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["exposed_count"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(total(&without), 39);
+    assert_eq!(total(&counts), 40);
+    server.ok(
+        "amba_overrides_clear",
+        json!({"experiment_key": k, "user_id": u0}),
+    );
+    let back = server.ok(
+        "amba_experiments_metric_results",
+        json!({"experiment_key": k, "event": event}),
+    );
+    assert_eq!(
+        back, counts,
+        "the user counts again once the override is cleared"
+    );
+
+    // Errors.
+    server.err(
+        "amba_experiments_metric_results",
+        json!({"experiment_key": key("metric_never_created"), "event": event}),
+        "EXPERIMENT_NOT_FOUND",
+    );
+    for bad in [
+        json!({"cap": 10, "cap_percentile": 0.9}),
+        json!({"cap_percentile": 1.5}),
+        json!({"alpha": 0}),
+        json!({"cuped_days": 0}),
+        json!({"cuped_days": 366}),
+        json!({"cuped_days": 1.5}),
+        json!({"cuped_days": "7"}),
+        json!({"cap": "10"}),
+        json!({"value_property": 1}),
+    ] {
+        let mut args = json!({"experiment_key": k, "event": event});
+        for (name, value) in bad.as_object().unwrap() {
+            args[name] = value.clone();
+        }
+        server.err("amba_experiments_metric_results", args, "INVALID_ARGUMENT");
+    }
+    server.err(
+        "amba_experiments_metric_results",
+        json!({"experiment_key": k}),
+        "INVALID_ARGUMENT",
+    );
+    assert!(server.alive());
+}
+
+/// amba_experiments_results_daily (CONTRACT 3e): the contract's columns in order, one row
+/// per (day, variant) for consecutive UTC days in day then variant order, cumulative,
+/// ending with what amba_results returns; exactly the JSON of SQL amba_results_daily.
+#[test]
+fn results_daily_shape() {
+    let k = key("daily");
+    let quiet = key("daily_quiet");
+    let _cleanup = Cleanup(vec![k.clone(), quiet.clone()]);
+    let event = format!("signup_{}", std::process::id());
+    let mut db = sql();
+    let users = exposed_users(&mut db, &k, 30);
+    // Conversions now and two days from now: at least three days of rows, the middle one
+    // without activity.
+    let mut last_event_day = String::new();
+    for (i, (u, _)) in users.iter().enumerate() {
+        if i % 3 == 0 {
+            db.execute("SELECT amba_track($1::text, $2::text)", &[u, &event])
+                .unwrap();
+        } else if i % 3 == 1 {
+            last_event_day = db
+                .query_one(
+                    "SELECT (amba_track($1::text, $2::text, NULL::jsonb, now() + interval '2 days') \
+                     AT TIME ZONE 'UTC')::date::text",
+                    &[u, &event],
+                )
+                .unwrap()
+                .get(0);
+        }
+    }
+    let mut server = Server::start();
+
+    let (rows, text) = server.ok_text(
+        "amba_experiments_results_daily",
+        json!({"experiment_key": k, "conversion_event": event}),
+    );
+    assert_columns(&text, DAILY_COLUMNS);
+    assert_eq!(
+        rows,
+        sql_rows(
+            &mut db,
+            "amba_results_daily($1::text, $2::text)",
+            &[&k, &event]
+        ),
+        "the same JSON as SQL"
+    );
+    let rows = rows.as_array().unwrap().clone();
+    assert!(
+        rows.len() >= 6 && rows.len() % 2 == 0,
+        "{} rows",
+        rows.len()
+    );
+    let days: Vec<String> = rows
+        .chunks(2)
+        .map(|pair| {
+            assert_eq!(pair[0]["day"], pair[1]["day"], "{pair:?}");
+            assert_eq!(pair[0]["variant"], "control");
+            assert_eq!(pair[0]["is_control"], true);
+            assert_eq!(pair[1]["variant"], "treatment");
+            assert_eq!(pair[1]["is_control"], false);
+            pair[0]["day"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let consecutive: Vec<String> = db
+        .query_one(
+            "SELECT array_agg(d::date::text ORDER BY d) \
+             FROM generate_series($1::text::timestamp, $2::text::timestamp, interval '1 day') d",
+            &[&days[0], &days[days.len() - 1]],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(days, consecutive, "every day, in order, once");
+    assert_eq!(days.last(), Some(&last_event_day));
+    // Cumulative, ending where amba_results is.
+    for variant in 0..2 {
+        let series: Vec<&Value> = rows.iter().skip(variant).step_by(2).collect();
+        for w in series.windows(2) {
+            for c in ["exposed_count", "converted_count"] {
+                assert!(w[0][c].as_i64() <= w[1][c].as_i64(), "{c}: {w:?}");
+            }
+        }
+    }
+    let results = sql_rows(&mut db, "amba_results($1::text, $2::text)", &[&k, &event]);
+    for (last, total) in rows[rows.len() - 2..]
+        .iter()
+        .zip(results.as_array().unwrap())
+    {
+        assert_eq!(last["variant"], total["variant"]);
+        for c in ["exposed_count", "converted_count", "conversion_rate"] {
+            assert_eq!(last[c], total[c], "{c} on the last day");
+        }
+    }
+
+    // alpha, with its SQL type.
+    let wide = server.ok(
+        "amba_experiments_results_daily",
+        json!({"experiment_key": k, "conversion_event": event, "alpha": 0.1}),
+    );
+    assert_eq!(
+        wide,
+        sql_rows(
+            &mut db,
+            "amba_results_daily(experiment_key => $1::text, conversion_event => $2::text, \
+             alpha => $3::double precision)",
+            &[&k, &event, &0.1f64]
+        )
+    );
+
+    // Nobody exposed: no rows.
+    server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": quiet,
+               "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]}),
+    );
+    assert_eq!(
+        server.ok(
+            "amba_experiments_results_daily",
+            json!({"experiment_key": quiet, "conversion_event": event}),
+        ),
+        json!([])
+    );
+
+    // Errors.
+    server.err(
+        "amba_experiments_results_daily",
+        json!({"experiment_key": key("daily_never_created"), "conversion_event": event}),
+        "EXPERIMENT_NOT_FOUND",
+    );
+    server.err(
+        "amba_experiments_results_daily",
+        json!({"experiment_key": k, "conversion_event": event, "alpha": 1}),
+        "INVALID_ARGUMENT",
+    );
+    server.err(
+        "amba_experiments_results_daily",
+        json!({"experiment_key": k, "conversion_event": event, "alpha": "0.1"}),
+        "INVALID_ARGUMENT",
+    );
+    server.err(
+        "amba_experiments_results_daily",
+        json!({"experiment_key": k}),
+        "INVALID_ARGUMENT",
+    );
+    assert!(server.alive());
+}
+
+/// The functions are called in the extension's schema, whatever the search_path: here a
+/// schema whose name needs quoting and is not on the search_path (CONTRACT 8). Without the
+/// extension, calls say so; once it is created, the next call finds it.
+#[test]
+fn works_with_the_extension_in_a_schema_that_needs_quoting() {
+    let dbname = format!("amba_mcp_{}", std::process::id());
+    let mut admin = sql();
+    // Separately: CREATE DATABASE cannot run in the implicit transaction of a
+    // multi-statement query.
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {dbname}"))
+        .unwrap();
+    struct DropDatabase(String);
+    impl Drop for DropDatabase {
+        fn drop(&mut self) {
+            if let Ok(mut db) = Client::connect(&database_url(), NoTls) {
+                let _ =
+                    db.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+            }
+        }
+    }
+    let _drop = DropDatabase(dbname.clone());
+    let url = conninfo_for_database(&dbname);
+    let mut server = Server::start_with_url(&url);
+
+    let text = server.err("amba_experiments_list", json!({}), "DATABASE_ERROR");
+    assert!(
+        text.contains("not installed") && text.contains("CREATE EXTENSION amba"),
+        "{text}"
+    );
+
+    let mut db = Client::connect(&url, NoTls).unwrap();
+    db.batch_execute("CREATE SCHEMA \"App-1\"; CREATE EXTENSION amba SCHEMA \"App-1\";")
+        .unwrap();
+    let search_path: String = db.query_one("SHOW search_path", &[]).unwrap().get(0);
+    assert!(!search_path.contains("App-1"), "{search_path}");
+
+    assert_eq!(server.ok("amba_experiments_list", json!({})), json!([]));
+    let k = "quoted-schema";
+    let created = server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": k,
+               "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]}),
+    );
+    assert_eq!(created["key"], k);
+    assert_eq!(
+        server.ok("amba_experiments_get", json!({"experiment_key": k})),
+        created
+    );
+    let rows = server.ok(
+        "amba_experiments_results",
+        json!({"experiment_key": k, "conversion_event": "x"}),
+    );
+    assert_eq!(rows.as_array().map(Vec::len), Some(2));
+    server.err(
+        "amba_experiments_get",
+        json!({"experiment_key": "nope"}),
+        "EXPERIMENT_NOT_FOUND",
+    );
+    assert_eq!(
+        server.ok("amba_experiments_delete", json!({"experiment_key": k})),
+        json!(true)
+    );
+    drop(server);
+    drop(db);
 }

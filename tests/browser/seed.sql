@@ -1,0 +1,35 @@
+-- Data for the browser test of the report page, on the real extension (tests/browser/run.sh):
+--   checkout-redesign  3 variants over 21 days, a clear winner, a hostile description
+--   hostile.srm        hostile name and variant keys, and exposures lost in one variant
+--                      (a sample-ratio mismatch the page must shout about)
+--   empty-exp          nobody exposed
+\set ON_ERROR_STOP 1
+SELECT amba_create_experiment('checkout-redesign',
+    '[{"key":"control","weight":1},{"key":"one-page","weight":1},{"key":"express","weight":1}]',
+    'One-page checkout', 'Does a shorter checkout sell more? <b>not bold</b> & "quoted"') IS NOT NULL AS created \gset
+SELECT amba_create_experiment('hostile.srm',
+    '[{"key":"control","weight":1},{"key":"x-onerror_alert.1","weight":1}]',
+    '<script>alert(1)</script>"><img src=x onerror=alert(2)>', '''); DROP TABLE x; --') IS NOT NULL AS created \gset
+SELECT amba_create_experiment('empty-exp', '[{"key":"a","weight":1},{"key":"b","weight":1}]') IS NOT NULL AS created \gset
+
+-- Assignments with their bucketed variants, spread over 21 days; exposures a few minutes
+-- later; purchases after exposure with a per-variant rate.
+INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version, assigned_at)
+SELECT e.id, 'u' || g,
+       e.variant_keys[1 + least(2, floor(amba_bucket(e.key, 'u' || g) * 3))::int], 1,
+       timestamptz '2026-10-01 08:00+00' + (g % 21) * interval '1 day' + (g % 600) * interval '1 minute'
+  FROM amba.experiments e, generate_series(1, 6000) g WHERE e.key = 'checkout-redesign';
+INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version, assigned_at)
+SELECT e.id, 'h' || g, e.variant_keys[1 + floor(amba_bucket(e.key, 'h' || g) * 2)::int], 1,
+       timestamptz '2026-10-01 08:00+00' + (g % 10) * interval '1 day'
+  FROM amba.experiments e, generate_series(1, 3000) g WHERE e.key = 'hostile.srm';
+INSERT INTO amba.exposures (experiment_id, user_id, exposed_at)
+SELECT a.experiment_id, a.user_id, a.assigned_at + interval '3 minutes'
+  FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+ WHERE e.key = 'checkout-redesign'
+    OR (e.key = 'hostile.srm' AND (a.variant = 'control' OR hashtext(a.user_id) % 3 = 0));
+SELECT count(amba_track(a.user_id, 'purchase', jsonb_build_object('amount', 20 + hashtext(a.user_id) % 50),
+                        a.assigned_at + interval '1 hour' + (hashtext(a.user_id) & 3) * interval '1 day')) AS tracked
+  FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+ WHERE (hashtext(a.user_id || 'p') & 1023) < CASE a.variant WHEN 'control' THEN 100 WHEN 'one-page' THEN 135
+                                                         WHEN 'express' THEN 110 ELSE 120 END \gset
