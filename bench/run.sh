@@ -21,7 +21,8 @@
 #                           CPU cost (the strict comparison), `on` the durable default
 #                           (each transaction waits for its WAL flush)
 #   BENCH_SCALES="100000 250000 500000 1000000"   assigned users for amba_results
-#   BENCH_RESULTS_REPS=5    timed runs of amba_results and of the hand query per scale
+#   BENCH_RESULTS_REPS=5    timed runs of each results function and of the hand query per scale
+#   BENCH_DAYS=90           days the generated events span (amba_results_daily's rows)
 #   BENCH_SKIP_INSTALL=1    use the amba already installed
 #   AMBA_BENCH_DB=amba_bench   (recreated); AMBA_PGPORT=28815
 #   CARGO_TARGET_DIR        honoured by the build, as usual for cargo
@@ -42,6 +43,7 @@ CASES=${BENCH_CASES:-new returning expose track}
 COMMIT_MODES=${BENCH_COMMIT:-off}
 SCALES=${BENCH_SCALES:-100000 250000 500000 1000000}
 REPS=${BENCH_RESULTS_REPS:-5}
+DAYS=${BENCH_DAYS:-90}
 OUT=${BENCH_OUT:-/tmp/amba-bench-$(date +%Y%m%d-%H%M%S)}
 WHAT=${1:-all}
 RETURNING=200000
@@ -246,21 +248,28 @@ results() {
   : > "$results"
   local largest; largest=$(tr ' ' '\n' <<< "$SCALES" | sort -n | tail -1)
   for n in $SCALES; do
-    echo "results: generating $n assigned users, $((n / 2)) exposed, $((5 * n)) events"
-    psql_db -v n="$n" -f "$BENCH/results_data.sql" > "$OUT/results-data-$n.log"
-    # One session: a warm-up of each (plans, caches), then REPS alternated timed runs.
+    echo "results: generating $n assigned users, $((n / 2)) exposed, $((5 * n)) events over $DAYS days"
+    psql_db -v n="$n" -v days="$DAYS" -f "$BENCH/results_data.sql" > "$OUT/results-data-$n.log"
+    # One session: a warm-up of each (plans, caches), then REPS alternated timed runs of
+    # amba_results, the hand query, amba_metric_results (sum of `amount`; with CUPED) and
+    # amba_results_daily.
     local script=$OUT/results-$n.sql
+    local q_results="SELECT * FROM amba_results('results', 'purchase') \\g /dev/null"
+    local q_metric="SELECT * FROM amba_metric_results('results', 'purchase', 'amount') \\g /dev/null"
+    local q_cuped="SELECT * FROM amba_metric_results('results', 'purchase', 'amount', cuped_days => 14) \\g /dev/null"
+    local q_daily="SELECT * FROM amba_results_daily('results', 'purchase') \\g /dev/null"
     {
       echo '\set key results'
       echo '\set event purchase'
-      echo 'SELECT * FROM amba_results(:'"'"'key'"'"', :'"'"'event'"'"') \g /dev/null'
+      for q in "$q_results" "$q_metric" "$q_cuped" "$q_daily"; do echo "$q"; done
       cat "$BENCH/results_hand.sql"; echo ' \g /dev/null'
       echo '\timing on'
       for i in $(seq "$REPS"); do
-        echo '\echo @@amba'
-        echo 'SELECT * FROM amba_results(:'"'"'key'"'"', :'"'"'event'"'"') \g /dev/null'
-        echo '\echo @@hand'
-        cat "$BENCH/results_hand.sql"; echo ' \g /dev/null'
+        echo '\echo @@amba'; echo "$q_results"
+        echo '\echo @@hand'; cat "$BENCH/results_hand.sql"; echo ' \g /dev/null'
+        echo '\echo @@metric'; echo "$q_metric"
+        echo '\echo @@cuped'; echo "$q_cuped"
+        echo '\echo @@daily'; echo "$q_daily"
       done
     } > "$script"
     psql_db -f "$script" > "$OUT/results-$n.log" 2>&1
@@ -292,16 +301,23 @@ results() {
   done
 
   say ""
-  say "amba_results('results', 'purchase') vs the hand-written query (bench/results_hand.sql):"
-  say "n users = n/2 exposed, 5n events; median of $REPS alternated runs after a warm-up, ms"
-  say "$(printf '%10s %12s %12s %7s %14s %20s' users amba_ms hand_ms ratio amba_ms/100k backend_RssAnon_MB)"
+  say "amba_results('results', 'purchase') vs the hand-written query (bench/results_hand.sql), and"
+  say "amba_metric_results (sum of amount; with cuped_days => 14) and amba_results_daily ($DAYS days) on the same data:"
+  say "n users = n/2 exposed, 5n events; median of $REPS alternated runs after a warm-up, ms (ratio to amba_results)"
+  say "$(printf '%10s %10s %9s %7s %14s %14s %14s %10s %16s' users amba_ms hand_ms ratio metric_ms cuped_ms daily_ms ms/100k backend_RssAnon_MB)"
   for n in $SCALES; do
-    local a h per100k rss
+    local a h m cu d per100k rss
     a=$(awk -v n="$n" '$1==n && $2=="amba" {print $3}' "$results" | median)
     h=$(awk -v n="$n" '$1==n && $2=="hand" {print $3}' "$results" | median)
+    m=$(awk -v n="$n" '$1==n && $2=="metric" {print $3}' "$results" | median)
+    cu=$(awk -v n="$n" '$1==n && $2=="cuped" {print $3}' "$results" | median)
+    d=$(awk -v n="$n" '$1==n && $2=="daily" {print $3}' "$results" | median)
     per100k=$(awk -v a="$a" -v n="$n" 'BEGIN {printf "%.0f", a / (n / 100000)}')
     rss=$(awk '{printf "%.0f -> %.0f", $1/1024, $2/1024}' "$OUT/rss-$n.txt" 2>/dev/null || echo "?")
-    say "$(printf '%10s %12.0f %12.0f %7.2f %14s %20s' "$n" "$a" "$h" "$(awk -v a="$a" -v h="$h" 'BEGIN {print a/h}')" "$per100k" "$rss")"
+    say "$(printf '%10s %10.0f %9.0f %7.2f %14s %14s %14s %10s %16s' "$n" "$a" "$h" "$(awk -v a="$a" -v h="$h" 'BEGIN {print a/h}')" \
+      "$(awk -v x="$m" -v a="$a" 'BEGIN {printf "%.0f (%.2fx)", x, x/a}')" \
+      "$(awk -v x="$cu" -v a="$a" 'BEGIN {printf "%.0f (%.2fx)", x, x/a}')" \
+      "$(awk -v x="$d" -v a="$a" 'BEGIN {printf "%.0f (%.2fx)", x, x/a}')" "$per100k" "$rss")"
   done
   say "(plans at $largest users: $OUT/results-plans.txt)"
 }

@@ -355,3 +355,18 @@ fn an_existing_role_that_can_log_in_is_reused_with_a_warning() {
     let n: i64 = c.query_one("SELECT count(*) FROM pg_roles WHERE rolname = 'amba_analyst' AND NOT rolcanlogin", &[]).unwrap().get(0);
     assert_eq!(n, 1);
 }
+
+#[test]
+fn the_bucketing_version_is_stored_and_checked() {
+    let mut c = connect();
+    let key = unique("bucketing_version");
+    c.execute("SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[&key]).unwrap();
+    let stored: i16 = c.query_one("SELECT bucketing_version FROM amba.experiments WHERE key = $1", &[&key]).unwrap().get(0);
+    assert_eq!(stored, 1);
+    // An experiment stored under another bucketing rule is refused, not silently re-bucketed.
+    c.execute("UPDATE amba.experiments SET bucketing_version = 2 WHERE key = $1", &[&key]).unwrap();
+    for f in ["amba_assign", "amba_peek"] {
+        let (state, msg) = db_error(c.query_one(&format!("SELECT {f}($1, 'someone')::text"), &[&key]).unwrap_err());
+        assert!(state == "22023" && msg.contains("bucketing version 2"), "{f}: {state} {msg}");
+    }
+}
