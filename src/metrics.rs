@@ -11,7 +11,8 @@ use pgrx::prelude::*;
 use std::collections::HashMap;
 
 /// Y and X per exposed user, then the cap, then the sums per variant. `$3` the value
-/// property (NULL: count events), `$4` CUPED days (NULL: no X), `$5` the absolute cap,
+/// property (NULL: count events), `$4` CUPED days (NULL: no X; a day is 24 hours, whatever
+/// the session's time zone), `$5` the absolute cap,
 /// `$6` the cap percentile (pooled over the users of every variant, before capping).
 fn sums_sql() -> String {
     format!(
@@ -27,7 +28,7 @@ fn sums_sql() -> String {
              FROM users u \
              LEFT JOIN amba.events e \
                ON e.event = $2 AND e.user_id = u.user_id \
-              AND e.occurred_at >= u.assigned_at - make_interval(days => coalesce($4, 0)) \
+              AND e.occurred_at >= u.assigned_at - make_interval(secs => coalesce($4, 0) * 86400.0) \
              LEFT JOIN LATERAL (SELECT CASE WHEN $3 IS NULL THEN 1::float8 \
                                             WHEN jsonb_typeof(e.properties -> $3) = 'number' \
                                             THEN (e.properties ->> $3)::float8 \

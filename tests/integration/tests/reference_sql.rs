@@ -23,7 +23,9 @@ use serde_json::Value;
 fn connect_db(db: &str) -> Client {
     let mut config: postgres::Config = database_url().parse().expect("DATABASE_URL");
     config.dbname(db);
-    config.connect(NoTls).unwrap_or_else(|e| panic!("cannot connect to {db}: {e}"))
+    config
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to {db}: {e}"))
 }
 
 /// A new database, dropped when the guard goes.
@@ -87,19 +89,26 @@ fn load(c: &mut Client, fx: &Value) {
     for exp in arr(&fx["experiments"]) {
         let key = s(&exp["key"]);
         let versions = arr(&exp["versions"]);
-        let created: Value = c
-            .query_one(
-                "SELECT amba_create_experiment($1, $2::text::jsonb, name => $3)",
+        let created: Value = serde_json::from_str(
+            c.query_one(
+                "SELECT amba_create_experiment($1, $2::text::jsonb, name => $3)::text",
                 &[&key, &s(&versions[0]), &s(&exp["title"])],
             )
             .unwrap_or_else(|e| panic!("create {key}: {e}"))
-            .get(0);
+            .get(0),
+        )
+        .unwrap();
         assert_eq!(created["weight_version"], 1, "{key}: {created}");
         for (i, v) in versions.iter().enumerate().skip(1) {
-            let updated: Value = c
-                .query_one("SELECT amba_update_experiment($1, $2::text::jsonb)", &[&key, &s(v)])
+            let updated: Value = serde_json::from_str(
+                c.query_one(
+                    "SELECT amba_update_experiment($1, $2::text::jsonb)::text",
+                    &[&key, &s(v)],
+                )
                 .unwrap_or_else(|e| panic!("update {key}: {e}"))
-                .get(0);
+                .get(0),
+            )
+            .unwrap();
             assert_eq!(updated["weight_version"], i as i64 + 1, "{key}: {updated}");
         }
 
@@ -204,7 +213,9 @@ fn row_values(row: &Row, columns: &[(&str, Kind)]) -> Vec<Value> {
             Kind::Float | Kind::Bound(..) => match row.get::<_, Option<f64>>(name) {
                 None => Value::Null,
                 // NaN and infinities are never expected: keep them visible as text
-                Some(x) => serde_json::Number::from_f64(x).map(Value::Number).unwrap_or_else(|| Value::from(format!("{x}"))),
+                Some(x) => serde_json::Number::from_f64(x)
+                    .map(Value::Number)
+                    .unwrap_or_else(|| Value::from(format!("{x}"))),
             },
         })
         .collect()
@@ -219,7 +230,9 @@ fn mismatch(kind: Kind, want: &Value, got: &Value, want_row: &Value) -> Option<S
             (None, _) => Some(format!("got {got}, want NULL")),
             (Some(_), Value::Null) => Some(format!("got NULL, want {want}")),
             (Some(w), g) => {
-                let Some(g) = g.as_f64() else { return Some(format!("got {g}, want {w:e}")) };
+                let Some(g) = g.as_f64() else {
+                    return Some(format!("got {g}, want {w:e}"));
+                };
                 let (tol, scale) = match kind {
                     Kind::Bound(lo, hi) => {
                         let half = match (want_row[lo].as_f64(), want_row[hi].as_f64()) {
@@ -231,8 +244,12 @@ fn mismatch(kind: Kind, want: &Value, got: &Value, want_row: &Value) -> Option<S
                     _ => (REL_TOL, w.abs().max(g.abs())),
                 };
                 let diff = (g - w).abs();
-                (!(diff <= tol * scale)).then(|| {
-                    format!("got {g:e}, want {w:e} (difference {diff:.3e}, {:.3e} of the scale, tolerance {tol:e})", diff / scale)
+                let within = diff <= tol * scale; // false for NaN too
+                (!within).then(|| {
+                    format!(
+                        "got {g:e}, want {w:e} (difference {diff:.3e}, {:.3e} of the scale, tolerance {tol:e})",
+                        diff / scale
+                    )
                 })
             }
         },
@@ -249,7 +266,12 @@ struct Checked {
 
 fn compare(checked: &Checked, failures: &mut Vec<String>) {
     if checked.want.len() != checked.got.len() {
-        failures.push(format!("{}: got {} rows, want {}", checked.label, checked.got.len(), checked.want.len()));
+        failures.push(format!(
+            "{}: got {} rows, want {}",
+            checked.label,
+            checked.got.len(),
+            checked.want.len()
+        ));
     }
     for (want_row, got_row) in checked.want.iter().zip(&checked.got) {
         for (&(name, kind), got) in checked.columns.iter().zip(got_row) {
@@ -277,7 +299,10 @@ fn run_calls(c: &mut Client, fx: &Value) -> Vec<Checked> {
             let (label, rows) = match opt_f64(&call["alpha"]) {
                 Some(alpha) => (
                     format!("{key}: amba_results('{event}', alpha {alpha})"),
-                    c.query(&format!("SELECT {cols} FROM amba_results($1, $2, $3)"), &[&key, &event, &alpha]),
+                    c.query(
+                        &format!("SELECT {cols} FROM amba_results($1, $2, $3)"),
+                        &[&key, &event, &alpha],
+                    ),
                 ),
                 None => (
                     format!("{key}: amba_results('{event}') (default alpha)"),
@@ -301,7 +326,8 @@ fn run_calls(c: &mut Client, fx: &Value) -> Vec<Checked> {
             let days = call["cuped_days"].as_i64().map(|d| d as i32);
             let cols = METRIC_COLUMNS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ");
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&key, &event, &prop, &cap, &q, &days];
-            let mut args = "$1, $2, value_property => $3, cap => $4, cap_percentile => $5, cuped_days => $6".to_string();
+            let mut args =
+                "$1, $2, value_property => $3, cap => $4, cap_percentile => $5, cuped_days => $6".to_string();
             if let Some(a) = &alpha {
                 params.push(a);
                 args.push_str(", alpha => $7");
@@ -345,7 +371,8 @@ fn self_check(checked: &[Checked]) -> usize {
                         Some(x) => {
                             let scale = match kind {
                                 Kind::Bound(lo, hi) => x.abs().max(
-                                    (want_row[hi].as_f64().unwrap_or(0.0) - want_row[lo].as_f64().unwrap_or(0.0)).abs() / 2.0,
+                                    (want_row[hi].as_f64().unwrap_or(0.0) - want_row[lo].as_f64().unwrap_or(0.0)).abs()
+                                        / 2.0,
                                 ),
                                 _ => x.abs(),
                             };
@@ -356,7 +383,15 @@ fn self_check(checked: &[Checked]) -> usize {
                 let mut rows = ch.want.clone();
                 rows[ri][name] = perturbed;
                 let mut failures = vec![];
-                compare(&Checked { label: ch.label.clone(), columns: ch.columns, want: rows, got: ch.got.clone() }, &mut failures);
+                compare(
+                    &Checked {
+                        label: ch.label.clone(),
+                        columns: ch.columns,
+                        want: rows,
+                        got: ch.got.clone(),
+                    },
+                    &mut failures,
+                );
                 assert_eq!(
                     failures.len(),
                     1,
@@ -370,28 +405,91 @@ fn self_check(checked: &[Checked]) -> usize {
     cells
 }
 
-#[test]
-fn sql_results_equal_independent_references() {
+/// Per column: the largest |got - want| as a fraction of the allowed difference, and where.
+fn worst_differences(checked: &[Checked]) -> Vec<(String, f64, String)> {
+    let mut worst: Vec<(String, f64, String)> = vec![];
+    for ch in checked {
+        for (want_row, got_row) in ch.want.iter().zip(&ch.got) {
+            for (&(name, kind), got) in ch.columns.iter().zip(got_row) {
+                let (Some(w), Some(g)) = (want_row[name].as_f64(), got.as_f64()) else {
+                    continue;
+                };
+                if matches!(kind, Kind::Count) {
+                    continue;
+                }
+                let allowed = match kind {
+                    Kind::Bound(lo, hi) => {
+                        let half =
+                            (want_row[hi].as_f64().unwrap_or(0.0) - want_row[lo].as_f64().unwrap_or(0.0)).abs() / 2.0;
+                        BOUND_TOL * w.abs().max(half)
+                    }
+                    _ => REL_TOL * w.abs().max(g.abs()),
+                };
+                let ratio = if g == w { 0.0 } else { (g - w).abs() / allowed };
+                let label = format!("{} {}", ch.label, want_row["variant"]);
+                match worst.iter_mut().find(|x| x.0 == name) {
+                    Some(x) if x.1 < ratio => *x = (name.to_string(), ratio, label),
+                    Some(_) => {}
+                    None => worst.push((name.to_string(), ratio, label)),
+                }
+            }
+        }
+    }
+    worst
+}
+
+/// Loads the fixture into a fresh database and calls every function with the session in
+/// time zone `tz`: the calls and their mismatches.
+fn check_in_time_zone(tz: &str) -> (Vec<Checked>, Vec<String>) {
     let fx = fixture();
     let db = Db::new("amba_refsql");
     let mut c = db.client();
-    // CUPED windows are whole days of 86400 s in the reference: run the session in UTC.
-    c.batch_execute("CREATE EXTENSION amba; SET TimeZone = 'UTC'").unwrap();
+    c.batch_execute("CREATE EXTENSION amba").unwrap();
+    // The fixture's times carry explicit UTC offsets, so loading does not depend on the zone.
+    c.execute("SELECT set_config('TimeZone', $1, false)", &[&tz]).unwrap();
     load(&mut c, &fx);
-
     let checked = run_calls(&mut c, &fx);
     let mut failures = vec![];
     for ch in &checked {
         compare(ch, &mut failures);
     }
-    let calls = checked.len();
+    (checked, failures)
+}
+
+fn assert_no_failures(checked: &[Checked], failures: &[String], tz: &str) {
     let rows: usize = checked.iter().map(|ch| ch.want.len()).sum();
     assert!(
         failures.is_empty(),
-        "{} mismatches in {calls} calls ({rows} rows) against tests/integration/fixtures/sql_reference.json:\n  {}",
+        "{} mismatches in {} calls ({rows} rows, session time zone {tz}) against tests/integration/fixtures/sql_reference.json:\n  {}",
         failures.len(),
+        checked.len(),
         failures.join("\n  ")
     );
+}
+
+#[test]
+fn sql_results_equal_independent_references() {
+    // The reference's CUPED window is cuped_days * 86400 s; in UTC that is also calendar days.
+    let (checked, failures) = check_in_time_zone("UTC");
+    assert_no_failures(&checked, &failures, "UTC");
     let cells = self_check(&checked);
-    eprintln!("{calls} calls, {rows} rows, {cells} cells equal the references (each perturbed cell is caught)");
+    let rows: usize = checked.iter().map(|ch| ch.want.len()).sum();
+    eprintln!(
+        "{} calls, {rows} rows, {cells} cells equal the references (each perturbed cell is caught)",
+        checked.len()
+    );
+    for (column, worst, at) in worst_differences(&checked) {
+        eprintln!("  largest difference in {column}: {worst:.2e} of the tolerance ({at})");
+    }
+}
+
+/// The same data and calls with the session in a time zone with daylight saving time (the
+/// fixture's assignments straddle 2025-03-09, when New York moves its clocks): the results
+/// must not depend on who asks from where. The CUPED window is cuped_days of 24 hours (with
+/// calendar days of the session's time zone, a window that crosses the change would be an
+/// hour shorter or longer, and events at its edge would move in or out of X).
+#[test]
+fn sql_results_do_not_depend_on_the_session_time_zone() {
+    let (checked, failures) = check_in_time_zone("America/New_York");
+    assert_no_failures(&checked, &failures, "America/New_York");
 }
