@@ -47,3 +47,46 @@ SELECT * FROM amba_results('checkout-button', 'purchase');
 \echo 'testing two challengers, sequential_p_value the one that stays valid however often you look.'
 \echo 'srm_p_value < 0.001 raises the sample-ratio alarm: exposures are being lost in one variant'
 \echo '(here: the planted red bug), so none of these numbers should be trusted until it is fixed.'
+
+\echo
+\echo '7. QA: force a variant for a tester, even on a draft experiment. Nothing is recorded for'
+\echo '   them and results leave them out.'
+SELECT amba_create_experiment('new-pricing', '[{"key":"control","weight":1},{"key":"annual-first","weight":1}]',
+                              status => 'draft') ->> 'status' AS status;
+SELECT amba_set_override('new-pricing', 'qa-anna', 'annual-first') ->> 'variant' AS forced;
+SELECT amba_assign('new-pricing', 'qa-anna') AS qa_sees, amba_peek('new-pricing', 'someone') AS a_visitor_would_see;
+
+\echo
+\echo '8. Login: visitor anon-7 saw a variant before signing up as user-7 (who was assigned too).'
+\echo '   amba_alias keeps the first touch, moves the events, and anon-7 acts as user-7 from now on.'
+SELECT amba_assign('checkout-button', 'anon-7') AS anon_variant, amba_assign('checkout-button', 'user-7') AS user_variant;
+SELECT amba_track('anon-7', 'add_to_cart') IS NOT NULL AS tracked;
+SELECT amba_alias('anon-7', 'user-7');
+SELECT amba_assign('checkout-button', 'anon-7') AS anon_now_gets;
+
+\echo
+\echo '9. Revenue per exposed user (sum of the purchase amount), capped at the 99th percentile,'
+\echo '   with CUPED over the 14 days before each assignment:'
+SELECT count(amba_track(user_id, 'purchase', jsonb_build_object('amount', 20 + (r_buy * 100)::int),
+                        now() - interval '3 days')) AS pre_period_purchases
+  FROM sim WHERE r_buy < 0.3;
+\x on
+SELECT * FROM amba_metric_results('checkout-button', 'purchase', 'amount',
+                                  cap_percentile => 0.99, cuped_days => 14);
+\x off
+\echo 'mean/stddev: revenue per exposed user; delta: the difference from control with its interval'
+\echo 'and Welch p-value; lift: the same, relative; cuped_theta: how much pre-period revenue explains.'
+
+\echo
+\echo '10. Results over time (cumulative, per UTC day) and the report page:'
+SELECT day, variant, exposed_count, converted_count, round(lift::numeric, 4) AS lift,
+       round(lift_cs_low::numeric, 4) AS always_valid_low, round(lift_cs_high::numeric, 4) AS always_valid_high
+  FROM amba_results_daily('checkout-button', 'purchase');
+\pset tuples_only on
+\pset format unaligned
+\o /tmp/amba-demo-report.html
+SELECT amba_report('checkout-button', 'purchase');
+\o
+\pset tuples_only off
+\pset format aligned
+\echo 'The report page (self-contained HTML) is in /tmp/amba-demo-report.html.'
