@@ -55,12 +55,16 @@ CREATE TABLE amba.weight_versions (
     PRIMARY KEY (experiment_id, version)
 );
 
+-- User ids are opaque: they are compared with the "C" collation (bytewise), so sorting
+-- and merging them for results, and every index lookup on the hot path, cost a memcmp
+-- rather than a locale-aware comparison. Equality is the same under any deterministic
+-- collation, so no answer changes.
 -- No foreign key to amba.experiments: its check would lock the experiment's row for every
 -- first assignment. Deletes take assignments with them explicitly, under the experiment's
 -- advisory lock (see src/locks.rs).
 CREATE TABLE amba.assignments (
     experiment_id  bigint NOT NULL,
-    user_id        text NOT NULL,
+    user_id        text COLLATE "C" NOT NULL,
     variant        text NOT NULL,
     weight_version integer NOT NULL,
     assigned_at    timestamptz NOT NULL DEFAULT now(),
@@ -69,7 +73,7 @@ CREATE TABLE amba.assignments (
 
 CREATE TABLE amba.exposures (
     experiment_id bigint NOT NULL,
-    user_id       text NOT NULL,
+    user_id       text COLLATE "C" NOT NULL,
     exposed_at    timestamptz NOT NULL DEFAULT now(),   -- the first exposure
     PRIMARY KEY (experiment_id, user_id),
     FOREIGN KEY (experiment_id, user_id)
@@ -79,7 +83,7 @@ CREATE TABLE amba.exposures (
 -- Events are not tied to experiments: one conversion can count in many experiments.
 CREATE TABLE amba.events (
     event_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    user_id     text NOT NULL,
+    user_id     text COLLATE "C" NOT NULL,
     event       text NOT NULL,
     occurred_at timestamptz NOT NULL,
     properties  jsonb CHECK (properties IS NULL OR jsonb_typeof(properties) = 'object')
@@ -105,7 +109,7 @@ CREATE INDEX experiment_history_key ON amba.experiment_history (experiment_key, 
 -- written for them and results leave them out while the override exists.
 CREATE TABLE amba.overrides (
     experiment_id bigint NOT NULL REFERENCES amba.experiments (id) ON DELETE CASCADE,
-    user_id       text NOT NULL,
+    user_id       text COLLATE "C" NOT NULL,
     variant       text NOT NULL,
     set_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (experiment_id, user_id)
@@ -113,8 +117,8 @@ CREATE TABLE amba.overrides (
 
 -- Identities (CONTRACT 3d): anonymous_id now acts as user_id.
 CREATE TABLE amba.aliases (
-    anonymous_id text PRIMARY KEY,
-    user_id      text NOT NULL,
+    anonymous_id text COLLATE "C" PRIMARY KEY,
+    user_id      text COLLATE "C" NOT NULL,
     aliased_at   timestamptz NOT NULL DEFAULT now(),
     CHECK (anonymous_id <> user_id)
 );

@@ -11,36 +11,30 @@ use pgrx::datum::Date;
 use pgrx::prelude::*;
 use std::collections::BTreeMap;
 
-/// Days are numbered from 2000-01-01 (PostgreSQL's date epoch) so Rust sums run on integers.
+/// One pass: per assigned user, the day of their first exposure, the day they converted
+/// (the later of exposure and first qualifying event) and the day of their latest
+/// `conversion_event` (any time: it bounds the days reported); then counted per
+/// (variant, exposure day, conversion day). Days are numbered from 2000-01-01 (PostgreSQL's
+/// date epoch) so Rust sums run on integers; NULL exposure day: assigned, never exposed.
 fn counts_sql() -> String {
     format!(
-        "WITH users AS ( \
-           SELECT a.user_id, a.variant, a.assigned_at, x.exposed_at \
+        "WITH per_user AS ( \
+           SELECT a.variant, xp.exposed_at, \
+                  min(e.occurred_at) FILTER (WHERE e.occurred_at >= a.assigned_at) AS first_at, \
+                  max(e.occurred_at) AS last_at \
              FROM {COUNTED_ASSIGNMENTS_FROM} \
-             JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id \
-            WHERE {COUNTED_ASSIGNMENTS_WHERE}), \
-         converted AS ( \
-           SELECT u.user_id, min(e.occurred_at) AS first_at \
-             FROM users u \
-             JOIN amba.events e ON e.event = $2 AND e.user_id = u.user_id AND e.occurred_at >= u.assigned_at \
-            GROUP BY u.user_id) \
-         SELECT u.variant, \
-                ((u.exposed_at AT TIME ZONE 'UTC')::date - date '2000-01-01') AS exposed_day, \
-                CASE WHEN c.first_at IS NOT NULL \
-                     THEN ((greatest(u.exposed_at, c.first_at) AT TIME ZONE 'UTC')::date - date '2000-01-01') \
+             LEFT JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id \
+             LEFT JOIN amba.events e ON e.event = $2 AND e.user_id = a.user_id \
+            WHERE {COUNTED_ASSIGNMENTS_WHERE} \
+            GROUP BY a.user_id, a.variant, xp.exposed_at) \
+         SELECT variant, \
+                ((exposed_at AT TIME ZONE 'UTC')::date - date '2000-01-01') AS exposed_day, \
+                CASE WHEN exposed_at IS NOT NULL AND first_at IS NOT NULL \
+                     THEN ((greatest(exposed_at, first_at) AT TIME ZONE 'UTC')::date - date '2000-01-01') \
                 END AS converted_day, \
+                max((last_at AT TIME ZONE 'UTC')::date - date '2000-01-01') AS last_event_day, \
                 count(*) \
-           FROM users u LEFT JOIN converted c ON c.user_id = u.user_id \
-          GROUP BY 1, 2, 3"
-    )
-}
-
-/// The last day of activity: the latest `conversion_event` of an assigned user.
-fn last_event_sql() -> String {
-    format!(
-        "SELECT ((max(e.occurred_at) AT TIME ZONE 'UTC')::date - date '2000-01-01') \
-           FROM {COUNTED_ASSIGNMENTS_FROM} JOIN amba.events e ON e.event = $2 AND e.user_id = a.user_id \
-          WHERE {COUNTED_ASSIGNMENTS_WHERE}"
+           FROM per_user GROUP BY 1, 2, 3"
     )
 }
 
@@ -61,21 +55,23 @@ fn results_daily(experiment_key: Option<&str>, conversion_event: Option<&str>, a
         let mut new_exposed: BTreeMap<(i32, usize), i64> = BTreeMap::new();
         let mut new_converted: BTreeMap<(i32, usize), i64> = BTreeMap::new();
         let args = [exp.id.into(), event.into()];
+        let mut last_event_day: Option<i32> = None;
         run_counting(client, exp.id, &counts_sql(), &args, |table| {
             for row in table {
                 let variant: String = row.get(1).expect("variant").expect("variant");
                 let Some(&v) = index.get(variant.as_str()) else { continue };
-                let exposed_day: i32 = row.get(2).expect("day").expect("day");
+                let exposed_day: Option<i32> = row.get(2).expect("day");
                 let converted_day: Option<i32> = row.get(3).expect("day");
-                let users: i64 = row.get(4).expect("count").unwrap_or(0);
+                let last: Option<i32> = row.get(4).expect("day");
+                let users: i64 = row.get(5).expect("count").unwrap_or(0);
+                last_event_day = last_event_day.max(last);
+                let Some(exposed_day) = exposed_day else { continue };
                 *new_exposed.entry((exposed_day, v)).or_default() += users;
                 if let Some(day) = converted_day {
                     *new_converted.entry((day, v)).or_default() += users;
                 }
             }
         });
-        let last_event_day: Option<i32> =
-            run_counting(client, exp.id, &last_event_sql(), &args, |table| table.first().get(1).ok().flatten());
         (exp.variant_keys.clone(), new_exposed, new_converted, last_event_day)
     });
 

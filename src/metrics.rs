@@ -10,36 +10,54 @@ use amba_core::{validate, ErrorCode};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 
-/// Y and X per exposed user, then the cap, then the sums per variant. `$3` the value
-/// property (NULL: count events), `$4` CUPED days (NULL: no X; a day is 24 hours, whatever
-/// the session's time zone), `$5` the absolute cap,
-/// `$6` the cap percentile (pooled over the users of every variant, before capping).
-fn sums_sql() -> String {
+/// How Y is capped.
+#[derive(Clone, Copy, PartialEq)]
+enum Cap {
+    None,
+    /// `$5`, an absolute value.
+    Absolute,
+    /// `$6`, a percentile of Y over the users of every variant, before capping.
+    Percentile,
+}
+
+/// Y (and X with CUPED) per exposed user, then the cap, then the sums per variant, in one
+/// pass; the statement is shaped to the call (no percentile sort without a percentile cap,
+/// no X without CUPED). `$3` the value property (NULL: count events), `$4` CUPED days (a day
+/// is 24 hours, whatever the session's time zone), `$5` the absolute cap, `$6` the cap
+/// percentile.
+fn sums_sql(cuped: bool, cap: Cap) -> String {
+    let value = "CASE WHEN $3::text IS NULL THEN 1::float8 \
+                      WHEN jsonb_typeof(e.properties -> $3::text) = 'number' THEN (e.properties ->> $3::text)::float8 \
+                      ELSE 0::float8 END";
+    let (window, y, x) = if cuped {
+        (
+            "a.assigned_at - make_interval(secs => $4::int * 86400.0)",
+            format!("coalesce(sum({value}) FILTER (WHERE e.occurred_at >= a.assigned_at), 0)"),
+            format!("coalesce(sum({value}) FILTER (WHERE e.occurred_at < a.assigned_at), 0)"),
+        )
+    } else {
+        // A user without events still has a row (the left join): it adds nothing.
+        ("a.assigned_at", format!("coalesce(sum({value}) FILTER (WHERE e.occurred_at IS NOT NULL), 0)"), "0::float8".to_string())
+    };
+    let (cap_from, capped_y, capped_x) = match cap {
+        Cap::None => ("", "p.y".to_string(), "p.x".to_string()),
+        Cap::Absolute => ("", "least(p.y, $5::float8)".to_string(), "least(p.x, $5::float8)".to_string()),
+        Cap::Percentile => (
+            ", (SELECT percentile_cont($6::float8) WITHIN GROUP (ORDER BY y) AS c FROM per_user) cap",
+            "least(p.y, cap.c)".to_string(),
+            "least(p.x, cap.c)".to_string(),
+        ),
+    };
     format!(
-        "WITH users AS ( \
-           SELECT a.user_id, a.variant, a.assigned_at \
+        "WITH per_user AS ( \
+           SELECT a.variant, {y} AS y, {x} AS x \
              FROM {COUNTED_ASSIGNMENTS_FROM} \
-             JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id \
-            WHERE {COUNTED_ASSIGNMENTS_WHERE}), \
-         per_user AS ( \
-           SELECT u.variant, \
-                  coalesce(sum(v.value) FILTER (WHERE e.occurred_at >= u.assigned_at), 0) AS y, \
-                  coalesce(sum(v.value) FILTER (WHERE e.occurred_at < u.assigned_at), 0) AS x \
-             FROM users u \
+             JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id \
              LEFT JOIN amba.events e \
-               ON e.event = $2 AND e.user_id = u.user_id \
-              AND e.occurred_at >= u.assigned_at - make_interval(secs => coalesce($4, 0) * 86400.0) \
-             LEFT JOIN LATERAL (SELECT CASE WHEN $3 IS NULL THEN 1::float8 \
-                                            WHEN jsonb_typeof(e.properties -> $3) = 'number' \
-                                            THEN (e.properties ->> $3)::float8 \
-                                            ELSE 0::float8 END AS value) v ON true \
-            GROUP BY u.user_id, u.variant), \
-         cap AS ( \
-           SELECT CASE WHEN $5 IS NOT NULL THEN $5 \
-                       WHEN $6 IS NOT NULL THEN percentile_cont($6) WITHIN GROUP (ORDER BY y) END AS c \
-             FROM per_user), \
-         capped AS ( \
-           SELECT p.variant, least(p.y, cap.c) AS y, least(p.x, cap.c) AS x FROM per_user p, cap) \
+               ON e.event = $2 AND e.user_id = a.user_id AND e.occurred_at >= {window} \
+            WHERE {COUNTED_ASSIGNMENTS_WHERE} \
+            GROUP BY a.user_id, a.variant), \
+         capped AS (SELECT p.variant, {capped_y} AS y, {capped_x} AS x FROM per_user p{cap_from}) \
          SELECT variant, count(*)::float8, sum(y), sum(y * y), sum(x), sum(x * x), sum(x * y) \
            FROM capped GROUP BY variant"
     )
@@ -83,7 +101,12 @@ fn metric_results(
         let exp = experiment_for_results(client, experiment_key);
         let mut sums: HashMap<String, MeanArm> = HashMap::new();
         let args = [exp.id.into(), event.into(), value_property.into(), cuped_days.into(), cap.into(), cap_percentile.into()];
-        run_counting(client, exp.id, &sums_sql(), &args, |table| {
+        let cap_mode = match (cap, cap_percentile) {
+            (Some(_), _) => Cap::Absolute,
+            (None, Some(_)) => Cap::Percentile,
+            (None, None) => Cap::None,
+        };
+        run_counting(client, exp.id, &sums_sql(cuped_days.is_some(), cap_mode), &args, |table| {
             for row in table {
                 let get = |i: usize| row.get::<f64>(i).expect("a sum").unwrap_or(0.0);
                 let arm = MeanArm { n: get(2), sum: get(3), sum_sq: get(4), x_sum: get(5), x_sum_sq: get(6), xy_sum: get(7) };

@@ -157,22 +157,62 @@ mod tests {
         assert_eq!(err("SELECT amba_assign('s', 'new')"), "ok");
     }
 
+    /// Bucketing vectors computed with Python's `xxhash` (the C reference xxHash) by
+    /// scripts/fixtures/bucket_vectors.py: inputs -> bucket (IEEE-754 bits) and variant.
+    const BUCKET_VECTORS: &str = include_str!("../core/tests/fixtures/bucket_vectors.json");
+
+    fn from_bits(v: &serde_json::Value) -> f64 {
+        f64::from_bits(v.as_str().expect("bits as a decimal string").parse::<u64>().expect("u64 bits"))
+    }
+
     #[pg_test]
     fn assignment_follows_the_published_bucketing() {
         setup();
-        Spi::run(r#"SELECT amba_create_experiment('b', '[{"key":"a","weight":1},{"key":"b","weight":2},{"key":"c","weight":1}]')"#).unwrap();
-        let mismatches = count(
-            "SELECT count(*) FROM generate_series(1, 2000) g,
-                    LATERAL (SELECT amba_bucket('b', 'user-' || g) AS x) b
-              WHERE amba_assign('b', 'user-' || g) <>
-                    CASE WHEN b.x < 0.25 THEN 'a' WHEN b.x < 0.75 THEN 'b' ELSE 'c' END",
-        );
-        assert_eq!(mismatches, 0);
-        let bucket = one::<f64>("SELECT amba_bucket('exp', 'user')").unwrap();
-        assert_eq!(bucket, amba_core::bucket::bucket("exp", "user"));
+        let doc: serde_json::Value = serde_json::from_str(BUCKET_VECTORS).unwrap();
+        let vectors = doc["vectors"].as_array().unwrap();
+        assert!(vectors.len() >= 200, "{} vectors", vectors.len());
+        // amba_bucket needs no experiment (none exists yet) and gives the reference's bucket
+        // to the bit.
+        assert_eq!(count("SELECT count(*) FROM amba.experiments"), 0);
+        for v in vectors {
+            let (key, user) = (v["experiment_key"].as_str().unwrap(), v["user_id"].as_str().unwrap());
+            let want = from_bits(&v["bucket_bits"]);
+            let got = Spi::get_one_with_args::<f64>("SELECT amba_bucket($1, $2)", &[key.into(), user.into()])
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.to_bits(), want.to_bits(), "amba_bucket({key:?}, {user:?}) = {got:?}; xxhash: {want:?} ({})", v["note"]);
+        }
+        // amba_assign picks the reference's variant for the vector's weights (zero weights,
+        // thresholds equal to or one ulp from the bucket, fractional and huge weights).
+        for v in vectors {
+            let (key, user) = (v["experiment_key"].as_str().unwrap(), v["user_id"].as_str().unwrap());
+            let weights: Vec<f64> = v["weights_bits"].as_array().unwrap().iter().map(from_bits).collect();
+            let variants: Vec<serde_json::Value> = weights
+                .iter()
+                .enumerate()
+                .map(|(j, w)| serde_json::json!({"key": format!("v{j}"), "weight": w}))
+                .collect();
+            let variants = serde_json::Value::Array(variants).to_string();
+            Spi::run_with_args("SELECT amba_delete_experiment($1)", &[key.into()]).unwrap();
+            Spi::run_with_args("SELECT amba_create_experiment($1, $2::jsonb)", &[key.into(), variants.as_str().into()])
+                .unwrap_or_else(|e| panic!("create {key:?} {variants}: {e}"));
+            let stored: Vec<f64> = Spi::get_one_with_args::<Vec<f64>>(
+                "SELECT weights FROM amba.experiments WHERE key = $1",
+                &[key.into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(
+                stored.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
+                weights.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
+                "{key:?}: weights {variants} not stored exactly"
+            );
+            let got = Spi::get_one_with_args::<String>("SELECT amba_assign($1, $2)", &[key.into(), user.into()])
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, format!("v{}", v["variant_index"]), "amba_assign({key:?}, {user:?}) with weights {variants} ({})", v["note"]);
+        }
         assert_eq!(text("SELECT provolatile::text FROM pg_proc WHERE proname = 'amba_bucket'"), "i");
-        // amba_bucket needs no experiment.
-        assert!(one::<f64>("SELECT amba_bucket('never-created', 'x')").is_some());
     }
 
     #[pg_test]
@@ -276,6 +316,56 @@ mod tests {
         );
     }
 
+    /// One exposed user per variant, so each variant's converted_count (0 or 1) is one
+    /// user's verdict, and each user has only the events named here: nothing else can make
+    /// them count.
+    #[pg_test]
+    fn conversions_count_from_the_assignment_time_on() {
+        setup();
+        let cases = [
+            // (variant = case, events of its only user relative to the assignment, counts?)
+            ("only_at_assignment", vec!["0"], 1),
+            ("only_1us_before", vec!["-1 microsecond"], 0),
+            ("only_a_day_before", vec!["-1 day"], 0),
+            ("only_1us_after", vec!["1 microsecond"], 1),
+            ("before_and_at", vec!["-1 day", "0"], 1),
+            ("other_event_at", vec![], 0),
+        ];
+        let variants: Vec<String> =
+            cases.iter().map(|(k, _, _)| format!(r#"{{"key":"{k}","weight":1}}"#)).collect();
+        Spi::run(&format!("SELECT amba_create_experiment('t', '[{}]')", variants.join(","))).unwrap();
+        for (k, events, _) in &cases {
+            let user = format!("user-{k}");
+            Spi::run(&format!("SELECT amba_assign('t', '{user}'), amba_expose('t', '{user}')")).unwrap();
+            // Moved to its case's variant, assigned at a fixed time with microseconds.
+            Spi::run(&format!(
+                "UPDATE amba.assignments SET variant = '{k}', assigned_at = '2024-03-10 12:34:56.789012+00'
+                  WHERE user_id = '{user}'"
+            ))
+            .unwrap();
+            for offset in events {
+                Spi::run(&format!(
+                    "SELECT amba_track('{user}', 'buy', NULL, '2024-03-10 12:34:56.789012+00'::timestamptz + interval '{offset}')"
+                ))
+                .unwrap();
+            }
+            if events.is_empty() {
+                Spi::run(&format!("SELECT amba_track('{user}', 'other', NULL, '2024-03-10 12:34:56.789012+00')")).unwrap();
+            }
+        }
+        // The stored times are the ones meant (no rounding of the microseconds).
+        assert_eq!(
+            count("SELECT count(*) FROM amba.events e JOIN amba.assignments a USING (user_id) WHERE e.occurred_at = a.assigned_at"),
+            3
+        );
+        for (k, _, converted) in &cases {
+            let got = count(&format!(
+                "SELECT converted_count FROM amba_results('t', 'buy') WHERE variant = '{k}' AND exposed_count = 1"
+            ));
+            assert_eq!(got, *converted, "{k}: converted_count");
+        }
+    }
+
     #[pg_test]
     fn results_null_cases_and_errors() {
         setup();
@@ -297,24 +387,161 @@ mod tests {
         assert_eq!(err("SELECT * FROM amba_results('n', 'buy', 0.01)"), "ok");
     }
 
-    #[pg_test]
-    fn results_statistics_match_the_core() {
+    /// amba_results on data built to the counts of cases of
+    /// core/tests/fixtures/gbstats_reference.json (scripts/fixtures/gbstats_reference.py:
+    /// statsmodels proportions_ztest and multipletests, scipy, gbstats 0.8.0 TwoSidedTTest,
+    /// EffectBayesianABTest, SequentialTwoSidedTTest and check_srm, or the contract formula
+    /// with scipy where gbstats returns its default), every column to 1e-9 relative.
+    const GBSTATS_REFERENCE: &str = include_str!("../core/tests/fixtures/gbstats_reference.json");
+
+    fn assert_close(what: &str, got: &serde_json::Value, want: &serde_json::Value, scale: f64) {
+        match (got.as_f64(), want.as_f64()) {
+            (None, None) => assert!(got.is_null() && want.is_null(), "{what}: {got} vs {want}"),
+            (Some(g), Some(w)) => {
+                let tol = 1e-9 * w.abs().max(scale);
+                assert!((g - w).abs() <= tol, "{what}: amba {g:e}, reference {w:e} (difference {:e})", (g - w).abs());
+            }
+            _ => panic!("{what}: amba {got}, reference {want}"),
+        }
+    }
+
+    /// Builds each named case of gbstats_reference.json and compares amba_results with it.
+    /// (A test is one transaction, and every first assignment keeps a user advisory lock
+    /// to its end: a few thousand users per test stay within the lock table.)
+    fn results_match_reference_cases(chosen: &[&str]) {
         setup();
-        create("z");
-        Spi::run("SELECT amba_assign('z', 'u' || g), amba_expose('z', 'u' || g) FROM generate_series(1, 400) g").unwrap();
-        Spi::run("SELECT amba_track('u' || g, 'buy') FROM generate_series(1, 400) g WHERE g % 3 = 0 OR (g % 5 = 0 AND amba_assign('z', 'u' || g) = 'treatment')").unwrap();
-        let (nc, xc) = (count("SELECT exposed_count FROM amba_results('z','buy') WHERE is_control"), count("SELECT converted_count FROM amba_results('z','buy') WHERE is_control"));
-        let (nt, xt) = (count("SELECT exposed_count FROM amba_results('z','buy') WHERE NOT is_control"), count("SELECT converted_count FROM amba_results('z','buy') WHERE NOT is_control"));
-        let expected = amba_core::stats::z_test(
-            amba_core::stats::Arm::new(nc as u64, xc as u64),
-            amba_core::stats::Arm::new(nt as u64, xt as u64),
-        )
-        .unwrap();
-        let z = one::<f64>("SELECT z_score FROM amba_results('z','buy') WHERE NOT is_control").unwrap();
-        let p = one::<f64>("SELECT p_value FROM amba_results('z','buy') WHERE NOT is_control").unwrap();
-        assert_eq!((z, p), (expected.z_score, expected.p_value));
-        let srm = one::<f64>("SELECT srm_p_value FROM amba_results('z','buy') WHERE is_control").unwrap();
-        assert!(srm > 0.0 && srm <= 1.0);
+        let doc: serde_json::Value = serde_json::from_str(GBSTATS_REFERENCE).unwrap();
+        for (c, name) in chosen.iter().enumerate() {
+            let case = doc["experiments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == *name)
+                .unwrap_or_else(|| panic!("{name} is not in gbstats_reference.json"));
+            let key = format!("ref{c}");
+            let alpha = case["alpha"].as_f64().unwrap();
+            let arms: Vec<(i64, i64)> = case["arms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| (a["exposed"].as_i64().unwrap(), a["converted"].as_i64().unwrap()))
+                .collect();
+            let groups = case["srm_groups"].as_array().unwrap();
+            // The weight versions: created with the first, updated to each later one.
+            let variants = |g: &serde_json::Value| -> String {
+                let v: Vec<serde_json::Value> = g["weights"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| serde_json::json!({"key": format!("v{i}"), "weight": w}))
+                    .collect();
+                serde_json::Value::Array(v).to_string()
+            };
+            Spi::run(&format!("SELECT amba_create_experiment('{key}', '{}')", variants(&groups[0]))).unwrap();
+            for g in &groups[1..] {
+                Spi::run(&format!("SELECT amba_update_experiment('{key}', '{}')", variants(g))).unwrap();
+            }
+            assert_eq!(
+                count(&format!("SELECT weight_version::bigint FROM amba.experiments WHERE key = '{key}'")),
+                groups.len() as i64
+            );
+            // Per arm: n exposed users of whom the first x convert, plus two users who are
+            // assigned and convert but are never exposed (they count nowhere but assigned).
+            let values: Vec<String> = arms.iter().enumerate().map(|(i, (n, x))| format!("({i}, {n}, {x})")).collect();
+            Spi::run(&format!(
+                "CREATE TEMP TABLE plan AS
+                 SELECT '{key}-' || i || '-' || j AS user_id, 'v' || i AS variant,
+                        j <= n AS exposed, (j <= x OR j > n) AS converts, 1 AS version
+                   FROM (VALUES {}) AS a(i, n, x), generate_series(1, n + 2) AS j",
+                values.join(", ")
+            ))
+            .unwrap();
+            // Exposed users in order, in blocks of each weight version's count.
+            let mut bounds = Vec::new();
+            let mut upto = 0;
+            for (v, g) in groups.iter().enumerate() {
+                upto += g["count"].as_i64().unwrap();
+                bounds.push(format!("WHEN rn <= {upto} THEN {}", v + 1));
+            }
+            Spi::run(&format!(
+                "UPDATE plan p SET version = CASE {} END
+                   FROM (SELECT user_id, row_number() OVER (ORDER BY variant, user_id) AS rn FROM plan WHERE exposed) r
+                  WHERE r.user_id = p.user_id",
+                bounds.join(" ")
+            ))
+            .unwrap();
+            Spi::run(&format!(
+                "SELECT count(amba_assign('{key}', user_id)) FROM plan;
+                 UPDATE amba.assignments a SET variant = p.variant, weight_version = p.version
+                   FROM plan p, amba.experiments e
+                  WHERE e.key = '{key}' AND a.experiment_id = e.id AND a.user_id = p.user_id;
+                 SELECT count(amba_expose('{key}', user_id)) FROM plan WHERE exposed;
+                 -- at now(), the assignment time: counts (at or after)
+                 SELECT count(amba_track(user_id, 'buy')) FROM plan WHERE converts;
+                 DROP TABLE plan;"
+            ))
+            .unwrap();
+            let got = one::<pgrx::JsonB>(&format!(
+                "SELECT jsonb_agg(to_jsonb(r) ORDER BY n) FROM amba_results('{key}', 'buy', {alpha:?}) WITH ORDINALITY AS r(variant, is_control,
+                        assigned_count, exposed_count, converted_count, conversion_rate, z_score, p_value, lift, lift_ci_low,
+                        lift_ci_high, chance_to_win, p_value_holm, sequential_p_value, srm_p_value, n)"
+            ))
+            .unwrap()
+            .0;
+            let got = got.as_array().unwrap();
+            assert_eq!(got.len(), arms.len(), "{name}");
+            for (i, ((n, x), row)) in arms.iter().zip(got).enumerate() {
+                let want = &case["rows"][i];
+                let what = |col: &str| format!("{name}: v{i}.{col}");
+                assert_eq!(row["variant"], format!("v{i}"), "{name}");
+                assert_eq!(row["is_control"], i == 0, "{name}");
+                assert_eq!(row["assigned_count"], n + 2, "{}", what("assigned_count"));
+                assert_eq!(row["exposed_count"], *n, "{}", what("exposed_count"));
+                assert_eq!(row["converted_count"], *x, "{}", what("converted_count"));
+                let half = match (want["lift_ci_low"].as_f64(), want["lift_ci_high"].as_f64()) {
+                    (Some(lo), Some(hi)) => (hi - lo) / 2.0,
+                    _ => 0.0,
+                };
+                for col in ["conversion_rate", "z_score", "p_value", "lift", "chance_to_win", "p_value_holm", "sequential_p_value"] {
+                    assert_close(&what(col), &row[col], &want[col], 0.0);
+                }
+                // A bound near 0 has no relative precision: relative to the half-width too.
+                for col in ["lift_ci_low", "lift_ci_high"] {
+                    assert_close(&what(col), &row[col], &want[col], half);
+                }
+                assert_close(&what("srm_p_value"), &row["srm_p_value"], &case["srm_p_value"], 0.0);
+            }
+        }
+    }
+
+    #[pg_test]
+    fn results_statistics_match_the_references() {
+        results_match_reference_cases(&[
+            "3 variants, alpha 0.1, #1 (300 users)",
+            "4 variants, alpha 0.1, #2 (40 users)",
+            "two users per arm, different",
+            "small n (dof small, non-integer)",
+            "small n, alpha 0.01",
+            "treatment all converting",
+            "one exposed user in a treatment",
+            "SRM: weights 1:3",
+        ]);
+    }
+
+    #[pg_test]
+    fn results_holm_skips_null_rows_as_the_reference_does() {
+        results_match_reference_cases(&["holm with a NULL row (m = 2 of 3)"]);
+    }
+
+    #[pg_test]
+    fn results_srm_over_weight_versions_matches_the_reference() {
+        results_match_reference_cases(&["re-weighted twice, same weights each time (= check_srm)"]);
+    }
+
+    #[pg_test]
+    fn results_srm_leaves_out_a_variant_switched_off() {
+        results_match_reference_cases(&["SRM: one variant switched off from the start"]);
     }
 
     #[pg_test]
@@ -441,13 +668,23 @@ mod tests {
         Spi::run("SELECT amba_assign('srm', 'b' || g), amba_expose('srm', 'b' || g) FROM generate_series(1, 300) g").unwrap();
         Spi::run(r#"SELECT amba_update_experiment('srm', '[{"key":"control","weight":3},{"key":"treatment","weight":1}]')"#).unwrap();
         Spi::run("SELECT amba_assign('srm', 'c' || g), amba_expose('srm', 'c' || g) FROM generate_series(1, 300) g").unwrap();
-        // Recompute from each user's assignment-time weights.
-        let observed_control = count("SELECT count(*) FROM amba.assignments WHERE variant = 'control'") as f64;
-        let observed_treatment = 900.0 - observed_control;
-        let expected = [150.0 + 75.0 + 225.0, 150.0 + 225.0 + 75.0];
-        let want = amba_core::stats::srm_p_value(&[observed_control, observed_treatment], &expected).unwrap();
-        let got = one::<f64>("SELECT srm_p_value FROM amba_results('srm', 'buy') LIMIT 1").unwrap();
-        assert!((got - want).abs() <= 1e-12 * want.max(1e-300), "{got} vs {want}");
+        // Independent reference, computed in Python: the users' variants by the published
+        // bucketing with the `xxhash` package (a1..a300 at 1:1, b1..b300 at 1:3, c1..c300
+        // at 3:1) give 484 control and 416 treatment; the expected counts from each user's
+        // assignment-time weights are 150+75+225 = 450 and 150+225+75 = 450; X² =
+        // 2 * 34² / 450 = 5.137777…, and scipy.stats.chi2.sf(X², 1) = 0.02341059616111667.
+        // (Against the current weights 3:1 alone, 675/225, it would be p = 6.1e-49.)
+        assert_eq!(count("SELECT count(*) FROM amba.assignments WHERE variant = 'control'"), 484);
+        assert_eq!(count("SELECT count(*) FROM amba.assignments WHERE variant = 'treatment'"), 416);
+        let want = 0.02341059616111667_f64;
+        for (variant, got) in Spi::connect(|c| {
+            c.select("SELECT variant, srm_p_value FROM amba_results('srm', 'buy')", None, &[])
+                .unwrap()
+                .map(|r| (r.get::<String>(1).unwrap().unwrap(), r.get::<f64>(2).unwrap().unwrap()))
+                .collect::<Vec<_>>()
+        }) {
+            assert!((got - want).abs() <= 1e-9 * want, "{variant}: srm_p_value {got:e}, reference {want:e}");
+        }
         assert_eq!(count("SELECT count(DISTINCT weight_version) FROM amba.assignments"), 3);
     }
 }

@@ -28,7 +28,24 @@ bootstrap = (ROOT / "sql/bootstrap.sql").read_text()
 roles = bootstrap[bootstrap.index("-- The three roles of the contract"):bootstrap.index("CREATE TABLE amba.experiments")]
 overrides_aliases = bootstrap[bootstrap.index("-- Overrides (CONTRACT 3d)"):bootstrap.index("-- API keys for the HTTP surface")]
 
-SCHEMA_CHANGES = roles + """-- The definition cache checks row versions per statement now: no invalidation trigger.
+DROP_POLICIES = """-- Policies are all created again by access.sql below (and a column a policy uses cannot
+-- change collation).
+DO $drop_policies$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN SELECT policyname, tablename FROM pg_catalog.pg_policies WHERE schemaname = 'amba' LOOP
+        EXECUTE pg_catalog.format('DROP POLICY %I ON amba.%I', p.policyname, p.tablename);
+    END LOOP;
+END
+$drop_policies$;
+
+"""
+
+SCHEMA_CHANGES = roles + DROP_POLICIES + """-- Re-created by http.sql below (a column a view or policy uses cannot change collation).
+DROP VIEW amba_api.my_assignments;
+
+-- The definition cache checks row versions per statement now: no invalidation trigger.
 DROP TRIGGER invalidate_experiment_cache ON amba.experiments;
 DROP FUNCTION amba._experiments_changed();
 DROP FUNCTION amba._invalidate_relcache(oid);
@@ -39,6 +56,10 @@ ALTER TABLE amba.experiments ADD COLUMN bucketing_version smallint NOT NULL DEFA
 ALTER TABLE amba.assignments DROP CONSTRAINT assignments_experiment_id_fkey;
 -- Aliasing moves assignments to another user id: exposures follow.
 ALTER TABLE amba.exposures DROP CONSTRAINT exposures_experiment_id_user_id_fkey;
+-- User ids compare bytewise (COLLATE "C"): the indexes on them are rebuilt.
+ALTER TABLE amba.assignments ALTER COLUMN user_id TYPE text COLLATE "C";
+ALTER TABLE amba.exposures ALTER COLUMN user_id TYPE text COLLATE "C";
+ALTER TABLE amba.events ALTER COLUMN user_id TYPE text COLLATE "C";
 ALTER TABLE amba.exposures ADD CONSTRAINT exposures_experiment_id_user_id_fkey
     FOREIGN KEY (experiment_id, user_id)
     REFERENCES amba.assignments (experiment_id, user_id) ON DELETE CASCADE ON UPDATE CASCADE;
@@ -68,18 +89,6 @@ for m in re.finditer(r"(CREATE  FUNCTION .*?AS 'MODULE_PATHNAME', '(\w+)';)", ge
     if m.group(2) not in old_symbols:
         new_rust.append(m.group(1))
 
-DROP_POLICIES = """-- Policies are all created again by access.sql below.
-DO $drop_policies$
-DECLARE
-    p record;
-BEGIN
-    FOR p IN SELECT policyname, tablename FROM pg_catalog.pg_policies WHERE schemaname = 'amba' LOOP
-        EXECUTE pg_catalog.format('DROP POLICY %I ON amba.%I', p.policyname, p.tablename);
-    END LOOP;
-END
-$drop_policies$;
-
-"""
 
 parts = [
     HEADER,
@@ -94,7 +103,6 @@ parts = [
     "\n-- sql/report.sql ----------------------------------------------------------------------\n",
     or_replace((ROOT / "sql/report.sql").read_text()),
     "\n-- sql/access.sql ----------------------------------------------------------------------\n",
-    DROP_POLICIES,
     (ROOT / "sql/access.sql").read_text(),
 ]
 (ROOT / "sql/amba--0.1.0--0.2.0.sql").write_text("".join(parts))

@@ -56,6 +56,7 @@ facts(line) AS (
     SELECT 'column ' || a.attrelid::regclass::text || ' ' || a.attnum || ' ' || a.attname || ' '
            || format_type(a.atttypid, a.atttypmod) || ' notnull=' || a.attnotnull
            || ' identity=' || a.attidentity::text || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+           || ' collation=' || coalesce((SELECT collname FROM pg_collation WHERE oid = a.attcollation), '')
       FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
       LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
      WHERE c.relnamespace IN ('amba'::regnamespace, 'amba_api'::regnamespace) AND a.attnum > 0
