@@ -56,7 +56,7 @@ fn results_daily(experiment_key: Option<&str>, conversion_event: Option<&str>, a
         let mut new_converted: BTreeMap<(i32, usize), i64> = BTreeMap::new();
         let args = [exp.id.into(), event.into()];
         let mut last_event_day: Option<i32> = None;
-        run_counting(client, exp.id, &counts_sql(), &args, |table| {
+        run_counting(client, exp.id, &counts_sql(), true, &args, |table| {
             for row in table {
                 let variant: String = row.get(1).expect("variant").expect("variant");
                 let Some(&v) = index.get(variant.as_str()) else { continue };

@@ -26,9 +26,9 @@ enum Cap {
 /// is 24 hours, whatever the session's time zone), `$5` the absolute cap, `$6` the cap
 /// percentile.
 fn sums_sql(cuped: bool, cap: Cap) -> String {
+    // The property is looked up once per event (`v`); a JSON number casts to float8 directly.
     let value = "CASE WHEN $3::text IS NULL THEN 1::float8 \
-                      WHEN jsonb_typeof(e.properties -> $3::text) = 'number' THEN (e.properties ->> $3::text)::float8 \
-                      ELSE 0::float8 END";
+                      WHEN jsonb_typeof(v.amount) = 'number' THEN v.amount::float8 ELSE 0::float8 END";
     let (window, y, x) = if cuped {
         (
             "a.assigned_at - make_interval(secs => $4::int * 86400.0)",
@@ -55,6 +55,7 @@ fn sums_sql(cuped: bool, cap: Cap) -> String {
              JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id \
              LEFT JOIN amba.events e \
                ON e.event = $2 AND e.user_id = a.user_id AND e.occurred_at >= {window} \
+             CROSS JOIN LATERAL (SELECT e.properties -> $3::text AS amount) v \
             WHERE {COUNTED_ASSIGNMENTS_WHERE} \
             GROUP BY a.user_id, a.variant), \
          capped AS (SELECT p.variant, {capped_y} AS y, {capped_x} AS x FROM per_user p{cap_from}) \
@@ -106,7 +107,7 @@ fn metric_results(
             (None, Some(_)) => Cap::Percentile,
             (None, None) => Cap::None,
         };
-        run_counting(client, exp.id, &sums_sql(cuped_days.is_some(), cap_mode), &args, |table| {
+        run_counting(client, exp.id, &sums_sql(cuped_days.is_some(), cap_mode), true, &args, |table| {
             for row in table {
                 let get = |i: usize| row.get::<f64>(i).expect("a sum").unwrap_or(0.0);
                 let arm = MeanArm { n: get(2), sum: get(3), sum_sq: get(4), x_sum: get(5), x_sum_sq: get(6), xy_sum: get(7) };

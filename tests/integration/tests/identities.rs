@@ -274,3 +274,29 @@ fn aliasing_raced_against_assign_and_track_never_loses_or_duplicates_a_row() {
     assert!(moved_total + conflicts_total <= PAIRS as i64, "moved {moved_total} + conflicts {conflicts_total}");
     assert_eq!(assigned_counts(&mut c, &key).iter().sum::<i64>(), PAIRS as i64);
 }
+
+/// One statement assigning and tracking many users (an analyst's backfill) holds a bounded
+/// number of locks: user locks are per bucket of ids, not per id.
+#[test]
+fn a_bulk_statement_of_many_new_users_does_not_exhaust_the_lock_table() {
+    let mut c = connect();
+    let key = unique("bulk");
+    create(&mut c, &key, "active");
+    let n: i64 = c
+        .query_one("SELECT count(amba_assign($1, 'bulk-' || g)) FROM generate_series(1, 30000) g", &[&key])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 30000);
+    let tracked: i64 = c
+        .query_one("SELECT count(amba_track('bulk-' || g, 'bulk_event')) FROM generate_series(1, 30000) g", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(tracked, 30000);
+    let mut tx = c.transaction().unwrap();
+    tx.query_one("SELECT count(amba_assign($1, 'bulk2-' || g)) FROM generate_series(1, 5000) g", &[&key]).unwrap();
+    let held: i64 = tx
+        .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    assert!(held <= 257, "{held} advisory locks held by one transaction");
+}
