@@ -37,6 +37,15 @@ if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("playwright"
     python3 -m pip install -q --disable-pip-version-check -r "$ROOT/tests/browser/requirements.txt"
 fi
 
+# The Python references of the test suite (statistics, bucketing), pinned.
+if ! python3 -c 'import sys, importlib.metadata as m
+want = [l.split("==") for l in open(sys.argv[1]) if "==" in l and not l.startswith("#")]
+sys.exit(any(m.version(p) != v.strip() for p, v in want))' "$ROOT/scripts/fixtures/requirements.txt" 2>/dev/null; then
+  log "installing the Python references (scripts/fixtures/requirements.txt)"
+  PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore \
+    python3 -m pip install -q --disable-pip-version-check -r "$ROOT/scripts/fixtures/requirements.txt"
+fi
+
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   log "installing cargo-pgrx $PGRX_VERSION"

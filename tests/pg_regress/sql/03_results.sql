@@ -35,3 +35,13 @@ SELECT variant, round(lift_ci_low::numeric, 4) AS ci_low_90, round(lift_ci_high:
 -- Nothing to compare yet: rates and tests are NULL, never NaN.
 SELECT amba_create_experiment('empty', '[{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]') IS NOT NULL AS created;
 SELECT * FROM amba_results('empty', 'signup');
+
+-- Every column at full precision (float8 as psql prints it: the shortest exact form), so
+-- that scripts/fixtures/regress_reference.py can hold each number of this file against
+-- statsmodels, scipy and gbstats to 1e-9 relative, not only to the rounding above.
+SELECT variant, conversion_rate, z_score, p_value, lift, lift_ci_low, lift_ci_high
+  FROM amba_results('signup-copy', 'signup');
+SELECT variant, chance_to_win, p_value_holm, sequential_p_value, srm_p_value
+  FROM amba_results('signup-copy', 'signup');
+SELECT variant, lift_ci_low, lift_ci_high
+  FROM amba_results('signup-copy', 'signup', 0.1) WHERE NOT is_control;
