@@ -14,19 +14,20 @@ use std::collections::BTreeMap;
 /// One pass: per assigned user, the day of their first exposure, the day they converted
 /// (the later of exposure and first qualifying event) and the day of their latest
 /// `conversion_event` (any time: it bounds the days reported); then counted per
-/// (variant, exposure day, conversion day). Days are numbered from 2000-01-01 (PostgreSQL's
+/// (variant, exposure day, conversion day). Grouped by user id alone (one assignment per
+/// user and experiment), so the groups follow the merge joins' order with no sort. Days are numbered from 2000-01-01 (PostgreSQL's
 /// date epoch) so Rust sums run on integers; NULL exposure day: assigned, never exposed.
 fn counts_sql() -> String {
     format!(
         "WITH per_user AS ( \
-           SELECT a.variant, xp.exposed_at, \
+           SELECT min(a.variant) AS variant, min(xp.exposed_at) AS exposed_at, \
                   min(e.occurred_at) FILTER (WHERE e.occurred_at >= a.assigned_at) AS first_at, \
                   max(e.occurred_at) AS last_at \
              FROM {COUNTED_ASSIGNMENTS_FROM} \
              LEFT JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id \
              LEFT JOIN amba.events e ON e.event = $2 AND e.user_id = a.user_id \
             WHERE {COUNTED_ASSIGNMENTS_WHERE} \
-            GROUP BY a.user_id, a.variant, xp.exposed_at) \
+            GROUP BY a.user_id) \
          SELECT variant, \
                 ((exposed_at AT TIME ZONE 'UTC')::date - date '2000-01-01') AS exposed_day, \
                 CASE WHEN exposed_at IS NOT NULL AND first_at IS NOT NULL \
@@ -56,7 +57,7 @@ fn results_daily(experiment_key: Option<&str>, conversion_event: Option<&str>, a
         let mut new_converted: BTreeMap<(i32, usize), i64> = BTreeMap::new();
         let args = [exp.id.into(), event.into()];
         let mut last_event_day: Option<i32> = None;
-        run_counting(client, exp.id, &counts_sql(), true, &args, |table| {
+        run_counting(client, exp.id, &counts_sql(), &args, |table| {
             for row in table {
                 let variant: String = row.get(1).expect("variant").expect("variant");
                 let Some(&v) = index.get(variant.as_str()) else { continue };

@@ -50,14 +50,14 @@ fn sums_sql(cuped: bool, cap: Cap) -> String {
     };
     format!(
         "WITH per_user AS ( \
-           SELECT a.variant, {y} AS y, {x} AS x \
+           SELECT min(a.variant) AS variant, {y} AS y, {x} AS x \
              FROM {COUNTED_ASSIGNMENTS_FROM} \
              JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id \
              LEFT JOIN amba.events e \
                ON e.event = $2 AND e.user_id = a.user_id AND e.occurred_at >= {window} \
              CROSS JOIN LATERAL (SELECT e.properties -> $3::text AS amount) v \
             WHERE {COUNTED_ASSIGNMENTS_WHERE} \
-            GROUP BY a.user_id, a.variant), \
+            GROUP BY a.user_id), \
          capped AS (SELECT p.variant, {capped_y} AS y, {capped_x} AS x FROM per_user p{cap_from}) \
          SELECT variant, count(*)::float8, sum(y), sum(y * y), sum(x), sum(x * x), sum(x * y) \
            FROM capped GROUP BY variant"
@@ -107,7 +107,7 @@ fn metric_results(
             (None, Some(_)) => Cap::Percentile,
             (None, None) => Cap::None,
         };
-        run_counting(client, exp.id, &sums_sql(cuped_days.is_some(), cap_mode), true, &args, |table| {
+        run_counting(client, exp.id, &sums_sql(cuped_days.is_some(), cap_mode), &args, |table| {
             for row in table {
                 let get = |i: usize| row.get::<f64>(i).expect("a sum").unwrap_or(0.0);
                 let arm = MeanArm { n: get(2), sum: get(3), sum_sq: get(4), x_sum: get(5), x_sum_sq: get(6), xy_sum: get(7) };

@@ -87,18 +87,15 @@ pub fn run_counting<R>(
     client: &SpiClient<'_>,
     experiment_id: i64,
     sql: &str,
-    per_user: bool,
     args: &[pgrx::datum::DatumWithOid],
     read: impl FnOnce(pgrx::spi::SpiTupleTable) -> R,
 ) -> R {
-    // At scale the inputs stream in user order through merge joins. A query that groups
-    // per user (`per_user`: metric and daily results) then groups that stream as it comes
-    // instead of building a hash table of every user; its final few groups come out sorted.
-    let large = estimated_assignments(client, experiment_id) >= MERGE_FROM_ASSIGNMENTS;
-    let settings: &[(&std::ffi::CStr, &std::ffi::CStr)] = match (large, per_user) {
-        (false, _) => &[],
-        (true, false) => &[(c"enable_hashjoin", c"off"), (c"max_parallel_workers_per_gather", c"0")],
-        (true, true) => &[(c"enable_hashjoin", c"off"), (c"enable_hashagg", c"off"), (c"max_parallel_workers_per_gather", c"0")],
+    // At scale the inputs stream in user order through merge joins; a per-user aggregate
+    // (metric and daily results group by user id alone) follows that order with no sort.
+    let settings: &[(&std::ffi::CStr, &std::ffi::CStr)] = if estimated_assignments(client, experiment_id) >= MERGE_FROM_ASSIGNMENTS {
+        &[(c"enable_hashjoin", c"off"), (c"max_parallel_workers_per_gather", c"0")]
+    } else {
+        &[]
     };
     with_settings(settings, || read(client.select(sql, None, args).expect("counting")))
 }
@@ -152,7 +149,7 @@ fn results(experiment_key: Option<&str>, conversion_event: Option<&str>, alpha: 
     let (variant_keys, by_group, versions) = Spi::connect(|client| {
         let exp = experiment_for_results(client, experiment_key);
         let mut by_group: Vec<(String, i32, Counts)> = Vec::new();
-        run_counting(client, exp.id, &counts_sql(), false, &[exp.id.into(), event.into()], |table| {
+        run_counting(client, exp.id, &counts_sql(), &[exp.id.into(), event.into()], |table| {
             for row in table {
                 let counts = Counts {
                     assigned: row.get(3).expect("assigned").unwrap_or(0),
