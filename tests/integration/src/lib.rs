@@ -48,3 +48,40 @@ pub fn batch_with_retry(sql: &str, what: &str) {
         }
     }
 }
+
+/// Connects to another database of the same server.
+pub fn connect_db(db: &str) -> postgres::Client {
+    let mut config: postgres::Config = database_url().parse().expect("DATABASE_URL");
+    config.dbname(db);
+    config.connect(postgres::NoTls).unwrap_or_else(|e| panic!("cannot connect to {db}: {e}"))
+}
+
+/// A database of the test's own (for tests that plant objects, need a fresh install, or
+/// count whole tables), dropped when the guard goes.
+pub struct Db(pub String);
+
+impl Db {
+    /// An empty database.
+    pub fn new(prefix: &str) -> Db {
+        let name = unique(prefix);
+        connect().batch_execute(&format!("CREATE DATABASE \"{name}\"")).unwrap();
+        Db(name)
+    }
+
+    /// A database with amba installed.
+    pub fn with_amba(prefix: &str) -> Db {
+        let db = Db::new(prefix);
+        db.client().batch_execute("CREATE EXTENSION amba").unwrap();
+        db
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        connect_db(&self.0)
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = connect().batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0));
+    }
+}

@@ -7,38 +7,13 @@
 //! Tests that count whole tables, draw many API keys or reuse fixed experiment keys work in
 //! a database of their own, so they neither disturb nor are disturbed by the other tests.
 
-use amba_integration_tests::{connect, database_url, unique};
+use amba_integration_tests::{Db, connect, connect_db, unique};
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row};
+use postgres::{Client, Row};
 use std::collections::{BTreeSet, HashSet};
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-fn connect_db(db: &str) -> Client {
-    let mut config: postgres::Config = database_url().parse().expect("DATABASE_URL");
-    config.dbname(db);
-    config.connect(NoTls).unwrap_or_else(|e| panic!("cannot connect to {db}: {e}"))
-}
-
-/// A database of its own with amba installed, dropped at the end of the test.
-struct Db(String);
-impl Db {
-    fn new(prefix: &str) -> Db {
-        let name = unique(prefix);
-        connect().batch_execute(&format!("CREATE DATABASE \"{name}\"")).unwrap();
-        let db = Db(name);
-        db.client().batch_execute("CREATE EXTENSION amba").unwrap();
-        db
-    }
-    fn client(&self) -> Client {
-        connect_db(&self.0)
-    }
-}
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = connect().batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0));
-    }
-}
 
 /// A string of exactly `n` characters: `prefix` padded with `fill`.
 fn pad(prefix: &str, fill: char, n: usize) -> String {
@@ -636,7 +611,7 @@ fn api_key_names_and_kinds() {
 
 #[test]
 fn api_keys_are_random_hashed_and_never_stored_in_plaintext() {
-    let db = Db::new("amba_limits_keys");
+    let db = Db::with_amba("amba_limits_keys");
     let mut c = db.client();
     let mut failures = Vec::new();
     let mut seen = HashSet::new();
@@ -705,7 +680,7 @@ fn api_keys_are_random_hashed_and_never_stored_in_plaintext() {
 
 #[test]
 fn failed_creates_and_updates_leave_nothing_behind() {
-    let db = Db::new("amba_limits_partial");
+    let db = Db::with_amba("amba_limits_partial");
     let mut ck = Check::new({
         let name = db.0.clone();
         move || connect_db(&name)
@@ -978,7 +953,7 @@ fn bits(v: &serde_json::Value) -> f64 {
 
 #[test]
 fn bucket_vectors_hold_in_sql_and_assignments_follow_them() {
-    let db = Db::new("amba_limits_vectors");
+    let db = Db::with_amba("amba_limits_vectors");
     let mut ck = Check::new({
         let name = db.0.clone();
         move || connect_db(&name)

@@ -5,33 +5,11 @@
 //! Each test that plants objects works in its own database, so nothing leaks into the
 //! other tests' database.
 
-use amba_integration_tests::{connect, database_url, unique};
+use amba_integration_tests::{Db, connect, database_url, unique};
 use postgres::{Client, NoTls};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-fn connect_db(db: &str) -> Client {
-    let mut config: postgres::Config = database_url().parse().expect("DATABASE_URL");
-    config.dbname(db);
-    config.connect(NoTls).unwrap_or_else(|e| panic!("cannot connect to {db}: {e}"))
-}
-
-struct Db(String);
-impl Db {
-    fn new(prefix: &str) -> Db {
-        let name = unique(prefix);
-        connect().batch_execute(&format!("CREATE DATABASE \"{name}\"")).unwrap();
-        Db(name)
-    }
-    fn client(&self) -> Client {
-        connect_db(&self.0)
-    }
-}
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = connect().batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0));
-    }
-}
 
 fn db_error(e: postgres::Error) -> (String, String) {
     let d = e.as_db_error().unwrap_or_else(|| panic!("not a database error: {e}"));

@@ -15,36 +15,11 @@
 //! are reported at once. A self-check then perturbs every expected cell in turn and
 //! requires the comparison to flag each one, so no column goes unchecked.
 
-use amba_integration_tests::{connect, database_url, unique};
+use amba_integration_tests::Db;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row};
+use postgres::{Client, Row};
 use serde_json::Value;
 
-fn connect_db(db: &str) -> Client {
-    let mut config: postgres::Config = database_url().parse().expect("DATABASE_URL");
-    config.dbname(db);
-    config
-        .connect(NoTls)
-        .unwrap_or_else(|e| panic!("cannot connect to {db}: {e}"))
-}
-
-/// A new database, dropped when the guard goes.
-struct Db(String);
-impl Db {
-    fn new(prefix: &str) -> Db {
-        let name = unique(prefix);
-        connect().batch_execute(&format!("CREATE DATABASE \"{name}\"")).unwrap();
-        Db(name)
-    }
-    fn client(&self) -> Client {
-        connect_db(&self.0)
-    }
-}
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = connect().batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0));
-    }
-}
 
 fn fixture() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sql_reference.json");

@@ -6,33 +6,10 @@
 //! history through its SQL functions; assignments, exposures and events as its hot path
 //! wrote them (the 0.2.0 library serves only an updated schema, so they are inserted).
 
-use amba_integration_tests::{connect, database_url, unique};
-use postgres::{Client, NoTls};
+use amba_integration_tests::Db;
+use postgres::Client;
 use std::collections::BTreeSet;
 
-fn connect_db(db: &str) -> Client {
-    let mut config: postgres::Config = database_url().parse().expect("DATABASE_URL");
-    config.dbname(db);
-    config.connect(NoTls).unwrap_or_else(|e| panic!("cannot connect to {db}: {e}"))
-}
-
-/// A new database, dropped when the guard goes.
-struct Db(String);
-impl Db {
-    fn new(prefix: &str) -> Db {
-        let name = unique(prefix);
-        connect().batch_execute(&format!("CREATE DATABASE \"{name}\"")).unwrap();
-        Db(name)
-    }
-    fn client(&self) -> Client {
-        connect_db(&self.0)
-    }
-}
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = connect().batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0));
-    }
-}
 
 /// Everything the extension creates, one line per fact, independent of creation order:
 /// member objects, function definitions with owners and sorted ACLs, columns, constraints,
