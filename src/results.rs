@@ -50,14 +50,13 @@ pub const COUNTED_ASSIGNMENTS_WHERE: &str = "a.experiment_id = $1 \
 /// with merge joins; below it the planner chooses freely, as for a hand-written query.
 ///
 /// The three inputs come sorted by user from their indexes (assignments and exposures by
-/// primary key, events by (event, user_id, occurred_at)), so merge joins can stream them.
-/// The planner prefers hash joins (in parallel workers when it may), which build hash
-/// tables of every exposed and every converting user and probe them once per assignment:
-/// fine while they fit in the CPU caches, slower per user beyond. Measured on the benchmark
-/// machine (BENCHMARKS.md): at 250k assignments the planner's parallel plan takes 0.8x the
-/// time of the serial merge plan, at 500k 1.2x, at 1M 1.4x; the serial merge plan costs
-/// the same per user at every size.
-pub const MERGE_FROM_ASSIGNMENTS: f64 = 350_000.0;
+/// primary key, events by (event, user_id, occurred_at)), so merge joins can stream them;
+/// since user ids compare bytewise (COLLATE "C") merging costs a memcmp per step. The
+/// planner prefers hash joins (in parallel workers when it may), which build hash tables of
+/// every exposed and every converting user and probe them once per assignment. Measured on
+/// the benchmark machine (BENCHMARKS.md): the planner's own plans took 135-157 ms per 100k
+/// assignments at 100k-250k, the merge plan 62-64 ms per 100k at 500k-1M.
+pub const MERGE_FROM_ASSIGNMENTS: f64 = 20_000.0;
 
 /// The planner's estimate of the experiment's assignments: its share among the most common
 /// values of amba.assignments.experiment_id (pg_stats, kept by ANALYZE/autovacuum) times the
