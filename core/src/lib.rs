@@ -2,6 +2,7 @@
 //!
 //! - [`bucket`]: the fixed, versioned bucketing (xxh3 → [0, 1) → weighted variant);
 //! - [`validate`]: input rules of the contract (keys, ids, variants, statuses);
+//! - [`metric`]: the mean metrics of `amba_metric_results` (Welch t, lift, CUPED);
 //! - [`stats`]: the statistics of `amba_results` (z-test, lift, intervals, chance to win,
 //!   always-valid p-values, Holm, sample-ratio mismatch).
 //!
@@ -9,6 +10,8 @@
 
 pub mod bucket;
 pub mod error;
+pub mod metric;
+pub mod srm;
 pub mod stats;
 pub mod validate;
 

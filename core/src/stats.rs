@@ -2,7 +2,6 @@
 //! statrs' distributions. Every undefined case is `None` (SQL NULL), never NaN or ±inf.
 
 use statrs::distribution::{ChiSquared, ContinuousCDF, Normal, StudentsT};
-use statrs::function::erf::erfc;
 
 /// Sequential testing tuning parameter τ (GrowthBook's default).
 pub const SEQUENTIAL_TUNING: f64 = 5000.0;
@@ -50,8 +49,9 @@ pub fn z_test(control: Arm, treatment: Arm) -> Option<ZTest> {
         return None;
     }
     let z = (p_t - p_c) / se;
-    // erfc keeps its relative accuracy deep in the tail, where 1 - Φ would round to 0.
-    let p_value = erfc(z.abs() / std::f64::consts::SQRT_2);
+    // erfc keeps its relative accuracy deep in the tail, where 1 - Φ would round to 0; the
+    // full-precision one (statrs' is off by up to 1e-10 relative from 0.5 on).
+    let p_value = crate::metric::erfc_accurate(z.abs() / std::f64::consts::SQRT_2);
     Some(ZTest { z_score: finite(z)?, p_value: finite(p_value)? })
 }
 
@@ -93,13 +93,34 @@ pub fn sequential_p_value(total_n: f64, lift: f64, var: f64, alpha: f64) -> f64 
     log_p.min(0.0).exp()
 }
 
+/// Always-valid confidence sequence of the lift (CONTRACT 3e; Waudby-Smith et al. 2023,
+/// eq. 9, τ = 5000), `lift ± half` with N = `total_n` and
+/// `half = √(var·N) · √(2(Nρ²+1) ln(√(Nρ²+1)/alpha) / (Nρ)²)`
+/// (= gbstats 0.8.0 `SequentialTwoSidedTTest(...).compute_result().ci`, relative).
+/// `None` unless N > 0, var > 0, 0 < alpha < 1 and everything is finite.
+pub fn lift_confidence_sequence(total_n: f64, lift: f64, var: f64, alpha: f64) -> Option<(f64, f64)> {
+    if !(total_n > 0.0 && var > 0.0 && alpha > 0.0 && alpha < 1.0)
+        || !total_n.is_finite()
+        || !var.is_finite()
+        || !lift.is_finite()
+    {
+        return None;
+    }
+    let rho2 = sequential_rho_squared(alpha);
+    let nr = total_n * rho2 + 1.0;
+    // (√(var·N))² · 2(Nρ²+1)·ln(√(Nρ²+1)/alpha) / (N²ρ²), with one N cancelled.
+    let log_term = 0.5 * nr.ln() - alpha.ln();
+    let half = (var * 2.0 * nr * log_term / (total_n * rho2)).sqrt();
+    Some((finite(lift - half)?, finite(lift + half)?))
+}
+
 /// Above this many degrees of freedom statrs' `StudentsT::inverse_cdf` loses accuracy
 /// (measured against scipy/mpmath: 1e-8 relative error at 3e3 for p = 0.9, 3.5e-6 at 1e5,
 /// 7% at 1e7, and no answer at all beyond ~1.5e7), while the Cornish–Fisher expansion
 /// below is within 3e-15 there for alpha >= 1e-5.
 const T_QUANTILE_EXPANSION_DOF: f64 = 1e3;
 
-/// Quantile `p` of Student's t with `dof` degrees of freedom. Up to 1e4 degrees of
+/// Quantile `p` of Student's t with `dof` degrees of freedom. Up to 1e3 degrees of
 /// freedom statrs computes it; beyond, the asymptotic expansion around the normal
 /// quantile (Abramowitz & Stegun 26.7.5).
 pub fn t_quantile(p: f64, dof: f64) -> Option<f64> {
@@ -118,6 +139,18 @@ pub fn t_quantile(p: f64, dof: f64) -> Option<f64> {
     finite(z + (g1 + (g2 + (g3 + g4 / v) / v) / v) / v)
 }
 
+/// The delta-method variance of the relative lift of `treatment` over `control` (the
+/// `var` of CONTRACT 3b), where `effect` defines it.
+pub fn lift_variance_of(control: Arm, treatment: Arm) -> Option<f64> {
+    if control.exposed < 2 || treatment.exposed < 2 || control.converted == 0 {
+        return None;
+    }
+    let (n_c, n_t) = (control.exposed as f64, treatment.exposed as f64);
+    let (p_c, p_t) = (control.converted as f64 / n_c, treatment.converted as f64 / n_t);
+    let var = lift_variance(p_c, p_c * (1.0 - p_c), n_c, p_t, p_t * (1.0 - p_t), n_t);
+    (var > 0.0 && var.is_finite()).then_some(var)
+}
+
 /// `None` when n_t < 2, n_c < 2, p_c = 0 or the variance is 0 (or anything non-finite).
 pub fn effect(control: Arm, treatment: Arm, alpha: f64) -> Option<Effect> {
     if control.exposed < 2 || treatment.exposed < 2 || control.converted == 0 {
@@ -134,9 +167,9 @@ pub fn effect(control: Arm, treatment: Arm, alpha: f64) -> Option<Effect> {
     let lift = (p_t - p_c) / p_c;
     let sd = var.sqrt();
     let dof = welch_dof(v_c, n_c, v_t, n_t);
-    // The upper quantile by symmetry, from the lower tail: 1 - alpha/2 would round to 1
-    // for alpha below ~2e-16.
-    let t = -t_quantile(alpha / 2.0, dof)?;
+    // T⁻¹(1 − alpha/2) from the upper tail directly (metric.rs: accurate for any alpha
+    // down to 1e-300 and any dof, where statrs' inverse beta panics or never returns).
+    let t = crate::metric::t_upper_quantile(alpha / 2.0, dof)?;
     let half_width = t * sd;
     let standard_normal = Normal::new(0.0, 1.0).ok()?;
     Some(Effect {
