@@ -170,21 +170,30 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'metric_results_internal_wrapper';
 
-CREATE  FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
+CREATE  FUNCTION amba."_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"assigned_count" bigint,  /* i64 */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"z_score" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"chance_to_win" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"srm_p_value" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_texts_wrapper';
-
-CREATE  FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
+AS 'MODULE_PATHNAME', 'results_internal_wrapper';
 
 CREATE  FUNCTION amba."_select_fresh"(
 	"query" TEXT, /* & str */
@@ -194,13 +203,20 @@ STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
 
-CREATE  FUNCTION amba."_check_api_key"(
+CREATE  FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'http_status_wrapper';
+
+CREATE  FUNCTION amba."_check_texts"(
 	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
+	"description" TEXT /* Option < & str > */
 ) RETURNS void
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
+AS 'MODULE_PATHNAME', 'check_texts_wrapper';
 
 CREATE  FUNCTION amba."_check_variant_key"(
 	"variant" TEXT /* Option < & str > */
@@ -209,12 +225,21 @@ IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
 
-CREATE  FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
+CREATE  FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'http_status_wrapper';
+AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
+
+CREATE  FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
 
 CREATE  FUNCTION amba."_results_daily"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -254,14 +279,6 @@ STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'lock_users_wrapper';
 
-CREATE  FUNCTION amba."_peek"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* Option < String > */
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
-
 CREATE  FUNCTION amba."_track"(
 	"user_id" TEXT, /* Option < & str > */
 	"event" TEXT, /* Option < & str > */
@@ -272,14 +289,6 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'track_internal_wrapper';
 
-CREATE  FUNCTION amba."_assign"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'assign_internal_wrapper';
-
 CREATE  FUNCTION amba."_expose"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"user_id" TEXT /* Option < & str > */
@@ -288,30 +297,21 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'expose_internal_wrapper';
 
-CREATE  FUNCTION amba."_results"(
+CREATE  FUNCTION amba."_assign"(
 	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"assigned_count" bigint,  /* i64 */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"z_score" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"chance_to_win" double precision,  /* Option < f64 > */
-	"p_value_holm" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"srm_p_value" double precision  /* Option < f64 > */
-)
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'assign_internal_wrapper';
+
+CREATE  FUNCTION amba."_peek"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* Option < String > */
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'results_internal_wrapper';
+AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
@@ -1713,13 +1713,13 @@ font:700 22px/34px system-ui,sans-serif;text-align:center}
 .notice{border-left:4px solid var(--accent);background:#eef3fd;padding:14px 18px;border-radius:6px}
 .notice h2{margin-bottom:4px}
 .table-wrap{overflow-x:auto}
-table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;font-size:13.5px}
-th{font-size:12px;font-weight:600;color:var(--muted);text-align:right;padding:8px 8px;
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;font-size:13px}
+th{font-size:12px;font-weight:600;color:var(--muted);text-align:right;padding:8px 6px;
 border-bottom:2px solid var(--line);vertical-align:bottom}
-td{padding:10px 8px;border-bottom:1px solid var(--line);text-align:right;vertical-align:top;white-space:nowrap}
+td{padding:10px 6px;border-bottom:1px solid var(--line);text-align:right;vertical-align:top;white-space:nowrap}
 tbody tr:last-child td{border-bottom:none}
 tr.control td{background:#f8f9fb}
-th.variant,td.variant{text-align:left;white-space:normal;min-width:140px;max-width:230px;overflow-wrap:anywhere}
+th.variant,td.variant{text-align:left;white-space:normal;min-width:120px;max-width:230px;overflow-wrap:anywhere}
 td.variant .vkey{font-weight:600}
 td.null{color:#a0a8b4}
 .sub{display:block;font-size:12px;color:var(--muted)}

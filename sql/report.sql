@@ -535,13 +535,13 @@ font:700 22px/34px system-ui,sans-serif;text-align:center}
 .notice{border-left:4px solid var(--accent);background:#eef3fd;padding:14px 18px;border-radius:6px}
 .notice h2{margin-bottom:4px}
 .table-wrap{overflow-x:auto}
-table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;font-size:13.5px}
-th{font-size:12px;font-weight:600;color:var(--muted);text-align:right;padding:8px 8px;
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;font-size:13px}
+th{font-size:12px;font-weight:600;color:var(--muted);text-align:right;padding:8px 6px;
 border-bottom:2px solid var(--line);vertical-align:bottom}
-td{padding:10px 8px;border-bottom:1px solid var(--line);text-align:right;vertical-align:top;white-space:nowrap}
+td{padding:10px 6px;border-bottom:1px solid var(--line);text-align:right;vertical-align:top;white-space:nowrap}
 tbody tr:last-child td{border-bottom:none}
 tr.control td{background:#f8f9fb}
-th.variant,td.variant{text-align:left;white-space:normal;min-width:140px;max-width:230px;overflow-wrap:anywhere}
+th.variant,td.variant{text-align:left;white-space:normal;min-width:120px;max-width:230px;overflow-wrap:anywhere}
 td.variant .vkey{font-weight:600}
 td.null{color:#a0a8b4}
 .sub{display:block;font-size:12px;color:var(--muted)}
