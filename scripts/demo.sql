@@ -57,12 +57,12 @@ SELECT amba_set_override('new-pricing', 'qa-anna', 'annual-first') ->> 'variant'
 SELECT amba_assign('new-pricing', 'qa-anna') AS qa_sees, amba_peek('new-pricing', 'someone') AS a_visitor_would_see;
 
 \echo
-\echo '8. Login: visitor anon-7 saw a variant before signing up as user-7 (assigned later, on another device).'
-\echo '   amba_alias keeps the first touch, moves the events, and anon-7 acts as user-7 from now on.'
+\echo '8. Login: visitor anon-7 saw a variant before signing up as member-7 (assigned later, on another device).'
+\echo '   amba_alias keeps the first touch, moves the events, and anon-7 acts as member-7 from now on.'
 SELECT amba_assign('checkout-button', 'anon-7') AS anon_variant;
-SELECT amba_assign('checkout-button', 'user-7') AS user_variant;
+SELECT amba_assign('checkout-button', 'member-7') AS user_variant;
 SELECT amba_track('anon-7', 'add_to_cart') IS NOT NULL AS tracked;
-SELECT amba_alias('anon-7', 'user-7');
+SELECT amba_alias('anon-7', 'member-7');
 SELECT amba_assign('checkout-button', 'anon-7') AS anon_now_gets;
 
 \echo
