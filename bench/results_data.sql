@@ -6,6 +6,10 @@
 --   users (so some are not in the experiment), spread over :days days (default 45) from the
 --   start of the experiment's assignments, which take the first two thirds of them (so
 --   some events come before their user's assignment), in time order
+-- Loaded before indexing, as a bulk load should be: the three tables' indexes and
+-- constraints are read from the catalog, dropped, and re-created from those same
+-- definitions after the rows are in (sorted builds instead of 65n random-order btree
+-- inserts: minutes instead of half an hour at n = 10M). Nothing about the tables changes.
 \set ON_ERROR_STOP 1
 SET client_min_messages = warning;
 \if :{?days}
@@ -14,6 +18,34 @@ SET client_min_messages = warning;
 \endif
 TRUNCATE amba.exposures, amba.assignments, amba.events;
 SELECT amba_delete_experiment('results') IS NOT NULL AS deleted \gset
+SET maintenance_work_mem = '1GB';
+SET max_parallel_maintenance_workers = 2;
+CREATE TEMP TABLE bulk_load_ddl AS
+SELECT 1 AS step, c.conrelid::regclass::text AS tab, c.conname::text AS name,
+       pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', c.conrelid::regclass, c.conname,
+                         pg_catalog.pg_get_constraintdef(c.oid)) AS ddl,
+       CASE c.contype WHEN 'f' THEN 2 ELSE 1 END AS rank
+  FROM pg_catalog.pg_constraint c
+ WHERE c.conrelid IN ('amba.assignments'::regclass, 'amba.exposures'::regclass, 'amba.events'::regclass)
+   AND c.contype IN ('p', 'u', 'f')
+UNION ALL
+SELECT 2, i.indrelid::regclass::text, ci.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), 3
+  FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ci ON ci.oid = i.indexrelid
+ WHERE i.indrelid IN ('amba.assignments'::regclass, 'amba.exposures'::regclass, 'amba.events'::regclass)
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conindid = i.indexrelid
+                      AND c.conrelid = i.indrelid);
+DO $$
+DECLARE d record;
+BEGIN
+    -- foreign keys first, then the keys they rest on, then plain indexes
+    FOR d IN SELECT * FROM bulk_load_ddl ORDER BY rank DESC LOOP
+        IF d.step = 1 THEN
+            EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', d.tab, d.name);
+        ELSE
+            EXECUTE pg_catalog.format('DROP INDEX amba.%I', d.name);
+        END IF;
+    END LOOP;
+END $$;
 SELECT amba_create_experiment('results',
     '[{"key": "control", "weight": 50}, {"key": "treatment", "weight": 50}]') IS NOT NULL AS created \gset
 SELECT id AS rid FROM amba.experiments WHERE key = 'results' \gset
@@ -34,16 +66,23 @@ SELECT experiment_id, user_id, assigned_at + interval '1 minute'
   FROM amba.assignments
  WHERE experiment_id = :rid AND substr(user_id, 2)::bigint % 2 = 0;
 
+-- Event times: uniform over the span and in time order, drawn as one random time inside
+-- each of 5n equal slots (order statistics of a uniform sample, without sorting 5n rows).
 SELECT setseed(0.42);
 INSERT INTO amba.events (user_id, event, occurred_at, properties)
 SELECT 'u' || (1 + floor(random() * (:n * 1.2)))::bigint,
        CASE WHEN r < 0.1 THEN 'purchase' WHEN r < 0.3 THEN 'add_to_cart' ELSE 'page_view' END,
-       t,
+       timestamptz '2026-01-01 00:00+00' + (g - 1 + random()) * (interval '1 day' * :days / (5 * :n)),
        CASE WHEN r < 0.1 THEN jsonb_build_object('amount', (r * 1000)::int) END
-  FROM (SELECT random() AS r,
-               timestamptz '2026-01-01 00:00+00' + random() * interval '1 day' * :days AS t
-          FROM generate_series(1, 5 * :n)) s
- ORDER BY t;
+  FROM (SELECT g, random() AS r FROM generate_series(1, 5 * :n) g) s;
+
+DO $$
+DECLARE d record;
+BEGIN
+    FOR d IN SELECT * FROM bulk_load_ddl ORDER BY rank LOOP
+        EXECUTE d.ddl;
+    END LOOP;
+END $$;
 
 VACUUM ANALYZE amba.experiments;
 VACUUM ANALYZE amba.weight_versions;

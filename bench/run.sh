@@ -21,6 +21,8 @@
 #                           CPU cost (the strict comparison), `on` the durable default
 #                           (each transaction waits for its WAL flush)
 #   BENCH_SCALES="100000 250000 500000 1000000"   assigned users for amba_results
+#   BENCH_10M=1             add the 10,000,000-user case (about 4 minutes to generate,
+#                           10 GB of disk; issue 18's scale)
 #   BENCH_RESULTS_REPS=5    timed runs of each results function and of the hand query per scale
 #   BENCH_DAYS=90           days the generated events span (amba_results_daily's rows)
 #   BENCH_SKIP_INSTALL=1    use the amba already installed
@@ -42,6 +44,7 @@ JOBS=${BENCH_JOBS:-2}
 CASES=${BENCH_CASES:-new returning expose track}
 COMMIT_MODES=${BENCH_COMMIT:-off}
 SCALES=${BENCH_SCALES:-100000 250000 500000 1000000}
+[ -z "${BENCH_10M:-}" ] || SCALES="$SCALES 10000000"
 REPS=${BENCH_RESULTS_REPS:-5}
 DAYS=${BENCH_DAYS:-90}
 OUT=${BENCH_OUT:-/tmp/amba-bench-$(date +%Y%m%d-%H%M%S)}

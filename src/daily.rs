@@ -4,7 +4,7 @@
 //! days give each day's exposed and converted counts, and the core gives the statistics.
 
 use crate::errors::OrRaise;
-use crate::results::{check_event, experiment_for_results, run_counting, COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE};
+use crate::results::{check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE};
 use amba_core::stats::{self, Arm};
 use amba_core::validate;
 use pgrx::datum::Date;
@@ -15,18 +15,20 @@ use std::collections::BTreeMap;
 /// (the later of exposure and first qualifying event) and the day of their latest
 /// `conversion_event` (any time: it bounds the days reported); then counted per
 /// (variant, exposure day, conversion day). Grouped by user id alone (one assignment per
-/// user and experiment), so the groups follow the merge joins' order with no sort. Days are numbered from 2000-01-01 (PostgreSQL's
+/// user and experiment), so the groups follow the merge joins' order with no sort. The
+/// exposures are a subquery in user order (see `results::counts_sql`). Days are numbered from 2000-01-01 (PostgreSQL's
 /// date epoch) so Rust sums run on integers; NULL exposure day: assigned, never exposed.
-fn counts_sql() -> String {
+fn counts_sql(slice: UserSlice) -> String {
     format!(
         "WITH per_user AS ( \
            SELECT min(a.variant) AS variant, min(xp.exposed_at) AS exposed_at, \
                   min(e.occurred_at) FILTER (WHERE e.occurred_at >= a.assigned_at) AS first_at, \
                   max(e.occurred_at) AS last_at \
              FROM {COUNTED_ASSIGNMENTS_FROM} \
-             LEFT JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id \
-             LEFT JOIN amba.events e ON e.event = $2 AND e.user_id = a.user_id \
-            WHERE {COUNTED_ASSIGNMENTS_WHERE} \
+             LEFT JOIN (SELECT xp.user_id, xp.exposed_at FROM amba.exposures xp \
+                         WHERE xp.experiment_id = $1{xp_slice} ORDER BY xp.user_id) xp ON xp.user_id = a.user_id \
+             LEFT JOIN amba.events e ON e.event = $2 AND e.user_id = a.user_id{e_slice} \
+            WHERE {COUNTED_ASSIGNMENTS_WHERE}{a_slice} \
             GROUP BY a.user_id) \
          SELECT variant, \
                 ((exposed_at AT TIME ZONE 'UTC')::date - date '2000-01-01') AS exposed_day, \
@@ -35,7 +37,10 @@ fn counts_sql() -> String {
                 END AS converted_day, \
                 max((last_at AT TIME ZONE 'UTC')::date - date '2000-01-01') AS last_event_day, \
                 count(*) \
-           FROM per_user GROUP BY 1, 2, 3"
+           FROM per_user GROUP BY 1, 2, 3",
+        xp_slice = slice.filter("xp.user_id"),
+        e_slice = slice.filter("e.user_id"),
+        a_slice = slice.filter("a.user_id"),
     )
 }
 
@@ -55,9 +60,9 @@ fn results_daily(experiment_key: Option<&str>, conversion_event: Option<&str>, a
         let index: BTreeMap<&str, usize> = exp.variant_keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
         let mut new_exposed: BTreeMap<(i32, usize), i64> = BTreeMap::new();
         let mut new_converted: BTreeMap<(i32, usize), i64> = BTreeMap::new();
-        let args = [exp.id.into(), event.into()];
+        let args = vec![exp.id.into(), event.into()];
         let mut last_event_day: Option<i32> = None;
-        run_counting(client, exp.id, &counts_sql(), &args, |table| {
+        run_counting(client, exp.id, counts_sql, true, args, |table| {
             for row in table {
                 let variant: String = row.get(1).expect("variant").expect("variant");
                 let Some(&v) = index.get(variant.as_str()) else { continue };

@@ -4,7 +4,7 @@
 //! statistics are the core's (`amba_core::metric`).
 
 use crate::errors::{raise_code, OrRaise};
-use crate::results::{check_event, experiment_for_results, run_counting, COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE};
+use crate::results::{check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE};
 use amba_core::metric::{self, MeanArm};
 use amba_core::{validate, ErrorCode};
 use pgrx::prelude::*;
@@ -24,8 +24,8 @@ enum Cap {
 /// pass; the statement is shaped to the call (no percentile sort without a percentile cap,
 /// no X without CUPED). `$3` the value property (NULL: count events), `$4` CUPED days (a day
 /// is 24 hours, whatever the session's time zone), `$5` the absolute cap, `$6` the cap
-/// percentile.
-fn sums_sql(cuped: bool, cap: Cap) -> String {
+/// percentile. Every input is restricted to the slice of user ids.
+fn sums_sql(cuped: bool, cap: Cap, slice: UserSlice) -> String {
     // The property is looked up once per event (`v`); a JSON number casts to float8 directly.
     let value = "CASE WHEN $3::text IS NULL THEN 1::float8 \
                       WHEN jsonb_typeof(v.amount) = 'number' THEN v.amount::float8 ELSE 0::float8 END";
@@ -52,15 +52,18 @@ fn sums_sql(cuped: bool, cap: Cap) -> String {
         "WITH per_user AS ( \
            SELECT min(a.variant) AS variant, {y} AS y, {x} AS x \
              FROM {COUNTED_ASSIGNMENTS_FROM} \
-             JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id \
+             JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id{xp_slice} \
              LEFT JOIN amba.events e \
-               ON e.event = $2 AND e.user_id = a.user_id AND e.occurred_at >= {window} \
+               ON e.event = $2 AND e.user_id = a.user_id AND e.occurred_at >= {window}{e_slice} \
              CROSS JOIN LATERAL (SELECT e.properties -> $3::text AS amount) v \
-            WHERE {COUNTED_ASSIGNMENTS_WHERE} \
+            WHERE {COUNTED_ASSIGNMENTS_WHERE}{a_slice} \
             GROUP BY a.user_id), \
          capped AS (SELECT p.variant, {capped_y} AS y, {capped_x} AS x FROM per_user p{cap_from}) \
          SELECT variant, count(*)::float8, sum(y), sum(y * y), sum(x), sum(x * x), sum(x * y) \
-           FROM capped GROUP BY variant"
+           FROM capped GROUP BY variant",
+        xp_slice = slice.filter("xp.user_id"),
+        e_slice = slice.filter("e.user_id"),
+        a_slice = slice.filter("a.user_id"),
     )
 }
 
@@ -101,17 +104,25 @@ fn metric_results(
     let (variant_keys, sums) = Spi::connect(|client| {
         let exp = experiment_for_results(client, experiment_key);
         let mut sums: HashMap<String, MeanArm> = HashMap::new();
-        let args = [exp.id.into(), event.into(), value_property.into(), cuped_days.into(), cap.into(), cap_percentile.into()];
+        let args = vec![exp.id.into(), event.into(), value_property.into(), cuped_days.into(), cap.into(), cap_percentile.into()];
         let cap_mode = match (cap, cap_percentile) {
             (Some(_), _) => Cap::Absolute,
             (None, Some(_)) => Cap::Percentile,
             (None, None) => Cap::None,
         };
-        run_counting(client, exp.id, &sums_sql(cuped_days.is_some(), cap_mode), &args, |table| {
+        // A percentile cap is a percentile over every user: one slice.
+        let sliceable = cap_mode != Cap::Percentile;
+        let sql = |slice| sums_sql(cuped_days.is_some(), cap_mode, slice);
+        run_counting(client, exp.id, sql, sliceable, args, |table| {
             for row in table {
                 let get = |i: usize| row.get::<f64>(i).expect("a sum").unwrap_or(0.0);
-                let arm = MeanArm { n: get(2), sum: get(3), sum_sq: get(4), x_sum: get(5), x_sum_sq: get(6), xy_sum: get(7) };
-                sums.insert(row.get(1).expect("variant").expect("variant"), arm);
+                let arm = sums.entry(row.get(1).expect("variant").expect("variant")).or_default();
+                arm.n += get(2);
+                arm.sum += get(3);
+                arm.sum_sq += get(4);
+                arm.x_sum += get(5);
+                arm.x_sum_sq += get(6);
+                arm.xy_sum += get(7);
             }
         });
         (exp.variant_keys.clone(), sums)

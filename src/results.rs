@@ -22,21 +22,29 @@ thread_local! {
 }
 
 /// A user converted when exposed and their latest `conversion_event` is at or after
-/// their assignment; `max(occurred_at) >= assigned_at` says exactly that.
-fn counts_sql() -> String {
+/// their assignment; `max(occurred_at) >= assigned_at` says exactly that. Every input is
+/// restricted to the slice of user ids, so each slice is a merge of three index ranges.
+/// The exposures are a subquery in user order: joined directly, the planner sorts them
+/// (their index order by (experiment_id, user_id) does not count as user order on the
+/// nullable side of an outer join).
+fn counts_sql(slice: UserSlice) -> String {
     format!(
         "SELECT a.variant, a.weight_version, \
            count(*) AS assigned, \
            count(x.user_id) AS exposed, \
            count(*) FILTER (WHERE x.user_id IS NOT NULL AND c.last_at >= a.assigned_at) AS converted \
          FROM {COUNTED_ASSIGNMENTS_FROM} \
-         LEFT JOIN amba.exposures x \
-           ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id \
+         LEFT JOIN (SELECT x.user_id FROM amba.exposures x \
+                    WHERE x.experiment_id = $1{x_slice} ORDER BY x.user_id) x \
+           ON x.user_id = a.user_id \
          LEFT JOIN (SELECT e.user_id, max(e.occurred_at) AS last_at \
-                    FROM amba.events e WHERE e.event = $2 GROUP BY e.user_id) c \
+                    FROM amba.events e WHERE e.event = $2{e_slice} GROUP BY e.user_id) c \
            ON c.user_id = a.user_id \
-         WHERE {COUNTED_ASSIGNMENTS_WHERE} \
-         GROUP BY a.variant, a.weight_version"
+         WHERE {COUNTED_ASSIGNMENTS_WHERE}{a_slice} \
+         GROUP BY a.variant, a.weight_version",
+        x_slice = slice.filter("x.user_id"),
+        e_slice = slice.filter("e.user_id"),
+        a_slice = slice.filter("a.user_id"),
     )
 }
 
@@ -46,16 +54,17 @@ pub const COUNTED_ASSIGNMENTS_WHERE: &str = "a.experiment_id = $1 \
        AND NOT EXISTS (SELECT 1 FROM amba.overrides o \
                         WHERE o.experiment_id = a.experiment_id AND o.user_id = a.user_id)";
 
-/// From this many assignments on (the planner's estimate) the counting runs as one process
-/// with merge joins; below it the planner chooses freely, as for a hand-written query.
+/// From this many assignments on (the planner's estimate) the counting runs as merge joins
+/// over user-id slices, one slice per process; below it the planner chooses freely, as for
+/// a hand-written query.
 ///
 /// The three inputs come sorted by user from their indexes (assignments and exposures by
 /// primary key, events by (event, user_id, occurred_at)), so merge joins can stream them;
 /// since user ids compare bytewise (COLLATE "C") merging costs a memcmp per step. The
-/// planner prefers hash joins (in parallel workers when it may), which build hash tables of
-/// every exposed and every converting user and probe them once per assignment. Measured on
-/// the benchmark machine (BENCHMARKS.md): the planner's own plans took 135-157 ms per 100k
-/// assignments at 100k-250k, the merge plan 62-64 ms per 100k at 500k-1M.
+/// planner prefers hash joins, which build hash tables of every exposed and every
+/// converting user and probe them once per assignment. Measured on the benchmark machine
+/// (BENCHMARKS.md): the planner's own plans took 135-157 ms per 100k assignments at
+/// 100k-250k, the merge plan 62-64 ms per 100k at 500k-1M.
 pub const MERGE_FROM_ASSIGNMENTS: f64 = 20_000.0;
 
 /// The planner's estimate of the experiment's assignments: its share among the most common
@@ -78,25 +87,116 @@ fn estimated_assignments(client: &SpiClient<'_>, experiment_id: i64) -> f64 {
     })
 }
 
-/// Runs a counting query over the experiment's assignments with the plan settings that
-/// suit its size (see MERGE_FROM_ASSIGNMENTS). Planned at every call (with this
-/// experiment's statistics), and run as SPI runs a one-shot query: parallel workers allowed
-/// (a kept SPI plan never gets them).
-pub fn run_counting<R>(
+/// The histogram of amba.assignments.user_id (pg_stats, in the column's "C" order): the
+/// equal-frequency boundaries the slices are cut at. Empty without statistics.
+const USER_HISTOGRAM_SQL: &str = "SELECT s.histogram_bounds::text::text[] FROM pg_catalog.pg_stats s \
+     WHERE s.schemaname = 'amba' AND s.tablename = 'assignments' AND s.attname = 'user_id'";
+
+/// `slices - 1` user ids that cut the assignments into `slices` parts of about equal size
+/// (by the table's histogram, which covers every experiment: a skewed experiment gets
+/// uneven slices, never wrong ones). Strictly increasing; fewer when the histogram is short.
+fn slice_bounds(client: &SpiClient<'_>, slices: usize) -> Vec<String> {
+    let table = client.select(USER_HISTOGRAM_SQL, Some(1), &[]).expect("reading statistics");
+    let histogram: Vec<Option<String>> =
+        if table.is_empty() { Vec::new() } else { table.first().get(1).ok().flatten().unwrap_or_default() };
+    let histogram: Vec<String> = histogram.into_iter().flatten().collect();
+    let mut bounds: Vec<String> = Vec::new();
+    if histogram.len() < 2 * slices {
+        return bounds;
+    }
+    for i in 1..slices {
+        let b = &histogram[i * (histogram.len() - 1) / slices];
+        if bounds.last().is_none_or(|last| last.as_bytes() < b.as_bytes()) {
+            bounds.push(b.clone());
+        }
+    }
+    bounds
+}
+
+/// A slice of the user-id space in "C" order, `lower <= user_id < upper`: each bound a
+/// statement parameter (`$n`), absent at the ends.
+#[derive(Clone, Copy)]
+pub struct UserSlice {
+    lower: Option<usize>,
+    upper: Option<usize>,
+}
+
+impl UserSlice {
+    /// Every user.
+    pub const ALL: UserSlice = UserSlice { lower: None, upper: None };
+
+    /// `column`'s restriction to the slice, as a conjunct to append (empty for ALL).
+    pub fn filter(&self, column: &str) -> String {
+        let mut sql = String::new();
+        if let Some(n) = self.lower {
+            sql.push_str(&format!(" AND {column} >= ${n} COLLATE \"C\""));
+        }
+        if let Some(n) = self.upper {
+            sql.push_str(&format!(" AND {column} < ${n} COLLATE \"C\""));
+        }
+        sql
+    }
+}
+
+/// How many slices the counting is cut into: the session's parallel workers per gather
+/// (each worker takes a slice; the leader only gathers), or 1 for fewer than two.
+fn counting_slices() -> usize {
+    let workers: usize = unsafe {
+        let value = pg_sys::GetConfigOption(c"max_parallel_workers_per_gather".as_ptr(), false, false);
+        if value.is_null() { 0 } else { std::ffi::CStr::from_ptr(value).to_str().unwrap_or("0").parse().unwrap_or(0) }
+    };
+    if workers < 2 { 1 } else { workers.min(16) }
+}
+
+/// Runs a counting query over the experiment's assignments, built by `query` for a slice of
+/// user ids, with the plan that suits its size (see MERGE_FROM_ASSIGNMENTS).
+///
+/// At scale the user ids are cut into one slice per parallel worker (`counting_slices`)
+/// and the statement is the UNION ALL of the slices: a Parallel Append gives each worker a
+/// whole slice, a chain of merge joins over index ranges (no slice is split between
+/// processes, so none rescans another's inputs). The rows of all slices come back
+/// together: `read` must add up rows with equal keys. With no workers available at run
+/// time, the leader runs every slice itself. A query whose rows do not add up
+/// across slices (a percentile over all users) passes `sliceable = false`.
+///
+/// Planned at every call (with this experiment's statistics), and run as SPI runs a
+/// one-shot query: parallel workers allowed (a kept SPI plan never gets them).
+pub fn run_counting<'a, R>(
     client: &SpiClient<'_>,
     experiment_id: i64,
-    sql: &str,
-    args: &[pgrx::datum::DatumWithOid],
+    query: impl Fn(UserSlice) -> String,
+    sliceable: bool,
+    mut args: Vec<pgrx::datum::DatumWithOid<'a>>,
     read: impl FnOnce(pgrx::spi::SpiTupleTable) -> R,
 ) -> R {
-    // At scale the inputs stream in user order through merge joins; a per-user aggregate
-    // (metric and daily results group by user id alone) follows that order with no sort.
-    let settings: &[(&std::ffi::CStr, &std::ffi::CStr)] = if estimated_assignments(client, experiment_id) >= MERGE_FROM_ASSIGNMENTS {
-        &[(c"enable_hashjoin", c"off"), (c"max_parallel_workers_per_gather", c"0")]
-    } else {
-        &[]
-    };
-    with_settings(settings, || read(client.select(sql, None, args).expect("counting")))
+    if estimated_assignments(client, experiment_id) < MERGE_FROM_ASSIGNMENTS {
+        return read(client.select(query(UserSlice::ALL).as_str(), None, &args).expect("counting"));
+    }
+    let slices = if sliceable { counting_slices() } else { 1 };
+    let bounds = if slices > 1 { slice_bounds(client, slices) } else { Vec::new() };
+    let first_bound = args.len() + 1;
+    let slices: Vec<UserSlice> = (0..=bounds.len())
+        .map(|i| UserSlice {
+            lower: (i > 0).then(|| first_bound + i - 1),
+            upper: (i < bounds.len()).then_some(first_bound + i),
+        })
+        .collect();
+    let sql = slices.iter().map(|s| format!("({})", query(*s))).collect::<Vec<_>>().join(" UNION ALL ");
+    args.extend(bounds.iter().map(|b| pgrx::datum::DatumWithOid::from(b.as_str())));
+    // Merge joins only; the parallelism is the slices (Parallel Append of whole slices), so
+    // no scan is split between processes; starting workers is cheap next to a slice. The
+    // planner costs a Parallel Append of whole slices by its workers alone: so the workers
+    // run the slices and the leader only gathers their rows.
+    let settings: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
+        (c"enable_hashjoin", c"off"),
+        (c"enable_parallel_append", c"on"),
+        (c"parallel_leader_participation", c"off"),
+        (c"parallel_setup_cost", c"0"),
+        (c"parallel_tuple_cost", c"0"),
+        (c"min_parallel_table_scan_size", c"1TB"),
+        (c"min_parallel_index_scan_size", c"1TB"),
+    ];
+    with_settings(settings, || read(client.select(sql.as_str(), None, &args).expect("counting")))
 }
 
 const VERSIONS_SQL: &str = "SELECT version, variant_keys, weights FROM amba.weight_versions WHERE experiment_id = $1";
@@ -148,7 +248,7 @@ fn results(experiment_key: Option<&str>, conversion_event: Option<&str>, alpha: 
     let (variant_keys, by_group, versions) = Spi::connect(|client| {
         let exp = experiment_for_results(client, experiment_key);
         let mut by_group: Vec<(String, i32, Counts)> = Vec::new();
-        run_counting(client, exp.id, &counts_sql(), &[exp.id.into(), event.into()], |table| {
+        run_counting(client, exp.id, counts_sql, true, vec![exp.id.into(), event.into()], |table| {
             for row in table {
                 let counts = Counts {
                     assigned: row.get(3).expect("assigned").unwrap_or(0),
