@@ -78,7 +78,8 @@ GRANT EXECUTE ON FUNCTION
     amba._assign(text, text), amba._expose(text, text), amba._peek(text, text),
     amba._track(text, text, jsonb, timestamptz),
     amba._client_user_id(), amba._jwt_sub(), amba._request_user_id(), amba._decoded_request_path(),
-    amba._http_error(integer, text, text), amba._http_rethrow(text, text), amba._http_status(text)
+    amba._http_error(integer, text, text), amba._http_rethrow(text, text), amba._http_status(text),
+    amba._propagate_request_settings()
 TO amba_owner;
 ALTER FUNCTION amba_api.pre_request() OWNER TO amba_owner;
 ALTER FUNCTION amba_api.assign(text) OWNER TO amba_owner;
@@ -94,6 +95,8 @@ GRANT EXECUTE ON FUNCTION amba_api.assign(text), amba_api.expose(text), amba_api
     amba_api.peek(text)
 TO amba_client;
 GRANT SELECT ON amba_api.my_assignments TO amba_client;
+ALTER FUNCTION amba._my_assignments() OWNER TO amba_owner;
+GRANT EXECUTE ON FUNCTION amba._my_assignments() TO amba_client;
 GRANT EXECUTE ON FUNCTION
     amba_api.experiments_create(text, jsonb, text, text, text),
     amba_api.experiments_list(),

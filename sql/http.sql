@@ -73,6 +73,18 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
                               '(%[0-9A-Fa-f]{2})|([^%]+|%)', 'g') WITH ORDINALITY AS t(m, n)), '')
 $fn$;
 
+-- On Citus (CONTRACT 9) workers evaluate the row-level security of the rows they hold, and
+-- read the JWT claims there. PostgREST sets them with set_config, which stays on the
+-- coordinator; Citus passes SET LOCAL commands on to the workers of the transaction.
+CREATE FUNCTION amba._propagate_request_settings() RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    SET LOCAL citus.propagate_set_commands = 'local';
+    EXECUTE pg_catalog.format('SET LOCAL request.jwt.claims = %L',
+                              coalesce(current_setting('request.jwt.claims', true), ''));
+END
+$fn$;
+
 CREATE FUNCTION amba_api.pre_request() RETURNS void
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -108,6 +120,9 @@ BEGIN
     END IF;
     -- Attributes changes in the experiment history to this key.
     PERFORM set_config('amba.api_key_name', key_row.name, true);
+    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+        PERFORM amba._propagate_request_settings();
+    END IF;
 END
 $fn$;
 COMMENT ON FUNCTION amba_api.pre_request() IS
@@ -172,12 +187,21 @@ $fn$;
 COMMENT ON FUNCTION amba_api.peek(text) IS
 'The session user''s variant without enrolling them: their override or assignment, else the variant they would get now (active experiments), else null. Writes nothing. 404 EXPERIMENT_NOT_FOUND.';
 
-CREATE VIEW amba_api.my_assignments WITH (security_barrier) AS
-    SELECT e.key AS experiment_key, a.variant, a.assigned_at, x.exposed_at
+-- The view reads through a SECURITY DEFINER function that takes the user from the token
+-- itself: on Citus (CONTRACT 9) the workers run a query's parts as the role that runs it,
+-- so a view that joined the tables directly would reach them as amba_client.
+CREATE FUNCTION amba._my_assignments()
+RETURNS TABLE (experiment_key text, variant text, assigned_at timestamptz, exposed_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT e.key, a.variant, a.assigned_at, x.exposed_at
       FROM amba.assignments a
       JOIN amba.experiments e ON e.id = a.experiment_id
       LEFT JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id
-     WHERE a.user_id = amba._request_user_id();
+     WHERE a.user_id = amba._request_user_id()
+$fn$;
+
+CREATE VIEW amba_api.my_assignments WITH (security_barrier) AS
+    SELECT m.experiment_key, m.variant, m.assigned_at, m.exposed_at FROM amba._my_assignments() m;
 COMMENT ON VIEW amba_api.my_assignments IS
 'The session user''s assignments: experiment_key, variant, assigned_at, exposed_at (null until exposed).';
 

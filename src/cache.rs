@@ -7,7 +7,7 @@
 //! the experiment are held with it (setting or clearing one updates the experiment row).
 
 use crate::direct;
-use crate::spi::with_plan;
+use crate::spi::{run_fresh, with_plan};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
@@ -49,6 +49,11 @@ impl Experiment {
     /// Whether no change to the definition has committed since: checked in the latest
     /// snapshot, after the lock that holds off variant removals was taken.
     pub fn is_latest(&self) -> bool {
+        if direct::tables().is_none() {
+            // Distributed (or not all there): the row version as committed now, through SPI.
+            let now = run_fresh(LATEST_VERSION_SQL, &[Some(self.id.to_string())], true).first_column;
+            return now.first().cloned().flatten() == Some(version_text(&self.tid, self.xmin));
+        }
         self.is_current_in(unsafe { pg_sys::GetLatestSnapshot() })
     }
 }
@@ -72,6 +77,15 @@ const LOAD_SQL: &str = "WITH o AS ( \
        e.bucketing_version, e.ctid::text, e.xmin::text, \
        ARRAY(SELECT o.id FROM o ORDER BY o.id), ARRAY(SELECT o.variant FROM o ORDER BY o.id) \
      FROM amba.experiments e WHERE e.key = $1";
+
+/// The experiment's row version, (tid, xmin), as text: compared when rows cannot be read
+/// directly.
+const LATEST_VERSION_SQL: &str = "SELECT e.ctid::text || ' ' || e.xmin::text FROM amba.experiments e WHERE e.id = $1::bigint";
+
+fn version_text(tid: &pg_sys::ItemPointerData, xmin: u32) -> String {
+    let block = ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32;
+    format!("({},{}) {}", block, tid.ip_posid, xmin)
+}
 
 fn parse_tid(text: &str) -> Option<pg_sys::ItemPointerData> {
     let inner = text.strip_prefix('(')?.strip_suffix(')')?;

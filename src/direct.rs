@@ -39,8 +39,26 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
     }
 }
 
-/// The OIDs of amba's tables; None when the schema is not all there (the callers then take
-/// the SPI path, which reports it).
+/// Whether a table has a TRUNCATE trigger: amba's tables have none of their own (their
+/// foreign keys' triggers are row triggers), so one that does is a Citus table (Citus puts
+/// a truncate trigger on the coordinator's, `amba_distribute` a marker on each worker's).
+/// Its rows then live in shards, other relations than this one.
+unsafe fn has_truncate_trigger(relid: pg_sys::Oid) -> bool {
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        if rel.is_null() {
+            return true;
+        }
+        let triggers = (*rel).trigdesc;
+        let has = !triggers.is_null() && ((*triggers).trig_truncate_before_statement || (*triggers).trig_truncate_after_statement);
+        pg_sys::RelationClose(rel);
+        has
+    }
+}
+
+/// The OIDs of amba's tables; None when the schema is not all there, or when the tables are
+/// distributed by Citus (CONTRACT 9: the rows are in shards, and reads go through SPI, which
+/// Citus routes). The callers then take the SPI path.
 pub fn tables() -> Option<Tables> {
     if !CALLBACK_REGISTERED.with(Cell::get) {
         unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
@@ -68,6 +86,9 @@ pub fn tables() -> Option<Tables> {
         };
         let oids = [t.experiments, t.assignments, t.assignments_pkey, t.exposures, t.exposures_pkey, t.aliases, t.aliases_pkey];
         if oids.contains(&pg_sys::InvalidOid) {
+            return None;
+        }
+        if [t.experiments, t.assignments, t.exposures, t.aliases].iter().any(|&relid| has_truncate_trigger(relid)) {
             return None;
         }
         let variant_attnum = pg_sys::get_attnum(t.assignments, c"variant".as_ptr());

@@ -11,7 +11,8 @@
 //!
 //! Hand-written SQL lives in `sql/`: the data schema (`bootstrap.sql`), experiments,
 //! overrides, aliases and the audit trail (`api.sql`), the PostgREST surface (`http.sql`),
-//! the report page (`report.sql`), and grants and row-level security (`access.sql`, last).
+//! the report page (`report.sql`), scale-out on Citus (`distribute.sql`), and grants and
+//! row-level security (`access.sql`, last).
 
 use pgrx::prelude::*;
 
@@ -34,6 +35,7 @@ extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["bootstrap"]);
 extension_sql_file!("../sql/http.sql", name = "http", requires = ["api"]);
 extension_sql_file!("../sql/report.sql", name = "report", requires = ["http"]);
+extension_sql_file!("../sql/distribute.sql", name = "distribute", requires = ["report"]);
 extension_sql_file!("../sql/access.sql", name = "access", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

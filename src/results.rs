@@ -139,8 +139,12 @@ impl UserSlice {
 }
 
 /// How many slices the counting is cut into: the session's parallel workers per gather
-/// (each worker takes a slice; the leader only gathers), or 1 for fewer than two.
+/// (each worker takes a slice; the leader only gathers), or 1 for fewer than two. On Citus
+/// (tables distributed, CONTRACT 9) 1: the shards are the slices there.
 fn counting_slices() -> usize {
+    if crate::direct::tables().is_none() {
+        return 1;
+    }
     let workers: usize = unsafe {
         let value = pg_sys::GetConfigOption(c"max_parallel_workers_per_gather".as_ptr(), false, false);
         if value.is_null() { 0 } else { std::ffi::CStr::from_ptr(value).to_str().unwrap_or("0").parse().unwrap_or(0) }

@@ -104,7 +104,7 @@ fn look_alikes_in_the_extension_schema_never_run_and_the_schema_may_need_quoting
             &[],
         )
         .unwrap();
-    assert_eq!(definers.len(), 5, "assign, expose, track, peek, pre_request");
+    assert_eq!(definers.len(), 6, "assign, expose, track, peek, pre_request, _my_assignments");
     for r in &definers {
         let (name, owner, sup, login, src): (String, String, bool, bool, String) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         assert_eq!((owner.as_str(), sup, login), ("amba_owner", false, false), "{name}");

@@ -1,0 +1,142 @@
+-- CONTRACT 9: scale-out on Citus. amba_distribute() turns an installed amba into a
+-- distributed one: the per-user tables sharded by user_id (colocated, so a user's
+-- assignments, exposures and events sit on one worker and results join shard by shard),
+-- the small tables replicated as reference tables, and amba_assign / amba_expose /
+-- amba_track delegated to the worker that owns the user.
+--
+-- Citus does not recreate extension-owned tables on workers (the extension, installed on
+-- every node, does), so each change made to the tables themselves runs on every node. The
+-- workers' part runs first, in transactions of its own (run_command_on_workers; later in
+-- the call, Citus's own connections hold locks on those tables): it is idempotent, and
+-- harmless should the rest fail (the workers' own tables hold no rows), so calling
+-- amba_distribute() again completes the job.
+
+-- A marker: a worker's amba tables hold no rows once distributed (the shards do), and the
+-- fast paths that read tables directly must know. They look for a trigger (amba's own
+-- tables have none; Citus gives the coordinator's a truncate trigger).
+CREATE FUNCTION amba._distributed_marker() RETURNS trigger
+LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+
+-- The statements that change the tables' shape for Citus, run on every node: a distributed
+-- table's unique keys must include the distribution column (events), and the foreign keys
+-- among amba's tables are dropped while the tables are converted one by one (Citus would
+-- otherwise convert each table's neighbours on its own, recreating them on the workers,
+-- where the extension made them already). The coordinator re-adds them after, and Citus
+-- puts them on the shards.
+CREATE FUNCTION amba._distribute_shape_sql() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'ALTER TABLE amba.exposures DROP CONSTRAINT IF EXISTS exposures_experiment_id_user_id_fkey; '
+        || 'ALTER TABLE amba.weight_versions DROP CONSTRAINT IF EXISTS weight_versions_experiment_id_fkey; '
+        || 'ALTER TABLE amba.overrides DROP CONSTRAINT IF EXISTS overrides_experiment_id_fkey; '
+        || 'ALTER TABLE amba.events DROP CONSTRAINT IF EXISTS events_pkey; '
+        || 'ALTER TABLE amba.events ADD CONSTRAINT events_pkey PRIMARY KEY (user_id, event_id)'
+$$;
+
+-- The workers' marker (see amba._distributed_marker). Not on the coordinator: Citus
+-- refuses to distribute tables with triggers of their own, and puts its own truncate
+-- trigger there.
+CREATE FUNCTION amba._distribute_marker_sql() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(pg_catalog.format(
+               'CREATE OR REPLACE TRIGGER amba_distributed BEFORE TRUNCATE ON amba.%I '
+               'FOR EACH STATEMENT EXECUTE FUNCTION amba._distributed_marker()', t), '; ')
+      FROM unnest(ARRAY['experiments', 'assignments', 'exposures', 'events', 'aliases']) t
+$$;
+
+CREATE FUNCTION amba_distribute() RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    failed text;
+    grant_row record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'INVALID_ARGUMENT: amba_distribute needs Citus, and the citus extension is not '
+                   || 'installed in this database (on a Citus coordinator: CREATE EXTENSION citus, '
+                   || 'add the workers, install amba, then call amba_distribute())';
+    END IF;
+    IF NOT citus_is_coordinator() THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'INVALID_ARGUMENT: amba_distribute runs on the Citus coordinator, and this node '
+                   || 'is not it';
+    END IF;
+    -- One call at a time (a second waits, then finds the job done).
+    PERFORM pg_advisory_xact_lock(1634560609, 1);
+    IF EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'amba.assignments'::regclass) THEN
+        RETURN 'amba is already distributed';
+    END IF;
+    IF EXISTS (SELECT 1 FROM citus_get_active_worker_nodes() w
+                WHERE NOT EXISTS (SELECT 1 FROM run_command_on_workers(
+                    'SELECT extversion FROM pg_extension WHERE extname = ''amba''') r
+                    WHERE r.nodename = w.node_name AND r.nodeport = w.node_port
+                      AND r.success AND r.result = (SELECT extversion FROM pg_extension WHERE extname = 'amba'))) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'INVALID_ARGUMENT: amba must be installed, at this version, on every worker first';
+    END IF;
+
+    -- Foreign keys to reference tables: Citus needs one connection per node for the rest.
+    PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    SELECT string_agg(r.nodename || ':' || r.nodeport || ' ' || r.result, '; ') INTO failed
+      FROM run_command_on_workers('BEGIN; SET LOCAL citus.enable_ddl_propagation = off; '
+                                  || 'ALTER ROLE amba_owner LOGIN; ALTER ROLE amba_admin LOGIN; '
+                                  || 'ALTER ROLE amba_analyst LOGIN; ALTER ROLE amba_client LOGIN; '
+                                  || amba._distribute_shape_sql() || '; '
+                                  || amba._distribute_marker_sql() || '; COMMIT') r
+     WHERE NOT r.success;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'amba_distribute: reshaping the tables on the workers failed: %', failed;
+    END IF;
+    -- Citus runs each query's part on a worker as the role that runs it (citus#7719): the
+    -- roles amba's functions and policies run as must be able to log in there (with no
+    -- password: pg_hba decides who may; docs/SCALE-OUT.md).
+    ALTER ROLE amba_owner LOGIN;
+    ALTER ROLE amba_admin LOGIN;
+    ALTER ROLE amba_analyst LOGIN;
+    ALTER ROLE amba_client LOGIN;
+    EXECUTE amba._distribute_shape_sql();
+
+    -- The small tables, read by every call: a copy on every node.
+    PERFORM create_reference_table('amba.experiments');
+    PERFORM create_reference_table('amba.weight_versions');
+    PERFORM create_reference_table('amba.experiment_history');
+    PERFORM create_reference_table('amba.overrides');
+    PERFORM create_reference_table('amba.aliases');
+    PERFORM create_reference_table('amba.api_keys');
+    -- The per-user tables, by user, colocated.
+    PERFORM create_distributed_table('amba.assignments', 'user_id');
+    PERFORM create_distributed_table('amba.exposures', 'user_id', colocate_with => 'amba.assignments');
+    PERFORM create_distributed_table('amba.events', 'user_id', colocate_with => 'amba.assignments');
+    ALTER TABLE amba.weight_versions ADD CONSTRAINT weight_versions_experiment_id_fkey
+        FOREIGN KEY (experiment_id) REFERENCES amba.experiments (id) ON DELETE CASCADE;
+    ALTER TABLE amba.overrides ADD CONSTRAINT overrides_experiment_id_fkey
+        FOREIGN KEY (experiment_id) REFERENCES amba.experiments (id) ON DELETE CASCADE;
+    -- Without ON UPDATE CASCADE: Citus never updates a distribution column (user_id).
+    ALTER TABLE amba.exposures ADD CONSTRAINT exposures_experiment_id_user_id_fkey
+        FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
+        ON DELETE CASCADE;
+
+    -- The shards get the tables' privileges (Citus passes GRANTs on to them).
+    FOR grant_row IN
+        SELECT c.relname, a.privilege_type, a.grantee::regrole::text AS grantee
+          FROM pg_class c, aclexplode(c.relacl) a
+         WHERE c.relnamespace = 'amba'::regnamespace AND c.relkind = 'r'
+           AND a.grantee <> 0 AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE pg_catalog.format('GRANT %s ON amba.%I TO %s',
+                                  grant_row.privilege_type, grant_row.relname, grant_row.grantee);
+    END LOOP;
+
+    -- The hot path runs on the worker that owns the user.
+    PERFORM create_distributed_function('@extschema@.amba_assign(text, text)', '$2',
+                                        colocate_with => 'amba.assignments');
+    PERFORM create_distributed_function('@extschema@.amba_expose(text, text)', '$2',
+                                        colocate_with => 'amba.assignments');
+    PERFORM create_distributed_function('@extschema@.amba_track(text, text, jsonb, timestamptz)', '$1',
+                                        colocate_with => 'amba.assignments');
+    RETURN 'amba is distributed: assignments, exposures and events by user_id over '
+        || (SELECT count(*) FROM citus_get_active_worker_nodes()) || ' workers';
+END
+$$;
+REVOKE ALL ON FUNCTION amba_distribute() FROM PUBLIC;

@@ -1,0 +1,247 @@
+//! Scale-out on Citus (CONTRACT 9).
+//!
+//! Without Citus (CI: Citus is not packaged for Debian), `amba_distribute()` is
+//! INVALID_ARGUMENT and changes nothing. With a Citus coordinator named by `AMBA_CITUS_URL`
+//! (a database where `citus` is created and the workers are added; docs/SCALE-OUT.md), the
+//! rest runs there: distribution, exactly one assignment per user from many connections at
+//! once, results equal to a single node's (this suite's own server) on the same rows, and a
+//! PostgREST-style client request through the coordinator. Without it those tests say that
+//! they were skipped, and why.
+
+use amba_integration_tests::{unique, Db};
+use postgres::{Client, NoTls};
+use std::collections::BTreeMap;
+
+#[test]
+fn without_citus_amba_distribute_is_invalid_argument_and_changes_nothing() {
+    let db = Db::with_amba("amba_no_citus");
+    let mut c = db.client();
+    let has_citus: bool = c.query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')", &[]).unwrap().get(0);
+    assert!(!has_citus);
+    let pkey = "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'events_pkey'";
+    let before: String = c.query_one(pkey, &[]).unwrap().get(0);
+    let err = c.query_one("SELECT amba_distribute()", &[]).unwrap_err();
+    let db_err = err.as_db_error().expect("a database error");
+    assert_eq!(db_err.code().code(), "22023");
+    assert!(db_err.message().starts_with("INVALID_ARGUMENT: "), "{}", db_err.message());
+    assert!(db_err.message().contains("citus extension is not installed"), "{}", db_err.message());
+    let after: String = c.query_one(pkey, &[]).unwrap().get(0);
+    assert_eq!(before, after);
+    // No truncate trigger (the mark of a distributed table) on any of amba's tables.
+    let triggers: i64 = c
+        .query_one("SELECT count(*) FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid WHERE r.relnamespace = 'amba'::regnamespace AND t.tgtype & 32 <> 0", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(triggers, 0);
+    // A DB admin's act: none of amba's roles may call it.
+    for role in ["amba_admin", "amba_analyst", "amba_client"] {
+        let may: bool = c
+            .query_one("SELECT has_function_privilege($1, 'amba_distribute()', 'EXECUTE')", &[&role])
+            .unwrap()
+            .get(0);
+        assert!(!may, "{role} may call amba_distribute");
+    }
+}
+
+/// The Citus coordinator to test against, or None (and a message saying so).
+fn citus() -> Option<Client> {
+    let Ok(url) = std::env::var("AMBA_CITUS_URL") else {
+        eprintln!("skipped: AMBA_CITUS_URL is not set (a Citus coordinator with workers; see docs/SCALE-OUT.md)");
+        return None;
+    };
+    let mut c = Client::connect(&url, NoTls).unwrap_or_else(|e| panic!("cannot connect to AMBA_CITUS_URL {url}: {e}"));
+    // Once per run (the tests of this file run at the same time).
+    static SETUP: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = SETUP.lock().unwrap_or_else(|e| e.into_inner());
+    if !*done {
+        let workers: i64 = c.query_one("SELECT count(*) FROM citus_get_active_worker_nodes()", &[]).unwrap().get(0);
+        assert!(workers >= 2, "the Citus cluster at {url} has {workers} workers; the tests need two");
+        c.batch_execute("CREATE EXTENSION IF NOT EXISTS amba").unwrap();
+        c.query_one("SELECT amba_distribute()", &[]).unwrap();
+        *done = true;
+    }
+    Some(c)
+}
+
+fn citus_client() -> Client {
+    Client::connect(&std::env::var("AMBA_CITUS_URL").unwrap(), NoTls).unwrap()
+}
+
+#[test]
+fn distributed_tables_are_sharded_by_user_and_colocated() {
+    let Some(mut c) = citus() else { return };
+    let rows = c
+        .query(
+            "SELECT logicalrelid::text, partmethod::text, colocationid FROM pg_dist_partition
+              WHERE logicalrelid::text LIKE 'amba.%' ORDER BY 1",
+            &[],
+        )
+        .unwrap();
+    let by_table: BTreeMap<String, (String, i32)> = rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
+    for t in ["amba.assignments", "amba.exposures", "amba.events"] {
+        assert_eq!(by_table[t].0, "h", "{t} is hash-distributed");
+        assert_eq!(by_table[t].1, by_table["amba.assignments"].1, "{t} is colocated with assignments");
+    }
+    for t in ["amba.experiments", "amba.weight_versions", "amba.experiment_history", "amba.overrides", "amba.aliases", "amba.api_keys"] {
+        assert_eq!(by_table[t].0, "n", "{t} is a reference table");
+    }
+    let delegated: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_dist_object o JOIN pg_proc p ON o.classid = 'pg_proc'::regclass AND o.objid = p.oid
+              WHERE p.proname IN ('amba_assign', 'amba_expose', 'amba_track') AND o.distribution_argument_index IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(delegated, 3);
+    // Calling it again is harmless.
+    let again: String = c.query_one("SELECT amba_distribute()", &[]).unwrap().get(0);
+    assert!(again.contains("already"), "{again}");
+}
+
+#[test]
+fn exactly_one_assignment_per_user_from_many_connections_at_once() {
+    let Some(mut c) = citus() else { return };
+    let key = unique("citus_race");
+    c.query_one("SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[&key]).unwrap();
+    let users: Vec<String> = (0..300).map(|i| format!("race-{i}")).collect();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
+    let handles: Vec<_> = (0..16)
+        .map(|t| {
+            let (key, users, barrier) = (key.clone(), users.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut c = citus_client();
+                barrier.wait();
+                // Every thread walks the users from a different place, so first touches race.
+                let mut got = BTreeMap::new();
+                for i in 0..users.len() {
+                    let u = &users[(i + t * 19) % users.len()];
+                    let v: String = c.query_one("SELECT amba_assign($1, $2)", &[&key, u]).unwrap().get(0);
+                    got.insert(u.clone(), v);
+                }
+                got
+            })
+        })
+        .collect();
+    let answers: Vec<BTreeMap<String, String>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for a in &answers[1..] {
+        assert_eq!(a, &answers[0], "every connection got the same variant for every user");
+    }
+    let rows = c
+        .query(
+            "SELECT a.user_id, count(*), min(a.variant) FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+              WHERE e.key = $1 GROUP BY a.user_id",
+            &[&key],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), users.len());
+    for r in rows {
+        let (u, n, v): (String, i64, String) = (r.get(0), r.get(1), r.get(2));
+        assert_eq!(n, 1, "{u} has {n} assignments");
+        assert_eq!(answers[0][&u], v);
+        // and the variant is the bucket's: sticky and the same as on one node
+        let b: f64 = c.query_one("SELECT amba_bucket($1, $2)", &[&key, &u]).unwrap().get(0);
+        assert_eq!(v, if b < 0.5 { "a" } else { "b" });
+    }
+}
+
+/// The same calls on the Citus coordinator and on one plain node: assignments, exposures and
+/// events through the API, with times a day or more apart, so both hold the same rows
+/// (the user ids are the experiment's own: events are not per experiment).
+fn load_same_rows(c: &mut Client, key: &str) {
+    c.query_one(
+        "SELECT amba_create_experiment($1, '[{\"key\":\"control\",\"weight\":1},{\"key\":\"treatment\",\"weight\":1}]')",
+        &[&key],
+    )
+    .unwrap();
+    c.batch_execute(&format!(
+        "SELECT amba_assign('{key}', '{key}-' || g) FROM generate_series(1, 400) g;
+         SELECT amba_expose('{key}', '{key}-' || g) FROM generate_series(1, 400) g WHERE g % 3 <> 0;
+         SELECT amba_track('{key}-' || g, 'buy', jsonb_build_object('amount', g % 17),
+                           now() + (g % 5 - 1) * interval '1 day')
+           FROM generate_series(1, 480) g WHERE g % 2 = 0;
+         SELECT amba_track('{key}-' || g, 'view', NULL, now()) FROM generate_series(1, 480) g;"
+    ))
+    .unwrap();
+}
+
+fn rows_of(c: &mut Client, sql: &str) -> Vec<Vec<String>> {
+    c.simple_query(sql)
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn results_equal_a_single_nodes_on_the_same_rows() {
+    let Some(mut c) = citus() else { return };
+    let key = unique("citus_same");
+    load_same_rows(&mut c, &key);
+    let single = Db::with_amba("amba_single");
+    let mut s = single.client();
+    load_same_rows(&mut s, &key);
+    for q in [
+        format!("SELECT * FROM amba_results('{key}', 'buy')"),
+        format!("SELECT * FROM amba_metric_results('{key}', 'buy', 'amount')"),
+        format!("SELECT * FROM amba_metric_results('{key}', 'buy', 'amount', cap_percentile => 0.9)"),
+        format!("SELECT day - current_date, variant, exposed_count, converted_count, lift, p_value FROM amba_results_daily('{key}', 'buy')"),
+    ] {
+        let on_citus = rows_of(&mut c, &q);
+        eprintln!("{q}: {} rows", on_citus.len());
+        assert!(!on_citus.is_empty(), "{q}");
+        assert_eq!(on_citus, rows_of(&mut s, &q), "{q}");
+    }
+    // The counting is pushed down to the shards: a Citus plan over every shard.
+    let plan = rows_of(&mut c, "EXPLAIN SELECT a.variant, count(*), count(x.user_id) FROM amba.assignments a LEFT JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id WHERE a.experiment_id = 1 GROUP BY a.variant");
+    let text: String = plan.iter().map(|r| r[0].clone()).collect::<Vec<_>>().join("\n");
+    assert!(text.contains("Custom Scan (Citus Adaptive)"), "{text}");
+}
+
+#[test]
+fn http_client_requests_work_through_the_coordinator() {
+    let Some(mut c) = citus() else { return };
+    let key = unique("citus_http");
+    c.query_one("SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[&key]).unwrap();
+    let api_key: String = c.query_one("SELECT amba_create_api_key($1)", &[&unique("citus_client_key")]).unwrap().get(0);
+    // What PostgREST runs per request (see http_contract.rs): one transaction, the settings
+    // of the request, the pre-request function, the call.
+    let request = |c: &mut Client, user: &str, path: &str, call: &str| -> Vec<Vec<String>> {
+        let claims = format!("{{\"role\": \"amba_client\", \"sub\": \"{user}\"}}");
+        let headers = format!("{{\"x-api-key\": \"{api_key}\"}}");
+        let mut tx = c.transaction().unwrap();
+        tx.execute(
+            "SELECT set_config('search_path', '\"amba_api\", \"public\"', true), set_config('role', 'amba_client', true), \
+             set_config('request.jwt.claims', $1, true), set_config('request.method', 'POST', true), \
+             set_config('request.path', $2, true), set_config('request.headers', $3, true), \
+             set_config('request.cookies', '{}', true)",
+            &[&claims, &path, &headers],
+        )
+        .unwrap();
+        tx.batch_execute("SELECT amba_api.pre_request()").unwrap();
+        let rows: Vec<Vec<String>> = tx
+            .simple_query(call)
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect()),
+                _ => None,
+            })
+            .collect();
+        tx.commit().unwrap();
+        rows
+    };
+    let v = request(&mut c, "http-1", "/rpc/assign", &format!("SELECT amba_api.assign('{key}') ->> 'variant'"));
+    let direct: String = c.query_one("SELECT amba_assign($1, 'http-1')", &[&key]).unwrap().get(0);
+    assert_eq!(v[0][0], direct);
+    request(&mut c, "http-1", "/rpc/expose", &format!("SELECT amba_api.expose('{key}')"));
+    request(&mut c, "http-2", "/rpc/assign", &format!("SELECT amba_api.assign('{key}')"));
+    // Row-level security through the coordinator: each client sees its own assignment only.
+    let mine = request(&mut c, "http-1", "/my_assignments", &format!("SELECT experiment_key, exposed_at IS NOT NULL FROM amba_api.my_assignments WHERE experiment_key = '{key}'"));
+    assert_eq!(mine, vec![vec![key.clone(), "t".to_string()]]);
+    let theirs = request(&mut c, "http-2", "/my_assignments", &format!("SELECT experiment_key, exposed_at IS NOT NULL FROM amba_api.my_assignments WHERE experiment_key = '{key}'"));
+    assert_eq!(theirs, vec![vec![key.clone(), "f".to_string()]]);
+}
