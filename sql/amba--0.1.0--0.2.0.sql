@@ -142,6 +142,29 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'amba_results_daily_wrapper';
 
+CREATE  FUNCTION amba."_results_daily"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"day" date,  /* Date */
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"lift_cs_low" double precision,  /* Option < f64 > */
+	"lift_cs_high" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'results_daily_internal_wrapper';
+
 CREATE  FUNCTION amba."_metric_results"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"event" TEXT, /* Option < & str > */
@@ -195,100 +218,6 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'results_internal_wrapper';
 
-CREATE  FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
-
-CREATE  FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'http_status_wrapper';
-
-CREATE  FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_texts_wrapper';
-
-CREATE  FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
-
-CREATE  FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
-
-CREATE  FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
-
-CREATE  FUNCTION amba."_results_daily"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"day" date,  /* Date */
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"lift_cs_low" double precision,  /* Option < f64 > */
-	"lift_cs_high" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'results_daily_internal_wrapper';
-
-CREATE  FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lock_experiment_wrapper';
-
-CREATE  FUNCTION amba."_lock_users"(
-	"a" TEXT, /* & str */
-	"b" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lock_users_wrapper';
-
-CREATE  FUNCTION amba."_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT, /* Option < & str > */
-	"properties" jsonb, /* Option < JsonbDatum > */
-	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
-) RETURNS timestamp with time zone /* TimestampWithTimeZone */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'track_internal_wrapper';
-
 CREATE  FUNCTION amba."_expose"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"user_id" TEXT /* Option < & str > */
@@ -312,6 +241,77 @@ CREATE  FUNCTION amba."_peek"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
+
+CREATE  FUNCTION amba."_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"properties" jsonb, /* Option < JsonbDatum > */
+	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
+) RETURNS timestamp with time zone /* TimestampWithTimeZone */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'track_internal_wrapper';
+
+CREATE  FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_texts_wrapper';
+
+CREATE  FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
+
+CREATE  FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'http_status_wrapper';
+
+CREATE  FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
+
+CREATE  FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
+
+CREATE  FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
+
+CREATE  FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lock_experiment_wrapper';
+
+CREATE  FUNCTION amba."_lock_users"(
+	"a" TEXT, /* & str */
+	"b" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lock_users_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
@@ -894,6 +894,18 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
                               '(%[0-9A-Fa-f]{2})|([^%]+|%)', 'g') WITH ORDINALITY AS t(m, n)), '')
 $fn$;
 
+-- On Citus (CONTRACT 9) workers evaluate the row-level security of the rows they hold, and
+-- read the JWT claims there. PostgREST sets them with set_config, which stays on the
+-- coordinator; Citus passes SET LOCAL commands on to the workers of the transaction.
+CREATE OR REPLACE FUNCTION amba._propagate_request_settings() RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    SET LOCAL citus.propagate_set_commands = 'local';
+    EXECUTE pg_catalog.format('SET LOCAL request.jwt.claims = %L',
+                              coalesce(current_setting('request.jwt.claims', true), ''));
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION amba_api.pre_request() RETURNS void
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -929,6 +941,9 @@ BEGIN
     END IF;
     -- Attributes changes in the experiment history to this key.
     PERFORM set_config('amba.api_key_name', key_row.name, true);
+    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+        PERFORM amba._propagate_request_settings();
+    END IF;
 END
 $fn$;
 COMMENT ON FUNCTION amba_api.pre_request() IS
@@ -993,12 +1008,21 @@ $fn$;
 COMMENT ON FUNCTION amba_api.peek(text) IS
 'The session user''s variant without enrolling them: their override or assignment, else the variant they would get now (active experiments), else null. Writes nothing. 404 EXPERIMENT_NOT_FOUND.';
 
-CREATE OR REPLACE VIEW amba_api.my_assignments WITH (security_barrier) AS
-    SELECT e.key AS experiment_key, a.variant, a.assigned_at, x.exposed_at
+-- The view reads through a SECURITY DEFINER function that takes the user from the token
+-- itself: on Citus (CONTRACT 9) the workers run a query's parts as the role that runs it,
+-- so a view that joined the tables directly would reach them as amba_client.
+CREATE OR REPLACE FUNCTION amba._my_assignments()
+RETURNS TABLE (experiment_key text, variant text, assigned_at timestamptz, exposed_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT e.key, a.variant, a.assigned_at, x.exposed_at
       FROM amba.assignments a
       JOIN amba.experiments e ON e.id = a.experiment_id
       LEFT JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id
-     WHERE a.user_id = amba._request_user_id();
+     WHERE a.user_id = amba._request_user_id()
+$fn$;
+
+CREATE OR REPLACE VIEW amba_api.my_assignments WITH (security_barrier) AS
+    SELECT m.experiment_key, m.variant, m.assigned_at, m.exposed_at FROM amba._my_assignments() m;
 COMMENT ON VIEW amba_api.my_assignments IS
 'The session user''s assignments: experiment_key, variant, assigned_at, exposed_at (null until exposed).';
 
@@ -2116,6 +2140,150 @@ CREATE OR REPLACE FUNCTION @extschema@.amba_report(experiment_key text, conversi
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $fn$ SELECT amba._report($1, $2) $fn$;
 
+-- sql/distribute.sql ------------------------------------------------------------------
+-- CONTRACT 9: scale-out on Citus. amba_distribute() turns an installed amba into a
+-- distributed one: the per-user tables sharded by user_id (colocated, so a user's
+-- assignments, exposures and events sit on one worker and results join shard by shard),
+-- the small tables replicated as reference tables, and amba_assign / amba_expose /
+-- amba_track delegated to the worker that owns the user.
+--
+-- Citus does not recreate extension-owned tables on workers (the extension, installed on
+-- every node, does), so each change made to the tables themselves runs on every node. The
+-- workers' part runs first, in transactions of its own (run_command_on_workers; later in
+-- the call, Citus's own connections hold locks on those tables): it is idempotent, and
+-- harmless should the rest fail (the workers' own tables hold no rows), so calling
+-- amba_distribute() again completes the job.
+
+-- A marker: a worker's amba tables hold no rows once distributed (the shards do), and the
+-- fast paths that read tables directly must know. They look for a trigger (amba's own
+-- tables have none; Citus gives the coordinator's a truncate trigger).
+CREATE OR REPLACE FUNCTION amba._distributed_marker() RETURNS trigger
+LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+
+-- The statements that change the tables' shape for Citus, run on every node: a distributed
+-- table's unique keys must include the distribution column (events), and the foreign keys
+-- among amba's tables are dropped while the tables are converted one by one (Citus would
+-- otherwise convert each table's neighbours on its own, recreating them on the workers,
+-- where the extension made them already). The coordinator re-adds them after, and Citus
+-- puts them on the shards.
+CREATE OR REPLACE FUNCTION amba._distribute_shape_sql() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'ALTER TABLE amba.exposures DROP CONSTRAINT IF EXISTS exposures_experiment_id_user_id_fkey; '
+        || 'ALTER TABLE amba.weight_versions DROP CONSTRAINT IF EXISTS weight_versions_experiment_id_fkey; '
+        || 'ALTER TABLE amba.overrides DROP CONSTRAINT IF EXISTS overrides_experiment_id_fkey; '
+        || 'ALTER TABLE amba.events DROP CONSTRAINT IF EXISTS events_pkey; '
+        || 'ALTER TABLE amba.events ADD CONSTRAINT events_pkey PRIMARY KEY (user_id, event_id)'
+$$;
+
+-- The workers' marker (see amba._distributed_marker). Not on the coordinator: Citus
+-- refuses to distribute tables with triggers of their own, and puts its own truncate
+-- trigger there.
+CREATE OR REPLACE FUNCTION amba._distribute_marker_sql() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(pg_catalog.format(
+               'CREATE OR REPLACE TRIGGER amba_distributed BEFORE TRUNCATE ON amba.%I '
+               'FOR EACH STATEMENT EXECUTE FUNCTION amba._distributed_marker()', t), '; ')
+      FROM unnest(ARRAY['experiments', 'assignments', 'exposures', 'events', 'aliases']) t
+$$;
+
+CREATE OR REPLACE FUNCTION amba_distribute() RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    failed text;
+    grant_row record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'INVALID_ARGUMENT: amba_distribute needs Citus, and the citus extension is not '
+                   || 'installed in this database (on a Citus coordinator: CREATE EXTENSION citus, '
+                   || 'add the workers, install amba, then call amba_distribute())';
+    END IF;
+    IF NOT citus_is_coordinator() THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'INVALID_ARGUMENT: amba_distribute runs on the Citus coordinator, and this node '
+                   || 'is not it';
+    END IF;
+    -- One call at a time (a second waits, then finds the job done).
+    PERFORM pg_advisory_xact_lock(1634560609, 1);
+    IF EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'amba.assignments'::regclass) THEN
+        RETURN 'amba is already distributed';
+    END IF;
+    IF EXISTS (SELECT 1 FROM citus_get_active_worker_nodes() w
+                WHERE NOT EXISTS (SELECT 1 FROM run_command_on_workers(
+                    'SELECT extversion FROM pg_extension WHERE extname = ''amba''') r
+                    WHERE r.nodename = w.node_name AND r.nodeport = w.node_port
+                      AND r.success AND r.result = (SELECT extversion FROM pg_extension WHERE extname = 'amba'))) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'INVALID_ARGUMENT: amba must be installed, at this version, on every worker first';
+    END IF;
+
+    -- Foreign keys to reference tables: Citus needs one connection per node for the rest.
+    PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    SELECT string_agg(r.nodename || ':' || r.nodeport || ' ' || r.result, '; ') INTO failed
+      FROM run_command_on_workers('BEGIN; SET LOCAL citus.enable_ddl_propagation = off; '
+                                  || 'ALTER ROLE amba_owner LOGIN; ALTER ROLE amba_admin LOGIN; '
+                                  || 'ALTER ROLE amba_analyst LOGIN; ALTER ROLE amba_client LOGIN; '
+                                  || amba._distribute_shape_sql() || '; '
+                                  || amba._distribute_marker_sql() || '; COMMIT') r
+     WHERE NOT r.success;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'amba_distribute: reshaping the tables on the workers failed: %', failed;
+    END IF;
+    -- Citus runs each query's part on a worker as the role that runs it (citus#7719): the
+    -- roles amba's functions and policies run as must be able to log in there (with no
+    -- password: pg_hba decides who may; docs/SCALE-OUT.md).
+    ALTER ROLE amba_owner LOGIN;
+    ALTER ROLE amba_admin LOGIN;
+    ALTER ROLE amba_analyst LOGIN;
+    ALTER ROLE amba_client LOGIN;
+    EXECUTE amba._distribute_shape_sql();
+
+    -- The small tables, read by every call: a copy on every node.
+    PERFORM create_reference_table('amba.experiments');
+    PERFORM create_reference_table('amba.weight_versions');
+    PERFORM create_reference_table('amba.experiment_history');
+    PERFORM create_reference_table('amba.overrides');
+    PERFORM create_reference_table('amba.aliases');
+    PERFORM create_reference_table('amba.api_keys');
+    -- The per-user tables, by user, colocated.
+    PERFORM create_distributed_table('amba.assignments', 'user_id');
+    PERFORM create_distributed_table('amba.exposures', 'user_id', colocate_with => 'amba.assignments');
+    PERFORM create_distributed_table('amba.events', 'user_id', colocate_with => 'amba.assignments');
+    ALTER TABLE amba.weight_versions ADD CONSTRAINT weight_versions_experiment_id_fkey
+        FOREIGN KEY (experiment_id) REFERENCES amba.experiments (id) ON DELETE CASCADE;
+    ALTER TABLE amba.overrides ADD CONSTRAINT overrides_experiment_id_fkey
+        FOREIGN KEY (experiment_id) REFERENCES amba.experiments (id) ON DELETE CASCADE;
+    -- Without ON UPDATE CASCADE: Citus never updates a distribution column (user_id).
+    ALTER TABLE amba.exposures ADD CONSTRAINT exposures_experiment_id_user_id_fkey
+        FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
+        ON DELETE CASCADE;
+
+    -- The shards get the tables' privileges (Citus passes GRANTs on to them).
+    FOR grant_row IN
+        SELECT c.relname, a.privilege_type, a.grantee::regrole::text AS grantee
+          FROM pg_class c, aclexplode(c.relacl) a
+         WHERE c.relnamespace = 'amba'::regnamespace AND c.relkind = 'r'
+           AND a.grantee <> 0 AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE pg_catalog.format('GRANT %s ON amba.%I TO %s',
+                                  grant_row.privilege_type, grant_row.relname, grant_row.grantee);
+    END LOOP;
+
+    -- The hot path runs on the worker that owns the user.
+    PERFORM create_distributed_function('@extschema@.amba_assign(text, text)', '$2',
+                                        colocate_with => 'amba.assignments');
+    PERFORM create_distributed_function('@extschema@.amba_expose(text, text)', '$2',
+                                        colocate_with => 'amba.assignments');
+    PERFORM create_distributed_function('@extschema@.amba_track(text, text, jsonb, timestamptz)', '$1',
+                                        colocate_with => 'amba.assignments');
+    RETURN 'amba is distributed: assignments, exposures and events by user_id over '
+        || (SELECT count(*) FROM citus_get_active_worker_nodes()) || ' workers';
+END
+$$;
+REVOKE ALL ON FUNCTION amba_distribute() FROM PUBLIC;
+
 -- sql/access.sql ----------------------------------------------------------------------
 -- Amba experiments: access control (CONTRACT 4 and 8). Runs last in the extension script
 -- (finalize), once every table and function exists. Nothing is reachable by PUBLIC; each
@@ -2197,7 +2365,8 @@ GRANT EXECUTE ON FUNCTION
     amba._assign(text, text), amba._expose(text, text), amba._peek(text, text),
     amba._track(text, text, jsonb, timestamptz),
     amba._client_user_id(), amba._jwt_sub(), amba._request_user_id(), amba._decoded_request_path(),
-    amba._http_error(integer, text, text), amba._http_rethrow(text, text), amba._http_status(text)
+    amba._http_error(integer, text, text), amba._http_rethrow(text, text), amba._http_status(text),
+    amba._propagate_request_settings()
 TO amba_owner;
 ALTER FUNCTION amba_api.pre_request() OWNER TO amba_owner;
 ALTER FUNCTION amba_api.assign(text) OWNER TO amba_owner;
@@ -2213,6 +2382,8 @@ GRANT EXECUTE ON FUNCTION amba_api.assign(text), amba_api.expose(text), amba_api
     amba_api.peek(text)
 TO amba_client;
 GRANT SELECT ON amba_api.my_assignments TO amba_client;
+ALTER FUNCTION amba._my_assignments() OWNER TO amba_owner;
+GRANT EXECUTE ON FUNCTION amba._my_assignments() TO amba_client;
 GRANT EXECUTE ON FUNCTION
     amba_api.experiments_create(text, jsonb, text, text, text),
     amba_api.experiments_list(),

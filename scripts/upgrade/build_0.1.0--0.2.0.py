@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes sql/amba--0.1.0--0.2.0.sql: the schema changes of 0.2.0 (written here by hand),
-then every hand-written function of sql/api.sql, sql/http.sql and sql/report.sql as
+then every hand-written function of sql/api.sql, sql/http.sql, sql/report.sql and
+sql/distribute.sql as
 CREATE OR REPLACE, the new Rust functions (copied from `cargo pgrx schema` output), and
 sql/access.sql after dropping the old policies. The upgrade test
 (tests/integration/tests/upgrade.rs) checks that the result equals a fresh 0.2.0 install.
@@ -102,6 +103,8 @@ parts = [
     or_replace((ROOT / "sql/http.sql").read_text()),
     "\n-- sql/report.sql ----------------------------------------------------------------------\n",
     or_replace((ROOT / "sql/report.sql").read_text()),
+    "\n-- sql/distribute.sql ------------------------------------------------------------------\n",
+    or_replace((ROOT / "sql/distribute.sql").read_text()),
     "\n-- sql/access.sql ----------------------------------------------------------------------\n",
     (ROOT / "sql/access.sql").read_text(),
 ]
