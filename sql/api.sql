@@ -184,6 +184,11 @@ BEGIN
     -- in the latest snapshot, cross-checked in REPEATABLE READ (a row this transaction
     -- could not see fails it cleanly with 40001 rather than being left behind).
     PERFORM amba._lock_experiment(current_row.id);
+    -- On Citus (CONTRACT 9) the experiment's row, in a reference table, may change after
+    -- the shards' rows only over one connection per node.
+    IF current_setting('citus.multi_shard_modify_mode', true) IS NOT NULL THEN
+        PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    END IF;
     PERFORM amba._exec_fresh('DELETE FROM amba.exposures x WHERE x.experiment_id = $1::bigint'::text,
                              ARRAY[current_row.id::text]);
     PERFORM amba._exec_fresh('DELETE FROM amba.assignments a WHERE a.experiment_id = $1::bigint'::text,
@@ -272,10 +277,11 @@ BEGIN
     END IF;
     who := amba._identity(_set_override.user_id);
     SELECT * INTO previous FROM amba.overrides o WHERE o.experiment_id = exp.id AND o.user_id = who;
-    INSERT INTO amba.overrides AS o (experiment_id, user_id, variant)
-    VALUES (exp.id, who, _set_override.variant)
+    -- The time goes in as a value (Citus allows no function in DO UPDATE SET).
+    INSERT INTO amba.overrides AS o (experiment_id, user_id, variant, set_at)
+    VALUES (exp.id, who, _set_override.variant, now())
     ON CONFLICT ON CONSTRAINT overrides_pkey
-    DO UPDATE SET variant = excluded.variant, set_at = now()
+    DO UPDATE SET variant = excluded.variant, set_at = excluded.set_at
     RETURNING o.* INTO stored;
     UPDATE amba.experiments e SET revision = e.revision + 1 WHERE e.id = exp.id;
     after := amba._override_json(exp.key, stored);
