@@ -142,28 +142,100 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'amba_results_daily_wrapper';
 
-CREATE  FUNCTION amba."_results_daily"(
+CREATE  FUNCTION amba."_expose"(
 	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"day" date,  /* Date */
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"lift_cs_low" double precision,  /* Option < f64 > */
-	"lift_cs_high" double precision  /* Option < f64 > */
-)
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'expose_internal_wrapper';
+
+CREATE  FUNCTION amba."_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"properties" jsonb, /* Option < JsonbDatum > */
+	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
+) RETURNS timestamp with time zone /* TimestampWithTimeZone */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'track_internal_wrapper';
+
+CREATE  FUNCTION amba."_peek"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* Option < String > */
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'results_daily_internal_wrapper';
+AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
+
+CREATE  FUNCTION amba."_assign"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'assign_internal_wrapper';
+
+CREATE  FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
+
+CREATE  FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
+
+CREATE  FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'http_status_wrapper';
+
+CREATE  FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
+
+CREATE  FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_texts_wrapper';
+
+CREATE  FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
+
+CREATE  FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lock_experiment_wrapper';
+
+CREATE  FUNCTION amba."_lock_users"(
+	"a" TEXT, /* & str */
+	"b" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lock_users_wrapper';
 
 CREATE  FUNCTION amba."_metric_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -218,100 +290,28 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'results_internal_wrapper';
 
-CREATE  FUNCTION amba."_expose"(
+CREATE  FUNCTION amba."_results_daily"(
 	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'expose_internal_wrapper';
-
-CREATE  FUNCTION amba."_assign"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'assign_internal_wrapper';
-
-CREATE  FUNCTION amba."_peek"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* Option < String > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"day" date,  /* Date */
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"lift_cs_low" double precision,  /* Option < f64 > */
+	"lift_cs_high" double precision  /* Option < f64 > */
+)
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
-
-CREATE  FUNCTION amba."_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT, /* Option < & str > */
-	"properties" jsonb, /* Option < JsonbDatum > */
-	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
-) RETURNS timestamp with time zone /* TimestampWithTimeZone */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'track_internal_wrapper';
-
-CREATE  FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_texts_wrapper';
-
-CREATE  FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
-
-CREATE  FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'http_status_wrapper';
-
-CREATE  FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
-
-CREATE  FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
-
-CREATE  FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
-
-CREATE  FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lock_experiment_wrapper';
-
-CREATE  FUNCTION amba."_lock_users"(
-	"a" TEXT, /* & str */
-	"b" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lock_users_wrapper';
+AS 'MODULE_PATHNAME', 'results_daily_internal_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
@@ -689,6 +689,9 @@ BEGIN
             format('%s is itself an alias of another user id', to_json(target)));
     END IF;
     INSERT INTO amba.aliases (anonymous_id, user_id) VALUES (anon, target);
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = 'amba.assignments'::regclass AND t.tgtype & 32 <> 0) THEN
+        RETURN amba._alias_distributed(anon, target);
+    END IF;
 
     -- Where both have an assignment, the earlier (first touch) stays for the user; the
     -- other goes, with its exposure (ON DELETE CASCADE). Each experiment is one primary-key
@@ -729,6 +732,62 @@ BEGIN
     PERFORM amba._exec_fresh(
         'DELETE FROM amba.overrides o USING amba.experiments x
           WHERE o.experiment_id = x.id AND o.user_id = $1'::text, params);
+    RETURN jsonb_build_object('user_id', target, 'moved', moved, 'conflicts', conflicts, 'events', events_moved);
+END
+$fn$;
+
+-- amba_alias on Citus (CONTRACT 9), after the checks and the alias row: the two ids live
+-- on different shards, and Citus never updates a distribution column, so each of the
+-- anonymous id's assignments is copied to the user (or dropped in a first-touch conflict it
+-- loses) and deleted, one experiment at a time; events are copied and deleted.
+CREATE OR REPLACE FUNCTION amba._alias_distributed(anon text, target text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    s record;
+    target_at timestamptz;
+    conflicts bigint := 0;
+    moved bigint := 0;
+    events_moved bigint;
+BEGIN
+    -- Reference tables change below, after shard rows: one connection per node.
+    PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    FOR s IN
+        SELECT a.experiment_id, a.variant, a.weight_version, a.assigned_at, x.exposed_at
+          FROM amba.assignments a
+          LEFT JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id
+         WHERE a.user_id = anon
+    LOOP
+        SELECT t.assigned_at INTO target_at FROM amba.assignments t
+         WHERE t.experiment_id = s.experiment_id AND t.user_id = target;
+        IF FOUND THEN
+            conflicts := conflicts + 1;
+        END IF;
+        IF NOT FOUND OR s.assigned_at < target_at THEN
+            -- The anonymous assignment stays (first touch): it becomes the user's.
+            DELETE FROM amba.assignments t WHERE t.experiment_id = s.experiment_id AND t.user_id = target;
+            INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version, assigned_at)
+            VALUES (s.experiment_id, target, s.variant, s.weight_version, s.assigned_at);
+            IF s.exposed_at IS NOT NULL THEN
+                INSERT INTO amba.exposures (experiment_id, user_id, exposed_at)
+                VALUES (s.experiment_id, target, s.exposed_at);
+            END IF;
+            IF target_at IS NULL THEN
+                moved := moved + 1;
+            END IF;
+        END IF;
+        DELETE FROM amba.assignments a WHERE a.experiment_id = s.experiment_id AND a.user_id = anon;
+        target_at := NULL;
+    END LOOP;
+    INSERT INTO amba.events (user_id, event, occurred_at, properties)
+    SELECT target, e.event, e.occurred_at, e.properties FROM amba.events e WHERE e.user_id = anon;
+    GET DIAGNOSTICS events_moved = ROW_COUNT;
+    DELETE FROM amba.events e WHERE e.user_id = anon;
+    UPDATE amba.experiments e SET revision = e.revision + 1
+     WHERE e.id IN (SELECT o.experiment_id FROM amba.overrides o WHERE o.user_id IN (anon, target));
+    UPDATE amba.overrides o SET user_id = target
+     WHERE o.user_id = anon
+       AND NOT EXISTS (SELECT 1 FROM amba.overrides u WHERE u.experiment_id = o.experiment_id AND u.user_id = target);
+    DELETE FROM amba.overrides o WHERE o.user_id = anon;
     RETURN jsonb_build_object('user_id', target, 'moved', moved, 'conflicts', conflicts, 'events', events_moved);
 END
 $fn$;

@@ -245,3 +245,55 @@ fn http_client_requests_work_through_the_coordinator() {
     let theirs = request(&mut c, "http-2", "/my_assignments", &format!("SELECT experiment_key, exposed_at IS NOT NULL FROM amba_api.my_assignments WHERE experiment_key = '{key}'"));
     assert_eq!(theirs, vec![vec![key.clone(), "f".to_string()]]);
 }
+
+/// The same identity story on Citus and on one node: a visitor touches two experiments,
+/// one of which the account touched first; the login aliases them; later calls with the
+/// visitor's id act on the account. Both must end with the same rows.
+fn alias_story(c: &mut Client, tag: &str) -> Vec<Vec<String>> {
+    let (e1, e2, anon, user) = (format!("{tag}_e1"), format!("{tag}_e2"), format!("{tag}-anon"), format!("{tag}-user"));
+    for e in [&e1, &e2] {
+        c.query_one("SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[e]).unwrap();
+    }
+    c.query_one("SELECT amba_assign($1, $2)", &[&e2, &user]).unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&e1, &anon]).unwrap();
+    c.query_one("SELECT amba_expose($1, $2)", &[&e1, &anon]).unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&e2, &anon]).unwrap();
+    c.query_one("SELECT amba_set_override($1, $2, 'b')", &[&e2, &anon]).unwrap();
+    for event in ["view", "buy"] {
+        c.query_one("SELECT amba_track($1, $2)", &[&anon, &event]).unwrap();
+    }
+    let mut out = rows_of(c, &format!("SELECT amba_alias('{anon}', '{user}') - 'user_id'"));
+    // Later calls with the visitor's id act on the account.
+    out.extend(rows_of(c, &format!("SELECT amba_assign('{e1}', '{anon}') = amba_assign('{e1}', '{user}')")));
+    out.extend(rows_of(c, &format!("SELECT amba_track('{anon}', 'buy') IS NOT NULL")));
+    out.extend(rows_of(
+        c,
+        &format!(
+            "SELECT replace(e.key, '{tag}', ''), replace(a.user_id, '{tag}', ''), a.variant = amba_bucket_variant, x.exposed_at IS NOT NULL
+               FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+               LEFT JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id,
+               LATERAL (SELECT CASE WHEN amba_bucket(e.key, '{anon}') < 0.5 THEN 'a' ELSE 'b' END AS amba_bucket_variant) v
+              WHERE e.key IN ('{e1}', '{e2}') ORDER BY 1, 2"
+        ),
+    ));
+    out.extend(rows_of(c, &format!("SELECT replace(user_id, '{tag}', ''), event, count(*) FROM amba.events WHERE user_id IN ('{anon}', '{user}') GROUP BY 1, 2 ORDER BY 1, 2")));
+    out.extend(rows_of(c, &format!("SELECT replace(user_id, '{tag}', ''), variant FROM amba_list_overrides('{e2}')")));
+    out
+}
+
+#[test]
+fn alias_moves_a_visitor_to_the_account_as_on_one_node() {
+    let Some(mut c) = citus() else { return };
+    let tag = unique("citus_alias");
+    let on_citus = alias_story(&mut c, &tag);
+    let single = Db::with_amba("amba_single_alias");
+    let on_one_node = alias_story(&mut single.client(), &tag);
+    assert_eq!(on_citus, on_one_node);
+    // moved 1 (e1), 1 conflict (e2, the account's earlier assignment wins), 2 events
+    assert_eq!(on_citus[0][0], r#"{"moved": 1, "events": 2, "conflicts": 1}"#, "{on_citus:?}");
+    let anon_rows: i64 = c
+        .query_one("SELECT count(*) FROM amba.assignments WHERE user_id = $1", &[&format!("{tag}-anon")])
+        .unwrap()
+        .get(0);
+    assert_eq!(anon_rows, 0);
+}
