@@ -420,6 +420,7 @@ DECLARE
     current_row amba.experiments;
     updated amba.experiments;
     removed text[];
+    removed_key text;
     in_use text[] := '{}';
     new_version integer;
     before jsonb;
@@ -450,13 +451,20 @@ BEGIN
             -- removed variants have assignments or overrides: a removal and a first
             -- assignment to that variant never both commit.
             PERFORM amba._lock_experiment(current_row.id);
-            in_use := ARRAY(SELECT v FROM unnest(amba._select_fresh(
-                'SELECT k FROM pg_catalog.unnest($2::text[]) AS k
-                  WHERE EXISTS (SELECT 1 FROM amba.assignments a
-                                 WHERE a.experiment_id = $1::bigint AND a.variant = k)
-                     OR EXISTS (SELECT 1 FROM amba.overrides o
-                                 WHERE o.experiment_id = $1::bigint AND o.variant = k)'::text,
-                ARRAY[current_row.id::text, removed::text])) AS v);
+            -- One lookup per removed variant (no correlated subquery: Citus, CONTRACT 9,
+            -- plans none over a set-returning function).
+            FOREACH removed_key IN ARRAY removed LOOP
+                IF cardinality(amba._select_fresh(
+                       'SELECT 1 FROM amba.assignments a
+                         WHERE a.experiment_id = $1::bigint AND a.variant = $2 LIMIT 1'::text,
+                       ARRAY[current_row.id::text, removed_key])) > 0
+                   OR cardinality(amba._select_fresh(
+                       'SELECT 1 FROM amba.overrides o
+                         WHERE o.experiment_id = $1::bigint AND o.variant = $2 LIMIT 1'::text,
+                       ARRAY[current_row.id::text, removed_key])) > 0 THEN
+                    in_use := in_use || removed_key;
+                END IF;
+            END LOOP;
         END IF;
         PERFORM amba._check_variant_update(current_row.variant_keys, new_keys, in_use);
         IF new_keys IS DISTINCT FROM current_row.variant_keys
@@ -520,14 +528,16 @@ CREATE OR REPLACE FUNCTION amba._get_experiment(experiment_key text) RETURNS jso
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     PERFORM amba._check_experiment_key(_get_experiment.experiment_key);
-    RETURN (SELECT amba._experiment_json(e) FROM amba.experiments e
+    -- ROW(e.*): on Citus (CONTRACT 9) a whole-row reference to a reference table has its
+    -- shard's row type.
+    RETURN (SELECT amba._experiment_json(ROW(e.*)::amba.experiments) FROM amba.experiments e
              WHERE e.key = _get_experiment.experiment_key);
 END
 $fn$;
 
 CREATE OR REPLACE FUNCTION amba._list_experiments() RETURNS SETOF jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
-    SELECT amba._experiment_json(e) FROM amba.experiments e ORDER BY e.id
+    SELECT amba._experiment_json(ROW(e.*)::amba.experiments) FROM amba.experiments e ORDER BY e.id
 $fn$;
 
 CREATE OR REPLACE FUNCTION amba._experiment_history(experiment_key text)
@@ -2271,7 +2281,7 @@ BEGIN
                    || 'is not it';
     END IF;
     -- One call at a time (a second waits, then finds the job done).
-    PERFORM pg_advisory_xact_lock(1634560609, 1);
+    PERFORM pg_advisory_xact_lock(1634560612, 0);   -- 'amdd': amba_distribute's own lock
     IF EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'amba.assignments'::regclass) THEN
         RETURN 'amba is already distributed';
     END IF;

@@ -63,7 +63,7 @@ BEGIN
                    || 'is not it';
     END IF;
     -- One call at a time (a second waits, then finds the job done).
-    PERFORM pg_advisory_xact_lock(1634560609, 1);
+    PERFORM pg_advisory_xact_lock(1634560612, 0);   -- 'amdd': amba_distribute's own lock
     IF EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'amba.assignments'::regclass) THEN
         RETURN 'amba is already distributed';
     END IF;

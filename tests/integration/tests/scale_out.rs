@@ -297,3 +297,30 @@ fn alias_moves_a_visitor_to_the_account_as_on_one_node() {
         .get(0);
     assert_eq!(anon_rows, 0);
 }
+
+#[test]
+fn experiment_admin_works_through_the_coordinator() {
+    let Some(mut c) = citus() else { return };
+    let key = unique("citus_admin");
+    let k: &str = &key;
+    let got = |c: &mut Client, sql: &str| -> String { rows_of(c, &sql.replace("$k", k))[0][0].clone() };
+    assert_eq!(got(&mut c, "SELECT amba_create_experiment('$k', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]') ->> 'key'"), key);
+    assert_eq!(got(&mut c, "SELECT amba_get_experiment('$k') ->> 'status'"), "active");
+    assert_eq!(got(&mut c, "SELECT count(*) FROM amba_list_experiments() j WHERE j ->> 'key' = '$k'"), "1");
+    assert_eq!(got(&mut c, "SELECT amba_update_experiment('$k', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1},{\"key\":\"c\",\"weight\":8}]') ->> 'weight_version'"), "2");
+    // Enough users that one lands in c, then c cannot be removed.
+    let in_c = got(&mut c, "SELECT count(*) FROM (SELECT amba_assign('$k', 'adm-' || g) v FROM generate_series(1, 40) g) s WHERE v = 'c'");
+    assert_ne!(in_c, "0");
+    let err = c
+        .query_one(&"SELECT amba_update_experiment('$k', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')".replace("$k", k), &[])
+        .unwrap_err();
+    assert!(err.as_db_error().unwrap().message().starts_with("INVALID_ARGUMENT: variant \"c\" has assignments"), "{err}");
+    assert_eq!(got(&mut c, "SELECT amba_set_override('$k', 'qa', 'b') ->> 'variant'"), "b");
+    assert_eq!(got(&mut c, "SELECT amba_assign('$k', 'qa')"), "b");
+    assert_eq!(got(&mut c, "SELECT amba_clear_override('$k', 'qa')"), "t");
+    assert_eq!(got(&mut c, "SELECT count(*) FROM amba_experiment_history('$k')"), "4");
+    assert_eq!(got(&mut c, "SELECT amba_report('$k', 'buy') LIKE '<!DOCTYPE html>%'"), "t");
+    assert_eq!(got(&mut c, "SELECT amba_delete_experiment('$k')"), "t");
+    assert_eq!(got(&mut c, "SELECT count(*) FROM amba.assignments a WHERE a.user_id LIKE 'adm-%' AND a.experiment_id NOT IN (SELECT id FROM amba.experiments)"), "0");
+    assert_eq!(got(&mut c, "SELECT amba_get_experiment('$k') IS NULL"), "t");
+}
