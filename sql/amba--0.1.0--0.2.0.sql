@@ -142,13 +142,13 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'amba_results_daily_wrapper';
 
-CREATE  FUNCTION amba."_expose"(
+CREATE  FUNCTION amba."_assign"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"user_id" TEXT /* Option < & str > */
 ) RETURNS TEXT /* String */
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'expose_internal_wrapper';
+AS 'MODULE_PATHNAME', 'assign_internal_wrapper';
 
 CREATE  FUNCTION amba."_track"(
 	"user_id" TEXT, /* Option < & str > */
@@ -160,6 +160,14 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'track_internal_wrapper';
 
+CREATE  FUNCTION amba."_expose"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'expose_internal_wrapper';
+
 CREATE  FUNCTION amba."_peek"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"user_id" TEXT /* Option < & str > */
@@ -167,60 +175,6 @@ CREATE  FUNCTION amba."_peek"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
-
-CREATE  FUNCTION amba."_assign"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'assign_internal_wrapper';
-
-CREATE  FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
-
-CREATE  FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
-
-CREATE  FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'http_status_wrapper';
-
-CREATE  FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
-
-CREATE  FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_texts_wrapper';
-
-CREATE  FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
 
 CREATE  FUNCTION amba."_lock_experiment"(
 	"experiment_id" bigint /* i64 */
@@ -236,34 +190,6 @@ CREATE  FUNCTION amba."_lock_users"(
 STRICT VOLATILE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'lock_users_wrapper';
-
-CREATE  FUNCTION amba."_metric_results"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"event" TEXT, /* Option < & str > */
-	"value_property" TEXT DEFAULT NULL, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05, /* Option < f64 > */
-	"cap" double precision DEFAULT NULL, /* Option < f64 > */
-	"cap_percentile" double precision DEFAULT NULL, /* Option < f64 > */
-	"cuped_days" INT DEFAULT NULL /* Option < i32 > */
-) RETURNS TABLE (
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"exposed_count" bigint,  /* i64 */
-	"mean" double precision,  /* Option < f64 > */
-	"stddev" double precision,  /* Option < f64 > */
-	"delta" double precision,  /* Option < f64 > */
-	"delta_ci_low" double precision,  /* Option < f64 > */
-	"delta_ci_high" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"p_value_holm" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"cuped_theta" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'metric_results_internal_wrapper';
 
 CREATE  FUNCTION amba."_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -312,6 +238,80 @@ CREATE  FUNCTION amba."_results_daily"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'results_daily_internal_wrapper';
+
+CREATE  FUNCTION amba."_metric_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"value_property" TEXT DEFAULT NULL, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05, /* Option < f64 > */
+	"cap" double precision DEFAULT NULL, /* Option < f64 > */
+	"cap_percentile" double precision DEFAULT NULL, /* Option < f64 > */
+	"cuped_days" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"mean" double precision,  /* Option < f64 > */
+	"stddev" double precision,  /* Option < f64 > */
+	"delta" double precision,  /* Option < f64 > */
+	"delta_ci_low" double precision,  /* Option < f64 > */
+	"delta_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"cuped_theta" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'metric_results_internal_wrapper';
+
+CREATE  FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
+
+CREATE  FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_texts_wrapper';
+
+CREATE  FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
+
+CREATE  FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
+
+CREATE  FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
+
+CREATE  FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'http_status_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
@@ -451,6 +451,7 @@ BEGIN
             -- removed variants have assignments or overrides: a removal and a first
             -- assignment to that variant never both commit.
             PERFORM amba._lock_experiment(current_row.id);
+            PERFORM amba._lock_experiment_placements(current_row.id);
             -- One lookup per removed variant (no correlated subquery: Citus, CONTRACT 9,
             -- plans none over a set-returning function).
             FOREACH removed_key IN ARRAY removed LOOP
@@ -508,6 +509,7 @@ BEGIN
     -- in the latest snapshot, cross-checked in REPEATABLE READ (a row this transaction
     -- could not see fails it cleanly with 40001 rather than being left behind).
     PERFORM amba._lock_experiment(current_row.id);
+    PERFORM amba._lock_experiment_placements(current_row.id);
     -- On Citus (CONTRACT 9) the experiment's row, in a reference table, may change after
     -- the shards' rows only over one connection per node.
     IF current_setting('citus.multi_shard_modify_mode', true) IS NOT NULL THEN
@@ -2261,6 +2263,21 @@ LANGUAGE sql IMMUTABLE AS $$
       FROM unnest(ARRAY['experiments', 'assignments', 'exposures', 'events', 'aliases']) t
 $$;
 
+-- On Citus the experiment's advisory lock is per node, and first assignments run on the
+-- workers. A variant removal or delete therefore also locks the experiment's row on every
+-- placement of the reference table (an UPDATE goes to all of them; a SELECT FOR UPDATE to
+-- one) before it looks for assignments; a first assignment share-locks the row in its own
+-- node's placement (src/assign.rs), so the two never both commit. Nothing on one node.
+CREATE OR REPLACE FUNCTION amba._lock_experiment_placements(experiment_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = 'amba.assignments'::regclass AND t.tgtype & 32 <> 0) THEN
+        PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+        UPDATE amba.experiments e SET revision = e.revision WHERE e.id = experiment_id;
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION amba_distribute() RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2334,6 +2351,11 @@ BEGIN
     ALTER TABLE amba.exposures ADD CONSTRAINT exposures_experiment_id_user_id_fkey
         FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
         ON DELETE CASCADE;
+
+    -- A first assignment share-locks the experiment's row (amba._lock_experiment_placements):
+    -- the HTTP functions' owner may lock it, never change it.
+    GRANT UPDATE (revision) ON amba.experiments TO amba_owner;
+    CREATE POLICY owner_lock ON amba.experiments FOR UPDATE TO amba_owner USING (true) WITH CHECK (false);
 
     -- The shards get the tables' privileges (Citus passes GRANTs on to them).
     FOR grant_row IN

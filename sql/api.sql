@@ -135,6 +135,7 @@ BEGIN
             -- removed variants have assignments or overrides: a removal and a first
             -- assignment to that variant never both commit.
             PERFORM amba._lock_experiment(current_row.id);
+            PERFORM amba._lock_experiment_placements(current_row.id);
             -- One lookup per removed variant (no correlated subquery: Citus, CONTRACT 9,
             -- plans none over a set-returning function).
             FOREACH removed_key IN ARRAY removed LOOP
@@ -192,6 +193,7 @@ BEGIN
     -- in the latest snapshot, cross-checked in REPEATABLE READ (a row this transaction
     -- could not see fails it cleanly with 40001 rather than being left behind).
     PERFORM amba._lock_experiment(current_row.id);
+    PERFORM amba._lock_experiment_placements(current_row.id);
     -- On Citus (CONTRACT 9) the experiment's row, in a reference table, may change after
     -- the shards' rows only over one connection per node.
     IF current_setting('citus.multi_shard_modify_mode', true) IS NOT NULL THEN

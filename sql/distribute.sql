@@ -43,6 +43,21 @@ LANGUAGE sql IMMUTABLE AS $$
       FROM unnest(ARRAY['experiments', 'assignments', 'exposures', 'events', 'aliases']) t
 $$;
 
+-- On Citus the experiment's advisory lock is per node, and first assignments run on the
+-- workers. A variant removal or delete therefore also locks the experiment's row on every
+-- placement of the reference table (an UPDATE goes to all of them; a SELECT FOR UPDATE to
+-- one) before it looks for assignments; a first assignment share-locks the row in its own
+-- node's placement (src/assign.rs), so the two never both commit. Nothing on one node.
+CREATE FUNCTION amba._lock_experiment_placements(experiment_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = 'amba.assignments'::regclass AND t.tgtype & 32 <> 0) THEN
+        PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+        UPDATE amba.experiments e SET revision = e.revision WHERE e.id = experiment_id;
+    END IF;
+END
+$$;
+
 CREATE FUNCTION amba_distribute() RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -116,6 +131,11 @@ BEGIN
     ALTER TABLE amba.exposures ADD CONSTRAINT exposures_experiment_id_user_id_fkey
         FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
         ON DELETE CASCADE;
+
+    -- A first assignment share-locks the experiment's row (amba._lock_experiment_placements):
+    -- the HTTP functions' owner may lock it, never change it.
+    GRANT UPDATE (revision) ON amba.experiments TO amba_owner;
+    CREATE POLICY owner_lock ON amba.experiments FOR UPDATE TO amba_owner USING (true) WITH CHECK (false);
 
     -- The shards get the tables' privileges (Citus passes GRANTs on to them).
     FOR grant_row IN

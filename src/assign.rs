@@ -141,6 +141,7 @@ fn inactive(key: &str, exp: &Experiment) -> ! {
 /// one committed before the lock was granted is seen in the latest snapshot.
 fn first_assignment(client: &SpiClient<'_>, key: &str, mut exp: Rc<Experiment>, who: &str) -> String {
     locks::experiment_shared(exp.id);
+    distributed_share_lock(client, exp.id);
     let user_bucket = bucket::bucket(key, who);
     for _ in 0..8 {
         if !exp.is_latest() {
@@ -169,6 +170,55 @@ fn first_assignment(client: &SpiClient<'_>, key: &str, mut exp: Rc<Experiment>, 
         }
     }
     panic!("could not assign user to experiment {key:?}: the experiment kept changing");
+}
+
+thread_local! {
+    static SHARE_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static LOCAL_EXPERIMENTS: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
+}
+
+/// This node's placement of the reference table amba.experiments on Citus (CONTRACT 9), or
+/// None on one node. Looked up once per backend.
+fn local_experiments_placement(client: &SpiClient<'_>) -> Option<String> {
+    LOCAL_EXPERIMENTS.with(|cell| {
+        cell.borrow_mut()
+            .get_or_insert_with(|| {
+                let has_citus = client
+                    .select("SELECT to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL", None, &[])
+                    .ok()
+                    .and_then(|t| t.first().get::<bool>(1).ok().flatten())
+                    .unwrap_or(false);
+                if !has_citus {
+                    return None;
+                }
+                client
+                    .select(
+                        "SELECT 'amba.' || quote_ident('experiments_' || s.shardid) FROM pg_catalog.pg_dist_shard s \
+                          WHERE s.logicalrelid = 'amba.experiments'::regclass",
+                        None,
+                        &[],
+                    )
+                    .ok()
+                    .and_then(|t| if t.is_empty() { None } else { t.first().get::<String>(1).ok().flatten() })
+            })
+            .clone()
+    })
+}
+
+/// On Citus the experiment's advisory lock is per node, and a first assignment runs on the
+/// worker that owns the user while a variant removal or delete runs on the coordinator.
+/// There the first assignment also share-locks the experiment's row in this node's
+/// placement of the reference table; the removal updates that row on every placement
+/// before it looks for assignments (sql/api.sql), so the two never both commit.
+fn distributed_share_lock(client: &SpiClient<'_>, experiment_id: i64) {
+    if direct::tables().is_some() {
+        return;
+    }
+    let Some(placement) = local_experiments_placement(client) else { return };
+    let sql = format!("SELECT 1 FROM {placement} e WHERE e.id = $1 FOR SHARE");
+    with_plan(&SHARE_PLAN, client, &sql, &[pg_sys::INT8OID], true, |plan| {
+        client.select(plan, None, &[experiment_id.into()]).expect("locking the experiment's row");
+    });
 }
 
 fn assign(experiment_key: Option<&str>, user_id: Option<&str>) -> String {

@@ -324,3 +324,50 @@ fn experiment_admin_works_through_the_coordinator() {
     assert_eq!(got(&mut c, "SELECT count(*) FROM amba.assignments a WHERE a.user_id LIKE 'adm-%' AND a.experiment_id NOT IN (SELECT id FROM amba.experiments)"), "0");
     assert_eq!(got(&mut c, "SELECT amba_get_experiment('$k') IS NULL"), "t");
 }
+
+/// Variant removal holds off first assignments on the workers: while a removal is not yet
+/// committed on the coordinator, a delegated first assignment of a user the old weights put
+/// in the removed variant waits (on its worker, for the experiment's row); once the removal
+/// commits, it follows the new weights. Never both.
+#[test]
+fn a_removal_holds_off_first_assignments_on_the_workers() {
+    let Some(mut c) = citus() else { return };
+    let key = unique("citus_remove");
+    c.query_one("SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1},{\"key\":\"c\",\"weight\":8}]')", &[&key])
+        .unwrap();
+    // A user the old weights put in c (bucket ≥ 0.2) and the new ones in b (bucket ≥ 0.5).
+    let user: String = c
+        .query_one("SELECT 'rm-' || g FROM generate_series(1, 1000) g WHERE amba_bucket($1, 'rm-' || g) >= 0.5 LIMIT 1", &[&key])
+        .unwrap()
+        .get(0);
+    let lock_waits = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT coalesce(sum(result::bigint), 0)::bigint FROM run_command_on_workers(
+                 $$SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%amba_assign%'$$)",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(lock_waits(&mut c), 0);
+    let mut remover = citus_client();
+    let mut tx = remover.transaction().unwrap();
+    tx.query_one("SELECT amba_update_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[&key]).unwrap();
+    let (k, u) = (key.clone(), user.clone());
+    let assigner = std::thread::spawn(move || -> String { citus_client().query_one("SELECT amba_assign($1, $2)", &[&k, &u]).unwrap().get(0) });
+    // The first assignment is waiting on its worker.
+    let mut polls = 0;
+    while lock_waits(&mut c) == 0 {
+        polls += 1;
+        assert!(polls < 3000 && !assigner.is_finished(), "the first assignment did not wait for the removal");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!assigner.is_finished());
+    tx.commit().unwrap();
+    assert_eq!(assigner.join().unwrap(), "b");
+    let in_c: i64 = c
+        .query_one("SELECT count(*) FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id WHERE e.key = $1 AND a.variant = 'c'", &[&key])
+        .unwrap()
+        .get(0);
+    assert_eq!(in_c, 0);
+}
