@@ -54,5 +54,8 @@ SELECT length(amba_create_api_key('mobile-app')) >= 32 AS long_enough;
 SELECT amba_revoke_api_key('mobile-app') AS revoked;
 SELECT pg_temp.try($$SELECT amba_create_api_key('mobile-app')$$) AS reused_name;
 
+-- Scale-out needs Citus (docs/SCALE-OUT.md): without it, INVALID_ARGUMENT (22023).
+SELECT pg_temp.try($$SELECT amba_distribute()$$) AS without_citus;
+
 -- Nothing half-written remains after an error.
 SELECT count(*) AS experiments FROM amba.experiments WHERE key = 'x';
