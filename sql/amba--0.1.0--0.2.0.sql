@@ -142,6 +142,67 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'amba_results_daily_wrapper';
 
+CREATE  FUNCTION amba."_lock_users"(
+	"a" TEXT, /* & str */
+	"b" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lock_users_wrapper';
+
+CREATE  FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lock_experiment_wrapper';
+
+CREATE  FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'http_status_wrapper';
+
+CREATE  FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
+
+CREATE  FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
+
+CREATE  FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
+
+CREATE  FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_texts_wrapper';
+
+CREATE  FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
+
 CREATE  FUNCTION amba."_assign"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"user_id" TEXT /* Option < & str > */
@@ -149,6 +210,22 @@ CREATE  FUNCTION amba."_assign"(
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'assign_internal_wrapper';
+
+CREATE  FUNCTION amba."_peek"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* Option < String > */
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
+
+CREATE  FUNCTION amba."_expose"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'expose_internal_wrapper';
 
 CREATE  FUNCTION amba."_track"(
 	"user_id" TEXT, /* Option < & str > */
@@ -159,62 +236,6 @@ CREATE  FUNCTION amba."_track"(
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'track_internal_wrapper';
-
-CREATE  FUNCTION amba."_expose"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'expose_internal_wrapper';
-
-CREATE  FUNCTION amba."_peek"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* Option < String > */
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
-
-CREATE  FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lock_experiment_wrapper';
-
-CREATE  FUNCTION amba."_lock_users"(
-	"a" TEXT, /* & str */
-	"b" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lock_users_wrapper';
-
-CREATE  FUNCTION amba."_results"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"assigned_count" bigint,  /* i64 */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"z_score" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"chance_to_win" double precision,  /* Option < f64 > */
-	"p_value_holm" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"srm_p_value" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'results_internal_wrapper';
 
 CREATE  FUNCTION amba."_results_daily"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -267,51 +288,30 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'metric_results_internal_wrapper';
 
-CREATE  FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
-STRICT VOLATILE 
+CREATE  FUNCTION amba."_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"assigned_count" bigint,  /* i64 */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"z_score" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"chance_to_win" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"srm_p_value" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
-
-CREATE  FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_texts_wrapper';
-
-CREATE  FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
-
-CREATE  FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
-
-CREATE  FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
-
-CREATE  FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'http_status_wrapper';
+AS 'MODULE_PATHNAME', 'results_internal_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
@@ -339,6 +339,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 $fn$;
 
 -- The end user behind an HTTP request: the JWT's `sub`, NULL outside PostgREST.
+-- Whether amba's tables are distributed by Citus (CONTRACT 9, sql/distribute.sql): their
+-- truncate trigger (Citus's on the coordinator, amba's marker on the workers) says so, as it
+-- does to the Rust fast paths (src/direct.rs).
+CREATE OR REPLACE FUNCTION amba._distributed() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT EXISTS (SELECT 1 FROM pg_trigger t
+                    WHERE t.tgrelid = 'amba.assignments'::regclass AND t.tgtype & 32 <> 0)
+$fn$;
+
 CREATE OR REPLACE FUNCTION amba._jwt_sub() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT nullif(nullif(current_setting('request.jwt.claims', true), ''), 'null')::jsonb ->> 'sub'
@@ -701,7 +710,7 @@ BEGIN
             format('%s is itself an alias of another user id', to_json(target)));
     END IF;
     INSERT INTO amba.aliases (anonymous_id, user_id) VALUES (anon, target);
-    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = 'amba.assignments'::regclass AND t.tgtype & 32 <> 0) THEN
+    IF amba._distributed() THEN
         RETURN amba._alias_distributed(anon, target);
     END IF;
 
@@ -2271,7 +2280,7 @@ $$;
 CREATE OR REPLACE FUNCTION amba._lock_experiment_placements(experiment_id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = 'amba.assignments'::regclass AND t.tgtype & 32 <> 0) THEN
+    IF amba._distributed() THEN
         PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
         UPDATE amba.experiments e SET revision = e.revision WHERE e.id = experiment_id;
     END IF;

@@ -23,6 +23,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 $fn$;
 
 -- The end user behind an HTTP request: the JWT's `sub`, NULL outside PostgREST.
+-- Whether amba's tables are distributed by Citus (CONTRACT 9, sql/distribute.sql): their
+-- truncate trigger (Citus's on the coordinator, amba's marker on the workers) says so, as it
+-- does to the Rust fast paths (src/direct.rs).
+CREATE FUNCTION amba._distributed() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT EXISTS (SELECT 1 FROM pg_trigger t
+                    WHERE t.tgrelid = 'amba.assignments'::regclass AND t.tgtype & 32 <> 0)
+$fn$;
+
 CREATE FUNCTION amba._jwt_sub() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT nullif(nullif(current_setting('request.jwt.claims', true), ''), 'null')::jsonb ->> 'sub'
@@ -385,7 +394,7 @@ BEGIN
             format('%s is itself an alias of another user id', to_json(target)));
     END IF;
     INSERT INTO amba.aliases (anonymous_id, user_id) VALUES (anon, target);
-    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = 'amba.assignments'::regclass AND t.tgtype & 32 <> 0) THEN
+    IF amba._distributed() THEN
         RETURN amba._alias_distributed(anon, target);
     END IF;
 

@@ -51,7 +51,7 @@ $$;
 CREATE FUNCTION amba._lock_experiment_placements(experiment_id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = 'amba.assignments'::regclass AND t.tgtype & 32 <> 0) THEN
+    IF amba._distributed() THEN
         PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
         UPDATE amba.experiments e SET revision = e.revision WHERE e.id = experiment_id;
     END IF;

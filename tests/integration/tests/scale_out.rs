@@ -165,7 +165,7 @@ fn load_same_rows(c: &mut Client, key: &str) {
     .unwrap();
 }
 
-fn rows_of(c: &mut Client, sql: &str) -> Vec<Vec<String>> {
+fn rows_of(c: &mut impl postgres::GenericClient, sql: &str) -> Vec<Vec<String>> {
     c.simple_query(sql)
         .unwrap()
         .into_iter()
@@ -222,15 +222,7 @@ fn http_client_requests_work_through_the_coordinator() {
         )
         .unwrap();
         tx.batch_execute("SELECT amba_api.pre_request()").unwrap();
-        let rows: Vec<Vec<String>> = tx
-            .simple_query(call)
-            .unwrap()
-            .into_iter()
-            .filter_map(|m| match m {
-                postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect()),
-                _ => None,
-            })
-            .collect();
+        let rows = rows_of(&mut tx, call);
         tx.commit().unwrap();
         rows
     };
