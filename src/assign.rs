@@ -13,6 +13,7 @@
 //! surface calls: only the extension can create functions there, so no look-alike placed
 //! in the extension's schema can intercept a SECURITY DEFINER call (CONTRACT 8).
 
+use crate::append;
 use crate::cache::{self, Experiment};
 use crate::direct;
 use crate::errors::{raise_code, raise_serialization_failure, OrRaise};
@@ -36,11 +37,13 @@ thread_local! {
     static TRACK_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
-const FIND_SQL: &str = "SELECT variant FROM amba.assignments WHERE experiment_id = $1 AND user_id = $2";
+const FIND_SQL: &str =
+    "SELECT variant FROM amba.assignments WHERE experiment_id = $1 AND user_id = $2";
 
 /// The weight version is recorded for the SRM test. No foreign key to amba.experiments:
 /// its check would lock the experiment's row for every first assignment.
-const INSERT_SQL: &str = "INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version) \
+const INSERT_SQL: &str =
+    "INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version) \
      VALUES ($1, $2, $3, $4) ON CONFLICT (experiment_id, user_id) DO NOTHING RETURNING variant";
 
 const EXPOSE_SQL: &str = "WITH assigned AS ( \
@@ -52,19 +55,27 @@ const EXPOSE_SQL: &str = "WITH assigned AS ( \
      SELECT variant FROM assigned";
 
 /// A first exposure, once the direct read has found the assignment and no exposure.
-const INSERT_EXPOSURE_SQL: &str = "INSERT INTO amba.exposures (experiment_id, user_id) VALUES ($1, $2) \
+const INSERT_EXPOSURE_SQL: &str =
+    "INSERT INTO amba.exposures (experiment_id, user_id) VALUES ($1, $2) \
      ON CONFLICT (experiment_id, user_id) DO NOTHING";
 
-const TRACK_SQL: &str = "INSERT INTO amba.events (user_id, event, occurred_at, properties) VALUES ($1, $2, $3, $4)";
+const TRACK_SQL: &str =
+    "INSERT INTO amba.events (user_id, event, occurred_at, properties) VALUES ($1, $2, $3, $4)";
 
-fn check_inputs<'a>(experiment_key: Option<&'a str>, user_id: Option<&'a str>) -> (&'a str, &'a str) {
+fn check_inputs<'a>(
+    experiment_key: Option<&'a str>,
+    user_id: Option<&'a str>,
+) -> (&'a str, &'a str) {
     validate::experiment_key(experiment_key).or_raise();
     validate::user_id(user_id).or_raise();
     (experiment_key.unwrap(), user_id.unwrap())
 }
 
 fn not_found(key: &str) -> ! {
-    raise_code(ErrorCode::ExperimentNotFound, format!("experiment {key:?} does not exist"))
+    raise_code(
+        ErrorCode::ExperimentNotFound,
+        format!("experiment {key:?} does not exist"),
+    )
 }
 
 fn find_experiment(key: &str) -> Rc<Experiment> {
@@ -107,39 +118,79 @@ fn direct_stored_variant(experiment_id: i64, user_id: &str) -> Option<Option<Str
     Some(variant)
 }
 
-fn stored_variant(client: &SpiClient<'_>, experiment_id: i64, user_id: &str, fresh: bool) -> Option<String> {
+fn stored_variant(
+    client: &SpiClient<'_>,
+    experiment_id: i64,
+    user_id: &str,
+    fresh: bool,
+) -> Option<String> {
     // The fresh variant is prepared as mutating so SPI takes a new snapshot: it must see
     // an assignment a concurrent first call committed while we were inserting.
     let slot = if fresh { &FIND_FRESH_PLAN } else { &FIND_PLAN };
-    with_plan(slot, client, FIND_SQL, &[pg_sys::INT8OID, pg_sys::TEXTOID], fresh, |plan| {
-        let table = client.select(plan, None, &[experiment_id.into(), user_id.into()]).expect("reading the assignment");
-        if table.is_empty() {
-            None
-        } else {
-            table.first().get::<String>(1).expect("reading the variant")
-        }
-    })
+    with_plan(
+        slot,
+        client,
+        FIND_SQL,
+        &[pg_sys::INT8OID, pg_sys::TEXTOID],
+        fresh,
+        |plan| {
+            let table = client
+                .select(plan, None, &[experiment_id.into(), user_id.into()])
+                .expect("reading the assignment");
+            if table.is_empty() {
+                None
+            } else {
+                table.first().get::<String>(1).expect("reading the variant")
+            }
+        },
+    )
 }
 
-fn insert_assignment(client: &SpiClient<'_>, exp: &Experiment, user_id: &str, variant: &str) -> bool {
-    let types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::INT4OID];
+fn insert_assignment(
+    client: &SpiClient<'_>,
+    exp: &Experiment,
+    user_id: &str,
+    variant: &str,
+) -> bool {
+    let types = [
+        pg_sys::INT8OID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::INT4OID,
+    ];
     with_plan(&INSERT_PLAN, client, INSERT_SQL, &types, true, |plan| {
-        let args = [exp.id.into(), user_id.into(), variant.into(), exp.weight_version.into()];
-        !client.select(plan, None, &args).expect("storing the assignment").is_empty()
+        let args = [
+            exp.id.into(),
+            user_id.into(),
+            variant.into(),
+            exp.weight_version.into(),
+        ];
+        !client
+            .select(plan, None, &args)
+            .expect("storing the assignment")
+            .is_empty()
     })
 }
 
 fn inactive(key: &str, exp: &Experiment) -> ! {
     raise_code(
         ErrorCode::ExperimentInactive,
-        format!("experiment {key:?} is {}; new users cannot be assigned", exp.status),
+        format!(
+            "experiment {key:?} is {}; new users cannot be assigned",
+            exp.status
+        ),
     )
 }
 
 /// A first assignment of `who` (the identity, after aliases), under the experiment's
 /// shared lock: no variant removal or delete can commit until this transaction ends, and
 /// one committed before the lock was granted is seen in the latest snapshot.
-fn first_assignment(client: &SpiClient<'_>, key: &str, mut exp: Rc<Experiment>, who: &str) -> String {
+fn first_assignment(
+    client: &SpiClient<'_>,
+    key: &str,
+    mut exp: Rc<Experiment>,
+    who: &str,
+) -> String {
     locks::experiment_shared(exp.id);
     distributed_share_lock(client, exp.id);
     let user_bucket = bucket::bucket(key, who);
@@ -159,7 +210,8 @@ fn first_assignment(client: &SpiClient<'_>, key: &str, mut exp: Rc<Experiment>, 
         if !exp.is_active() {
             inactive(key, &exp);
         }
-        let index = bucket::pick(user_bucket, &exp.thresholds, &exp.weights).expect("validated weights have a positive sum");
+        let index = bucket::pick(user_bucket, &exp.thresholds, &exp.weights)
+            .expect("validated weights have a positive sum");
         let variant = &exp.variant_keys[index];
         if insert_assignment(client, &exp, who, variant) {
             return variant.clone();
@@ -214,11 +266,22 @@ fn distributed_share_lock(client: &SpiClient<'_>, experiment_id: i64) {
     if direct::tables().is_some() {
         return;
     }
-    let Some(placement) = local_experiments_placement(client) else { return };
+    let Some(placement) = local_experiments_placement(client) else {
+        return;
+    };
     let sql = format!("SELECT 1 FROM {placement} e WHERE e.id = $1 FOR SHARE");
-    with_plan(&SHARE_PLAN, client, &sql, &[pg_sys::INT8OID], true, |plan| {
-        client.select(plan, None, &[experiment_id.into()]).expect("locking the experiment's row");
-    });
+    with_plan(
+        &SHARE_PLAN,
+        client,
+        &sql,
+        &[pg_sys::INT8OID],
+        true,
+        |plan| {
+            client
+                .select(plan, None, &[experiment_id.into()])
+                .expect("locking the experiment's row");
+        },
+    );
 }
 
 fn assign(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
@@ -283,16 +346,32 @@ fn expose(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
 
 /// Records the first exposure of `user_id`'s assignment; None when there is no assignment.
 fn expose_as(exp: &Experiment, user_id: &str) -> Option<String> {
-    if let Some(t) = direct::tables().filter(|t| direct::direct_reads_allowed(&[t.assignments, t.exposures])) {
+    if let Some(t) =
+        direct::tables().filter(|t| direct::direct_reads_allowed(&[t.assignments, t.exposures]))
+    {
         // Read as the SPI statement below would: in a new snapshot (it must see an
         // assignment committed since this statement began).
         let (variant, exposed) = unsafe {
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
             let snapshot = pg_sys::GetActiveSnapshot();
-            let (_, variant) =
-                direct::fetch_by_key(t.assignments, t.assignments_pkey, Some(exp.id), user_id, snapshot, Some(t.variant_attnum));
-            let exposed =
-                variant.is_some() && direct::fetch_by_key(t.exposures, t.exposures_pkey, Some(exp.id), user_id, snapshot, None).0;
+            let (_, variant) = direct::fetch_by_key(
+                t.assignments,
+                t.assignments_pkey,
+                Some(exp.id),
+                user_id,
+                snapshot,
+                Some(t.variant_attnum),
+            );
+            let exposed = variant.is_some()
+                && direct::fetch_by_key(
+                    t.exposures,
+                    t.exposures_pkey,
+                    Some(exp.id),
+                    user_id,
+                    snapshot,
+                    None,
+                )
+                .0;
             pg_sys::PopActiveSnapshot();
             (variant, exposed)
         };
@@ -301,9 +380,18 @@ fn expose_as(exp: &Experiment, user_id: &str) -> Option<String> {
             // Only a first exposure writes; the foreign key still checks the assignment.
             Spi::connect_mut(|client| {
                 let types = [pg_sys::INT8OID, pg_sys::TEXTOID];
-                with_plan(&INSERT_EXPOSURE_PLAN, client, INSERT_EXPOSURE_SQL, &types, true, |plan| {
-                    client.select(plan, None, &[exp.id.into(), user_id.into()]).expect("recording the exposure");
-                });
+                with_plan(
+                    &INSERT_EXPOSURE_PLAN,
+                    client,
+                    INSERT_EXPOSURE_SQL,
+                    &types,
+                    true,
+                    |plan| {
+                        client
+                            .select(plan, None, &[exp.id.into(), user_id.into()])
+                            .expect("recording the exposure");
+                    },
+                );
             });
         }
         return Some(variant);
@@ -311,7 +399,9 @@ fn expose_as(exp: &Experiment, user_id: &str) -> Option<String> {
     Spi::connect_mut(|client| {
         let types = [pg_sys::INT8OID, pg_sys::TEXTOID];
         with_plan(&EXPOSE_PLAN, client, EXPOSE_SQL, &types, true, |plan| {
-            let table = client.select(plan, None, &[exp.id.into(), user_id.into()]).expect("recording the exposure");
+            let table = client
+                .select(plan, None, &[exp.id.into(), user_id.into()])
+                .expect("recording the exposure");
             if table.is_empty() {
                 None
             } else {
@@ -353,13 +443,19 @@ fn track(
     if let Some(props) = &properties {
         let kind = props.kind();
         if kind != "object" {
-            raise_code(ErrorCode::InvalidArgument, format!("properties must be a JSON object or NULL, not {kind}"));
+            raise_code(
+                ErrorCode::InvalidArgument,
+                format!("properties must be a JSON object or NULL, not {kind}"),
+            );
         }
         validate::properties_size(props.text_len()).or_raise();
     }
     // An event at ±infinity would count as a conversion for every user (or for none).
     if occurred_at.is_some_and(|at| !at.is_finite()) {
-        raise_code(ErrorCode::InvalidArgument, "occurred_at must be a finite time or NULL");
+        raise_code(
+            ErrorCode::InvalidArgument,
+            "occurred_at must be a finite time or NULL",
+        );
     }
     let stored_at = occurred_at.unwrap_or_else(|| {
         TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
@@ -367,10 +463,26 @@ fn track(
     });
     locks::user(user_id, false);
     let who = identity::resolve(user_id);
+    let properties = properties.map(|p| p.0);
+    if direct::tables()
+        .is_some_and(|t| append::append_event(t.events, &who, event, stored_at, properties))
+    {
+        return stored_at;
+    }
     Spi::connect_mut(|client| {
-        let types = [pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID, pg_sys::JSONBOID];
+        let types = [
+            pg_sys::TEXTOID,
+            pg_sys::TEXTOID,
+            pg_sys::TIMESTAMPTZOID,
+            pg_sys::JSONBOID,
+        ];
         with_plan(&TRACK_PLAN, client, TRACK_SQL, &types, true, |plan| {
-            let args = [who.as_str().into(), event.into(), stored_at.into(), properties.map(|p| p.0).into()];
+            let args = [
+                who.as_str().into(),
+                event.into(),
+                stored_at.into(),
+                properties.into(),
+            ];
             client.select(plan, None, &args).expect("storing the event");
         });
     });

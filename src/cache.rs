@@ -41,7 +41,9 @@ impl Experiment {
     /// Whether this is still the definition `snapshot` sees.
     pub fn is_current_in(&self, snapshot: pg_sys::Snapshot) -> bool {
         match direct::tables() {
-            Some(t) => unsafe { direct::row_version_visible(t.experiments, self.tid, self.xmin, snapshot) },
+            Some(t) => unsafe {
+                direct::row_version_visible(t.experiments, self.tid, self.xmin, snapshot)
+            },
             None => false,
         }
     }
@@ -51,7 +53,8 @@ impl Experiment {
     pub fn is_latest(&self) -> bool {
         if direct::tables().is_none() {
             // Distributed (or not all there): the row version as committed now, through SPI.
-            let now = run_fresh(LATEST_VERSION_SQL, &[Some(self.id.to_string())], true).first_column;
+            let now =
+                run_fresh(LATEST_VERSION_SQL, &[Some(self.id.to_string())], true).first_column;
             return now.first().cloned().flatten() == Some(version_text(&self.tid, self.xmin));
         }
         self.is_current_in(unsafe { pg_sys::GetLatestSnapshot() })
@@ -80,7 +83,8 @@ const LOAD_SQL: &str = "WITH o AS ( \
 
 /// The experiment's row version, (tid, xmin), as text: compared when rows cannot be read
 /// directly.
-const LATEST_VERSION_SQL: &str = "SELECT e.ctid::text || ' ' || e.xmin::text FROM amba.experiments e WHERE e.id = $1::bigint";
+const LATEST_VERSION_SQL: &str =
+    "SELECT e.ctid::text || ' ' || e.xmin::text FROM amba.experiments e WHERE e.id = $1::bigint";
 
 fn version_text(tid: &pg_sys::ItemPointerData, xmin: u32) -> String {
     let block = ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32;
@@ -104,7 +108,9 @@ fn parse_tid(text: &str) -> Option<pg_sys::ItemPointerData> {
 fn load(client: &SpiClient<'_>, key: &str, fresh: bool) -> Option<Rc<Experiment>> {
     let slot = if fresh { &LOAD_FRESH_PLAN } else { &LOAD_PLAN };
     let loaded = with_plan(slot, client, LOAD_SQL, &[pg_sys::TEXTOID], fresh, |plan| {
-        let table = client.select(plan, None, &[key.into()]).expect("loading the experiment");
+        let table = client
+            .select(plan, None, &[key.into()])
+            .expect("loading the experiment");
         if table.is_empty() {
             return None;
         }
@@ -136,7 +142,9 @@ fn load(client: &SpiClient<'_>, key: &str, fresh: bool) -> Option<Rc<Experiment>
 
 fn cached_current(key: &str) -> Option<Rc<Experiment>> {
     let cached = EXPERIMENTS.with(|m| m.borrow().get(key).cloned())?;
-    if unsafe { pg_sys::ActiveSnapshotSet() } && cached.is_current_in(unsafe { pg_sys::GetActiveSnapshot() }) {
+    if unsafe { pg_sys::ActiveSnapshotSet() }
+        && cached.is_current_in(unsafe { pg_sys::GetActiveSnapshot() })
+    {
         Some(cached)
     } else {
         EXPERIMENTS.with(|m| m.borrow_mut().remove(key));

@@ -4,7 +4,10 @@
 //! days give each day's exposed and converted counts, and the core gives the statistics.
 
 use crate::errors::OrRaise;
-use crate::results::{check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE};
+use crate::results::{
+    check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM,
+    COUNTED_ASSIGNMENTS_WHERE,
+};
 use amba_core::stats::{self, Arm};
 use amba_core::validate;
 use pgrx::datum::Date;
@@ -45,11 +48,26 @@ fn counts_sql(slice: UserSlice) -> String {
 }
 
 pub type DailyRow = (
-    Date, String, bool, i64, i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>,
-    Option<f64>, Option<f64>, Option<f64>,
+    Date,
+    String,
+    bool,
+    i64,
+    i64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
 );
 
-fn results_daily(experiment_key: Option<&str>, conversion_event: Option<&str>, alpha: Option<f64>) -> Vec<DailyRow> {
+fn results_daily(
+    experiment_key: Option<&str>,
+    conversion_event: Option<&str>,
+    alpha: Option<f64>,
+) -> Vec<DailyRow> {
     validate::experiment_key(experiment_key).or_raise();
     let event = check_event("conversion_event", conversion_event);
     let alpha = validate::alpha(alpha).or_raise();
@@ -57,7 +75,12 @@ fn results_daily(experiment_key: Option<&str>, conversion_event: Option<&str>, a
     // (variant index, day) → new exposures, new conversions.
     let (variant_keys, new_exposed, new_converted, last_event_day) = Spi::connect(|client| {
         let exp = experiment_for_results(client, experiment_key);
-        let index: BTreeMap<&str, usize> = exp.variant_keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let index: BTreeMap<&str, usize> = exp
+            .variant_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i))
+            .collect();
         let mut new_exposed: BTreeMap<(i32, usize), i64> = BTreeMap::new();
         let mut new_converted: BTreeMap<(i32, usize), i64> = BTreeMap::new();
         let args = vec![exp.id.into(), event.into()];
@@ -65,23 +88,34 @@ fn results_daily(experiment_key: Option<&str>, conversion_event: Option<&str>, a
         run_counting(client, exp.id, counts_sql, true, args, |table| {
             for row in table {
                 let variant: String = row.get(1).expect("variant").expect("variant");
-                let Some(&v) = index.get(variant.as_str()) else { continue };
+                let Some(&v) = index.get(variant.as_str()) else {
+                    continue;
+                };
                 let exposed_day: Option<i32> = row.get(2).expect("day");
                 let converted_day: Option<i32> = row.get(3).expect("day");
                 let last: Option<i32> = row.get(4).expect("day");
                 let users: i64 = row.get(5).expect("count").unwrap_or(0);
                 last_event_day = last_event_day.max(last);
-                let Some(exposed_day) = exposed_day else { continue };
+                let Some(exposed_day) = exposed_day else {
+                    continue;
+                };
                 *new_exposed.entry((exposed_day, v)).or_default() += users;
                 if let Some(day) = converted_day {
                     *new_converted.entry((day, v)).or_default() += users;
                 }
             }
         });
-        (exp.variant_keys.clone(), new_exposed, new_converted, last_event_day)
+        (
+            exp.variant_keys.clone(),
+            new_exposed,
+            new_converted,
+            last_event_day,
+        )
     });
 
-    let Some(first_day) = new_exposed.keys().map(|(d, _)| *d).min() else { return Vec::new() };
+    let Some(first_day) = new_exposed.keys().map(|(d, _)| *d).min() else {
+        return Vec::new();
+    };
     let last_day = new_exposed
         .keys()
         .map(|(d, _)| *d)
@@ -97,7 +131,9 @@ fn results_daily(experiment_key: Option<&str>, conversion_event: Option<&str>, a
             exposed[v] += new_exposed.get(&(day, v)).copied().unwrap_or(0);
             converted[v] += new_converted.get(&(day, v)).copied().unwrap_or(0);
         }
-        let arms: Vec<Arm> = (0..n).map(|v| Arm::new(exposed[v] as u64, converted[v] as u64)).collect();
+        let arms: Vec<Arm> = (0..n)
+            .map(|v| Arm::new(exposed[v] as u64, converted[v] as u64))
+            .collect();
         let analysis = stats::analyze(&arms, alpha);
         let date = Date::try_from(pgrx::pg_sys::DateADT::from(day)).expect("a valid date");
         for (v, s) in analysis.into_iter().enumerate() {
@@ -154,10 +190,16 @@ macro_rules! results_daily_fn {
     };
 }
 
-results_daily_fn!(#[pg_extern(stable, parallel_unsafe)] amba_results_daily);
+results_daily_fn!(
+    #[pg_extern(stable, parallel_unsafe)]
+    amba_results_daily
+);
 
 #[pg_schema]
 mod amba {
     use super::*;
-    results_daily_fn!(#[pg_extern(name = "_results_daily", stable, parallel_unsafe)] results_daily_internal);
+    results_daily_fn!(
+        #[pg_extern(name = "_results_daily", stable, parallel_unsafe)]
+        results_daily_internal
+    );
 }

@@ -18,6 +18,7 @@ pub struct Tables {
     pub exposures: pg_sys::Oid,
     pub exposures_pkey: pg_sys::Oid,
     pub aliases: pg_sys::Oid,
+    pub events: pg_sys::Oid,
     pub aliases_pkey: pg_sys::Oid,
     /// Attribute number of `amba.aliases.user_id`.
     pub alias_user_attnum: i16,
@@ -32,7 +33,14 @@ thread_local! {
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     if let Some(t) = TABLES.with(Cell::get) {
         if relid == pg_sys::InvalidOid
-            || [t.experiments, t.assignments, t.exposures, t.aliases].contains(&relid)
+            || [
+                t.experiments,
+                t.assignments,
+                t.exposures,
+                t.aliases,
+                t.events,
+            ]
+            .contains(&relid)
         {
             TABLES.with(|c| c.set(None));
         }
@@ -50,7 +58,9 @@ unsafe fn has_truncate_trigger(relid: pg_sys::Oid) -> bool {
             return true;
         }
         let triggers = (*rel).trigdesc;
-        let has = !triggers.is_null() && ((*triggers).trig_truncate_before_statement || (*triggers).trig_truncate_after_statement);
+        let has = !triggers.is_null()
+            && ((*triggers).trig_truncate_before_statement
+                || (*triggers).trig_truncate_after_statement);
         pg_sys::RelationClose(rel);
         has
     }
@@ -61,7 +71,9 @@ unsafe fn has_truncate_trigger(relid: pg_sys::Oid) -> bool {
 /// Citus routes). The callers then take the SPI path.
 pub fn tables() -> Option<Tables> {
     if !CALLBACK_REGISTERED.with(Cell::get) {
-        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
+        };
         CALLBACK_REGISTERED.with(|c| c.set(true));
     }
     if let Some(t) = TABLES.with(Cell::get) {
@@ -81,14 +93,27 @@ pub fn tables() -> Option<Tables> {
             exposures: oid(c"exposures"),
             exposures_pkey: oid(c"exposures_pkey"),
             aliases: oid(c"aliases"),
+            events: oid(c"events"),
             aliases_pkey: oid(c"aliases_pkey"),
             alias_user_attnum: 0,
         };
-        let oids = [t.experiments, t.assignments, t.assignments_pkey, t.exposures, t.exposures_pkey, t.aliases, t.aliases_pkey];
+        let oids = [
+            t.experiments,
+            t.assignments,
+            t.assignments_pkey,
+            t.exposures,
+            t.exposures_pkey,
+            t.aliases,
+            t.aliases_pkey,
+            t.events,
+        ];
         if oids.contains(&pg_sys::InvalidOid) {
             return None;
         }
-        if [t.experiments, t.assignments, t.exposures, t.aliases].iter().any(|&relid| has_truncate_trigger(relid)) {
+        if [t.experiments, t.assignments, t.exposures, t.aliases]
+            .iter()
+            .any(|&relid| has_truncate_trigger(relid))
+        {
             return None;
         }
         let variant_attnum = pg_sys::get_attnum(t.assignments, c"variant".as_ptr());
@@ -96,14 +121,24 @@ pub fn tables() -> Option<Tables> {
         if variant_attnum <= 0 || alias_user_attnum <= 0 {
             return None;
         }
-        Tables { variant_attnum, alias_user_attnum, ..t }
+        Tables {
+            variant_attnum,
+            alias_user_attnum,
+            ..t
+        }
     };
     TABLES.with(|c| c.set(Some(resolved)));
     Some(resolved)
 }
 
 /// A btree equality key on column `attno` of `index`, with the index's collation.
-unsafe fn eq_key(key: &mut pg_sys::ScanKeyData, irel: pg_sys::Relation, attno: i16, proc_: u32, value: pg_sys::Datum) {
+unsafe fn eq_key(
+    key: &mut pg_sys::ScanKeyData,
+    irel: pg_sys::Relation,
+    attno: i16,
+    proc_: u32,
+    value: pg_sys::Datum,
+) {
     unsafe {
         let collation = *(*irel).rd_indcollation.add(attno as usize - 1);
         pg_sys::ScanKeyEntryInitialize(
@@ -138,7 +173,13 @@ pub unsafe fn fetch_by_key(
         let user_id_text = user_id.into_datum().expect("a text datum");
         let nkeys = match experiment_id {
             Some(id) => {
-                eq_key(&mut keys[0], irel, 1, pg_sys::F_INT8EQ, pg_sys::Datum::from(id));
+                eq_key(
+                    &mut keys[0],
+                    irel,
+                    1,
+                    pg_sys::F_INT8EQ,
+                    pg_sys::Datum::from(id),
+                );
                 eq_key(&mut keys[1], irel, 2, pg_sys::F_TEXTEQ, user_id_text);
                 2
             }
@@ -168,7 +209,12 @@ pub unsafe fn fetch_by_key(
 /// Whether the row version at `tid`, inserted by `xmin`, is the version of its row that
 /// `snapshot` sees (visible, and not yet replaced or deleted in that snapshot). This is
 /// how a cached experiment definition is checked against each statement's snapshot.
-pub unsafe fn row_version_visible(table: pg_sys::Oid, tid: pg_sys::ItemPointerData, xmin: u32, snapshot: pg_sys::Snapshot) -> bool {
+pub unsafe fn row_version_visible(
+    table: pg_sys::Oid,
+    tid: pg_sys::ItemPointerData,
+    xmin: u32,
+    snapshot: pg_sys::Snapshot,
+) -> bool {
     unsafe {
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
@@ -177,7 +223,8 @@ pub unsafe fn row_version_visible(table: pg_sys::Oid, tid: pg_sys::ItemPointerDa
         let visible = pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buffer, false);
         // The line pointer may have been reused by another row since: the inserting
         // transaction tells them apart.
-        let same = visible && (*tuple.t_data).t_choice.t_heap.t_xmin == pg_sys::TransactionId::from(xmin);
+        let same =
+            visible && (*tuple.t_data).t_choice.t_heap.t_xmin == pg_sys::TransactionId::from(xmin);
         if visible {
             pg_sys::ReleaseBuffer(buffer);
         }
@@ -202,7 +249,8 @@ pub fn direct_reads_allowed(tables: &[pg_sys::Oid]) -> bool {
         }
         let user = pg_sys::GetUserId();
         tables.iter().all(|&relid| {
-            pg_sys::pg_class_aclcheck(relid, user, pg_sys::ACL_SELECT as pg_sys::AclMode) == pg_sys::AclResult::ACLCHECK_OK
+            pg_sys::pg_class_aclcheck(relid, user, pg_sys::ACL_SELECT as pg_sys::AclMode)
+                == pg_sys::AclResult::ACLCHECK_OK
                 && pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
                     != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
         })

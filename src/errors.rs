@@ -7,7 +7,9 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 /// PostgreSQL's packed form of a five-character SQLSTATE (MAKE_SQLSTATE).
 fn packed_sqlstate(sqlstate: &str) -> i32 {
-    sqlstate.bytes().enumerate().fold(0, |acc, (i, c)| acc + ((((c - b'0') & 0x3f) as i32) << (6 * i)))
+    sqlstate.bytes().enumerate().fold(0, |acc, (i, c)| {
+        acc + ((((c - b'0') & 0x3f) as i32) << (6 * i))
+    })
 }
 
 fn sql_error_code(code: ErrorCode) -> PgSqlErrorCode {
@@ -16,7 +18,8 @@ fn sql_error_code(code: ErrorCode) -> PgSqlErrorCode {
 
 /// Raises `error` as a PostgreSQL ERROR; never returns.
 pub fn raise(error: CoreError) -> ! {
-    ErrorReport::new(sql_error_code(error.code), error.to_string(), "amba").report(PgLogLevel::ERROR);
+    ErrorReport::new(sql_error_code(error.code), error.to_string(), "amba")
+        .report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
 
@@ -27,8 +30,12 @@ pub fn raise_code(code: ErrorCode, detail: impl Into<String>) -> ! {
 /// 40001, as PostgreSQL raises it when a REPEATABLE READ or SERIALIZABLE transaction
 /// would act on data its snapshot cannot see; the client retries the transaction.
 pub fn raise_serialization_failure(message: &str) -> ! {
-    ErrorReport::new(PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE, message.to_string(), "amba")
-        .report(PgLogLevel::ERROR);
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        message.to_string(),
+        "amba",
+    )
+    .report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
 
@@ -47,7 +54,13 @@ impl<T> OrRaise<T> for Result<T, CoreError> {
 mod tests {
     #[test]
     fn packs_sqlstates_as_postgres_does() {
-        assert_eq!(super::packed_sqlstate("22023"), pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
-        assert_eq!(super::packed_sqlstate("P0002"), pgrx::PgSqlErrorCode::ERRCODE_NO_DATA_FOUND as i32);
+        assert_eq!(
+            super::packed_sqlstate("22023"),
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32
+        );
+        assert_eq!(
+            super::packed_sqlstate("P0002"),
+            pgrx::PgSqlErrorCode::ERRCODE_NO_DATA_FOUND as i32
+        );
     }
 }

@@ -13,7 +13,14 @@ const RESOLVE_SQL: &str = "SELECT a.user_id FROM amba.aliases a WHERE a.anonymou
 pub fn resolve(user_id: &str) -> String {
     if let Some(t) = direct::tables().filter(|t| direct::direct_reads_allowed(&[t.aliases])) {
         let (_, target) = unsafe {
-            direct::fetch_by_key(t.aliases, t.aliases_pkey, None, user_id, pg_sys::GetLatestSnapshot(), Some(t.alias_user_attnum))
+            direct::fetch_by_key(
+                t.aliases,
+                t.aliases_pkey,
+                None,
+                user_id,
+                pg_sys::GetLatestSnapshot(),
+                Some(t.alias_user_attnum),
+            )
         };
         return target.unwrap_or_else(|| user_id.to_string());
     }

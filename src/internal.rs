@@ -74,26 +74,41 @@ mod amba {
     /// it in canonical form: `[{"key": ..., "weight": ...}, ...]`.
     #[pg_extern(name = "_normalize_variants", immutable, parallel_safe)]
     fn normalize_variants(variants: Option<&str>) -> JsonB {
-        let text = variants.unwrap_or_else(|| raise_code(ErrorCode::InvalidArgument, "variants must not be NULL"));
+        let text = variants
+            .unwrap_or_else(|| raise_code(ErrorCode::InvalidArgument, "variants must not be NULL"));
         let parsed = validate::variants_json(text).or_raise();
         JsonB(serde_json::Value::Array(
-            parsed.into_iter().map(|v| serde_json::json!({ "key": v.key, "weight": v.weight })).collect(),
+            parsed
+                .into_iter()
+                .map(|v| serde_json::json!({ "key": v.key, "weight": v.weight }))
+                .collect(),
         ))
     }
 
     /// The control stays first; `assigned_removed` lists removed variants that have
     /// assignments or overrides (the name is 0.1.0's, kept for upgrades).
     #[pg_extern(name = "_check_variant_update", immutable, parallel_safe)]
-    fn check_variant_update(old_keys: Vec<String>, new_keys: Vec<String>, assigned_removed: Vec<String>) {
-        let new: Vec<validate::Variant> = new_keys.into_iter().map(|key| validate::Variant { key, weight: 1.0 }).collect();
-        validate::variant_update(&old_keys, &new, |k| assigned_removed.iter().any(|a| a == k)).or_raise();
+    fn check_variant_update(
+        old_keys: Vec<String>,
+        new_keys: Vec<String>,
+        assigned_removed: Vec<String>,
+    ) {
+        let new: Vec<validate::Variant> = new_keys
+            .into_iter()
+            .map(|key| validate::Variant { key, weight: 1.0 })
+            .collect();
+        validate::variant_update(&old_keys, &new, |k| assigned_removed.iter().any(|a| a == k))
+            .or_raise();
     }
 
     /// `n` bytes from PostgreSQL's cryptographically strong random source (for API keys).
     #[pg_extern(name = "_random_bytes", volatile)]
     fn random_bytes(n: i32) -> Vec<u8> {
         if !(1..=1024).contains(&n) {
-            raise_code(ErrorCode::InvalidArgument, format!("cannot draw {n} random bytes"));
+            raise_code(
+                ErrorCode::InvalidArgument,
+                format!("cannot draw {n} random bytes"),
+            );
         }
         let mut buf = vec![0u8; n as usize];
         let ok = unsafe { pg_sys::pg_strong_random(buf.as_mut_ptr().cast(), buf.len()) };

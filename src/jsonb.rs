@@ -9,7 +9,11 @@ use pgrx::prelude::*;
 pub struct JsonbDatum(pub pg_sys::Datum);
 
 impl FromDatum for JsonbDatum {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
         (!is_null).then_some(JsonbDatum(datum))
     }
 }
@@ -26,7 +30,8 @@ impl IntoDatum for JsonbDatum {
 unsafe impl<'fcx> ArgAbi<'fcx> for JsonbDatum {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
-        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or_else(|| panic!("argument {index} must not be null"))
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| panic!("argument {index} must not be null"))
     }
 
     unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
@@ -39,13 +44,16 @@ pgrx::impl_sql_translatable!(JsonbDatum, arg_only = "jsonb");
 impl JsonbDatum {
     /// jsonb_typeof of the value: "object", "array", "number", ...
     pub fn kind(&self) -> String {
-        unsafe { pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(self.0)]) }.expect("jsonb_typeof of a jsonb")
+        unsafe { pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(self.0)]) }
+            .expect("jsonb_typeof of a jsonb")
     }
 
     /// The size of its JSON text, as octet_length(properties::text).
     pub fn text_len(&self) -> usize {
         unsafe {
-            let text = pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)]).expect("jsonb_out of a jsonb");
+            let text =
+                pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)])
+                    .expect("jsonb_out of a jsonb");
             let len = text.to_bytes().len();
             pg_sys::pfree(text.as_ptr().cast_mut().cast());
             len

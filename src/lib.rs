@@ -5,7 +5,7 @@
 //! - `assign`: the hot path (assign, expose, peek, track, bucket);
 //! - `results`, `metrics`, `daily`: the results functions (count in SQL, statistics in the core);
 //! - `cache`: experiment definitions per backend, checked against each statement's snapshot;
-//! - `direct`: index and heap reads without SPI; `spi`: SPI helpers; `locks`: advisory locks;
+//! - `direct`: index and heap reads without SPI; `append`: an event appended without SPI; `spi`: SPI helpers; `locks`: advisory locks;
 //! - `identity`: aliases; `internal`: validators and helpers the hand-written SQL calls;
 //! - `errors`: raising the contract's errors; `jsonb`: a jsonb argument passed through.
 //!
@@ -18,6 +18,7 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod append;
 mod assign;
 mod cache;
 mod daily;
@@ -35,7 +36,11 @@ extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["bootstrap"]);
 extension_sql_file!("../sql/http.sql", name = "http", requires = ["api"]);
 extension_sql_file!("../sql/report.sql", name = "report", requires = ["http"]);
-extension_sql_file!("../sql/distribute.sql", name = "distribute", requires = ["report"]);
+extension_sql_file!(
+    "../sql/distribute.sql",
+    name = "distribute",
+    requires = ["report"]
+);
 extension_sql_file!("../sql/access.sql", name = "access", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

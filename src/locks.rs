@@ -20,8 +20,11 @@ pub const USER_LOCK_BUCKETS: u64 = 256;
 
 fn try_lock_exclusive(space: i32, key: i32) -> bool {
     unsafe {
-        pgrx::direct_function_call::<bool>(pg_sys::pg_try_advisory_xact_lock_int4, &[space.into_datum(), key.into_datum()])
-            .unwrap_or(false)
+        pgrx::direct_function_call::<bool>(
+            pg_sys::pg_try_advisory_xact_lock_int4,
+            &[space.into_datum(), key.into_datum()],
+        )
+        .unwrap_or(false)
     }
 }
 
@@ -45,7 +48,11 @@ fn in_subtransaction(f: impl FnOnce() -> bool) -> bool {
 }
 
 fn lock(space: i32, key: i32, exclusive: bool) {
-    let f = if exclusive { pg_sys::pg_advisory_xact_lock_int4 } else { pg_sys::pg_advisory_xact_lock_shared_int4 };
+    let f = if exclusive {
+        pg_sys::pg_advisory_xact_lock_int4
+    } else {
+        pg_sys::pg_advisory_xact_lock_shared_int4
+    };
     unsafe {
         pgrx::direct_function_call::<()>(f, &[space.into_datum(), key.into_datum()]);
     }

@@ -4,7 +4,10 @@
 //! statistics are the core's (`amba_core::metric`).
 
 use crate::errors::{raise_code, OrRaise};
-use crate::results::{check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE};
+use crate::results::{
+    check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM,
+    COUNTED_ASSIGNMENTS_WHERE,
+};
 use amba_core::metric::{self, MeanArm};
 use amba_core::{validate, ErrorCode};
 use pgrx::prelude::*;
@@ -37,7 +40,11 @@ fn sums_sql(cuped: bool, cap: Cap, slice: UserSlice) -> String {
         )
     } else {
         // A user without events still has a row (the left join): it adds nothing.
-        ("a.assigned_at", format!("coalesce(sum({value}) FILTER (WHERE e.occurred_at IS NOT NULL), 0)"), "0::float8".to_string())
+        (
+            "a.assigned_at",
+            format!("coalesce(sum({value}) FILTER (WHERE e.occurred_at IS NOT NULL), 0)"),
+            "0::float8".to_string(),
+        )
     };
     let (cap_from, capped_y, capped_x) = match cap {
         Cap::None => ("", "p.y".to_string(), "p.x".to_string()),
@@ -68,8 +75,20 @@ fn sums_sql(cuped: bool, cap: Cap, slice: UserSlice) -> String {
 }
 
 pub type MetricRow = (
-    String, bool, i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>,
-    Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>,
+    String,
+    bool,
+    i64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
 );
 
 #[allow(clippy::too_many_arguments)]
@@ -89,22 +108,38 @@ fn metric_results(
     }
     let alpha = validate::alpha(alpha).or_raise();
     if cap.is_some() && cap_percentile.is_some() {
-        raise_code(ErrorCode::InvalidArgument, "give at most one of cap and cap_percentile");
+        raise_code(
+            ErrorCode::InvalidArgument,
+            "give at most one of cap and cap_percentile",
+        );
     }
     if cap.is_some_and(|c| !c.is_finite()) {
         raise_code(ErrorCode::InvalidArgument, "cap must be a finite number");
     }
     if cap_percentile.is_some_and(|q| !(q > 0.0 && q < 1.0)) {
-        raise_code(ErrorCode::InvalidArgument, "cap_percentile must be strictly between 0 and 1");
+        raise_code(
+            ErrorCode::InvalidArgument,
+            "cap_percentile must be strictly between 0 and 1",
+        );
     }
     if cuped_days.is_some_and(|d| !(1..=365).contains(&d)) {
-        raise_code(ErrorCode::InvalidArgument, "cuped_days must be between 1 and 365");
+        raise_code(
+            ErrorCode::InvalidArgument,
+            "cuped_days must be between 1 and 365",
+        );
     }
 
     let (variant_keys, sums) = Spi::connect(|client| {
         let exp = experiment_for_results(client, experiment_key);
         let mut sums: HashMap<String, MeanArm> = HashMap::new();
-        let args = vec![exp.id.into(), event.into(), value_property.into(), cuped_days.into(), cap.into(), cap_percentile.into()];
+        let args = vec![
+            exp.id.into(),
+            event.into(),
+            value_property.into(),
+            cuped_days.into(),
+            cap.into(),
+            cap_percentile.into(),
+        ];
         let cap_mode = match (cap, cap_percentile) {
             (Some(_), _) => Cap::Absolute,
             (None, Some(_)) => Cap::Percentile,
@@ -116,7 +151,9 @@ fn metric_results(
         run_counting(client, exp.id, sql, sliceable, args, |table| {
             for row in table {
                 let get = |i: usize| row.get::<f64>(i).expect("a sum").unwrap_or(0.0);
-                let arm = sums.entry(row.get(1).expect("variant").expect("variant")).or_default();
+                let arm = sums
+                    .entry(row.get(1).expect("variant").expect("variant"))
+                    .or_default();
                 arm.n += get(2);
                 arm.sum += get(3);
                 arm.sum_sq += get(4);
@@ -127,7 +164,10 @@ fn metric_results(
         });
         (exp.variant_keys.clone(), sums)
     });
-    let arms: Vec<MeanArm> = variant_keys.iter().map(|k| sums.get(k).copied().unwrap_or_default()).collect();
+    let arms: Vec<MeanArm> = variant_keys
+        .iter()
+        .map(|k| sums.get(k).copied().unwrap_or_default())
+        .collect();
     let rows = metric::analyze_means(&arms, alpha, cuped_days.is_some());
     variant_keys
         .into_iter()
@@ -189,10 +229,16 @@ macro_rules! metric_results_fn {
     };
 }
 
-metric_results_fn!(#[pg_extern(stable, parallel_unsafe)] amba_metric_results);
+metric_results_fn!(
+    #[pg_extern(stable, parallel_unsafe)]
+    amba_metric_results
+);
 
 #[pg_schema]
 mod amba {
     use super::*;
-    metric_results_fn!(#[pg_extern(name = "_metric_results", stable, parallel_unsafe)] metric_results_internal);
+    metric_results_fn!(
+        #[pg_extern(name = "_metric_results", stable, parallel_unsafe)]
+        metric_results_internal
+    );
 }

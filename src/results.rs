@@ -70,35 +70,51 @@ pub const MERGE_FROM_ASSIGNMENTS: f64 = 20_000.0;
 /// The planner's estimate of the experiment's assignments: its share among the most common
 /// values of amba.assignments.experiment_id (pg_stats, kept by ANALYZE/autovacuum) times the
 /// table's rows. 0 when the experiment is not among them or there are no statistics yet.
-const ESTIMATE_SQL: &str = "SELECT (coalesce((SELECT m.f FROM unnest(s.most_common_vals::text::bigint[], \
+const ESTIMATE_SQL: &str =
+    "SELECT (coalesce((SELECT m.f FROM unnest(s.most_common_vals::text::bigint[], \
        s.most_common_freqs) AS m(v, f) WHERE m.v = $1), 0) * c.reltuples)::float8 \
      FROM pg_catalog.pg_stats s, pg_catalog.pg_class c \
      WHERE s.schemaname = 'amba' AND s.tablename = 'assignments' AND s.attname = 'experiment_id' \
        AND c.oid = 'amba.assignments'::regclass";
 
 fn estimated_assignments(client: &SpiClient<'_>, experiment_id: i64) -> f64 {
-    with_plan(&ESTIMATE_PLAN, client, ESTIMATE_SQL, &[pg_sys::INT8OID], false, |plan| {
-        let table = client.select(plan, Some(1), &[experiment_id.into()]).expect("reading statistics");
-        if table.is_empty() {
-            0.0
-        } else {
-            table.first().get::<f64>(1).ok().flatten().unwrap_or(0.0)
-        }
-    })
+    with_plan(
+        &ESTIMATE_PLAN,
+        client,
+        ESTIMATE_SQL,
+        &[pg_sys::INT8OID],
+        false,
+        |plan| {
+            let table = client
+                .select(plan, Some(1), &[experiment_id.into()])
+                .expect("reading statistics");
+            if table.is_empty() {
+                0.0
+            } else {
+                table.first().get::<f64>(1).ok().flatten().unwrap_or(0.0)
+            }
+        },
+    )
 }
 
 /// The histogram of amba.assignments.user_id (pg_stats, in the column's "C" order): the
 /// equal-frequency boundaries the slices are cut at. Empty without statistics.
-const USER_HISTOGRAM_SQL: &str = "SELECT s.histogram_bounds::text::text[] FROM pg_catalog.pg_stats s \
+const USER_HISTOGRAM_SQL: &str =
+    "SELECT s.histogram_bounds::text::text[] FROM pg_catalog.pg_stats s \
      WHERE s.schemaname = 'amba' AND s.tablename = 'assignments' AND s.attname = 'user_id'";
 
 /// `slices - 1` user ids that cut the assignments into `slices` parts of about equal size
 /// (by the table's histogram, which covers every experiment: a skewed experiment gets
 /// uneven slices, never wrong ones). Strictly increasing; fewer when the histogram is short.
 fn slice_bounds(client: &SpiClient<'_>, slices: usize) -> Vec<String> {
-    let table = client.select(USER_HISTOGRAM_SQL, Some(1), &[]).expect("reading statistics");
-    let histogram: Vec<Option<String>> =
-        if table.is_empty() { Vec::new() } else { table.first().get(1).ok().flatten().unwrap_or_default() };
+    let table = client
+        .select(USER_HISTOGRAM_SQL, Some(1), &[])
+        .expect("reading statistics");
+    let histogram: Vec<Option<String>> = if table.is_empty() {
+        Vec::new()
+    } else {
+        table.first().get(1).ok().flatten().unwrap_or_default()
+    };
     let histogram: Vec<String> = histogram.into_iter().flatten().collect();
     let mut bounds: Vec<String> = Vec::new();
     if histogram.len() < 2 * slices {
@@ -106,7 +122,10 @@ fn slice_bounds(client: &SpiClient<'_>, slices: usize) -> Vec<String> {
     }
     for i in 1..slices {
         let b = &histogram[i * (histogram.len() - 1) / slices];
-        if bounds.last().is_none_or(|last| last.as_bytes() < b.as_bytes()) {
+        if bounds
+            .last()
+            .is_none_or(|last| last.as_bytes() < b.as_bytes())
+        {
             bounds.push(b.clone());
         }
     }
@@ -123,7 +142,10 @@ pub struct UserSlice {
 
 impl UserSlice {
     /// Every user.
-    pub const ALL: UserSlice = UserSlice { lower: None, upper: None };
+    pub const ALL: UserSlice = UserSlice {
+        lower: None,
+        upper: None,
+    };
 
     /// `column`'s restriction to the slice, as a conjunct to append (empty for ALL).
     pub fn filter(&self, column: &str) -> String {
@@ -146,10 +168,23 @@ fn counting_slices() -> usize {
         return 1;
     }
     let workers: usize = unsafe {
-        let value = pg_sys::GetConfigOption(c"max_parallel_workers_per_gather".as_ptr(), false, false);
-        if value.is_null() { 0 } else { std::ffi::CStr::from_ptr(value).to_str().unwrap_or("0").parse().unwrap_or(0) }
+        let value =
+            pg_sys::GetConfigOption(c"max_parallel_workers_per_gather".as_ptr(), false, false);
+        if value.is_null() {
+            0
+        } else {
+            std::ffi::CStr::from_ptr(value)
+                .to_str()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0)
+        }
     };
-    if workers < 2 { 1 } else { workers.min(16) }
+    if workers < 2 {
+        1
+    } else {
+        workers.min(16)
+    }
 }
 
 /// Runs a counting query over the experiment's assignments, built by `query` for a slice of
@@ -174,10 +209,18 @@ pub fn run_counting<'a, R>(
     read: impl FnOnce(pgrx::spi::SpiTupleTable) -> R,
 ) -> R {
     if estimated_assignments(client, experiment_id) < MERGE_FROM_ASSIGNMENTS {
-        return read(client.select(query(UserSlice::ALL).as_str(), None, &args).expect("counting"));
+        return read(
+            client
+                .select(query(UserSlice::ALL).as_str(), None, &args)
+                .expect("counting"),
+        );
     }
     let slices = if sliceable { counting_slices() } else { 1 };
-    let bounds = if slices > 1 { slice_bounds(client, slices) } else { Vec::new() };
+    let bounds = if slices > 1 {
+        slice_bounds(client, slices)
+    } else {
+        Vec::new()
+    };
     let first_bound = args.len() + 1;
     let slices: Vec<UserSlice> = (0..=bounds.len())
         .map(|i| UserSlice {
@@ -185,8 +228,16 @@ pub fn run_counting<'a, R>(
             upper: (i < bounds.len()).then_some(first_bound + i),
         })
         .collect();
-    let sql = slices.iter().map(|s| format!("({})", query(*s))).collect::<Vec<_>>().join(" UNION ALL ");
-    args.extend(bounds.iter().map(|b| pgrx::datum::DatumWithOid::from(b.as_str())));
+    let sql = slices
+        .iter()
+        .map(|s| format!("({})", query(*s)))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    args.extend(
+        bounds
+            .iter()
+            .map(|b| pgrx::datum::DatumWithOid::from(b.as_str())),
+    );
     // Merge joins only; the parallelism is the slices (Parallel Append of whole slices), so
     // no scan is split between processes; starting workers is cheap next to a slice. The
     // planner costs a Parallel Append of whole slices by its workers alone: so the workers
@@ -200,37 +251,56 @@ pub fn run_counting<'a, R>(
         (c"min_parallel_table_scan_size", c"1TB"),
         (c"min_parallel_index_scan_size", c"1TB"),
     ];
-    with_settings(settings, || read(client.select(sql.as_str(), None, &args).expect("counting")))
+    with_settings(settings, || {
+        read(client.select(sql.as_str(), None, &args).expect("counting"))
+    })
 }
 
-const VERSIONS_SQL: &str = "SELECT version, variant_keys, weights FROM amba.weight_versions WHERE experiment_id = $1";
+const VERSIONS_SQL: &str =
+    "SELECT version, variant_keys, weights FROM amba.weight_versions WHERE experiment_id = $1";
 
 pub fn weight_versions(client: &SpiClient<'_>, experiment_id: i64) -> Vec<WeightVersion> {
-    with_plan(&VERSIONS_PLAN, client, VERSIONS_SQL, &[pg_sys::INT8OID], false, |plan| {
-        client
-            .select(plan, None, &[experiment_id.into()])
-            .expect("reading weight versions")
-            .map(|row| WeightVersion {
-                version: row.get(1).expect("version").expect("version"),
-                keys: row.get(2).expect("keys").expect("keys"),
-                weights: row.get(3).expect("weights").expect("weights"),
-            })
-            .collect()
-    })
+    with_plan(
+        &VERSIONS_PLAN,
+        client,
+        VERSIONS_SQL,
+        &[pg_sys::INT8OID],
+        false,
+        |plan| {
+            client
+                .select(plan, None, &[experiment_id.into()])
+                .expect("reading weight versions")
+                .map(|row| WeightVersion {
+                    version: row.get(1).expect("version").expect("version"),
+                    keys: row.get(2).expect("keys").expect("keys"),
+                    weights: row.get(3).expect("weights").expect("weights"),
+                })
+                .collect()
+        },
+    )
 }
 
 /// The checks every results function starts with; returns the experiment as the
 /// statement's snapshot sees it.
-pub fn experiment_for_results(client: &SpiClient<'_>, experiment_key: Option<&str>) -> Rc<cache::Experiment> {
+pub fn experiment_for_results(
+    client: &SpiClient<'_>,
+    experiment_key: Option<&str>,
+) -> Rc<cache::Experiment> {
     validate::experiment_key(experiment_key).or_raise();
     let key = experiment_key.unwrap();
-    cache::lookup(client, key)
-        .unwrap_or_else(|| raise_code(ErrorCode::ExperimentNotFound, format!("experiment {key:?} does not exist")))
+    cache::lookup(client, key).unwrap_or_else(|| {
+        raise_code(
+            ErrorCode::ExperimentNotFound,
+            format!("experiment {key:?} does not exist"),
+        )
+    })
 }
 
 /// An event name given as `what` (conversion_event, event): the event rules.
 pub fn check_event<'a>(what: &str, event: Option<&'a str>) -> &'a str {
-    validate::event(event).map_err(|e| CoreError::invalid(e.detail.replacen("event", what, 1))).or_raise();
+    validate::event(event)
+        .map_err(|e| CoreError::invalid(e.detail.replacen("event", what, 1)))
+        .or_raise();
     event.unwrap()
 }
 
@@ -242,9 +312,29 @@ struct Counts {
 }
 
 /// One row of `amba_results`, in its column order (the names are in `results_fn!`).
-pub type ResultRow = (String, bool, i64, i64, i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+pub type ResultRow = (
+    String,
+    bool,
+    i64,
+    i64,
+    i64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+);
 
-fn results(experiment_key: Option<&str>, conversion_event: Option<&str>, alpha: Option<f64>) -> Vec<ResultRow> {
+fn results(
+    experiment_key: Option<&str>,
+    conversion_event: Option<&str>,
+    alpha: Option<f64>,
+) -> Vec<ResultRow> {
     validate::experiment_key(experiment_key).or_raise();
     let event = check_event("conversion_event", conversion_event);
     let alpha = validate::alpha(alpha).or_raise();
@@ -252,17 +342,32 @@ fn results(experiment_key: Option<&str>, conversion_event: Option<&str>, alpha: 
     let (variant_keys, by_group, versions) = Spi::connect(|client| {
         let exp = experiment_for_results(client, experiment_key);
         let mut by_group: Vec<(String, i32, Counts)> = Vec::new();
-        run_counting(client, exp.id, counts_sql, true, vec![exp.id.into(), event.into()], |table| {
-            for row in table {
-                let counts = Counts {
-                    assigned: row.get(3).expect("assigned").unwrap_or(0),
-                    exposed: row.get(4).expect("exposed").unwrap_or(0),
-                    converted: row.get(5).expect("converted").unwrap_or(0),
-                };
-                by_group.push((row.get(1).expect("variant").expect("variant"), row.get(2).expect("version").expect("version"), counts));
-            }
-        });
-        (exp.variant_keys.clone(), by_group, weight_versions(client, exp.id))
+        run_counting(
+            client,
+            exp.id,
+            counts_sql,
+            true,
+            vec![exp.id.into(), event.into()],
+            |table| {
+                for row in table {
+                    let counts = Counts {
+                        assigned: row.get(3).expect("assigned").unwrap_or(0),
+                        exposed: row.get(4).expect("exposed").unwrap_or(0),
+                        converted: row.get(5).expect("converted").unwrap_or(0),
+                    };
+                    by_group.push((
+                        row.get(1).expect("variant").expect("variant"),
+                        row.get(2).expect("version").expect("version"),
+                        counts,
+                    ));
+                }
+            },
+        );
+        (
+            exp.variant_keys.clone(),
+            by_group,
+            weight_versions(client, exp.id),
+        )
     });
 
     let mut per_key: HashMap<&str, Counts> = HashMap::new();
@@ -274,13 +379,27 @@ fn results(experiment_key: Option<&str>, conversion_event: Option<&str>, alpha: 
         total.converted += c.converted;
         *exposed_by_version.entry(*version).or_default() += c.exposed as u64;
     }
-    let per_variant: Vec<Counts> = variant_keys.iter().map(|k| per_key.get(k.as_str()).copied().unwrap_or_default()).collect();
-    let exposed_by_key: Vec<(String, u64)> = per_key.iter().map(|(k, c)| (k.to_string(), c.exposed as u64)).collect();
+    let per_variant: Vec<Counts> = variant_keys
+        .iter()
+        .map(|k| per_key.get(k.as_str()).copied().unwrap_or_default())
+        .collect();
+    let exposed_by_key: Vec<(String, u64)> = per_key
+        .iter()
+        .map(|(k, c)| (k.to_string(), c.exposed as u64))
+        .collect();
     let mut exposed_by_version: Vec<(i32, u64)> = exposed_by_version.into_iter().collect();
     exposed_by_version.sort();
-    let srm = srm::srm_p_value_by_version(&variant_keys, &exposed_by_key, &exposed_by_version, &versions);
+    let srm = srm::srm_p_value_by_version(
+        &variant_keys,
+        &exposed_by_key,
+        &exposed_by_version,
+        &versions,
+    );
 
-    let arms: Vec<Arm> = per_variant.iter().map(|c| Arm::new(c.exposed as u64, c.converted as u64)).collect();
+    let arms: Vec<Arm> = per_variant
+        .iter()
+        .map(|c| Arm::new(c.exposed as u64, c.converted as u64))
+        .collect();
     let analysis = stats::analyze(&arms, alpha);
     variant_keys
         .into_iter()
@@ -340,10 +459,16 @@ macro_rules! results_fn {
     };
 }
 
-results_fn!(#[pg_extern(stable, parallel_unsafe)] amba_results);
+results_fn!(
+    #[pg_extern(stable, parallel_unsafe)]
+    amba_results
+);
 
 #[pg_schema]
 mod amba {
     use super::*;
-    results_fn!(#[pg_extern(name = "_results", stable, parallel_unsafe)] results_internal);
+    results_fn!(
+        #[pg_extern(name = "_results", stable, parallel_unsafe)]
+        results_internal
+    );
 }

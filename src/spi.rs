@@ -25,8 +25,16 @@ pub fn with_plan<R>(
         let mut plan = cell.borrow_mut();
         if plan.is_none() {
             let oids: Vec<PgOid> = arg_types.iter().map(|o| PgOid::from(*o)).collect();
-            let prepared = if mutating { client.prepare_mut(sql, &oids) } else { client.prepare(sql, &oids) };
-            *plan = Some(prepared.unwrap_or_else(|e| panic!("preparing {sql}: {e}")).keep());
+            let prepared = if mutating {
+                client.prepare_mut(sql, &oids)
+            } else {
+                client.prepare(sql, &oids)
+            };
+            *plan = Some(
+                prepared
+                    .unwrap_or_else(|e| panic!("preparing {sql}: {e}"))
+                    .keep(),
+            );
         }
         run(plan.as_ref().expect("plan prepared above"))
     })
@@ -68,15 +76,24 @@ pub struct FreshResult {
 /// serialization failure (40001) instead of acting on data the transaction never saw.
 pub fn run_fresh(query: &str, params: &[Option<String>], read_only: bool) -> FreshResult {
     let query_c = CString::new(query).expect("query without NUL");
-    let c_params: Vec<Option<CString>> =
-        params.iter().map(|p| p.as_ref().map(|s| CString::new(s.as_str()).expect("parameter without NUL"))).collect();
+    let c_params: Vec<Option<CString>> = params
+        .iter()
+        .map(|p| {
+            p.as_ref()
+                .map(|s| CString::new(s.as_str()).expect("parameter without NUL"))
+        })
+        .collect();
     Spi::connect_mut(|_client| unsafe {
         // Our own earlier writes must be visible to the latest snapshot too.
         if !read_only {
             pg_sys::CommandCounterIncrement();
         }
         let mut arg_types: Vec<pg_sys::Oid> = vec![pg_sys::TEXTOID; params.len()];
-        let plan = pg_sys::SPI_prepare(query_c.as_ptr(), params.len() as i32, arg_types.as_mut_ptr());
+        let plan = pg_sys::SPI_prepare(
+            query_c.as_ptr(),
+            params.len() as i32,
+            arg_types.as_mut_ptr(),
+        );
         if plan.is_null() {
             let code = pg_sys::SPI_result;
             panic!("preparing {query}: SPI error {code}");
@@ -97,11 +114,12 @@ pub fn run_fresh(query: &str, params: &[Option<String>], read_only: bool) -> Fre
         }
         nulls.push(0);
         let latest = pg_sys::GetLatestSnapshot();
-        let crosscheck = if !read_only && pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
-            pg_sys::GetTransactionSnapshot()
-        } else {
-            std::ptr::null_mut()
-        };
+        let crosscheck =
+            if !read_only && pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
+                pg_sys::GetTransactionSnapshot()
+            } else {
+                std::ptr::null_mut()
+            };
         let rc = pg_sys::SPI_execute_snapshot(
             plan,
             values.as_mut_ptr(),
@@ -130,6 +148,9 @@ pub fn run_fresh(query: &str, params: &[Option<String>], read_only: bool) -> Fre
             }
         }
         pg_sys::SPI_freeplan(plan);
-        FreshResult { processed, first_column }
+        FreshResult {
+            processed,
+            first_column,
+        }
     })
 }

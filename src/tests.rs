@@ -65,7 +65,9 @@ mod tests {
         assert_eq!(created["variants"][0]["key"], "control");
         assert_eq!(created["variants"][1]["weight"], 50);
         assert!(created["created_at"].is_string() && created["updated_at"].is_string());
-        let got = one::<pgrx::JsonB>("SELECT amba_get_experiment('checkout')").unwrap().0;
+        let got = one::<pgrx::JsonB>("SELECT amba_get_experiment('checkout')")
+            .unwrap()
+            .0;
         assert_eq!(got, created);
         assert!(one::<pgrx::JsonB>("SELECT amba_get_experiment('nope')").is_none());
         create("second");
@@ -73,7 +75,11 @@ mod tests {
             text("SELECT string_agg(e->>'key', ',') FROM amba_list_experiments() e"),
             "checkout,second"
         );
-        let draft = one::<pgrx::JsonB>(&format!("SELECT amba_create_experiment('d', {AB}, status => 'draft')")).unwrap().0;
+        let draft = one::<pgrx::JsonB>(&format!(
+            "SELECT amba_create_experiment('d', {AB}, status => 'draft')"
+        ))
+        .unwrap()
+        .0;
         assert_eq!(draft["status"], "draft");
     }
 
@@ -81,7 +87,11 @@ mod tests {
     fn create_errors_leave_nothing_behind() {
         setup();
         create("taken");
-        assert_err(&format!("SELECT amba_create_experiment('taken', {AB})"), "23505", "EXPERIMENT_EXISTS");
+        assert_err(
+            &format!("SELECT amba_create_experiment('taken', {AB})"),
+            "23505",
+            "EXPERIMENT_EXISTS",
+        );
         let bad_variants = [
             "NULL",
             r#"'{}'"#,
@@ -97,13 +107,35 @@ mod tests {
             r#"'[{"key":"","weight":1},{"key":"b","weight":1}]'"#,
         ];
         for variants in bad_variants {
-            assert_err(&format!("SELECT amba_create_experiment('new', {variants})"), "22023", "INVALID_ARGUMENT");
+            assert_err(
+                &format!("SELECT amba_create_experiment('new', {variants})"),
+                "22023",
+                "INVALID_ARGUMENT",
+            );
         }
-        for key in ["NULL", "''", "'has space'", "'ü'", &format!("'{}'", "k".repeat(129))] {
-            assert_err(&format!("SELECT amba_create_experiment({key}, {AB})"), "22023", "INVALID_ARGUMENT");
+        for key in [
+            "NULL",
+            "''",
+            "'has space'",
+            "'ü'",
+            &format!("'{}'", "k".repeat(129)),
+        ] {
+            assert_err(
+                &format!("SELECT amba_create_experiment({key}, {AB})"),
+                "22023",
+                "INVALID_ARGUMENT",
+            );
         }
-        assert_err(&format!("SELECT amba_create_experiment('new', {AB}, status => 'running')"), "22023", "INVALID_ARGUMENT");
-        assert_err(&format!("SELECT amba_create_experiment('new', {AB}, status => NULL)"), "22023", "INVALID_ARGUMENT");
+        assert_err(
+            &format!("SELECT amba_create_experiment('new', {AB}, status => 'running')"),
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        assert_err(
+            &format!("SELECT amba_create_experiment('new', {AB}, status => NULL)"),
+            "22023",
+            "INVALID_ARGUMENT",
+        );
         assert_eq!(count("SELECT count(*) FROM amba.experiments"), 1);
         assert_eq!(count("SELECT count(*) FROM amba.weight_versions"), 1);
         assert_eq!(count("SELECT count(*) FROM amba.experiment_history"), 1);
@@ -126,7 +158,10 @@ mod tests {
             "status => 'active'",
         ];
         for change in changes {
-            Spi::run(&format!("SELECT amba_update_experiment('sticky', {change})")).unwrap();
+            Spi::run(&format!(
+                "SELECT amba_update_experiment('sticky', {change})"
+            ))
+            .unwrap();
             assert_eq!(
                 count("SELECT count(*) FROM first WHERE amba_assign('sticky', u) <> v"),
                 0,
@@ -147,8 +182,15 @@ mod tests {
         create("s");
         Spi::run("SELECT amba_assign('s', 'old')").unwrap();
         for status in ["paused", "ended", "draft"] {
-            Spi::run(&format!("SELECT amba_update_experiment('s', status => '{status}')")).unwrap();
-            assert_err("SELECT amba_assign('s', 'new')", "55000", "EXPERIMENT_INACTIVE");
+            Spi::run(&format!(
+                "SELECT amba_update_experiment('s', status => '{status}')"
+            ))
+            .unwrap();
+            assert_err(
+                "SELECT amba_assign('s', 'new')",
+                "55000",
+                "EXPERIMENT_INACTIVE",
+            );
             assert!(err("SELECT amba_assign('s', 'new')").contains(status));
             assert_eq!(err("SELECT amba_assign('s', 'old')"), "ok");
             assert_eq!(err("SELECT amba_expose('s', 'old')"), "ok");
@@ -162,7 +204,12 @@ mod tests {
     const BUCKET_VECTORS: &str = include_str!("../core/tests/fixtures/bucket_vectors.json");
 
     fn from_bits(v: &serde_json::Value) -> f64 {
-        f64::from_bits(v.as_str().expect("bits as a decimal string").parse::<u64>().expect("u64 bits"))
+        f64::from_bits(
+            v.as_str()
+                .expect("bits as a decimal string")
+                .parse::<u64>()
+                .expect("u64 bits"),
+        )
     }
 
     #[pg_test]
@@ -175,18 +222,37 @@ mod tests {
         // to the bit.
         assert_eq!(count("SELECT count(*) FROM amba.experiments"), 0);
         for v in vectors {
-            let (key, user) = (v["experiment_key"].as_str().unwrap(), v["user_id"].as_str().unwrap());
+            let (key, user) = (
+                v["experiment_key"].as_str().unwrap(),
+                v["user_id"].as_str().unwrap(),
+            );
             let want = from_bits(&v["bucket_bits"]);
-            let got = Spi::get_one_with_args::<f64>("SELECT amba_bucket($1, $2)", &[key.into(), user.into()])
-                .unwrap()
-                .unwrap();
-            assert_eq!(got.to_bits(), want.to_bits(), "amba_bucket({key:?}, {user:?}) = {got:?}; xxhash: {want:?} ({})", v["note"]);
+            let got = Spi::get_one_with_args::<f64>(
+                "SELECT amba_bucket($1, $2)",
+                &[key.into(), user.into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "amba_bucket({key:?}, {user:?}) = {got:?}; xxhash: {want:?} ({})",
+                v["note"]
+            );
         }
         // amba_assign picks the reference's variant for the vector's weights (zero weights,
         // thresholds equal to or one ulp from the bucket, fractional and huge weights).
         for v in vectors {
-            let (key, user) = (v["experiment_key"].as_str().unwrap(), v["user_id"].as_str().unwrap());
-            let weights: Vec<f64> = v["weights_bits"].as_array().unwrap().iter().map(from_bits).collect();
+            let (key, user) = (
+                v["experiment_key"].as_str().unwrap(),
+                v["user_id"].as_str().unwrap(),
+            );
+            let weights: Vec<f64> = v["weights_bits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(from_bits)
+                .collect();
             let variants: Vec<serde_json::Value> = weights
                 .iter()
                 .enumerate()
@@ -194,8 +260,11 @@ mod tests {
                 .collect();
             let variants = serde_json::Value::Array(variants).to_string();
             Spi::run_with_args("SELECT amba_delete_experiment($1)", &[key.into()]).unwrap();
-            Spi::run_with_args("SELECT amba_create_experiment($1, $2::jsonb)", &[key.into(), variants.as_str().into()])
-                .unwrap_or_else(|e| panic!("create {key:?} {variants}: {e}"));
+            Spi::run_with_args(
+                "SELECT amba_create_experiment($1, $2::jsonb)",
+                &[key.into(), variants.as_str().into()],
+            )
+            .unwrap_or_else(|e| panic!("create {key:?} {variants}: {e}"));
             let stored: Vec<f64> = Spi::get_one_with_args::<Vec<f64>>(
                 "SELECT weights FROM amba.experiments WHERE key = $1",
                 &[key.into()],
@@ -207,32 +276,77 @@ mod tests {
                 weights.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
                 "{key:?}: weights {variants} not stored exactly"
             );
-            let got = Spi::get_one_with_args::<String>("SELECT amba_assign($1, $2)", &[key.into(), user.into()])
-                .unwrap()
-                .unwrap();
-            assert_eq!(got, format!("v{}", v["variant_index"]), "amba_assign({key:?}, {user:?}) with weights {variants} ({})", v["note"]);
+            let got = Spi::get_one_with_args::<String>(
+                "SELECT amba_assign($1, $2)",
+                &[key.into(), user.into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(
+                got,
+                format!("v{}", v["variant_index"]),
+                "amba_assign({key:?}, {user:?}) with weights {variants} ({})",
+                v["note"]
+            );
         }
-        assert_eq!(text("SELECT provolatile::text FROM pg_proc WHERE proname = 'amba_bucket'"), "i");
+        assert_eq!(
+            text("SELECT provolatile::text FROM pg_proc WHERE proname = 'amba_bucket'"),
+            "i"
+        );
     }
 
     #[pg_test]
     fn assign_and_expose_errors() {
         setup();
         create("e");
-        assert_err("SELECT amba_assign('missing', 'u')", "P0002", "EXPERIMENT_NOT_FOUND");
-        assert_err("SELECT amba_expose('missing', 'u')", "P0002", "EXPERIMENT_NOT_FOUND");
-        assert_err("SELECT amba_expose('e', 'u')", "P0002", "ASSIGNMENT_REQUIRED");
+        assert_err(
+            "SELECT amba_assign('missing', 'u')",
+            "P0002",
+            "EXPERIMENT_NOT_FOUND",
+        );
+        assert_err(
+            "SELECT amba_expose('missing', 'u')",
+            "P0002",
+            "EXPERIMENT_NOT_FOUND",
+        );
+        assert_err(
+            "SELECT amba_expose('e', 'u')",
+            "P0002",
+            "ASSIGNMENT_REQUIRED",
+        );
         for user in ["NULL", "''", &format!("'{}'", "é".repeat(513))] {
-            assert_err(&format!("SELECT amba_assign('e', {user})"), "22023", "INVALID_ARGUMENT");
-            assert_err(&format!("SELECT amba_expose('e', {user})"), "22023", "INVALID_ARGUMENT");
-            assert_err(&format!("SELECT amba_bucket('e', {user})"), "22023", "INVALID_ARGUMENT");
+            assert_err(
+                &format!("SELECT amba_assign('e', {user})"),
+                "22023",
+                "INVALID_ARGUMENT",
+            );
+            assert_err(
+                &format!("SELECT amba_expose('e', {user})"),
+                "22023",
+                "INVALID_ARGUMENT",
+            );
+            assert_err(
+                &format!("SELECT amba_bucket('e', {user})"),
+                "22023",
+                "INVALID_ARGUMENT",
+            );
         }
         assert_err("SELECT amba_assign(NULL, 'u')", "22023", "INVALID_ARGUMENT");
-        assert_err("SELECT amba_assign('bad key', 'u')", "22023", "INVALID_ARGUMENT");
+        assert_err(
+            "SELECT amba_assign('bad key', 'u')",
+            "22023",
+            "INVALID_ARGUMENT",
+        );
         // 512 characters of any text, untrimmed, are a valid user id.
-        assert_eq!(err(&format!("SELECT amba_assign('e', '{}')", "é".repeat(512))), "ok");
+        assert_eq!(
+            err(&format!("SELECT amba_assign('e', '{}')", "é".repeat(512))),
+            "ok"
+        );
         assert_eq!(err("SELECT amba_assign('e', ' padded ')"), "ok");
-        assert_eq!(count("SELECT count(*) FROM amba.assignments WHERE user_id = ' padded '"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM amba.assignments WHERE user_id = ' padded '"),
+            1
+        );
         assert_eq!(count("SELECT count(*) FROM amba.exposures"), 0);
     }
 
@@ -244,7 +358,10 @@ mod tests {
         assert_eq!(text("SELECT amba_expose('x', 'u')"), v);
         Spi::run("UPDATE amba.exposures SET exposed_at = '2020-01-01'").unwrap();
         assert_eq!(text("SELECT amba_expose('x', 'u')"), v);
-        assert_eq!(count("SELECT count(*) FROM amba.exposures WHERE exposed_at = '2020-01-01'"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM amba.exposures WHERE exposed_at = '2020-01-01'"),
+            1
+        );
         Spi::run("SELECT amba_update_experiment('x', status => 'ended')").unwrap();
         assert_eq!(text("SELECT amba_expose('x', 'u')"), v);
     }
@@ -257,23 +374,56 @@ mod tests {
             "2024-05-01 10:00:00+00"
         );
         assert!(one::<bool>("SELECT amba_track('u', 'purchase') = now()").unwrap());
-        assert_eq!(count("SELECT count(*) FROM amba.events WHERE user_id = 'u'"), 2);
-        assert_err("SELECT amba_track('u', 'e', '[1]')", "22023", "INVALID_ARGUMENT");
-        assert_err("SELECT amba_track('u', 'e', '\"s\"')", "22023", "INVALID_ARGUMENT");
-        assert_err("SELECT amba_track('u', E'a\\nb')", "22023", "INVALID_ARGUMENT");
+        assert_eq!(
+            count("SELECT count(*) FROM amba.events WHERE user_id = 'u'"),
+            2
+        );
+        assert_err(
+            "SELECT amba_track('u', 'e', '[1]')",
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        assert_err(
+            "SELECT amba_track('u', 'e', '\"s\"')",
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        assert_err(
+            "SELECT amba_track('u', E'a\\nb')",
+            "22023",
+            "INVALID_ARGUMENT",
+        );
         assert_err("SELECT amba_track('u', '')", "22023", "INVALID_ARGUMENT");
-        assert_err(&format!("SELECT amba_track('u', '{}')", "e".repeat(129)), "22023", "INVALID_ARGUMENT");
+        assert_err(
+            &format!("SELECT amba_track('u', '{}')", "e".repeat(129)),
+            "22023",
+            "INVALID_ARGUMENT",
+        );
         assert_err("SELECT amba_track('', 'e')", "22023", "INVALID_ARGUMENT");
         assert_err("SELECT amba_track(NULL, 'e')", "22023", "INVALID_ARGUMENT");
-        assert_err("SELECT amba_track('u', 'e', NULL, 'infinity')", "22023", "INVALID_ARGUMENT");
-        assert_err("SELECT amba_track('u', 'e', NULL, '-infinity')", "22023", "INVALID_ARGUMENT");
+        assert_err(
+            "SELECT amba_track('u', 'e', NULL, 'infinity')",
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        assert_err(
+            "SELECT amba_track('u', 'e', NULL, '-infinity')",
+            "22023",
+            "INVALID_ARGUMENT",
+        );
         assert_err(
             "SELECT amba_track('u', 'e', jsonb_build_object('big', repeat('x', 70000)))",
             "22023",
             "INVALID_ARGUMENT",
         );
         assert_eq!(count("SELECT count(*) FROM amba.events"), 2);
-        assert_eq!(err(&format!("SELECT amba_track('u', '{}', NULL)", "é".repeat(128))), "ok");
+        assert_eq!(
+            err(&format!(
+                "SELECT amba_track('u', '{}', NULL)",
+                "é".repeat(128)
+            )),
+            "ok"
+        );
     }
 
     #[pg_test]
@@ -287,7 +437,8 @@ mod tests {
                     variant = CASE WHEN user_id IN ('u1','u2','u3') THEN 'control' ELSE 'treatment' END",
         )
         .unwrap();
-        Spi::run("SELECT amba_expose('r', u) FROM unnest(ARRAY['u1','u2','u4','u5','u6']) u").unwrap();
+        Spi::run("SELECT amba_expose('r', u) FROM unnest(ARRAY['u1','u2','u4','u5','u6']) u")
+            .unwrap();
         // u1 converts after assignment; u2 only before it; u3 converts but is not exposed;
         // u4 converts twice; u5 converts with another event.
         Spi::run(
@@ -304,7 +455,10 @@ mod tests {
                                       exposed_count, converted_count, conversion_rate), '; ')
                FROM amba_results('r', 'buy')",
         );
-        assert_eq!(rows, "control t 3 2 1 0.5; treatment f 3 3 1 0.3333333333333333");
+        assert_eq!(
+            rows,
+            "control t 3 2 1 0.5; treatment f 3 3 1 0.3333333333333333"
+        );
         let names = text(
             "SELECT array_to_string(proargnames, ',') FROM pg_proc WHERE proname = 'amba_results'",
         );
@@ -331,12 +485,21 @@ mod tests {
             ("before_and_at", vec!["-1 day", "0"], 1),
             ("other_event_at", vec![], 0),
         ];
-        let variants: Vec<String> =
-            cases.iter().map(|(k, _, _)| format!(r#"{{"key":"{k}","weight":1}}"#)).collect();
-        Spi::run(&format!("SELECT amba_create_experiment('t', '[{}]')", variants.join(","))).unwrap();
+        let variants: Vec<String> = cases
+            .iter()
+            .map(|(k, _, _)| format!(r#"{{"key":"{k}","weight":1}}"#))
+            .collect();
+        Spi::run(&format!(
+            "SELECT amba_create_experiment('t', '[{}]')",
+            variants.join(",")
+        ))
+        .unwrap();
         for (k, events, _) in &cases {
             let user = format!("user-{k}");
-            Spi::run(&format!("SELECT amba_assign('t', '{user}'), amba_expose('t', '{user}')")).unwrap();
+            Spi::run(&format!(
+                "SELECT amba_assign('t', '{user}'), amba_expose('t', '{user}')"
+            ))
+            .unwrap();
             // Moved to its case's variant, assigned at a fixed time with microseconds.
             Spi::run(&format!(
                 "UPDATE amba.assignments SET variant = '{k}', assigned_at = '2024-03-10 12:34:56.789012+00'
@@ -350,7 +513,10 @@ mod tests {
                 .unwrap();
             }
             if events.is_empty() {
-                Spi::run(&format!("SELECT amba_track('{user}', 'other', NULL, '2024-03-10 12:34:56.789012+00')")).unwrap();
+                Spi::run(&format!(
+                    "SELECT amba_track('{user}', 'other', NULL, '2024-03-10 12:34:56.789012+00')"
+                ))
+                .unwrap();
             }
         }
         // The stored times are the ones meant (no rounding of the microseconds).
@@ -377,12 +543,31 @@ mod tests {
                 AND lift IS NULL AND chance_to_win IS NULL AND srm_p_value IS NULL",
         );
         assert_eq!(nulls, 2);
-        assert_eq!(count("SELECT count(*) FROM amba_results('n', 'buy') WHERE is_control"), 1);
-        assert_err("SELECT * FROM amba_results('missing', 'buy')", "P0002", "EXPERIMENT_NOT_FOUND");
-        assert_err("SELECT * FROM amba_results('n', NULL)", "22023", "INVALID_ARGUMENT");
-        assert_err("SELECT * FROM amba_results('n', '')", "22023", "INVALID_ARGUMENT");
+        assert_eq!(
+            count("SELECT count(*) FROM amba_results('n', 'buy') WHERE is_control"),
+            1
+        );
+        assert_err(
+            "SELECT * FROM amba_results('missing', 'buy')",
+            "P0002",
+            "EXPERIMENT_NOT_FOUND",
+        );
+        assert_err(
+            "SELECT * FROM amba_results('n', NULL)",
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        assert_err(
+            "SELECT * FROM amba_results('n', '')",
+            "22023",
+            "INVALID_ARGUMENT",
+        );
         for alpha in ["0", "1", "-0.1", "1.5", "'NaN'", "NULL", "'Infinity'"] {
-            assert_err(&format!("SELECT * FROM amba_results('n', 'buy', {alpha})"), "22023", "INVALID_ARGUMENT");
+            assert_err(
+                &format!("SELECT * FROM amba_results('n', 'buy', {alpha})"),
+                "22023",
+                "INVALID_ARGUMENT",
+            );
         }
         assert_eq!(err("SELECT * FROM amba_results('n', 'buy', 0.01)"), "ok");
     }
@@ -399,7 +584,11 @@ mod tests {
             (None, None) => assert!(got.is_null() && want.is_null(), "{what}: {got} vs {want}"),
             (Some(g), Some(w)) => {
                 let tol = 1e-9 * w.abs().max(scale);
-                assert!((g - w).abs() <= tol, "{what}: amba {g:e}, reference {w:e} (difference {:e})", (g - w).abs());
+                assert!(
+                    (g - w).abs() <= tol,
+                    "{what}: amba {g:e}, reference {w:e} (difference {:e})",
+                    (g - w).abs()
+                );
             }
             _ => panic!("{what}: amba {got}, reference {want}"),
         }
@@ -424,7 +613,12 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|a| (a["exposed"].as_i64().unwrap(), a["converted"].as_i64().unwrap()))
+                .map(|a| {
+                    (
+                        a["exposed"].as_i64().unwrap(),
+                        a["converted"].as_i64().unwrap(),
+                    )
+                })
                 .collect();
             let groups = case["srm_groups"].as_array().unwrap();
             // The weight versions: created with the first, updated to each later one.
@@ -438,17 +632,31 @@ mod tests {
                     .collect();
                 serde_json::Value::Array(v).to_string()
             };
-            Spi::run(&format!("SELECT amba_create_experiment('{key}', '{}')", variants(&groups[0]))).unwrap();
+            Spi::run(&format!(
+                "SELECT amba_create_experiment('{key}', '{}')",
+                variants(&groups[0])
+            ))
+            .unwrap();
             for g in &groups[1..] {
-                Spi::run(&format!("SELECT amba_update_experiment('{key}', '{}')", variants(g))).unwrap();
+                Spi::run(&format!(
+                    "SELECT amba_update_experiment('{key}', '{}')",
+                    variants(g)
+                ))
+                .unwrap();
             }
             assert_eq!(
-                count(&format!("SELECT weight_version::bigint FROM amba.experiments WHERE key = '{key}'")),
+                count(&format!(
+                    "SELECT weight_version::bigint FROM amba.experiments WHERE key = '{key}'"
+                )),
                 groups.len() as i64
             );
             // Per arm: n exposed users of whom the first x convert, plus two users who are
             // assigned and convert but are never exposed (they count nowhere but assigned).
-            let values: Vec<String> = arms.iter().enumerate().map(|(i, (n, x))| format!("({i}, {n}, {x})")).collect();
+            let values: Vec<String> = arms
+                .iter()
+                .enumerate()
+                .map(|(i, (n, x))| format!("({i}, {n}, {x})"))
+                .collect();
             Spi::run(&format!(
                 "CREATE TEMP TABLE plan AS
                  SELECT '{key}-' || i || '-' || j AS user_id, 'v' || i AS variant,
@@ -503,14 +711,27 @@ mod tests {
                     (Some(lo), Some(hi)) => (hi - lo) / 2.0,
                     _ => 0.0,
                 };
-                for col in ["conversion_rate", "z_score", "p_value", "lift", "chance_to_win", "p_value_holm", "sequential_p_value"] {
+                for col in [
+                    "conversion_rate",
+                    "z_score",
+                    "p_value",
+                    "lift",
+                    "chance_to_win",
+                    "p_value_holm",
+                    "sequential_p_value",
+                ] {
                     assert_close(&what(col), &row[col], &want[col], 0.0);
                 }
                 // A bound near 0 has no relative precision: relative to the half-width too.
                 for col in ["lift_ci_low", "lift_ci_high"] {
                     assert_close(&what(col), &row[col], &want[col], half);
                 }
-                assert_close(&what("srm_p_value"), &row["srm_p_value"], &case["srm_p_value"], 0.0);
+                assert_close(
+                    &what("srm_p_value"),
+                    &row["srm_p_value"],
+                    &case["srm_p_value"],
+                    0.0,
+                );
             }
         }
     }
@@ -563,7 +784,9 @@ mod tests {
             "INVALID_ARGUMENT",
         );
         assert_eq!(
-            err(r#"SELECT amba_update_experiment('u', '[{"key":"control","weight":1},{"key":"treatment","weight":1}]')"#),
+            err(
+                r#"SELECT amba_update_experiment('u', '[{"key":"control","weight":1},{"key":"treatment","weight":1}]')"#
+            ),
             "ok"
         );
         // The control stays first.
@@ -572,15 +795,43 @@ mod tests {
             "22023",
             "INVALID_ARGUMENT",
         );
-        assert_err("SELECT amba_update_experiment('u', status => 'bogus')", "22023", "INVALID_ARGUMENT");
-        assert_err("SELECT amba_update_experiment('missing', status => 'paused')", "P0002", "EXPERIMENT_NOT_FOUND");
+        assert_err(
+            "SELECT amba_update_experiment('u', status => 'bogus')",
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        assert_err(
+            "SELECT amba_update_experiment('missing', status => 'paused')",
+            "P0002",
+            "EXPERIMENT_NOT_FOUND",
+        );
         // Every status to every other.
-        for (from, to) in [("active", "ended"), ("ended", "active"), ("active", "draft"), ("draft", "paused"), ("paused", "ended"), ("ended", "draft"), ("draft", "active")] {
+        for (from, to) in [
+            ("active", "ended"),
+            ("ended", "active"),
+            ("active", "draft"),
+            ("draft", "paused"),
+            ("paused", "ended"),
+            ("ended", "draft"),
+            ("draft", "active"),
+        ] {
             assert_eq!(text("SELECT amba_get_experiment('u')->>'status'"), from);
-            assert_eq!(text(&format!("SELECT amba_update_experiment('u', status => '{to}')->>'status'")), to);
+            assert_eq!(
+                text(&format!(
+                    "SELECT amba_update_experiment('u', status => '{to}')->>'status'"
+                )),
+                to
+            );
         }
-        let renamed = one::<pgrx::JsonB>("SELECT amba_update_experiment('u', name => 'N', description => 'D')").unwrap().0;
-        assert_eq!((renamed["name"].as_str(), renamed["description"].as_str()), (Some("N"), Some("D")));
+        let renamed = one::<pgrx::JsonB>(
+            "SELECT amba_update_experiment('u', name => 'N', description => 'D')",
+        )
+        .unwrap()
+        .0;
+        assert_eq!(
+            (renamed["name"].as_str(), renamed["description"].as_str()),
+            (Some("N"), Some("D"))
+        );
         // A status or name change keeps the weight version; weights did not change.
         assert_eq!(renamed["weight_version"], 3);
     }
@@ -589,17 +840,26 @@ mod tests {
     fn delete_takes_assignments_and_exposures_but_not_events() {
         setup();
         create("d");
-        Spi::run("SELECT amba_assign('d', 'u'), amba_expose('d', 'u'), amba_track('u', 'buy')").unwrap();
+        Spi::run("SELECT amba_assign('d', 'u'), amba_expose('d', 'u'), amba_track('u', 'buy')")
+            .unwrap();
         assert!(one::<bool>("SELECT amba_delete_experiment('d')").unwrap());
         assert!(!one::<bool>("SELECT amba_delete_experiment('d')").unwrap());
         assert_eq!(count("SELECT count(*) FROM amba.assignments"), 0);
         assert_eq!(count("SELECT count(*) FROM amba.exposures"), 0);
         assert_eq!(count("SELECT count(*) FROM amba.weight_versions"), 0);
         assert_eq!(count("SELECT count(*) FROM amba.events"), 1);
-        assert_err("SELECT amba_assign('d', 'u')", "P0002", "EXPERIMENT_NOT_FOUND");
+        assert_err(
+            "SELECT amba_assign('d', 'u')",
+            "P0002",
+            "EXPERIMENT_NOT_FOUND",
+        );
         // The key can be used again.
         create("d");
-        assert_err("SELECT amba_expose('d', 'u')", "P0002", "ASSIGNMENT_REQUIRED");
+        assert_err(
+            "SELECT amba_expose('d', 'u')",
+            "P0002",
+            "ASSIGNMENT_REQUIRED",
+        );
     }
 
     #[pg_test]
@@ -628,7 +888,10 @@ mod tests {
             count("SELECT count(*) FROM amba_experiment_history('h') WHERE changed_by = session_user AND api_key_name IS NULL AND changed_at IS NOT NULL"),
             3
         );
-        assert_eq!(count("SELECT count(*) FROM amba_experiment_history('never-used')"), 0);
+        assert_eq!(
+            count("SELECT count(*) FROM amba_experiment_history('never-used')"),
+            0
+        );
     }
 
     #[pg_test]
@@ -636,18 +899,41 @@ mod tests {
         setup();
         let key = text("SELECT amba_create_api_key('web')");
         assert!(key.starts_with("amba_") && key.len() == 48, "{key}");
-        assert!(key[5..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(key[5..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         let other = text("SELECT amba_create_api_key('ops', 'admin')");
         assert_ne!(key, other);
         assert_eq!(count(&format!("SELECT count(*) FROM amba.api_keys WHERE key_hash = sha256('{key}'::bytea) AND kind = 'client'")), 1);
-        assert_eq!(count(&format!("SELECT count(*) FROM amba.api_keys WHERE position('{key}' IN key_hash::text) > 0")), 0);
-        assert_err("SELECT amba_create_api_key('web')", "23505", "API_KEY_EXISTS");
-        assert_err("SELECT amba_create_api_key('x', 'root')", "22023", "INVALID_ARGUMENT");
-        assert_err("SELECT amba_create_api_key(NULL)", "22023", "INVALID_ARGUMENT");
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM amba.api_keys WHERE position('{key}' IN key_hash::text) > 0"
+            )),
+            0
+        );
+        assert_err(
+            "SELECT amba_create_api_key('web')",
+            "23505",
+            "API_KEY_EXISTS",
+        );
+        assert_err(
+            "SELECT amba_create_api_key('x', 'root')",
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        assert_err(
+            "SELECT amba_create_api_key(NULL)",
+            "22023",
+            "INVALID_ARGUMENT",
+        );
         assert!(one::<bool>("SELECT amba_revoke_api_key('web')").unwrap());
         assert!(!one::<bool>("SELECT amba_revoke_api_key('web')").unwrap());
         assert!(!one::<bool>("SELECT amba_revoke_api_key('nobody')").unwrap());
-        assert_err("SELECT amba_create_api_key('web')", "23505", "API_KEY_EXISTS");
+        assert_err(
+            "SELECT amba_create_api_key('web')",
+            "23505",
+            "API_KEY_EXISTS",
+        );
     }
 
     #[pg_test]
@@ -674,17 +960,38 @@ mod tests {
         // assignment-time weights are 150+75+225 = 450 and 150+225+75 = 450; X² =
         // 2 * 34² / 450 = 5.137777…, and scipy.stats.chi2.sf(X², 1) = 0.02341059616111667.
         // (Against the current weights 3:1 alone, 675/225, it would be p = 6.1e-49.)
-        assert_eq!(count("SELECT count(*) FROM amba.assignments WHERE variant = 'control'"), 484);
-        assert_eq!(count("SELECT count(*) FROM amba.assignments WHERE variant = 'treatment'"), 416);
+        assert_eq!(
+            count("SELECT count(*) FROM amba.assignments WHERE variant = 'control'"),
+            484
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM amba.assignments WHERE variant = 'treatment'"),
+            416
+        );
         let want = 0.02341059616111667_f64;
         for (variant, got) in Spi::connect(|c| {
-            c.select("SELECT variant, srm_p_value FROM amba_results('srm', 'buy')", None, &[])
-                .unwrap()
-                .map(|r| (r.get::<String>(1).unwrap().unwrap(), r.get::<f64>(2).unwrap().unwrap()))
-                .collect::<Vec<_>>()
+            c.select(
+                "SELECT variant, srm_p_value FROM amba_results('srm', 'buy')",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|r| {
+                (
+                    r.get::<String>(1).unwrap().unwrap(),
+                    r.get::<f64>(2).unwrap().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
         }) {
-            assert!((got - want).abs() <= 1e-9 * want, "{variant}: srm_p_value {got:e}, reference {want:e}");
+            assert!(
+                (got - want).abs() <= 1e-9 * want,
+                "{variant}: srm_p_value {got:e}, reference {want:e}"
+            );
         }
-        assert_eq!(count("SELECT count(DISTINCT weight_version) FROM amba.assignments"), 3);
+        assert_eq!(
+            count("SELECT count(DISTINCT weight_version) FROM amba.assignments"),
+            3
+        );
     }
 }

@@ -66,7 +66,11 @@ pub fn pick(bucket: f64, thresholds: &[f64], weights: &[f64]) -> Option<usize> {
 
 /// Index of the variant for a user: the whole rule in one call.
 pub fn allocate(experiment_key: &str, user_id: &str, weights: &[f64]) -> Option<usize> {
-    pick(bucket(experiment_key, user_id), &thresholds(weights), weights)
+    pick(
+        bucket(experiment_key, user_id),
+        &thresholds(weights),
+        weights,
+    )
 }
 
 #[cfg(test)]

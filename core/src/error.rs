@@ -17,10 +17,30 @@ pub enum ErrorCode {
 
 /// (code, name, SQLSTATE, HTTP status): CONTRACT sections 3 and 5.
 const TABLE: [(ErrorCode, &str, &str, u16); 6] = [
-    (ErrorCode::ExperimentNotFound, "EXPERIMENT_NOT_FOUND", "P0002", 404),
-    (ErrorCode::ExperimentInactive, "EXPERIMENT_INACTIVE", "55000", 409),
-    (ErrorCode::AssignmentRequired, "ASSIGNMENT_REQUIRED", "P0002", 404),
-    (ErrorCode::ExperimentExists, "EXPERIMENT_EXISTS", "23505", 409),
+    (
+        ErrorCode::ExperimentNotFound,
+        "EXPERIMENT_NOT_FOUND",
+        "P0002",
+        404,
+    ),
+    (
+        ErrorCode::ExperimentInactive,
+        "EXPERIMENT_INACTIVE",
+        "55000",
+        409,
+    ),
+    (
+        ErrorCode::AssignmentRequired,
+        "ASSIGNMENT_REQUIRED",
+        "P0002",
+        404,
+    ),
+    (
+        ErrorCode::ExperimentExists,
+        "EXPERIMENT_EXISTS",
+        "23505",
+        409,
+    ),
     (ErrorCode::ApiKeyExists, "API_KEY_EXISTS", "23505", 409),
     (ErrorCode::InvalidArgument, "INVALID_ARGUMENT", "22023", 400),
 ];
@@ -36,7 +56,10 @@ impl ErrorCode {
     ];
 
     fn row(self) -> &'static (ErrorCode, &'static str, &'static str, u16) {
-        TABLE.iter().find(|r| r.0 == self).expect("every code is in the table")
+        TABLE
+            .iter()
+            .find(|r| r.0 == self)
+            .expect("every code is in the table")
     }
 
     pub fn as_str(self) -> &'static str {
@@ -71,7 +94,10 @@ pub struct CoreError {
 
 impl CoreError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        CoreError { code, detail: detail.into() }
+        CoreError {
+            code,
+            detail: detail.into(),
+        }
     }
 
     pub fn invalid(detail: impl Into<String>) -> Self {
@@ -97,7 +123,10 @@ mod tests {
         for code in ErrorCode::ALL {
             assert_eq!(TABLE.iter().filter(|r| r.0 == code).count(), 1);
             assert_eq!(ErrorCode::from_name(code.as_str()), Some(code));
-            assert_eq!(ErrorCode::from_message(&CoreError::new(code, "x").to_string()), Some(code));
+            assert_eq!(
+                ErrorCode::from_message(&CoreError::new(code, "x").to_string()),
+                Some(code)
+            );
         }
         assert_eq!(ErrorCode::from_name("FORBIDDEN"), None);
     }

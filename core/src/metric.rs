@@ -140,7 +140,8 @@ fn pooled_theta(c: &MeanArm, t: &MeanArm) -> f64 {
 /// Welch–Satterthwaite degrees of freedom.
 fn welch_dof(v_c: f64, n_c: f64, v_t: f64, n_t: f64) -> f64 {
     let (a, b) = (v_t / n_t, v_c / n_c);
-    (a + b).powi(2) / (v_t * v_t / (n_t * n_t * (n_t - 1.0)) + v_c * v_c / (n_c * n_c * (n_c - 1.0)))
+    (a + b).powi(2)
+        / (v_t * v_t / (n_t * n_t * (n_t - 1.0)) + v_c * v_c / (n_c * n_c * (n_c - 1.0)))
 }
 
 /// The comparison columns of one non-control arm (everything but `p_value_holm`).
@@ -149,7 +150,11 @@ fn compare(control: &MeanArm, treatment: &MeanArm, alpha: f64, cuped: bool) -> M
     if !(control.n >= 2.0 && treatment.n >= 2.0) {
         return row;
     }
-    let theta = if cuped { pooled_theta(control, treatment) } else { 0.0 };
+    let theta = if cuped {
+        pooled_theta(control, treatment)
+    } else {
+        0.0
+    };
     let (mc, mt) = (Moments::of(control), Moments::of(treatment));
     let (v_c, v_t) = (mc.adjusted_variance(theta), mt.adjusted_variance(theta));
     let (n_c, n_t) = (mc.n, mt.n);
@@ -164,7 +169,9 @@ fn compare(control: &MeanArm, treatment: &MeanArm, alpha: f64, cuped: bool) -> M
     };
     let delta = adj_t - adj_c;
     let dof = welch_dof(v_c, n_c, v_t, n_t);
-    let Some(delta) = finite(delta) else { return row };
+    let Some(delta) = finite(delta) else {
+        return row;
+    };
     let sd = var_d.sqrt();
     // T⁻¹(1 − alpha/2; ν) from the upper tail: 1 − alpha/2 would round to 1 for alpha
     // below ~2e-16.
@@ -212,9 +219,21 @@ pub fn analyze_means(arms: &[MeanArm], alpha: f64, cuped: bool) -> Vec<MetricRow
         .iter()
         .enumerate()
         .map(|(i, arm)| {
-            let mut row = if i == 0 { MetricRow::default() } else { compare(&control, arm, alpha, cuped) };
-            row.mean = if arm.n > 0.0 { finite(arm.sum / arm.n) } else { None };
-            row.stddev = if arm.n >= 2.0 { finite(sample_variance(arm.n, arm.sum, arm.sum_sq).sqrt()) } else { None };
+            let mut row = if i == 0 {
+                MetricRow::default()
+            } else {
+                compare(&control, arm, alpha, cuped)
+            };
+            row.mean = if arm.n > 0.0 {
+                finite(arm.sum / arm.n)
+            } else {
+                None
+            };
+            row.stddev = if arm.n >= 2.0 {
+                finite(sample_variance(arm.n, arm.sum, arm.sum_sq).sqrt())
+            } else {
+                None
+            };
             row
         })
         .collect();
@@ -300,7 +319,11 @@ pub fn t_upper_quantile(p: f64, dof: f64) -> Option<f64> {
     // Bracket: f(lo) > 0 >= f(hi).
     let guess = initial_quantile_guess(p, dof);
     let mut lo = 0.0;
-    let mut hi = if guess.is_finite() { (2.0 * guess).max(1.0) } else { 1.0 };
+    let mut hi = if guess.is_finite() {
+        (2.0 * guess).max(1.0)
+    } else {
+        1.0
+    };
     while f(hi) > 0.0 {
         lo = hi;
         hi *= 16.0;
@@ -308,7 +331,11 @@ pub fn t_upper_quantile(p: f64, dof: f64) -> Option<f64> {
             return None;
         }
     }
-    let mut t = if guess.is_finite() { guess.clamp(lo, hi) } else { lo };
+    let mut t = if guess.is_finite() {
+        guess.clamp(lo, hi)
+    } else {
+        lo
+    };
     if !(t > lo && t < hi) {
         t = if lo > 0.0 { (lo * hi).sqrt() } else { 0.5 * hi };
     }
@@ -326,7 +353,11 @@ pub fn t_upper_quantile(p: f64, dof: f64) -> Option<f64> {
         let mut next = t - step;
         if !(next > lo && next < hi) || !next.is_finite() {
             // Bisect, geometrically when the bracket spans orders of magnitude.
-            next = if lo > 0.0 && hi / lo > 4.0 { (lo * hi).sqrt() } else { 0.5 * (lo + hi) };
+            next = if lo > 0.0 && hi / lo > 4.0 {
+                (lo * hi).sqrt()
+            } else {
+                0.5 * (lo + hi)
+            };
         }
         if (next - t).abs() <= 4.0 * f64::EPSILON * t || hi - lo <= 4.0 * f64::EPSILON * hi {
             return finite(next);
@@ -342,7 +373,9 @@ pub fn t_upper_quantile(p: f64, dof: f64) -> Option<f64> {
 fn initial_quantile_guess(p: f64, dof: f64) -> f64 {
     // Upper normal quantile: z² ≈ l − ln l − ln 2π with l = −2 ln p (within 5% for p <= 0.05).
     let l = -2.0 * p.ln();
-    let z = (l - l.ln() - (2.0 * std::f64::consts::PI).ln()).max(0.0).sqrt();
+    let z = (l - l.ln() - (2.0 * std::f64::consts::PI).ln())
+        .max(0.0)
+        .sqrt();
     if dof >= 30.0 {
         return z + (z * z + 1.0) * z / (4.0 * dof);
     }
@@ -366,18 +399,28 @@ struct TProbabilities {
 
 /// Tail probabilities of Student's t at t >= 0.
 fn t_probabilities(t: f64, dof: f64) -> TProbabilities {
-    let from_upper = |upper: f64| TProbabilities { upper, central: 1.0 - 2.0 * upper };
+    let from_upper = |upper: f64| TProbabilities {
+        upper,
+        central: 1.0 - 2.0 * upper,
+    };
     if t == f64::INFINITY {
         return from_upper(0.0);
     }
     if dof.is_infinite() || dof > T_TAIL_HILL_DOF {
-        let y = if dof.is_infinite() { t } else { hill_normal_deviate(t, dof) };
+        let y = if dof.is_infinite() {
+            t
+        } else {
+            hill_normal_deviate(t, dof)
+        };
         if !y.is_finite() {
             return from_upper(0.0); // t² overflowed: far beyond any representable tail
         }
         let x = y / std::f64::consts::SQRT_2;
         if x < 0.5 {
-            return TProbabilities { upper: 0.5 * erfc(x), central: erf(x) };
+            return TProbabilities {
+                upper: 0.5 * erfc(x),
+                central: erf(x),
+            };
         }
         return from_upper(0.5 * erfc_accurate(x));
     }
@@ -403,11 +446,17 @@ fn t_probabilities(t: f64, dof: f64) -> TProbabilities {
     if h < (a + 1.0) / (a + 2.5) {
         let front = (ln_h_pow + ln_sqrt_x - a.ln() - ln_beta).exp();
         let upper_twice = front * beta_continued_fraction(a, 0.5, h);
-        TProbabilities { upper: 0.5 * upper_twice, central: 1.0 - upper_twice }
+        TProbabilities {
+            upper: 0.5 * upper_twice,
+            central: 1.0 - upper_twice,
+        }
     } else {
         let front = (ln_h_pow + ln_sqrt_x + std::f64::consts::LN_2 - ln_beta).exp();
         let central = front * beta_continued_fraction(0.5, a, x);
-        TProbabilities { upper: 0.5 * (1.0 - central), central }
+        TProbabilities {
+            upper: 0.5 * (1.0 - central),
+            central,
+        }
     }
 }
 
@@ -425,7 +474,8 @@ fn hill_normal_deviate(t: f64, dof: f64) -> f64 {
     let a = dof - 0.5;
     let b = 48.0 * a * a;
     let y = a * (t * t / dof).ln_1p();
-    (((((-0.4 * y - 3.3) * y - 24.0) * y - 85.5) / (0.8 * y * y + 100.0 + b) + y + 3.0) / b + 1.0) * y.sqrt()
+    (((((-0.4 * y - 3.3) * y - 24.0) * y - 85.5) / (0.8 * y * y + 100.0 + b) + y + 3.0) / b + 1.0)
+        * y.sqrt()
 }
 
 /// erfc with full double precision: statrs' `erfc` is off by up to 1e-10 relative for
@@ -492,7 +542,10 @@ mod tests {
     use super::*;
 
     fn arm(values: &[f64]) -> MeanArm {
-        let mut a = MeanArm { n: values.len() as f64, ..Default::default() };
+        let mut a = MeanArm {
+            n: values.len() as f64,
+            ..Default::default()
+        };
         for v in values {
             a.sum += v;
             a.sum_sq += v * v;
@@ -515,13 +568,28 @@ mod tests {
 
     #[test]
     fn null_rules() {
-        let rows = analyze_means(&[arm(&[1.0, 2.0, 3.0]), arm(&[2.0]), arm(&[]), arm(&[1.0, 5.0])], 0.05, false);
+        let rows = analyze_means(
+            &[
+                arm(&[1.0, 2.0, 3.0]),
+                arm(&[2.0]),
+                arm(&[]),
+                arm(&[1.0, 5.0]),
+            ],
+            0.05,
+            false,
+        );
         assert_eq!(rows[0].delta, None);
         assert_eq!(rows[0].mean, Some(2.0));
         assert_eq!(rows[0].stddev, Some(1.0));
         assert_eq!(rows[1].mean, Some(2.0));
-        assert_eq!((rows[1].stddev, rows[1].delta, rows[1].p_value), (None, None, None));
-        assert_eq!((rows[2].mean, rows[2].stddev, rows[2].delta), (None, None, None));
+        assert_eq!(
+            (rows[1].stddev, rows[1].delta, rows[1].p_value),
+            (None, None, None)
+        );
+        assert_eq!(
+            (rows[2].mean, rows[2].stddev, rows[2].delta),
+            (None, None, None)
+        );
         assert!(rows[3].delta.is_some() && rows[3].p_value_holm == rows[3].p_value);
         // All equal (not exactly representable): variance 0, not rounding noise.
         let rows = analyze_means(&[arm(&[9.99; 1000]), arm(&[9.99; 700])], 0.05, true);
@@ -544,7 +612,10 @@ mod tests {
         assert_eq!(t_upper_quantile(0.025, 0.0), None);
         // Where statrs panics or does not return: a number, and the right one.
         let q = t_upper_quantile(5e-301, 2.0).unwrap(); // P(T > t) = (1 − t/√(2 + t²))/2
-        assert!(((q - 1.0 / (2.0 * 5e-301f64).sqrt()) / q).abs() < 1e-12, "{q}");
+        assert!(
+            ((q - 1.0 / (2.0 * 5e-301f64).sqrt()) / q).abs() < 1e-12,
+            "{q}"
+        );
         assert!(t_upper_quantile(5e-101, 1000.0).is_some());
     }
 
@@ -561,7 +632,10 @@ mod tests {
         ];
         for (t, dof, want) in cases {
             let got = t_two_sided_p_value(t, dof).unwrap();
-            assert!(((got - want) / want).abs() < 1e-12, "p({t}, {dof}) = {got}, want {want}");
+            assert!(
+                ((got - want) / want).abs() < 1e-12,
+                "p({t}, {dof}) = {got}, want {want}"
+            );
         }
         assert_eq!(t_two_sided_p_value(0.0, 3.0), Some(1.0));
         assert_eq!(t_two_sided_p_value(f64::INFINITY, 3.0), Some(0.0));

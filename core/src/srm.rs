@@ -28,10 +28,16 @@ pub fn srm_keys(current_keys: &[String], versions: &[WeightVersion]) -> Vec<Stri
 
 /// Expected exposures per key: `E_i = Σ_versions exposed(version) · w_i / W` (a key absent
 /// from a version has weight 0 there; a version with no positive weight is skipped).
-pub fn expected_exposures(keys: &[String], exposed_by_version: &[(i32, u64)], versions: &[WeightVersion]) -> Vec<f64> {
+pub fn expected_exposures(
+    keys: &[String],
+    exposed_by_version: &[(i32, u64)],
+    versions: &[WeightVersion],
+) -> Vec<f64> {
     let mut expected = vec![0.0; keys.len()];
     for &(version, exposed) in exposed_by_version {
-        let Some(v) = versions.iter().find(|v| v.version == version) else { continue };
+        let Some(v) = versions.iter().find(|v| v.version == version) else {
+            continue;
+        };
         let total: f64 = v.weights.iter().fold(0.0, |a, w| a + w);
         if !(total > 0.0) {
             continue;
@@ -56,12 +62,21 @@ pub fn srm_p_value_by_version(
     let keys = srm_keys(current_keys, versions);
     let observed: Vec<f64> = keys
         .iter()
-        .map(|k| exposed_by_key.iter().filter(|(key, _)| key == k).map(|(_, n)| *n as f64).sum())
+        .map(|k| {
+            exposed_by_key
+                .iter()
+                .filter(|(key, _)| key == k)
+                .map(|(_, n)| *n as f64)
+                .sum()
+        })
         .collect();
     if !(observed.iter().sum::<f64>() > 0.0) {
         return None;
     }
-    srm_p_value(&observed, &expected_exposures(&keys, exposed_by_version, versions))
+    srm_p_value(
+        &observed,
+        &expected_exposures(&keys, exposed_by_version, versions),
+    )
 }
 
 #[cfg(test)]
@@ -69,7 +84,11 @@ mod tests {
     use super::*;
 
     fn v(version: i32, keys: &[&str], weights: &[f64]) -> WeightVersion {
-        WeightVersion { version, keys: keys.iter().map(|k| k.to_string()).collect(), weights: weights.to_vec() }
+        WeightVersion {
+            version,
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            weights: weights.to_vec(),
+        }
     }
     fn s(keys: &[&str]) -> Vec<String> {
         keys.iter().map(|k| k.to_string()).collect()
@@ -77,26 +96,48 @@ mod tests {
 
     #[test]
     fn keys_keep_removed_variants_after_the_current_ones() {
-        let versions = [v(1, &["c", "old", "t"], &[1.0, 1.0, 1.0]), v(2, &["c", "t", "new"], &[1.0, 1.0, 1.0])];
-        assert_eq!(srm_keys(&s(&["c", "t", "new"]), &versions), s(&["c", "t", "new", "old"]));
+        let versions = [
+            v(1, &["c", "old", "t"], &[1.0, 1.0, 1.0]),
+            v(2, &["c", "t", "new"], &[1.0, 1.0, 1.0]),
+        ];
+        assert_eq!(
+            srm_keys(&s(&["c", "t", "new"]), &versions),
+            s(&["c", "t", "new", "old"])
+        );
     }
 
     #[test]
     fn reordered_and_switched_off_variants_map_by_key() {
         // v1: c/t 50/50 for 100 users; v2: t switched off (0), "new" added, for 200 users.
-        let versions = [v(1, &["c", "t"], &[1.0, 1.0]), v(2, &["c", "new", "t"], &[1.0, 1.0, 0.0])];
+        let versions = [
+            v(1, &["c", "t"], &[1.0, 1.0]),
+            v(2, &["c", "new", "t"], &[1.0, 1.0, 0.0]),
+        ];
         let keys = srm_keys(&s(&["c", "t", "new"]), &versions);
         let e = expected_exposures(&keys, &[(1, 100), (2, 200)], &versions);
         assert_eq!(e, vec![150.0, 50.0, 100.0]);
         // Observed exactly as expected: no mismatch at all.
-        let by_key = [("c".to_string(), 150), ("t".to_string(), 50), ("new".to_string(), 100)];
-        let p = srm_p_value_by_version(&s(&["c", "t", "new"]), &by_key, &[(1, 100), (2, 200)], &versions).unwrap();
+        let by_key = [
+            ("c".to_string(), 150),
+            ("t".to_string(), 50),
+            ("new".to_string(), 100),
+        ];
+        let p = srm_p_value_by_version(
+            &s(&["c", "t", "new"]),
+            &by_key,
+            &[(1, 100), (2, 200)],
+            &versions,
+        )
+        .unwrap();
         assert!((p - 1.0).abs() < 1e-12, "{p}");
     }
 
     #[test]
     fn nobody_exposed_is_none() {
         let versions = [v(1, &["c", "t"], &[1.0, 1.0])];
-        assert_eq!(srm_p_value_by_version(&s(&["c", "t"]), &[], &[], &versions), None);
+        assert_eq!(
+            srm_p_value_by_version(&s(&["c", "t"]), &[], &[], &versions),
+            None
+        );
     }
 }

@@ -52,7 +52,10 @@ pub fn z_test(control: Arm, treatment: Arm) -> Option<ZTest> {
     // erfc keeps its relative accuracy deep in the tail, where 1 - Φ would round to 0; the
     // full-precision one (statrs' is off by up to 1e-10 relative from 0.5 on).
     let p_value = crate::metric::erfc_accurate(z.abs() / std::f64::consts::SQRT_2);
-    Some(ZTest { z_score: finite(z)?, p_value: finite(p_value)? })
+    Some(ZTest {
+        z_score: finite(z)?,
+        p_value: finite(p_value)?,
+    })
 }
 
 /// Relative effect of `treatment` over `control`, with its interval, Bayesian chance to
@@ -74,7 +77,8 @@ fn lift_variance(p_c: f64, v_c: f64, n_c: f64, p_t: f64, v_t: f64, n_t: f64) -> 
 /// Welch–Satterthwaite degrees of freedom.
 fn welch_dof(v_c: f64, n_c: f64, v_t: f64, n_t: f64) -> f64 {
     let (a, b) = (v_t / n_t, v_c / n_c);
-    (a + b).powi(2) / (v_t * v_t / (n_t * n_t * (n_t - 1.0)) + v_c * v_c / (n_c * n_c * (n_c - 1.0)))
+    (a + b).powi(2)
+        / (v_t * v_t / (n_t * n_t * (n_t - 1.0)) + v_c * v_c / (n_c * n_c * (n_c - 1.0)))
 }
 
 /// ρ² of the asymptotic confidence sequence (Waudby-Smith et al. 2023).
@@ -98,7 +102,12 @@ pub fn sequential_p_value(total_n: f64, lift: f64, var: f64, alpha: f64) -> f64 
 /// `half = √(var·N) · √(2(Nρ²+1) ln(√(Nρ²+1)/alpha) / (Nρ)²)`
 /// (= gbstats 0.8.0 `SequentialTwoSidedTTest(...).compute_result().ci`, relative).
 /// `None` unless N > 0, var > 0, 0 < alpha < 1 and everything is finite.
-pub fn lift_confidence_sequence(total_n: f64, lift: f64, var: f64, alpha: f64) -> Option<(f64, f64)> {
+pub fn lift_confidence_sequence(
+    total_n: f64,
+    lift: f64,
+    var: f64,
+    alpha: f64,
+) -> Option<(f64, f64)> {
     if !(total_n > 0.0 && var > 0.0 && alpha > 0.0 && alpha < 1.0)
         || !total_n.is_finite()
         || !var.is_finite()
@@ -121,7 +130,10 @@ pub fn lift_variance_of(control: Arm, treatment: Arm) -> Option<f64> {
         return None;
     }
     let (n_c, n_t) = (control.exposed as f64, treatment.exposed as f64);
-    let (p_c, p_t) = (control.converted as f64 / n_c, treatment.converted as f64 / n_t);
+    let (p_c, p_t) = (
+        control.converted as f64 / n_c,
+        treatment.converted as f64 / n_t,
+    );
     let var = lift_variance(p_c, p_c * (1.0 - p_c), n_c, p_t, p_t * (1.0 - p_t), n_t);
     (var > 0.0 && var.is_finite()).then_some(var)
 }
@@ -153,8 +165,11 @@ pub fn effect(control: Arm, treatment: Arm, alpha: f64) -> Option<Effect> {
 /// Holm–Bonferroni step-down adjustment over the `Some` p-values (statsmodels'
 /// `multipletests(method="holm")`); `None` stays `None` and does not count in m.
 pub fn holm(p_values: &[Option<f64>]) -> Vec<Option<f64>> {
-    let mut present: Vec<(usize, f64)> =
-        p_values.iter().enumerate().filter_map(|(i, p)| p.map(|p| (i, p))).collect();
+    let mut present: Vec<(usize, f64)> = p_values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.map(|p| (i, p)))
+        .collect();
     present.sort_by(|a, b| a.1.total_cmp(&b.1));
     let m = present.len();
     let mut adjusted = vec![None; p_values.len()];
@@ -205,7 +220,11 @@ pub fn analyze(arms: &[Arm], alpha: f64) -> Vec<VariantStats> {
         .map(|(i, arm)| VariantStats {
             conversion_rate: arm.rate(),
             z_test: if i == 0 { None } else { z_test(control, *arm) },
-            effect: if i == 0 { None } else { effect(control, *arm, alpha) },
+            effect: if i == 0 {
+                None
+            } else {
+                effect(control, *arm, alpha)
+            },
             p_value_holm: None,
         })
         .collect();
@@ -258,7 +277,12 @@ mod tests {
 
     #[test]
     fn sequential_p_value_underflows_instead_of_overflowing() {
-        let e = effect(Arm::new(10_000_000, 10_000), Arm::new(10_000_000, 5_000_000), 0.05).unwrap();
+        let e = effect(
+            Arm::new(10_000_000, 10_000),
+            Arm::new(10_000_000, 5_000_000),
+            0.05,
+        )
+        .unwrap();
         assert_eq!(e.sequential_p_value, 0.0);
         let none = effect(Arm::new(1000, 100), Arm::new(1000, 100), 0.05).unwrap();
         assert_eq!(none.sequential_p_value, 1.0);
@@ -284,7 +308,10 @@ mod tests {
         ];
         for (p, dof, want) in cases {
             let got = crate::metric::t_upper_quantile(1.0 - p, dof).unwrap();
-            assert!(((got - want) / want).abs() < 1e-11, "T^-1({p}; {dof}) = {got}, scipy {want}");
+            assert!(
+                ((got - want) / want).abs() < 1e-11,
+                "T^-1({p}; {dof}) = {got}, scipy {want}"
+            );
         }
         assert_eq!(crate::metric::t_upper_quantile(0.025, 0.0), None);
         // A tiny alpha still has an interval.

@@ -18,7 +18,11 @@ fn is_key_char(c: char) -> bool {
 /// A short, printable rendering of user input for error messages.
 fn shown(s: &str) -> String {
     let cut: String = s.chars().take(40).collect();
-    let cut = if cut.len() < s.len() { format!("{cut}…") } else { cut };
+    let cut = if cut.len() < s.len() {
+        format!("{cut}…")
+    } else {
+        cut
+    };
     format!("{cut:?}")
 }
 
@@ -119,7 +123,13 @@ pub fn text_length(what: &str, value: Option<&str>, max: usize) -> Result<(), Co
 /// An API key's name: 1–128 characters without control characters.
 pub fn api_key_name(name: Option<&str>) -> Result<(), CoreError> {
     match name {
-        Some(n) if !n.is_empty() && n.chars().count() <= API_KEY_NAME_MAX && !n.chars().any(char::is_control) => Ok(()),
+        Some(n)
+            if !n.is_empty()
+                && n.chars().count() <= API_KEY_NAME_MAX
+                && !n.chars().any(char::is_control) =>
+        {
+            Ok(())
+        }
         _ => Err(CoreError::invalid(format!(
             "an API key name must be 1 to {API_KEY_NAME_MAX} characters without control characters"
         ))),
@@ -130,8 +140,13 @@ pub fn api_key_name(name: Option<&str>) -> Result<(), CoreError> {
 pub fn api_key_kind(kind: Option<&str>) -> Result<(), CoreError> {
     match kind {
         Some(k) if API_KEY_KINDS.contains(&k) => Ok(()),
-        Some(k) => Err(CoreError::invalid(format!("API key kind must be client or admin, not {}", shown(k)))),
-        None => Err(CoreError::invalid("API key kind must be client or admin, not NULL")),
+        Some(k) => Err(CoreError::invalid(format!(
+            "API key kind must be client or admin, not {}",
+            shown(k)
+        ))),
+        None => Err(CoreError::invalid(
+            "API key kind must be client or admin, not NULL",
+        )),
     }
 }
 
@@ -190,7 +205,9 @@ pub fn variants(value: &Value) -> Result<Vec<Variant>, CoreError> {
     let mut out: Vec<Variant> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let obj = item.as_object().ok_or_else(|| {
-            CoreError::invalid(format!("variants[{i}] must be an object with \"key\" and \"weight\""))
+            CoreError::invalid(format!(
+                "variants[{i}] must be an object with \"key\" and \"weight\""
+            ))
         })?;
         if let Some(extra) = obj.keys().find(|k| *k != "key" && *k != "weight") {
             return Err(CoreError::invalid(format!(
@@ -199,7 +216,11 @@ pub fn variants(value: &Value) -> Result<Vec<Variant>, CoreError> {
         }
         let key = match obj.get("key") {
             Some(Value::String(s)) => s.as_str(),
-            Some(_) => return Err(CoreError::invalid(format!("variants[{i}].key must be a string"))),
+            Some(_) => {
+                return Err(CoreError::invalid(format!(
+                    "variants[{i}].key must be a string"
+                )))
+            }
             None => return Err(CoreError::invalid(format!("variants[{i}] has no \"key\""))),
         };
         variant_key(Some(key))?;
@@ -212,10 +233,16 @@ pub fn variants(value: &Value) -> Result<Vec<Variant>, CoreError> {
                     "variants[{i}].weight must be a JSON number, not a string, boolean or null"
                 )))
             }
-            None => return Err(CoreError::invalid(format!("variants[{i}] has no \"weight\""))),
+            None => {
+                return Err(CoreError::invalid(format!(
+                    "variants[{i}] has no \"weight\""
+                )))
+            }
         };
         if !weight.is_finite() {
-            return Err(CoreError::invalid(format!("variants[{i}].weight is not finite")));
+            return Err(CoreError::invalid(format!(
+                "variants[{i}].weight is not finite"
+            )));
         }
         if weight < 0.0 {
             return Err(CoreError::invalid(format!(
@@ -223,10 +250,15 @@ pub fn variants(value: &Value) -> Result<Vec<Variant>, CoreError> {
             )));
         }
         if out.iter().any(|v| v.key == key) {
-            return Err(CoreError::invalid(format!("variant key {key:?} appears twice")));
+            return Err(CoreError::invalid(format!(
+                "variant key {key:?} appears twice"
+            )));
         }
         // -0.0 is stored as 0.
-        out.push(Variant { key: key.to_string(), weight: weight + 0.0 });
+        out.push(Variant {
+            key: key.to_string(),
+            weight: weight + 0.0,
+        });
     }
     let total: f64 = out.iter().fold(0.0, |acc, v| acc + v.weight);
     if !(total > 0.0) || !total.is_finite() {
@@ -318,10 +350,18 @@ mod tests {
 
     #[test]
     fn good_variants() {
-        let v = variants_json(r#"[{"key":"control","weight":50},{"key":"b","weight":0.5},{"key":"c","weight":0}]"#)
-            .unwrap();
+        let v = variants_json(
+            r#"[{"key":"control","weight":50},{"key":"b","weight":0.5},{"key":"c","weight":0}]"#,
+        )
+        .unwrap();
         assert_eq!(v.len(), 3);
-        assert_eq!(v[1], Variant { key: "b".into(), weight: 0.5 });
+        assert_eq!(
+            v[1],
+            Variant {
+                key: "b".into(),
+                weight: 0.5
+            }
+        );
         assert!(variants_json(r#"[{"key":"a","weight":-0},{"key":"b","weight":1}]"#).is_ok());
     }
 
@@ -332,36 +372,82 @@ mod tests {
             (r#"[{"key":"a","weight":1}]"#, "at least two"),
             (r#"[]"#, "at least two"),
             (r#"[1, 2]"#, "object"),
-            (r#"[{"key":"a","weight":1},{"key":"a","weight":1}]"#, "twice"),
-            (r#"[{"key":"a","weight":1},{"key":"b","weight":"1"}]"#, "JSON number"),
-            (r#"[{"key":"a","weight":1},{"key":"b","weight":true}]"#, "JSON number"),
-            (r#"[{"key":"a","weight":1},{"key":"b","weight":null}]"#, "JSON number"),
+            (
+                r#"[{"key":"a","weight":1},{"key":"a","weight":1}]"#,
+                "twice",
+            ),
+            (
+                r#"[{"key":"a","weight":1},{"key":"b","weight":"1"}]"#,
+                "JSON number",
+            ),
+            (
+                r#"[{"key":"a","weight":1},{"key":"b","weight":true}]"#,
+                "JSON number",
+            ),
+            (
+                r#"[{"key":"a","weight":1},{"key":"b","weight":null}]"#,
+                "JSON number",
+            ),
             (r#"[{"key":"a","weight":1},{"key":"b"}]"#, "no \"weight\""),
             (r#"[{"key":"a","weight":1},{"weight":1}]"#, "no \"key\""),
             (r#"[{"key":"a","weight":1},{"key":5,"weight":1}]"#, "string"),
-            (r#"[{"key":"a","weight":1},{"key":"b c","weight":1}]"#, "contains"),
-            (r#"[{"key":"a","weight":1},{"key":"b","weight":-1}]"#, ">= 0"),
-            (r#"[{"key":"a","weight":0},{"key":"b","weight":0}]"#, "greater than 0"),
-            (r#"[{"key":"a","weight":1},{"key":"b","weight":1e999}]"#, "not finite"),
-            (r#"[{"key":"a","weight":1e308},{"key":"b","weight":1e308}]"#, "finite number greater"),
-            (r#"[{"key":"a","weight":1},{"key":"b","weight":1,"x":1}]"#, "unknown field"),
+            (
+                r#"[{"key":"a","weight":1},{"key":"b c","weight":1}]"#,
+                "contains",
+            ),
+            (
+                r#"[{"key":"a","weight":1},{"key":"b","weight":-1}]"#,
+                ">= 0",
+            ),
+            (
+                r#"[{"key":"a","weight":0},{"key":"b","weight":0}]"#,
+                "greater than 0",
+            ),
+            (
+                r#"[{"key":"a","weight":1},{"key":"b","weight":1e999}]"#,
+                "not finite",
+            ),
+            (
+                r#"[{"key":"a","weight":1e308},{"key":"b","weight":1e308}]"#,
+                "finite number greater",
+            ),
+            (
+                r#"[{"key":"a","weight":1},{"key":"b","weight":1,"x":1}]"#,
+                "unknown field",
+            ),
             (r#"not json"#, "valid JSON"),
         ];
         for (input, needle) in cases {
             let message = err(variants_json(input));
             assert!(message.contains(needle), "{input}: {message}");
         }
-        let long = format!(r#"[{{"key":"a","weight":1}},{{"key":"{}","weight":1}}]"#, "v".repeat(65));
+        let long = format!(
+            r#"[{{"key":"a","weight":1}},{{"key":"{}","weight":1}}]"#,
+            "v".repeat(65)
+        );
         assert!(err(variants_json(&long)).contains("65 characters"));
     }
 
     #[test]
     fn updates_keep_control_and_assigned_variants() {
         let old = vec!["control".to_string(), "b".to_string(), "c".to_string()];
-        let v = |keys: &[&str]| keys.iter().map(|k| Variant { key: k.to_string(), weight: 1.0 }).collect::<Vec<_>>();
+        let v = |keys: &[&str]| {
+            keys.iter()
+                .map(|k| Variant {
+                    key: k.to_string(),
+                    weight: 1.0,
+                })
+                .collect::<Vec<_>>()
+        };
         assert!(variant_update(&old, &v(&["control", "c", "b", "d"]), |_| true).is_ok());
         assert!(variant_update(&old, &v(&["control", "b"]), |k| k != "c").is_ok());
-        assert!(err(variant_update(&old, &v(&["control", "b"]), |k| k == "c")).contains("set its weight to 0"));
-        assert!(err(variant_update(&old, &v(&["b", "control", "c"]), |_| false)).contains("must stay the first"));
+        assert!(
+            err(variant_update(&old, &v(&["control", "b"]), |k| k == "c"))
+                .contains("set its weight to 0")
+        );
+        assert!(
+            err(variant_update(&old, &v(&["b", "control", "c"]), |_| false))
+                .contains("must stay the first")
+        );
     }
 }

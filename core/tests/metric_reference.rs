@@ -16,7 +16,9 @@
 //!
 //! Every test collects all failing cases and reports them together, each with its inputs.
 
-use amba_core::metric::{analyze_means, percentile_cont, t_two_sided_p_value, t_upper_quantile, MeanArm, MetricRow};
+use amba_core::metric::{
+    analyze_means, percentile_cont, t_two_sided_p_value, t_upper_quantile, MeanArm, MetricRow,
+};
 use amba_core::stats::lift_confidence_sequence;
 use serde_json::Value;
 
@@ -85,7 +87,12 @@ fn mismatch(field: &str, actual: Option<f64>, expected: Option<f64>, kind: Kind)
                     }
                 }
             };
-            (!ok).then(|| format!("{field}: got {a:e}, expected {e:e} (relative error {:.3e})", relative_error(a, e)))
+            (!ok).then(|| {
+                format!(
+                    "{field}: got {a:e}, expected {e:e} (relative error {:.3e})",
+                    relative_error(a, e)
+                )
+            })
         }
     }
 }
@@ -116,14 +123,44 @@ fn row_checks(got: &MetricRow, r: &Value) -> Vec<Option<String>> {
         mismatch("mean", got.mean, e("mean"), Kind::Value(REL)),
         mismatch("stddev", got.stddev, e("stddev"), Kind::Value(REL)),
         mismatch("delta", got.delta, e("delta"), Kind::Value(REL)),
-        mismatch("delta_ci_low", got.delta_ci_low, e("delta_ci_low"), Kind::Value(REL_INTERVAL)),
-        mismatch("delta_ci_high", got.delta_ci_high, e("delta_ci_high"), Kind::Value(REL_INTERVAL)),
+        mismatch(
+            "delta_ci_low",
+            got.delta_ci_low,
+            e("delta_ci_low"),
+            Kind::Value(REL_INTERVAL),
+        ),
+        mismatch(
+            "delta_ci_high",
+            got.delta_ci_high,
+            e("delta_ci_high"),
+            Kind::Value(REL_INTERVAL),
+        ),
         mismatch("p_value", got.p_value, e("p_value"), Kind::Probability(REL)),
-        mismatch("p_value_holm", got.p_value_holm, e("p_value_holm"), Kind::Probability(REL)),
+        mismatch(
+            "p_value_holm",
+            got.p_value_holm,
+            e("p_value_holm"),
+            Kind::Probability(REL),
+        ),
         mismatch("lift", got.lift, e("lift"), Kind::Value(REL)),
-        mismatch("lift_ci_low", got.lift_ci_low, e("lift_ci_low"), Kind::Value(REL_INTERVAL)),
-        mismatch("lift_ci_high", got.lift_ci_high, e("lift_ci_high"), Kind::Value(REL_INTERVAL)),
-        mismatch("cuped_theta", got.cuped_theta, e("cuped_theta"), Kind::Value(REL)),
+        mismatch(
+            "lift_ci_low",
+            got.lift_ci_low,
+            e("lift_ci_low"),
+            Kind::Value(REL_INTERVAL),
+        ),
+        mismatch(
+            "lift_ci_high",
+            got.lift_ci_high,
+            e("lift_ci_high"),
+            Kind::Value(REL_INTERVAL),
+        ),
+        mismatch(
+            "cuped_theta",
+            got.cuped_theta,
+            e("cuped_theta"),
+            Kind::Value(REL),
+        ),
     ]
 }
 
@@ -137,22 +174,36 @@ fn section_3c_matches_gbstats() {
         let alpha = f(&c["alpha"]);
         let cuped = c["cuped"].as_bool().unwrap();
         let arms: Vec<MeanArm> = c["arms"].as_array().unwrap().iter().map(mean_arm).collect();
-        let label = format!("{:?} (alpha {alpha}, cuped {cuped}, arms {arms:?})", c["name"].as_str().unwrap());
+        let label = format!(
+            "{:?} (alpha {alpha}, cuped {cuped}, arms {arms:?})",
+            c["name"].as_str().unwrap()
+        );
         let got = analyze_means(&arms, alpha, cuped);
         let rows = c["rows"].as_array().unwrap();
         if got.len() != rows.len() {
-            failures.push(format!("{label}: {} rows, expected {}", got.len(), rows.len()));
+            failures.push(format!(
+                "{label}: {} rows, expected {}",
+                got.len(),
+                rows.len()
+            ));
             continue;
         }
         for (i, (row, r)) in got.iter().zip(rows).enumerate() {
             let checks = row_checks(row, r);
             fields += checks.len();
             for problem in checks.into_iter().flatten() {
-                failures.push(format!("{label}, variant {i} [{}]: {problem}", r["source"].as_str().unwrap_or("")));
+                failures.push(format!(
+                    "{label}, variant {i} [{}]: {problem}",
+                    r["source"].as_str().unwrap_or("")
+                ));
             }
         }
     }
-    report(&format!("fields of {} cases", cases.len()), fields, &failures);
+    report(
+        &format!("fields of {} cases", cases.len()),
+        fields,
+        &failures,
+    );
 }
 
 #[test]
@@ -165,8 +216,17 @@ fn percentile_caps_match_postgres_percentile_cont() {
         values.sort_by(f64::total_cmp);
         let q = f(&p["q"]);
         checked += 1;
-        if let Some(problem) = mismatch("percentile_cont", percentile_cont(&values, q), opt_f64(&p["expected"]), Kind::Value(REL)) {
-            failures.push(format!("q {q} over {} values starting {:?}: {problem}", values.len(), &values[..values.len().min(5)]));
+        if let Some(problem) = mismatch(
+            "percentile_cont",
+            percentile_cont(&values, q),
+            opt_f64(&p["expected"]),
+            Kind::Value(REL),
+        ) {
+            failures.push(format!(
+                "q {q} over {} values starting {:?}: {problem}",
+                values.len(),
+                &values[..values.len().min(5)]
+            ));
         }
     }
     // The caps of the percentile-capped cases, from the users' values before capping.
@@ -179,8 +239,17 @@ fn percentile_caps_match_postgres_percentile_cont() {
         values.sort_by(f64::total_cmp);
         let q = f(&cap["q"]);
         checked += 1;
-        if let Some(problem) = mismatch("cap", percentile_cont(&values, q), opt_f64(&cap["value"]), Kind::Value(REL)) {
-            failures.push(format!("{:?} (q {q}, {} users): {problem}", c["name"].as_str().unwrap(), values.len()));
+        if let Some(problem) = mismatch(
+            "cap",
+            percentile_cont(&values, q),
+            opt_f64(&cap["value"]),
+            Kind::Value(REL),
+        ) {
+            failures.push(format!(
+                "{:?} (q {q}, {} users): {problem}",
+                c["name"].as_str().unwrap(),
+                values.len()
+            ));
         }
     }
     report("percentiles", checked, &failures);
@@ -192,12 +261,30 @@ fn confidence_sequences_match_gbstats() {
     let sequences = doc["sequences"].as_array().unwrap();
     let mut failures = Vec::new();
     for s in sequences {
-        let (n, lift, var, alpha) = (f(&s["total_n"]), f(&s["lift"]), f(&s["var"]), f(&s["alpha"]));
-        let label = format!("{:?} (N {n}, lift {lift:e}, var {var:e}, alpha {alpha})", s["name"].as_str().unwrap());
+        let (n, lift, var, alpha) = (
+            f(&s["total_n"]),
+            f(&s["lift"]),
+            f(&s["var"]),
+            f(&s["alpha"]),
+        );
+        let label = format!(
+            "{:?} (N {n}, lift {lift:e}, var {var:e}, alpha {alpha})",
+            s["name"].as_str().unwrap()
+        );
         let got = lift_confidence_sequence(n, lift, var, alpha);
         for problem in [
-            mismatch("ci_low", got.map(|g| g.0), opt_f64(&s["ci_low"]), Kind::Value(REL_INTERVAL)),
-            mismatch("ci_high", got.map(|g| g.1), opt_f64(&s["ci_high"]), Kind::Value(REL_INTERVAL)),
+            mismatch(
+                "ci_low",
+                got.map(|g| g.0),
+                opt_f64(&s["ci_low"]),
+                Kind::Value(REL_INTERVAL),
+            ),
+            mismatch(
+                "ci_high",
+                got.map(|g| g.1),
+                opt_f64(&s["ci_high"]),
+                Kind::Value(REL_INTERVAL),
+            ),
         ]
         .into_iter()
         .flatten()
@@ -216,9 +303,12 @@ fn student_t_tail_matches_mpmath() {
     for t in tails {
         let (x, dof) = (f(&t["t"]), f(&t["dof"]));
         for sign in [1.0, -1.0] {
-            if let Some(problem) =
-                mismatch("p", t_two_sided_p_value(sign * x, dof), opt_f64(&t["p"]), Kind::Probability(REL_T_TAIL))
-            {
+            if let Some(problem) = mismatch(
+                "p",
+                t_two_sided_p_value(sign * x, dof),
+                opt_f64(&t["p"]),
+                Kind::Probability(REL_T_TAIL),
+            ) {
                 failures.push(format!("t {}, dof {dof}: {problem}", sign * x));
             }
         }
@@ -233,10 +323,16 @@ fn student_t_quantile_matches_mpmath() {
     let mut failures = Vec::new();
     for q in quantiles {
         let (p, dof) = (f(&q["p"]), f(&q["dof"]));
-        if let Some(problem) =
-            mismatch("t", t_upper_quantile(p, dof), opt_f64(&q["t"]), Kind::Value(REL_T_TAIL))
-        {
-            failures.push(format!("T^-1(1 - {p:e}; {dof}): {problem} (scipy t.isf {})", q["scipy_isf"]));
+        if let Some(problem) = mismatch(
+            "t",
+            t_upper_quantile(p, dof),
+            opt_f64(&q["t"]),
+            Kind::Value(REL_T_TAIL),
+        ) {
+            failures.push(format!(
+                "T^-1(1 - {p:e}; {dof}): {problem} (scipy t.isf {})",
+                q["scipy_isf"]
+            ));
         }
     }
     report("Student t quantiles", quantiles.len(), &failures);
@@ -259,23 +355,69 @@ fn confidence_sequence_null_cases() {
 fn fixtures_cover_what_the_brief_asks() {
     let doc = doc();
     let cases = doc["cases"].as_array().unwrap();
-    let sizes: std::collections::BTreeSet<usize> = cases.iter().map(|c| c["arms"].as_array().unwrap().len()).collect();
+    let sizes: std::collections::BTreeSet<usize> = cases
+        .iter()
+        .map(|c| c["arms"].as_array().unwrap().len())
+        .collect();
     for k in [2, 3, 4] {
         assert!(sizes.contains(&k), "no case with {k} variants");
     }
     for alpha in [0.05, 0.01, 0.2] {
-        assert!(cases.iter().any(|c| c["alpha"].as_f64() == Some(alpha)), "no case at alpha {alpha}");
+        assert!(
+            cases.iter().any(|c| c["alpha"].as_f64() == Some(alpha)),
+            "no case at alpha {alpha}"
+        );
     }
-    let kinds: Vec<&str> = cases.iter().filter_map(|c| c["cap"]["kind"].as_str()).collect();
-    assert!(kinds.contains(&"absolute") && kinds.contains(&"percentile"), "capping not covered");
-    let rows = || cases.iter().flat_map(|c| c["rows"].as_array().unwrap().iter().skip(1));
-    assert!(rows().any(|r| r["cuped_theta"].as_f64() == Some(0.0)), "no CUPED case with theta 0");
-    assert!(rows().any(|r| r["cuped_theta"].as_f64().is_some_and(|t| t != 0.0)), "no CUPED case with theta != 0");
-    assert!(rows().any(|r| r["lift"].is_null() && !r["delta"].is_null()), "no control-mean-0 case");
-    assert!(cases.iter().any(|c| c["arms"].as_array().unwrap().iter().any(|a| a["n"].as_f64() == Some(1.0))), "no n = 1 arm");
-    assert!(cases.iter().any(|c| c["arms"].as_array().unwrap().iter().any(|a| a["n"].as_f64() == Some(2.0))), "no n = 2 arm");
-    assert!(rows().any(|r| r["p_value"].as_f64().is_some_and(|p| p < 1e-100)), "no deep-tail p-value");
+    let kinds: Vec<&str> = cases
+        .iter()
+        .filter_map(|c| c["cap"]["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"absolute") && kinds.contains(&"percentile"),
+        "capping not covered"
+    );
+    let rows = || {
+        cases
+            .iter()
+            .flat_map(|c| c["rows"].as_array().unwrap().iter().skip(1))
+    };
+    assert!(
+        rows().any(|r| r["cuped_theta"].as_f64() == Some(0.0)),
+        "no CUPED case with theta 0"
+    );
+    assert!(
+        rows().any(|r| r["cuped_theta"].as_f64().is_some_and(|t| t != 0.0)),
+        "no CUPED case with theta != 0"
+    );
+    assert!(
+        rows().any(|r| r["lift"].is_null() && !r["delta"].is_null()),
+        "no control-mean-0 case"
+    );
+    assert!(
+        cases.iter().any(|c| c["arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["n"].as_f64() == Some(1.0))),
+        "no n = 1 arm"
+    );
+    assert!(
+        cases.iter().any(|c| c["arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["n"].as_f64() == Some(2.0))),
+        "no n = 2 arm"
+    );
+    assert!(
+        rows().any(|r| r["p_value"].as_f64().is_some_and(|p| p < 1e-100)),
+        "no deep-tail p-value"
+    );
     assert!(doc["sequences"].as_array().unwrap().len() >= 20);
-    assert!(doc["t_quantiles"].as_array().unwrap().iter().any(|q| q["p"].as_f64() == Some(1e-300)));
+    assert!(doc["t_quantiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|q| q["p"].as_f64() == Some(1e-300)));
     assert_eq!(doc["generator"]["gbstats"].as_str(), Some("0.8.0"));
 }

@@ -6,7 +6,9 @@
 
 use amba_core::bucket;
 use amba_core::error::{CoreError, ErrorCode};
-use amba_core::metric::{analyze_means, percentile_cont, t_two_sided_p_value, t_upper_quantile, MeanArm, MetricRow};
+use amba_core::metric::{
+    analyze_means, percentile_cont, t_two_sided_p_value, t_upper_quantile, MeanArm, MetricRow,
+};
 use amba_core::stats::{self, Arm};
 use amba_core::validate::{self, Variant};
 use proptest::collection::{btree_map, vec};
@@ -24,7 +26,11 @@ fn text() -> impl Strategy<Value = String> {
         vec(any::<char>(), 100..700).prop_map(String::from_iter),
         "[A-Za-z0-9_.:-]{0,140}",
         "[a-z\u{0}-\u{1f}\u{7f}\u{80}-\u{9f}\u{200b}\u{feff} é✓]{0,20}",
-        (0usize..600, prop_oneof![Just('a'), Just('é'), Just('𝄞'), Just('\n')]).prop_map(|(n, c)| c.to_string().repeat(n)),
+        (
+            0usize..600,
+            prop_oneof![Just('a'), Just('é'), Just('𝄞'), Just('\n')]
+        )
+            .prop_map(|(n, c)| c.to_string().repeat(n)),
     ]
 }
 
@@ -54,12 +60,19 @@ fn json_number() -> impl Strategy<Value = Value> {
     prop_oneof![
         any::<i64>().prop_map(|v| Value::Number(v.into())),
         any::<u64>().prop_map(|v| Value::Number(v.into())),
-        any_f64().prop_filter_map("finite", Number::from_f64).prop_map(Value::Number),
+        any_f64()
+            .prop_filter_map("finite", Number::from_f64)
+            .prop_map(Value::Number),
     ]
 }
 
 fn json_key() -> impl Strategy<Value = String> {
-    prop_oneof![Just("key".to_string()), Just("weight".to_string()), "[a-z]{0,6}", text()]
+    prop_oneof![
+        Just("key".to_string()),
+        Just("weight".to_string()),
+        "[a-z]{0,6}",
+        text()
+    ]
 }
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -72,7 +85,8 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 48, 8, |inner| {
         prop_oneof![
             vec(inner.clone(), 0..8).prop_map(Value::Array),
-            btree_map(json_key(), inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+            btree_map(json_key(), inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
         ]
     })
 }
@@ -89,8 +103,13 @@ fn variants_like() -> impl Strategy<Value = Value> {
         2 => json_number(),
         1 => json_value(),
     ];
-    let item = (key, weight, any::<bool>(), proptest::option::of((json_key(), json_value()))).prop_map(
-        |(k, w, drop_weight, extra)| {
+    let item = (
+        key,
+        weight,
+        any::<bool>(),
+        proptest::option::of((json_key(), json_value())),
+    )
+        .prop_map(|(k, w, drop_weight, extra)| {
             let mut m = Map::new();
             m.insert("key".into(), k);
             if !drop_weight {
@@ -100,8 +119,7 @@ fn variants_like() -> impl Strategy<Value = Value> {
                 m.insert(ek, ev);
             }
             Value::Object(m)
-        },
-    );
+        });
     prop_oneof![
         4 => vec(item, 0..7).prop_map(Value::Array),
         1 => json_value(),
@@ -138,7 +156,10 @@ fn check_accepted_variants(v: &[Variant]) -> Result<(), TestCaseError> {
     for (i, variant) in v.iter().enumerate() {
         prop_assert!(validate::variant_key(Some(&variant.key)).is_ok());
         prop_assert!(variant.weight.is_finite() && variant.weight >= 0.0);
-        prop_assert!(v[..i].iter().all(|o| o.key != variant.key), "duplicate key accepted");
+        prop_assert!(
+            v[..i].iter().all(|o| o.key != variant.key),
+            "duplicate key accepted"
+        );
         total += variant.weight;
     }
     prop_assert!(total > 0.0 && total.is_finite());
@@ -299,14 +320,24 @@ proptest! {
 // Statistics never return NaN or ±inf in a Some
 
 fn count() -> impl Strategy<Value = u64> {
-    prop_oneof![0..4u64, 0..1_000u64, 0..10_000_000u64, any::<u64>(), Just(u64::MAX)]
+    prop_oneof![
+        0..4u64,
+        0..1_000u64,
+        0..10_000_000u64,
+        any::<u64>(),
+        Just(u64::MAX)
+    ]
 }
 
 fn conversion_arm() -> impl Strategy<Value = Arm> {
-    (count(), prop_oneof![Just(0.0), Just(1.0), 0.0..1.0f64, 0.0..0.001f64]).prop_map(|(n, share)| {
-        let x = ((n as f64) * share).floor() as u64;
-        Arm::new(n, x.min(n))
-    })
+    (
+        count(),
+        prop_oneof![Just(0.0), Just(1.0), 0.0..1.0f64, 0.0..0.001f64],
+    )
+        .prop_map(|(n, share)| {
+            let x = ((n as f64) * share).floor() as u64;
+            Arm::new(n, x.min(n))
+        })
 }
 
 fn alpha_value() -> impl Strategy<Value = f64> {
@@ -336,22 +367,43 @@ fn mean_arm() -> impl Strategy<Value = MeanArm> {
         (2u32..10_000).prop_map(f64::from),
         (1e6..1e12f64).prop_map(f64::round),
     ];
-    let mean = prop_oneof![Just(0.0), -10.0..10.0f64, -1e6..1e6f64, 1e100..1e200f64, Just(1e300)];
+    let mean = prop_oneof![
+        Just(0.0),
+        -10.0..10.0f64,
+        -1e6..1e6f64,
+        1e100..1e200f64,
+        Just(1e300)
+    ];
     let sd = prop_oneof![Just(0.0), 0.0..10.0f64, 0.0..1e6f64, 1e100..1e200f64];
-    let consistent = (n, mean.clone(), sd.clone(), mean, sd, -1.0..=1.0f64).prop_map(|(n, my, sy, mx, sx, rho)| {
-        let m1 = (n - 1.0).max(0.0);
-        MeanArm {
-            n,
-            sum: n * my,
-            sum_sq: sy * sy * m1 + n * my * my,
-            x_sum: n * mx,
-            x_sum_sq: sx * sx * m1 + n * mx * mx,
-            xy_sum: rho * sx * sy * m1 + n * mx * my,
-        }
-    });
-    let arbitrary = (any_f64(), any_f64(), any_f64(), any_f64(), any_f64(), any_f64()).prop_map(
-        |(n, sum, sum_sq, x_sum, x_sum_sq, xy_sum)| MeanArm { n, sum, sum_sq, x_sum, x_sum_sq, xy_sum },
+    let consistent = (n, mean.clone(), sd.clone(), mean, sd, -1.0..=1.0f64).prop_map(
+        |(n, my, sy, mx, sx, rho)| {
+            let m1 = (n - 1.0).max(0.0);
+            MeanArm {
+                n,
+                sum: n * my,
+                sum_sq: sy * sy * m1 + n * my * my,
+                x_sum: n * mx,
+                x_sum_sq: sx * sx * m1 + n * mx * mx,
+                xy_sum: rho * sx * sy * m1 + n * mx * my,
+            }
+        },
     );
+    let arbitrary = (
+        any_f64(),
+        any_f64(),
+        any_f64(),
+        any_f64(),
+        any_f64(),
+        any_f64(),
+    )
+        .prop_map(|(n, sum, sum_sq, x_sum, x_sum_sq, xy_sum)| MeanArm {
+            n,
+            sum,
+            sum_sq,
+            x_sum,
+            x_sum_sq,
+            xy_sum,
+        });
     prop_oneof![4 => consistent, 1 => arbitrary]
 }
 
@@ -373,7 +425,13 @@ fn row_values(r: &MetricRow) -> [Option<f64>; 11] {
 
 /// Alphas for the proptests (tiny ones are checked once in `analyze_survives_any_valid_alpha`).
 fn moderate_alpha() -> impl Strategy<Value = f64> {
-    prop_oneof![Just(0.05), Just(0.01), Just(0.2), 1e-6..1.0f64, Just(1.0 - f64::EPSILON / 2.0)]
+    prop_oneof![
+        Just(0.05),
+        Just(0.01),
+        Just(0.2),
+        1e-6..1.0f64,
+        Just(1.0 - f64::EPSILON / 2.0)
+    ]
 }
 
 #[test]
@@ -383,7 +441,12 @@ fn analyze_survives_any_valid_alpha() {
     for alpha in [1e-300, 1e-100, 1e-20] {
         let rows = stats::analyze(&[Arm::new(200, 20), Arm::new(200, 31)], alpha);
         let e = rows[1].effect.expect("an interval");
-        assert!(e.lift_ci_low.is_finite() && e.lift_ci_high.is_finite() && e.lift_ci_low < e.lift && e.lift < e.lift_ci_high);
+        assert!(
+            e.lift_ci_low.is_finite()
+                && e.lift_ci_high.is_finite()
+                && e.lift_ci_low < e.lift
+                && e.lift < e.lift_ci_high
+        );
     }
 }
 

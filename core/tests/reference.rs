@@ -16,8 +16,8 @@
 //!
 //! Every test collects all failing cases and reports them together, each with its inputs.
 
-use amba_core::{bucket, srm};
 use amba_core::stats::{self, Arm};
+use amba_core::{bucket, srm};
 use serde_json::Value;
 
 const BUCKET_VECTORS: &str = include_str!("fixtures/bucket_vectors.json");
@@ -33,7 +33,10 @@ fn parse(text: &str) -> Value {
 }
 
 fn u64_of(v: &Value) -> u64 {
-    v.as_str().expect("a decimal string").parse().expect("a u64")
+    v.as_str()
+        .expect("a decimal string")
+        .parse()
+        .expect("a u64")
 }
 
 fn f64_of_bits(v: &Value) -> f64 {
@@ -49,7 +52,10 @@ fn opt_f64(v: &Value) -> Option<f64> {
 }
 
 fn arm_of(v: &Value) -> Arm {
-    Arm::new(v["exposed"].as_u64().unwrap(), v["converted"].as_u64().unwrap())
+    Arm::new(
+        v["exposed"].as_u64().unwrap(),
+        v["converted"].as_u64().unwrap(),
+    )
 }
 
 fn relative_error(actual: f64, expected: f64) -> f64 {
@@ -95,7 +101,10 @@ fn mismatch(field: &str, actual: Option<f64>, expected: Option<f64>, kind: Kind)
                 }
             };
             (!ok).then(|| {
-                format!("{field}: got {a:e}, expected {e:e} (relative error {:.3e})", relative_error(a, e))
+                format!(
+                    "{field}: got {a:e}, expected {e:e} (relative error {:.3e})",
+                    relative_error(a, e)
+                )
             })
         }
     }
@@ -122,12 +131,21 @@ fn bucket_vectors_match_python_xxhash() {
     for (n, v) in vectors.iter().enumerate() {
         let key = v["experiment_key"].as_str().unwrap();
         let user = v["user_id"].as_str().unwrap();
-        let weights: Vec<f64> = v["weights_bits"].as_array().unwrap().iter().map(f64_of_bits).collect();
+        let weights: Vec<f64> = v["weights_bits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(f64_of_bits)
+            .collect();
         let case = format!(
             "#{n} ({}): key {key:?} ({} chars), user {:?} ({} chars), weights {weights:?}",
             v["note"].as_str().unwrap_or(""),
             key.chars().count(),
-            if user.chars().count() > 40 { format!("{}…", user.chars().take(40).collect::<String>()) } else { user.to_string() },
+            if user.chars().count() > 40 {
+                format!("{}…", user.chars().take(40).collect::<String>())
+            } else {
+                user.to_string()
+            },
             user.chars().count(),
         );
         let want_hash = u64_of(&v["hash"]);
@@ -143,20 +161,35 @@ fn bucket_vectors_match_python_xxhash() {
             failures.push(format!("{case}: bucket {b:e}, expected {want_bucket:e}"));
         }
         if bucket::bucket_of_hash(want_hash).to_bits() != want_bucket.to_bits() {
-            failures.push(format!("{case}: bucket_of_hash({want_hash}) differs from {want_bucket:e}"));
+            failures.push(format!(
+                "{case}: bucket_of_hash({want_hash}) differs from {want_bucket:e}"
+            ));
         }
         let picked = bucket::pick(want_bucket, &bucket::thresholds(&weights), &weights);
         if picked != Some(want_variant) {
-            failures.push(format!("{case}: pick(bucket {want_bucket:e}) = {picked:?}, expected {want_variant}"));
+            failures.push(format!(
+                "{case}: pick(bucket {want_bucket:e}) = {picked:?}, expected {want_variant}"
+            ));
         }
         let allocated = bucket::allocate(key, user, &weights);
         if allocated != Some(want_variant) {
-            failures.push(format!("{case}: allocate = {allocated:?}, expected {want_variant}"));
+            failures.push(format!(
+                "{case}: allocate = {allocated:?}, expected {want_variant}"
+            ));
         }
         // The human-readable copies agree with the bit patterns.
-        let shown: Vec<f64> = v["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).collect();
+        let shown: Vec<f64> = v["weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_f64().unwrap())
+            .collect();
         if shown.len() != weights.len() {
-            failures.push(format!("{case}: fixture lists {} weights but {} bit patterns", shown.len(), weights.len()));
+            failures.push(format!(
+                "{case}: fixture lists {} weights but {} bit patterns",
+                shown.len(),
+                weights.len()
+            ));
         }
     }
     report("bucket vectors", vectors.len(), &failures);
@@ -184,8 +217,18 @@ fn z_test_matches_statsmodels() {
         );
         let got = stats::z_test(control, treatment);
         for problem in [
-            mismatch("z_score", got.map(|r| r.z_score), opt_f64(&c["z_score"]), Kind::Value(REL)),
-            mismatch("p_value", got.map(|r| r.p_value), opt_f64(&c["p_value"]), Kind::Probability(REL)),
+            mismatch(
+                "z_score",
+                got.map(|r| r.z_score),
+                opt_f64(&c["z_score"]),
+                Kind::Value(REL),
+            ),
+            mismatch(
+                "p_value",
+                got.map(|r| r.p_value),
+                opt_f64(&c["p_value"]),
+                Kind::Probability(REL),
+            ),
         ]
         .into_iter()
         .flatten()
@@ -202,22 +245,42 @@ fn z_test_matches_statsmodels() {
 /// E_i = Σ_g count_g · (w_i(g) / W(g)), groups in the listed order.
 /// The fixture's groups as production sees them: weight version i+1 for group i, variant
 /// keys "v0", "v1", ... in arm order.
-fn as_versions(groups: &[Value], variants: usize) -> (Vec<String>, Vec<(i32, u64)>, Vec<srm::WeightVersion>) {
+fn as_versions(
+    groups: &[Value],
+    variants: usize,
+) -> (Vec<String>, Vec<(i32, u64)>, Vec<srm::WeightVersion>) {
     let keys: Vec<String> = (0..variants).map(|i| format!("v{i}")).collect();
     let mut by_version = Vec::new();
     let mut versions = Vec::new();
     for (i, g) in groups.iter().enumerate() {
-        let weights: Vec<f64> = g["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).collect();
+        let weights: Vec<f64> = g["weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_f64().unwrap())
+            .collect();
         assert_eq!(weights.len(), variants);
         by_version.push((i as i32 + 1, g["count"].as_u64().unwrap()));
-        versions.push(srm::WeightVersion { version: i as i32 + 1, keys: keys.clone(), weights });
+        versions.push(srm::WeightVersion {
+            version: i as i32 + 1,
+            keys: keys.clone(),
+            weights,
+        });
     }
     (keys, by_version, versions)
 }
 
 fn experiment_label(e: &Value, arms: &[Arm]) -> String {
-    let arms: Vec<String> = arms.iter().map(|a| format!("{}/{}", a.converted, a.exposed)).collect();
-    format!("{:?} (alpha {}, arms converted/exposed [{}])", e["name"].as_str().unwrap(), e["alpha"], arms.join(", "))
+    let arms: Vec<String> = arms
+        .iter()
+        .map(|a| format!("{}/{}", a.converted, a.exposed))
+        .collect();
+    format!(
+        "{:?} (alpha {}, arms converted/exposed [{}])",
+        e["name"].as_str().unwrap(),
+        e["alpha"],
+        arms.join(", ")
+    )
 }
 
 /// A case that hangs must fail, not block the test run: `analyze` runs on its own thread
@@ -253,7 +316,11 @@ fn section_3b_matches_gbstats() {
         };
         let rows = e["rows"].as_array().unwrap();
         if got.len() != rows.len() {
-            failures.push(format!("{label}: {} rows, expected {}", got.len(), rows.len()));
+            failures.push(format!(
+                "{label}: {} rows, expected {}",
+                got.len(),
+                rows.len()
+            ));
             continue;
         }
         for (row, r) in got.iter().zip(rows) {
@@ -261,14 +328,54 @@ fn section_3b_matches_gbstats() {
             let variant = r["variant"].as_u64().unwrap();
             let effect = row.effect;
             let checks = [
-                mismatch("conversion_rate", row.conversion_rate, opt_f64(&r["conversion_rate"]), Kind::Value(1e-15)),
-                mismatch("z_score", row.z_test.map(|z| z.z_score), opt_f64(&r["z_score"]), Kind::Value(REL)),
-                mismatch("p_value", row.z_test.map(|z| z.p_value), opt_f64(&r["p_value"]), Kind::Probability(REL)),
-                mismatch("lift", effect.map(|x| x.lift), opt_f64(&r["lift"]), Kind::Value(REL)),
-                mismatch("lift_ci_low", effect.map(|x| x.lift_ci_low), opt_f64(&r["lift_ci_low"]), Kind::Value(REL_INTERVAL)),
-                mismatch("lift_ci_high", effect.map(|x| x.lift_ci_high), opt_f64(&r["lift_ci_high"]), Kind::Value(REL_INTERVAL)),
-                mismatch("chance_to_win", effect.map(|x| x.chance_to_win), opt_f64(&r["chance_to_win"]), Kind::Probability(REL)),
-                mismatch("p_value_holm", row.p_value_holm, opt_f64(&r["p_value_holm"]), Kind::Probability(REL)),
+                mismatch(
+                    "conversion_rate",
+                    row.conversion_rate,
+                    opt_f64(&r["conversion_rate"]),
+                    Kind::Value(1e-15),
+                ),
+                mismatch(
+                    "z_score",
+                    row.z_test.map(|z| z.z_score),
+                    opt_f64(&r["z_score"]),
+                    Kind::Value(REL),
+                ),
+                mismatch(
+                    "p_value",
+                    row.z_test.map(|z| z.p_value),
+                    opt_f64(&r["p_value"]),
+                    Kind::Probability(REL),
+                ),
+                mismatch(
+                    "lift",
+                    effect.map(|x| x.lift),
+                    opt_f64(&r["lift"]),
+                    Kind::Value(REL),
+                ),
+                mismatch(
+                    "lift_ci_low",
+                    effect.map(|x| x.lift_ci_low),
+                    opt_f64(&r["lift_ci_low"]),
+                    Kind::Value(REL_INTERVAL),
+                ),
+                mismatch(
+                    "lift_ci_high",
+                    effect.map(|x| x.lift_ci_high),
+                    opt_f64(&r["lift_ci_high"]),
+                    Kind::Value(REL_INTERVAL),
+                ),
+                mismatch(
+                    "chance_to_win",
+                    effect.map(|x| x.chance_to_win),
+                    opt_f64(&r["chance_to_win"]),
+                    Kind::Probability(REL),
+                ),
+                mismatch(
+                    "p_value_holm",
+                    row.p_value_holm,
+                    opt_f64(&r["p_value_holm"]),
+                    Kind::Probability(REL),
+                ),
                 mismatch(
                     "sequential_p_value",
                     effect.map(|x| x.sequential_p_value),
@@ -278,12 +385,18 @@ fn section_3b_matches_gbstats() {
             ];
             fields_checked += checks.len();
             for problem in checks.into_iter().flatten() {
-                failures.push(format!("{label}, variant {variant} [{}]: {problem}", r["source"].as_str().unwrap_or("")));
+                failures.push(format!(
+                    "{label}, variant {variant} [{}]: {problem}",
+                    r["source"].as_str().unwrap_or("")
+                ));
             }
         }
     }
     report(
-        &format!("fields ({rows_checked} rows in {} experiments)", experiments.len()),
+        &format!(
+            "fields ({rows_checked} rows in {} experiments)",
+            experiments.len()
+        ),
         fields_checked,
         &failures,
     );
@@ -299,10 +412,19 @@ fn srm_matches_check_srm_and_contract_formula() {
         let label = experiment_label(e, &arms);
         let groups = e["srm_groups"].as_array().unwrap();
         let (keys, by_version, versions) = as_versions(groups, arms.len());
-        let by_key: Vec<(String, u64)> = keys.iter().cloned().zip(arms.iter().map(|a| a.exposed)).collect();
+        let by_key: Vec<(String, u64)> = keys
+            .iter()
+            .cloned()
+            .zip(arms.iter().map(|a| a.exposed))
+            .collect();
         let got = srm::srm_p_value_by_version(&keys, &by_key, &by_version, &versions);
         let expected = srm::expected_exposures(&keys, &by_version, &versions);
-        if let Some(problem) = mismatch("srm_p_value", got, opt_f64(&e["srm_p_value"]), Kind::Probability(REL)) {
+        if let Some(problem) = mismatch(
+            "srm_p_value",
+            got,
+            opt_f64(&e["srm_p_value"]),
+            Kind::Probability(REL),
+        ) {
             failures.push(format!(
                 "{label}, groups {} [{}]: {problem} (E = {expected:?})",
                 serde_json::to_string(groups).unwrap(),
@@ -317,17 +439,39 @@ fn srm_matches_check_srm_and_contract_formula() {
 fn fixtures_cover_what_the_contract_asks() {
     let doc = parse(GBSTATS_REFERENCE);
     let experiments = doc["experiments"].as_array().unwrap();
-    let sizes: std::collections::BTreeSet<usize> =
-        experiments.iter().map(|e| e["arms"].as_array().unwrap().len()).collect();
+    let sizes: std::collections::BTreeSet<usize> = experiments
+        .iter()
+        .map(|e| e["arms"].as_array().unwrap().len())
+        .collect();
     for k in [2, 3, 4] {
         assert!(sizes.contains(&k), "no experiment with {k} variants");
     }
     for alpha in [0.05, 0.1, 0.01, 0.2] {
-        assert!(experiments.iter().any(|e| e["alpha"].as_f64() == Some(alpha)), "no experiment at alpha {alpha}");
+        assert!(
+            experiments
+                .iter()
+                .any(|e| e["alpha"].as_f64() == Some(alpha)),
+            "no experiment at alpha {alpha}"
+        );
     }
-    let rows = || experiments.iter().flat_map(|e| e["rows"].as_array().unwrap().iter().skip(1));
-    assert!(rows().any(|r| r["sequential_p_value"].as_f64() == Some(0.0)), "no underflowing sequential p-value");
-    assert!(rows().any(|r| r["lift"].is_null() && !r["z_score"].is_null()), "no NULL 3b row beside a z-test");
-    assert!(experiments.iter().any(|e| e["srm_groups"].as_array().unwrap().len() >= 3), "no re-weighted experiment");
+    let rows = || {
+        experiments
+            .iter()
+            .flat_map(|e| e["rows"].as_array().unwrap().iter().skip(1))
+    };
+    assert!(
+        rows().any(|r| r["sequential_p_value"].as_f64() == Some(0.0)),
+        "no underflowing sequential p-value"
+    );
+    assert!(
+        rows().any(|r| r["lift"].is_null() && !r["z_score"].is_null()),
+        "no NULL 3b row beside a z-test"
+    );
+    assert!(
+        experiments
+            .iter()
+            .any(|e| e["srm_groups"].as_array().unwrap().len() >= 3),
+        "no re-weighted experiment"
+    );
     assert!(doc["generator"]["gbstats"].is_string());
 }

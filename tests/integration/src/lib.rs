@@ -15,7 +15,9 @@ pub fn connect() -> postgres::Client {
 pub fn connect_as(user: &str) -> postgres::Client {
     let mut config: postgres::Config = database_url().parse().expect("DATABASE_URL");
     config.user(user);
-    config.connect(postgres::NoTls).unwrap_or_else(|e| panic!("cannot connect as {user}: {e}"))
+    config
+        .connect(postgres::NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect as {user}: {e}"))
 }
 
 /// A name no other test (or run) uses.
@@ -53,7 +55,9 @@ pub fn batch_with_retry(sql: &str, what: &str) {
 pub fn connect_db(db: &str) -> postgres::Client {
     let mut config: postgres::Config = database_url().parse().expect("DATABASE_URL");
     config.dbname(db);
-    config.connect(postgres::NoTls).unwrap_or_else(|e| panic!("cannot connect to {db}: {e}"))
+    config
+        .connect(postgres::NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to {db}: {e}"))
 }
 
 /// A database of the test's own (for tests that plant objects, need a fresh install, or
@@ -64,7 +68,9 @@ impl Db {
     /// An empty database.
     pub fn new(prefix: &str) -> Db {
         let name = unique(prefix);
-        connect().batch_execute(&format!("CREATE DATABASE \"{name}\"")).unwrap();
+        connect()
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .unwrap();
         Db(name)
     }
 
@@ -82,6 +88,9 @@ impl Db {
 
 impl Drop for Db {
     fn drop(&mut self) {
-        let _ = connect().batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0));
+        let _ = connect().batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.0
+        ));
     }
 }

@@ -21,11 +21,19 @@ fn with_db(url: &str, db: &str) -> String {
 fn dump_and_restore_keep_all_data() {
     let base = database_url();
     let suffix = std::process::id();
-    let (source, target) = (format!("amba_backup_src_{suffix}"), format!("amba_backup_dst_{suffix}"));
-    let mut admin = postgres::Client::connect(&with_db(&base, "postgres"), postgres::NoTls).unwrap();
+    let (source, target) = (
+        format!("amba_backup_src_{suffix}"),
+        format!("amba_backup_dst_{suffix}"),
+    );
+    let mut admin =
+        postgres::Client::connect(&with_db(&base, "postgres"), postgres::NoTls).unwrap();
     for db in [&source, &target] {
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
     }
     let source_url = with_db(&base, &source);
     let target_url = with_db(&base, &target);
@@ -39,14 +47,24 @@ fn dump_and_restore_keep_all_data() {
     )
     .unwrap();
     let before: Vec<(String, String)> = src
-        .query("SELECT user_id, variant FROM amba.assignments ORDER BY user_id", &[])
+        .query(
+            "SELECT user_id, variant FROM amba.assignments ORDER BY user_id",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
 
-    let dump = Command::new("/usr/lib/postgresql/15/bin/pg_dump").arg(&source_url).output().unwrap();
-    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let dump = Command::new("/usr/lib/postgresql/15/bin/pg_dump")
+        .arg(&source_url)
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     let restore = Command::new("/usr/lib/postgresql/15/bin/psql")
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &target_url])
         .stdin(std::process::Stdio::piped())
@@ -59,11 +77,18 @@ fn dump_and_restore_keep_all_data() {
             child.wait_with_output()
         })
         .unwrap();
-    assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
 
     let mut dst = postgres::Client::connect(&target_url, postgres::NoTls).unwrap();
     let after: Vec<(String, String)> = dst
-        .query("SELECT user_id, variant FROM amba.assignments ORDER BY user_id", &[])
+        .query(
+            "SELECT user_id, variant FROM amba.assignments ORDER BY user_id",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -81,12 +106,17 @@ fn dump_and_restore_keep_all_data() {
     };
     assert_eq!(counts, (50, 50, 1, 1));
     // Sticky after restore, and new rows get fresh ids.
-    let v: String = dst.query_one("SELECT amba_assign('b', 'u7')", &[]).unwrap().get(0);
+    let v: String = dst
+        .query_one("SELECT amba_assign('b', 'u7')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(v, before.iter().find(|(u, _)| u == "u7").unwrap().1);
     dst.batch_execute(r#"SELECT amba_create_experiment('b2', '[{"key":"a","weight":1},{"key":"b","weight":1}]'); SELECT amba_track('x', 'buy');"#)
         .unwrap();
     drop((src, dst));
     for db in [&source, &target] {
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .unwrap();
     }
 }

@@ -273,15 +273,21 @@ fn init_sql_creates_the_postgrest_roles() {
 fn psql() -> PathBuf {
     let candidates: Vec<PathBuf> = match std::env::var("PSQL") {
         Ok(p) => vec![PathBuf::from(p)],
-        Err(_) => ["/usr/lib/postgresql/15/bin/psql", "/usr/bin/psql", "/usr/local/bin/psql"]
-            .iter()
-            .map(PathBuf::from)
-            .collect(),
+        Err(_) => [
+            "/usr/lib/postgresql/15/bin/psql",
+            "/usr/bin/psql",
+            "/usr/local/bin/psql",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect(),
     };
     candidates
         .iter()
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("psql not found at {candidates:?} (install postgresql-client-15 or set PSQL)"))
+        .unwrap_or_else(|| {
+            panic!("psql not found at {candidates:?} (install postgresql-client-15 or set PSQL)")
+        })
         .clone()
 }
 
@@ -318,7 +324,11 @@ fn init_sql_runs_idempotently_against_postgres() {
         .find_map(|w| w.split('.').next().and_then(|m| m.parse().ok()))
         .unwrap_or(0);
     // The init SQL uses \getenv, new in psql 15 (the entrypoint of postgres:15 runs psql 15).
-    assert!(major >= 15, "{}: {version:?}; the init SQL needs psql 15 or later", psql.display());
+    assert!(
+        major >= 15,
+        "{}: {version:?}; the init SQL needs psql 15 or later",
+        psql.display()
+    );
 
     // Without the password it refuses (and changes nothing before refusing).
     let out = run_init(&psql, None);

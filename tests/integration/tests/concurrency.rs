@@ -19,12 +19,17 @@ const USERS: usize = 400;
 
 fn create(key: &str, variants: &str) {
     connect()
-        .execute("SELECT amba_create_experiment($1, $2::text::jsonb)", &[&key, &variants])
+        .execute(
+            "SELECT amba_create_experiment($1, $2::text::jsonb)",
+            &[&key, &variants],
+        )
         .unwrap();
 }
 
 fn db_error(e: postgres::Error) -> (String, String) {
-    let d = e.as_db_error().unwrap_or_else(|| panic!("not a database error: {e}"));
+    let d = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {e}"));
     (d.code().code().to_string(), d.message().to_string())
 }
 
@@ -107,13 +112,24 @@ fn user_ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
-fn assert_one_row_and_one_variant_per_user(key: &str, results: &[HashMap<String, String>], users: usize) {
+fn assert_one_row_and_one_variant_per_user(
+    key: &str,
+    results: &[HashMap<String, String>],
+    users: usize,
+) {
     let stored = stored(key);
-    assert_eq!(stored.len(), users, "exactly one stored assignment per user");
+    assert_eq!(
+        stored.len(),
+        users,
+        "exactly one stored assignment per user"
+    );
     for (t, seen) in results.iter().enumerate() {
         assert_eq!(seen.len(), users);
         for (user, variant) in seen {
-            assert_eq!(&stored[user].0, variant, "connection {t} got another variant for {user}");
+            assert_eq!(
+                &stored[user].0, variant,
+                "connection {t} got another variant for {user}"
+            );
         }
     }
 }
@@ -142,13 +158,19 @@ fn assert_assignments_follow_their_weight_version(key: &str) {
         )
         .unwrap()
         .get(0);
-    assert_eq!(wrong, 0, "assignments that do not follow the weights of their recorded version");
+    assert_eq!(
+        wrong, 0,
+        "assignments that do not follow the weights of their recorded version"
+    );
 }
 
 #[test]
 fn sixteen_connections_racing_first_assignments_store_one_row_per_user() {
     let key = unique("it_race");
-    create(&key, r#"[{"key":"control","weight":1},{"key":"treatment","weight":1},{"key":"third","weight":1}]"#);
+    create(
+        &key,
+        r#"[{"key":"control","weight":1},{"key":"treatment","weight":1},{"key":"third","weight":1}]"#,
+    );
     let users = user_ids("user", USERS);
     let results = race(&key, &users, CONNECTIONS);
     assert_one_row_and_one_variant_per_user(&key, &results, USERS);
@@ -159,7 +181,10 @@ fn sixteen_connections_racing_first_assignments_store_one_row_per_user() {
 /// Phase p's weights: w:10-w:1 with w = p + 1 (each differs from the one before).
 fn weights(phase: usize) -> String {
     let w = phase % 9 + 1;
-    format!(r#"[{{"key":"control","weight":{w}}},{{"key":"treatment","weight":{}}},{{"key":"third","weight":1}}]"#, 10 - w)
+    format!(
+        r#"[{{"key":"control","weight":{w}}},{{"key":"treatment","weight":{}}},{{"key":"third","weight":1}}]"#,
+        10 - w
+    )
 }
 
 /// Re-weighting while first assignments race, in phases: in phase p the connections race
@@ -172,7 +197,10 @@ fn reweighting_during_the_race_moves_nobody_and_keeps_allocations_consistent() {
     const PHASES: usize = 6;
     const PER_PHASE: usize = 60;
     let key = unique("it_reweigh");
-    create(&key, r#"[{"key":"control","weight":5},{"key":"treatment","weight":5},{"key":"third","weight":1}]"#);
+    create(
+        &key,
+        r#"[{"key":"control","weight":5},{"key":"treatment","weight":5},{"key":"third","weight":1}]"#,
+    );
     let barrier = Arc::new(Barrier::new(CONNECTIONS + 1));
     let mut handles = Vec::new();
     for t in 0..CONNECTIONS {
@@ -200,7 +228,10 @@ fn reweighting_during_the_race_moves_nobody_and_keeps_allocations_consistent() {
             for p in 0..PHASES {
                 barrier.wait();
                 let v: serde_json::Value = client
-                    .query_one("SELECT amba_update_experiment($1, $2::text::jsonb)::text", &[&key, &weights(p)])
+                    .query_one(
+                        "SELECT amba_update_experiment($1, $2::text::jsonb)::text",
+                        &[&key, &weights(p)],
+                    )
                     .unwrap()
                     .get::<_, String>(0)
                     .parse()
@@ -239,11 +270,17 @@ fn reweighting_during_the_race_moves_nobody_and_keeps_allocations_consistent() {
 #[test]
 fn a_reweight_committed_during_a_transaction_is_seen_by_its_next_statement() {
     let key = unique("it_reweigh_tx");
-    create(&key, r#"[{"key":"control","weight":1},{"key":"treatment","weight":0}]"#);
+    create(
+        &key,
+        r#"[{"key":"control","weight":1},{"key":"treatment","weight":0}]"#,
+    );
     let mut observer = connect();
     let mut assigner = connect();
     assigner.batch_execute("BEGIN").unwrap();
-    let v: String = assigner.query_one("SELECT amba_assign($1, 'tx-1')", &[&key]).unwrap().get(0);
+    let v: String = assigner
+        .query_one("SELECT amba_assign($1, 'tx-1')", &[&key])
+        .unwrap()
+        .get(0);
     assert_eq!(v, "control");
     // The re-weight does not remove a variant: it need not wait for the open assignment,
     // but if it does, let the assignment's transaction end first.
@@ -279,9 +316,18 @@ fn a_reweight_committed_during_a_transaction_is_seen_by_its_next_statement() {
     handle.join().unwrap();
     outcome.expect("the re-weight failed");
     // Next statement (still inside the transaction unless it had to end): the new weights.
-    let v: String = assigner.query_one("SELECT amba_assign($1, 'tx-2')", &[&key]).unwrap().get(0);
-    assert_eq!(v, "treatment", "a statement after the commit of a re-weight used the old weights");
-    let v: String = assigner.query_one("SELECT amba_assign($1, 'tx-1')", &[&key]).unwrap().get(0);
+    let v: String = assigner
+        .query_one("SELECT amba_assign($1, 'tx-2')", &[&key])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        v, "treatment",
+        "a statement after the commit of a re-weight used the old weights"
+    );
+    let v: String = assigner
+        .query_one("SELECT amba_assign($1, 'tx-1')", &[&key])
+        .unwrap()
+        .get(0);
     assert_eq!(v, "control", "an assignment moved");
     if !committed_early {
         assigner.batch_execute("COMMIT").unwrap();
@@ -291,13 +337,17 @@ fn a_reweight_committed_during_a_transaction_is_seen_by_its_next_statement() {
     assert_eq!(s["tx-2"], ("treatment".to_string(), 2));
 }
 
-const THREE: &str = r#"[{"key":"control","weight":1},{"key":"keep","weight":1},{"key":"doomed","weight":1}]"#;
+const THREE: &str =
+    r#"[{"key":"control","weight":1},{"key":"keep","weight":1},{"key":"doomed","weight":1}]"#;
 const WITHOUT_DOOMED: &str = r#"[{"key":"control","weight":1},{"key":"keep","weight":1}]"#;
 
 fn lists_doomed(c: &mut Client, key: &str) -> bool {
-    c.query_one("SELECT amba_get_experiment($1)->'variants' @> '[{\"key\":\"doomed\"}]'", &[&key])
-        .unwrap()
-        .get(0)
+    c.query_one(
+        "SELECT amba_get_experiment($1)->'variants' @> '[{\"key\":\"doomed\"}]'",
+        &[&key],
+    )
+    .unwrap()
+    .get(0)
 }
 
 /// READ COMMITTED, the first assignment first: a first assignment to "doomed" in an open
@@ -311,19 +361,28 @@ fn removal_waiting_for_a_first_assignment_to_the_variant_is_refused() {
     let user = users_in_bucket(&mut observer, &key, 2.0 / 3.0, 1.0, 1).remove(0);
     let mut assigner = connect();
     assigner.batch_execute("BEGIN").unwrap();
-    let v: String = assigner.query_one("SELECT amba_assign($1, $2)", &[&key, &user]).unwrap().get(0);
+    let v: String = assigner
+        .query_one("SELECT amba_assign($1, $2)", &[&key, &user])
+        .unwrap()
+        .get(0);
     assert_eq!(v, "doomed");
     let mut remover = connect();
     let remover_pid = pid(&mut remover);
     let (tx, rx) = mpsc::channel();
     let k = key.clone();
     let handle = thread::spawn(move || {
-        let r = remover.execute("SELECT amba_update_experiment($1, $2::text::jsonb)", &[&k, &WITHOUT_DOOMED]);
+        let r = remover.execute(
+            "SELECT amba_update_experiment($1, $2::text::jsonb)",
+            &[&k, &WITHOUT_DOOMED],
+        );
         tx.send(r.map(|_| ()).map_err(db_error)).unwrap();
     });
     wait_until_blocked(&mut observer, remover_pid);
     assigner.batch_execute("COMMIT").unwrap();
-    let (state, msg) = rx.recv().unwrap().expect_err("the removal committed beside a first assignment to the variant");
+    let (state, msg) = rx
+        .recv()
+        .unwrap()
+        .expect_err("the removal committed beside a first assignment to the variant");
     handle.join().unwrap();
     assert_eq!(state, "22023", "{msg}");
     assert!(msg.starts_with("INVALID_ARGUMENT: "), "{msg}");
@@ -342,18 +401,28 @@ fn first_assignment_waiting_for_a_removal_uses_the_new_variants() {
     let user = users_in_bucket(&mut observer, &key, 2.0 / 3.0, 1.0, 1).remove(0);
     let mut remover = connect();
     remover.batch_execute("BEGIN").unwrap();
-    remover.execute("SELECT amba_update_experiment($1, $2::text::jsonb)", &[&key, &WITHOUT_DOOMED]).unwrap();
+    remover
+        .execute(
+            "SELECT amba_update_experiment($1, $2::text::jsonb)",
+            &[&key, &WITHOUT_DOOMED],
+        )
+        .unwrap();
     let mut assigner = connect();
     let assigner_pid = pid(&mut assigner);
     let (tx, rx) = mpsc::channel();
     let (k, u) = (key.clone(), user.clone());
     let handle = thread::spawn(move || {
-        let r = assigner.query_one("SELECT amba_assign($1, $2)", &[&k, &u]).map(|r| r.get::<_, String>(0));
+        let r = assigner
+            .query_one("SELECT amba_assign($1, $2)", &[&k, &u])
+            .map(|r| r.get::<_, String>(0));
         tx.send(r.map_err(db_error)).unwrap();
     });
     wait_until_blocked(&mut observer, assigner_pid);
     remover.batch_execute("COMMIT").unwrap();
-    let v = rx.recv().unwrap().expect("the waiting first assignment failed");
+    let v = rx
+        .recv()
+        .unwrap()
+        .expect("the waiting first assignment failed");
     handle.join().unwrap();
     assert_eq!(v, "keep");
     assert!(!lists_doomed(&mut observer, &key));
@@ -385,7 +454,8 @@ fn removing_a_variant_never_succeeds_alongside_a_first_assignment_to_it() {
         let (pid_tx, pid_rx) = mpsc::channel();
         let assigners: Vec<_> = (0..ASSIGNERS)
             .map(|t| {
-                let (barrier, key, users, pid_tx) = (barrier.clone(), key.clone(), users.clone(), pid_tx.clone());
+                let (barrier, key, users, pid_tx) =
+                    (barrier.clone(), key.clone(), users.clone(), pid_tx.clone());
                 thread::spawn(move || {
                     let mut client = connect();
                     pid_tx.send(pid(&mut client)).unwrap();
@@ -393,7 +463,10 @@ fn removing_a_variant_never_succeeds_alongside_a_first_assignment_to_it() {
                     barrier.wait();
                     for i in 0..users.len() {
                         let user = &users[(i + t * 17) % users.len()];
-                        let v: String = client.query_one("SELECT amba_assign($1, $2)", &[&key, user]).unwrap().get(0);
+                        let v: String = client
+                            .query_one("SELECT amba_assign($1, $2)", &[&key, user])
+                            .unwrap()
+                            .get(0);
                         seen.insert(user.clone(), v);
                     }
                     seen
@@ -404,7 +477,12 @@ fn removing_a_variant_never_succeeds_alongside_a_first_assignment_to_it() {
         let (removed, refusals) = if forced {
             let mut remover = connect();
             remover.batch_execute("BEGIN").unwrap();
-            remover.execute("SELECT amba_update_experiment($1, $2::text::jsonb)", &[&key, &WITHOUT_DOOMED]).unwrap();
+            remover
+                .execute(
+                    "SELECT amba_update_experiment($1, $2::text::jsonb)",
+                    &[&key, &WITHOUT_DOOMED],
+                )
+                .unwrap();
             barrier.wait();
             for p in &pids {
                 wait_until_blocked(&mut observer, *p);
@@ -418,7 +496,10 @@ fn removing_a_variant_never_succeeds_alongside_a_first_assignment_to_it() {
                 barrier.wait();
                 let mut refusals = 0;
                 for _ in 0..50 {
-                    match client.execute("SELECT amba_update_experiment($1, $2::text::jsonb)", &[&key, &WITHOUT_DOOMED]) {
+                    match client.execute(
+                        "SELECT amba_update_experiment($1, $2::text::jsonb)",
+                        &[&key, &WITHOUT_DOOMED],
+                    ) {
                         Ok(_) => return (true, refusals),
                         Err(e) => {
                             let (state, msg) = db_error(e);
@@ -438,12 +519,20 @@ fn removing_a_variant_never_succeeds_alongside_a_first_assignment_to_it() {
         let doomed = stored.values().filter(|(v, _)| v == "doomed").count();
         assert_eq!(lists_doomed(&mut observer, &key), !removed, "round {round}");
         if removed {
-            assert_eq!(doomed, 0, "round {round}: variant removed although {doomed} users are assigned to it");
+            assert_eq!(
+                doomed, 0,
+                "round {round}: variant removed although {doomed} users are assigned to it"
+            );
         } else {
             assert!(doomed > 0, "round {round}: every removal refused ({refusals}) with no assignment to the variant");
         }
         if forced {
-            assert!(stored.values().all(|(v, version)| v == "keep" && *version == 2), "round {round}: {stored:?}");
+            assert!(
+                stored
+                    .values()
+                    .all(|(v, version)| v == "keep" && *version == 2),
+                "round {round}: {stored:?}"
+            );
         }
         assert_one_row_and_one_variant_per_user(&key, &results, users.len());
         assert_assignments_follow_their_weight_version(&key);
@@ -459,13 +548,25 @@ fn removing_a_variant_never_succeeds_alongside_a_first_assignment_to_it() {
 #[test]
 fn other_backends_see_updates_at_their_next_call() {
     let key = unique("it_inval");
-    create(&key, r#"[{"key":"control","weight":1},{"key":"treatment","weight":1}]"#);
+    create(
+        &key,
+        r#"[{"key":"control","weight":1},{"key":"treatment","weight":1}]"#,
+    );
     let mut reader = connect();
     let mut writer = connect();
     // The reader caches the definition.
-    reader.query_one("SELECT amba_assign($1, 'first')", &[&key]).unwrap();
-    writer.execute("SELECT amba_update_experiment($1, status => 'paused')", &[&key]).unwrap();
-    let err = reader.query_one("SELECT amba_assign($1, 'second')", &[&key]).unwrap_err();
+    reader
+        .query_one("SELECT amba_assign($1, 'first')", &[&key])
+        .unwrap();
+    writer
+        .execute(
+            "SELECT amba_update_experiment($1, status => 'paused')",
+            &[&key],
+        )
+        .unwrap();
+    let err = reader
+        .query_one("SELECT amba_assign($1, 'second')", &[&key])
+        .unwrap_err();
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code().code(), "55000");
     assert!(db.message().starts_with("EXPERIMENT_INACTIVE: "));
@@ -477,20 +578,35 @@ fn other_backends_see_updates_at_their_next_call() {
         .unwrap();
     for i in 0..50 {
         let user = format!("after-{i}");
-        let v: String = reader.query_one("SELECT amba_assign($1, $2)", &[&key, &user]).unwrap().get(0);
+        let v: String = reader
+            .query_one("SELECT amba_assign($1, $2)", &[&key, &user])
+            .unwrap()
+            .get(0);
         assert_eq!(v, "treatment");
     }
     // Deleting the experiment is seen too.
-    writer.execute("SELECT amba_delete_experiment($1)", &[&key]).unwrap();
-    let err = reader.query_one("SELECT amba_assign($1, 'third')", &[&key]).unwrap_err();
+    writer
+        .execute("SELECT amba_delete_experiment($1)", &[&key])
+        .unwrap();
+    let err = reader
+        .query_one("SELECT amba_assign($1, 'third')", &[&key])
+        .unwrap_err();
     assert_eq!(err.as_db_error().unwrap().code().code(), "P0002");
 }
 
 #[test]
 fn concurrent_exposures_store_one_row() {
     let key = unique("it_expose");
-    create(&key, r#"[{"key":"control","weight":1},{"key":"treatment","weight":1}]"#);
-    connect().execute("SELECT amba_assign($1, 'u' || g) FROM generate_series(1, 200) g", &[&key]).unwrap();
+    create(
+        &key,
+        r#"[{"key":"control","weight":1},{"key":"treatment","weight":1}]"#,
+    );
+    connect()
+        .execute(
+            "SELECT amba_assign($1, 'u' || g) FROM generate_series(1, 200) g",
+            &[&key],
+        )
+        .unwrap();
     let barrier = Arc::new(Barrier::new(8));
     let handles: Vec<_> = (0..8)
         .map(|_| {
@@ -499,7 +615,9 @@ fn concurrent_exposures_store_one_row() {
                 let mut client = connect();
                 barrier.wait();
                 for g in 1..=200 {
-                    client.query_one("SELECT amba_expose($1, $2)", &[&key, &format!("u{g}")]).unwrap();
+                    client
+                        .query_one("SELECT amba_expose($1, $2)", &[&key, &format!("u{g}")])
+                        .unwrap();
                 }
             })
         })
@@ -518,7 +636,13 @@ fn concurrent_exposures_store_one_row() {
     assert_eq!(rows, 200, "one exposure row per user");
     // Every assigned user is exposed exactly once, in the variant they were assigned.
     let s = stored(&key);
-    for r in c.query("SELECT variant, assigned_count, exposed_count FROM amba_results($1, 'none')", &[&key]).unwrap() {
+    for r in c
+        .query(
+            "SELECT variant, assigned_count, exposed_count FROM amba_results($1, 'none')",
+            &[&key],
+        )
+        .unwrap()
+    {
         let (variant, assigned, exposed): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
         let n = s.values().filter(|(v, _)| *v == variant).count() as i64;
         assert_eq!((assigned, exposed), (n, n), "{variant}");

@@ -7,13 +7,12 @@
 //! Tests that count whole tables, draw many API keys or reuse fixed experiment keys work in
 //! a database of their own, so they neither disturb nor are disturbed by the other tests.
 
-use amba_integration_tests::{Db, connect, connect_db, unique};
+use amba_integration_tests::{connect, connect_db, unique, Db};
 use postgres::types::ToSql;
 use postgres::{Client, Row};
 use std::collections::{BTreeSet, HashSet};
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
 
 /// A string of exactly `n` characters: `prefix` padded with `fill`.
 fn pad(prefix: &str, fill: char, n: usize) -> String {
@@ -41,7 +40,11 @@ struct Check {
 
 impl Check {
     fn new(reconnect: impl Fn() -> Client + 'static) -> Check {
-        Check { client: reconnect(), reconnect: Box::new(reconnect), failures: Vec::new() }
+        Check {
+            client: reconnect(),
+            reconnect: Box::new(reconnect),
+            failures: Vec::new(),
+        }
     }
 
     fn fail(&mut self, msg: String) {
@@ -52,7 +55,8 @@ impl Check {
     fn run(&mut self, sql: &str, params: Params) -> Result<Vec<Row>, postgres::Error> {
         let out = self.client.query(sql, params);
         if self.client.is_closed() {
-            self.failures.push(format!("{sql}: the session was lost (backend crash?)"));
+            self.failures
+                .push(format!("{sql}: the session was lost (backend crash?)"));
             self.client = (self.reconnect)();
         }
         out
@@ -69,7 +73,9 @@ impl Check {
                     .and_then(|r| r.try_get::<_, Option<String>>(0).ok())
                     .map(|v| format!("{v:?}"))
                     .unwrap_or_else(|| format!("{} row(s) {got:?}", rows.len()));
-                self.fail(format!("{what}: accepted (returned {got}); expected {state} {code}"));
+                self.fail(format!(
+                    "{what}: accepted (returned {got}); expected {state} {code}"
+                ));
             }
             Err(e) => match e.as_db_error() {
                 Some(d) => {
@@ -79,7 +85,9 @@ impl Check {
                         self.fail(format!("{what}: got {s} {m:?}; expected {state} {code}"));
                     }
                 }
-                None => self.fail(format!("{what}: not a database error: {e}; expected {state} {code}")),
+                None => self.fail(format!(
+                    "{what}: not a database error: {e}; expected {state} {code}"
+                )),
             },
         }
     }
@@ -129,8 +137,11 @@ impl Check {
 const AB: &str = r#"[{"key":"a","weight":1},{"key":"b","weight":1}]"#;
 
 fn create(c: &mut Client, key: &str, variants: &str) {
-    c.query_one("SELECT amba_create_experiment($1, $2::text::jsonb)", &[&key, &variants])
-        .unwrap_or_else(|e| panic!("create {key}: {e}"));
+    c.query_one(
+        "SELECT amba_create_experiment($1, $2::text::jsonb)",
+        &[&key, &variants],
+    )
+    .unwrap_or_else(|e| panic!("create {key}: {e}"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -161,7 +172,10 @@ fn track_properties_at_64_kib_and_only_objects_or_null() {
                 .query_one("SELECT octet_length($1::text::jsonb::text)", &[&text])
                 .unwrap()
                 .get(0);
-            assert_eq!(len, target, "test setup: {label} properties of {target} bytes");
+            assert_eq!(
+                len, target,
+                "test setup: {label} properties of {target} bytes"
+            );
             let what = format!("amba_track(properties = {label} object, octet_length(properties::text) = {target})");
             if ok {
                 ck.accepted(&what, track, &[&user, &text]);
@@ -180,7 +194,13 @@ fn track_properties_at_64_kib_and_only_objects_or_null() {
         .unwrap()
         .get(0);
     assert!(many.len() > 65536);
-    ck.refused("amba_track(properties = object of 700 keys, > 64 KiB)", track, &[&user, &many], "22023", "INVALID_ARGUMENT");
+    ck.refused(
+        "amba_track(properties = object of 700 keys, > 64 KiB)",
+        track,
+        &[&user, &many],
+        "22023",
+        "INVALID_ARGUMENT",
+    );
 
     for (json, label) in [
         ("5", "a JSON number"),
@@ -193,25 +213,49 @@ fn track_properties_at_64_kib_and_only_objects_or_null() {
         ("[1, {\"a\": 2}]", "a JSON array"),
         ("null", "JSON null"),
     ] {
-        ck.refused(&format!("amba_track(properties = {label}: {json})"), track, &[&user, &json], "22023", "INVALID_ARGUMENT");
+        ck.refused(
+            &format!("amba_track(properties = {label}: {json})"),
+            track,
+            &[&user, &json],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
     }
-    ck.accepted("amba_track(properties = SQL NULL)", "SELECT amba_track($1, 'props_ev', NULL)::text", &[&user]);
+    ck.accepted(
+        "amba_track(properties = SQL NULL)",
+        "SELECT amba_track($1, 'props_ev', NULL)::text",
+        &[&user],
+    );
     ck.accepted("amba_track(properties = {})", track, &[&user, &"{}"]);
-    ck.accepted("amba_track(properties = nested object)", track, &[&user, &r#"{"a": {"b": [1, null, "c"]}, "n": null}"#]);
+    ck.accepted(
+        "amba_track(properties = nested object)",
+        track,
+        &[&user, &r#"{"a": {"b": [1, null, "c"]}, "n": null}"#],
+    );
 
     // Exactly the accepted calls were stored: two 64 KiB objects, NULL, {}, nested.
     let stored: i64 = ck
         .client
-        .query_one("SELECT count(*) FROM amba.events WHERE user_id = $1", &[&user])
+        .query_one(
+            "SELECT count(*) FROM amba.events WHERE user_id = $1",
+            &[&user],
+        )
         .unwrap()
         .get(0);
     ck.expect(stored == 5, || format!("amba_track: {stored} events stored for the accepted calls; expected 5 (refused calls must store nothing)"));
     let nulls: i64 = ck
         .client
-        .query_one("SELECT count(*) FROM amba.events WHERE user_id = $1 AND properties IS NULL", &[&user])
+        .query_one(
+            "SELECT count(*) FROM amba.events WHERE user_id = $1 AND properties IS NULL",
+            &[&user],
+        )
         .unwrap()
         .get(0);
-    ck.expect(nulls == 1, || format!("amba_track(properties = SQL NULL): {nulls} events with NULL properties; expected 1"));
+    ck.expect(nulls == 1, || {
+        format!(
+            "amba_track(properties = SQL NULL): {nulls} events with NULL properties; expected 1"
+        )
+    });
     ck.finish("track_properties");
 }
 
@@ -235,17 +279,39 @@ fn track_event_names_and_occurred_at() {
         (pad("é", '\u{85}', 5), "only C1 after é"),
         (String::new(), "empty"),
     ] {
-        ck.refused(&format!("amba_track(event = {label}: {ev:?})"), track, &[&user, &ev], "22023", "INVALID_ARGUMENT");
+        ck.refused(
+            &format!("amba_track(event = {label}: {ev:?})"),
+            track,
+            &[&user, &ev],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
     }
-    ck.refused("amba_track(event = NULL)", "SELECT amba_track($1, NULL)::text", &[&user], "22023", "INVALID_ARGUMENT");
+    ck.refused(
+        "amba_track(event = NULL)",
+        "SELECT amba_track($1, NULL)::text",
+        &[&user],
+        "22023",
+        "INVALID_ARGUMENT",
+    );
 
     // Length counts characters, not bytes.
     for fill in ['e', 'é', '用', '😀'] {
         let ok = pad("ev", fill, 128);
         let too_long = pad("ev", fill, 129);
-        ck.accepted(&format!("amba_track(event = 128 characters of {fill:?}, {} bytes)", ok.len()), track, &[&user, &ok]);
+        ck.accepted(
+            &format!(
+                "amba_track(event = 128 characters of {fill:?}, {} bytes)",
+                ok.len()
+            ),
+            track,
+            &[&user, &ok],
+        );
         ck.refused(
-            &format!("amba_track(event = 129 characters of {fill:?}, {} bytes)", too_long.len()),
+            &format!(
+                "amba_track(event = 129 characters of {fill:?}, {} bytes)",
+                too_long.len()
+            ),
             track,
             &[&user, &too_long],
             "22023",
@@ -267,7 +333,9 @@ fn track_event_names_and_occurred_at() {
         .unwrap();
     let (now_ok, got): (bool, String) = (row.get(0), row.get(1));
     tx.commit().unwrap();
-    ck.expect(now_ok, || format!("amba_track(occurred_at = NULL): returned {got}; expected now()"));
+    ck.expect(now_ok, || {
+        format!("amba_track(occurred_at = NULL): returned {got}; expected now()")
+    });
     let stored_now: bool = ck
         .client
         .query_one(
@@ -276,7 +344,9 @@ fn track_event_names_and_occurred_at() {
         )
         .unwrap()
         .get(0);
-    ck.expect(stored_now, || "amba_track(occurred_at = NULL): stored time differs from the returned one".into());
+    ck.expect(stored_now, || {
+        "amba_track(occurred_at = NULL): stored time differs from the returned one".into()
+    });
     ck.returns(
         "amba_track(occurred_at = 2020-01-02 03:04:05.123456+00)",
         "SELECT (amba_track($1, 'at_ev2', NULL, '2020-01-02 03:04:05.123456+00') = '2020-01-02 03:04:05.123456+00'::timestamptz)::text",
@@ -294,10 +364,15 @@ fn track_event_names_and_occurred_at() {
     }
     let inf_stored: i64 = ck
         .client
-        .query_one("SELECT count(*) FROM amba.events WHERE user_id = $1 AND event = 'at_ev3'", &[&user])
+        .query_one(
+            "SELECT count(*) FROM amba.events WHERE user_id = $1 AND event = 'at_ev3'",
+            &[&user],
+        )
         .unwrap()
         .get(0);
-    ck.expect(inf_stored == 0, || format!("amba_track(occurred_at = ±infinity): {inf_stored} events stored; expected 0"));
+    ck.expect(inf_stored == 0, || {
+        format!("amba_track(occurred_at = ±infinity): {inf_stored} events stored; expected 0")
+    });
     ck.finish("track_event_names_and_occurred_at");
 }
 
@@ -322,23 +397,114 @@ fn user_ids_of_512_characters_pass_and_513_fail_everywhere() {
         let k: &str = &key;
 
         // amba_peek first: the user is not assigned yet.
-        ck.accepted(&format!("amba_peek(key, {})", lbl(512)), "SELECT amba_peek($1, $2)", &[&k, &u512]);
-        ck.refused(&format!("amba_peek(key, {})", lbl(513)), "SELECT amba_peek($1, $2)", &[&k, &u513], "22023", "INVALID_ARGUMENT");
-        ck.accepted(&format!("amba_bucket(key, {})", lbl(512)), "SELECT amba_bucket($1, $2)", &[&k, &u512]);
-        ck.refused(&format!("amba_bucket(key, {})", lbl(513)), "SELECT amba_bucket($1, $2)", &[&k, &u513], "22023", "INVALID_ARGUMENT");
-        ck.accepted(&format!("amba_assign(key, {})", lbl(512)), "SELECT amba_assign($1, $2)", &[&k, &u512]);
-        ck.refused(&format!("amba_assign(key, {})", lbl(513)), "SELECT amba_assign($1, $2)", &[&k, &u513], "22023", "INVALID_ARGUMENT");
-        ck.accepted(&format!("amba_expose(key, {})", lbl(512)), "SELECT amba_expose($1, $2)", &[&k, &u512]);
-        ck.refused(&format!("amba_expose(key, {})", lbl(513)), "SELECT amba_expose($1, $2)", &[&k, &u513], "22023", "INVALID_ARGUMENT");
-        ck.accepted(&format!("amba_track({}, 'ev')", lbl(512)), "SELECT amba_track($1, 'uid_ev')::text", &[&u512]);
-        ck.refused(&format!("amba_track({}, 'ev')", lbl(513)), "SELECT amba_track($1, 'uid_ev')::text", &[&u513], "22023", "INVALID_ARGUMENT");
-        ck.accepted(&format!("amba_set_override(key, {}, 'b')", lbl(512)), "SELECT amba_set_override($1, $2, 'b')", &[&k, &other512]);
-        ck.refused(&format!("amba_set_override(key, {}, 'b')", lbl(513)), "SELECT amba_set_override($1, $2, 'b')", &[&k, &u513], "22023", "INVALID_ARGUMENT");
-        ck.returns(&format!("amba_clear_override(key, {})", lbl(512)), "SELECT amba_clear_override($1, $2)::text", &[&k, &other512], Some("true"));
-        ck.refused(&format!("amba_clear_override(key, {})", lbl(513)), "SELECT amba_clear_override($1, $2)::text", &[&k, &u513], "22023", "INVALID_ARGUMENT");
-        ck.refused(&format!("amba_alias(anonymous_id = {}, user_id = 512)", lbl(513)), "SELECT amba_alias($1, $2)", &[&anon513, &other512], "22023", "INVALID_ARGUMENT");
-        ck.refused(&format!("amba_alias(anonymous_id = 512, user_id = {})", lbl(513)), "SELECT amba_alias($1, $2)", &[&anon512, &u513], "22023", "INVALID_ARGUMENT");
-        ck.accepted(&format!("amba_alias(anonymous_id = {}, user_id = {})", lbl(512), lbl(512)), "SELECT amba_alias($1, $2)", &[&anon512, &other512]);
+        ck.accepted(
+            &format!("amba_peek(key, {})", lbl(512)),
+            "SELECT amba_peek($1, $2)",
+            &[&k, &u512],
+        );
+        ck.refused(
+            &format!("amba_peek(key, {})", lbl(513)),
+            "SELECT amba_peek($1, $2)",
+            &[&k, &u513],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        ck.accepted(
+            &format!("amba_bucket(key, {})", lbl(512)),
+            "SELECT amba_bucket($1, $2)",
+            &[&k, &u512],
+        );
+        ck.refused(
+            &format!("amba_bucket(key, {})", lbl(513)),
+            "SELECT amba_bucket($1, $2)",
+            &[&k, &u513],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        ck.accepted(
+            &format!("amba_assign(key, {})", lbl(512)),
+            "SELECT amba_assign($1, $2)",
+            &[&k, &u512],
+        );
+        ck.refused(
+            &format!("amba_assign(key, {})", lbl(513)),
+            "SELECT amba_assign($1, $2)",
+            &[&k, &u513],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        ck.accepted(
+            &format!("amba_expose(key, {})", lbl(512)),
+            "SELECT amba_expose($1, $2)",
+            &[&k, &u512],
+        );
+        ck.refused(
+            &format!("amba_expose(key, {})", lbl(513)),
+            "SELECT amba_expose($1, $2)",
+            &[&k, &u513],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        ck.accepted(
+            &format!("amba_track({}, 'ev')", lbl(512)),
+            "SELECT amba_track($1, 'uid_ev')::text",
+            &[&u512],
+        );
+        ck.refused(
+            &format!("amba_track({}, 'ev')", lbl(513)),
+            "SELECT amba_track($1, 'uid_ev')::text",
+            &[&u513],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        ck.accepted(
+            &format!("amba_set_override(key, {}, 'b')", lbl(512)),
+            "SELECT amba_set_override($1, $2, 'b')",
+            &[&k, &other512],
+        );
+        ck.refused(
+            &format!("amba_set_override(key, {}, 'b')", lbl(513)),
+            "SELECT amba_set_override($1, $2, 'b')",
+            &[&k, &u513],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        ck.returns(
+            &format!("amba_clear_override(key, {})", lbl(512)),
+            "SELECT amba_clear_override($1, $2)::text",
+            &[&k, &other512],
+            Some("true"),
+        );
+        ck.refused(
+            &format!("amba_clear_override(key, {})", lbl(513)),
+            "SELECT amba_clear_override($1, $2)::text",
+            &[&k, &u513],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        ck.refused(
+            &format!("amba_alias(anonymous_id = {}, user_id = 512)", lbl(513)),
+            "SELECT amba_alias($1, $2)",
+            &[&anon513, &other512],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        ck.refused(
+            &format!("amba_alias(anonymous_id = 512, user_id = {})", lbl(513)),
+            "SELECT amba_alias($1, $2)",
+            &[&anon512, &u513],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        ck.accepted(
+            &format!(
+                "amba_alias(anonymous_id = {}, user_id = {})",
+                lbl(512),
+                lbl(512)
+            ),
+            "SELECT amba_alias($1, $2)",
+            &[&anon512, &other512],
+        );
 
         // Nothing was written for the refused 513-character id.
         let written: i64 = ck
@@ -352,7 +518,9 @@ fn user_ids_of_512_characters_pass_and_513_fail_everywhere() {
             )
             .unwrap()
             .get(0);
-        ck.expect(written == 0, || format!("{}: {written} rows written for refused calls", lbl(513)));
+        ck.expect(written == 0, || {
+            format!("{}: {written} rows written for refused calls", lbl(513))
+        });
     }
 
     // NULL and empty user ids, on every function and on both arguments of amba_alias.
@@ -360,22 +528,62 @@ fn user_ids_of_512_characters_pass_and_513_fail_everywhere() {
     let k: &str = &key;
     for (bad, label) in [(None, "NULL"), (Some(""), "empty")] {
         let calls: Vec<(String, &str, Vec<&(dyn ToSql + Sync)>)> = vec![
-            (format!("amba_assign(key, {label})"), "SELECT amba_assign($1, $2::text)", vec![&k, &bad]),
-            (format!("amba_expose(key, {label})"), "SELECT amba_expose($1, $2::text)", vec![&k, &bad]),
-            (format!("amba_peek(key, {label})"), "SELECT amba_peek($1, $2::text)", vec![&k, &bad]),
-            (format!("amba_bucket(key, {label})"), "SELECT amba_bucket($1, $2::text)", vec![&k, &bad]),
-            (format!("amba_track({label}, 'ev')"), "SELECT amba_track($1::text, 'uid_ev')::text", vec![&bad]),
-            (format!("amba_set_override(key, {label}, 'a')"), "SELECT amba_set_override($1, $2::text, 'a')", vec![&k, &bad]),
-            (format!("amba_clear_override(key, {label})"), "SELECT amba_clear_override($1, $2::text)::text", vec![&k, &bad]),
-            (format!("amba_alias({label}, user)"), "SELECT amba_alias($1::text, $2)", vec![&bad, &ok_user]),
-            (format!("amba_alias(user, {label})"), "SELECT amba_alias($1, $2::text)", vec![&ok_user, &bad]),
+            (
+                format!("amba_assign(key, {label})"),
+                "SELECT amba_assign($1, $2::text)",
+                vec![&k, &bad],
+            ),
+            (
+                format!("amba_expose(key, {label})"),
+                "SELECT amba_expose($1, $2::text)",
+                vec![&k, &bad],
+            ),
+            (
+                format!("amba_peek(key, {label})"),
+                "SELECT amba_peek($1, $2::text)",
+                vec![&k, &bad],
+            ),
+            (
+                format!("amba_bucket(key, {label})"),
+                "SELECT amba_bucket($1, $2::text)",
+                vec![&k, &bad],
+            ),
+            (
+                format!("amba_track({label}, 'ev')"),
+                "SELECT amba_track($1::text, 'uid_ev')::text",
+                vec![&bad],
+            ),
+            (
+                format!("amba_set_override(key, {label}, 'a')"),
+                "SELECT amba_set_override($1, $2::text, 'a')",
+                vec![&k, &bad],
+            ),
+            (
+                format!("amba_clear_override(key, {label})"),
+                "SELECT amba_clear_override($1, $2::text)::text",
+                vec![&k, &bad],
+            ),
+            (
+                format!("amba_alias({label}, user)"),
+                "SELECT amba_alias($1::text, $2)",
+                vec![&bad, &ok_user],
+            ),
+            (
+                format!("amba_alias(user, {label})"),
+                "SELECT amba_alias($1, $2::text)",
+                vec![&ok_user, &bad],
+            ),
         ];
         for (what, sql, params) in calls {
             ck.refused(&what, sql, &params, "22023", "INVALID_ARGUMENT");
         }
     }
     // No trimming: a user id of spaces only is a valid, distinct user.
-    ck.accepted("amba_assign(key, ' ')", "SELECT amba_assign($1, ' ')", &[&k]);
+    ck.accepted(
+        "amba_assign(key, ' ')",
+        "SELECT amba_assign($1, ' ')",
+        &[&k],
+    );
     ck.accepted("amba_peek(key, '  ')", "SELECT amba_peek($1, '  ')", &[&k]);
     ck.finish("user_ids");
 }
@@ -403,7 +611,11 @@ fn variant_keys_and_weights_at_the_limits() {
     ];
     for (variants, label) in &good {
         let key = unique("var_ok");
-        if let Some(rows) = ck.accepted(&format!("amba_create_experiment(variants with {label})"), "SELECT amba_create_experiment($1, $2::text::jsonb)::text", &[&key, variants]) {
+        if let Some(rows) = ck.accepted(
+            &format!("amba_create_experiment(variants with {label})"),
+            "SELECT amba_create_experiment($1, $2::text::jsonb)::text",
+            &[&key, variants],
+        ) {
             // Stored in order, with the weights given.
             let back: Option<String> = ck
                 .client
@@ -420,43 +632,142 @@ fn variant_keys_and_weights_at_the_limits() {
     }
 
     let bad: Vec<(String, &str)> = vec![
-        (format!(r#"[{{"key":"a","weight":1}},{{"key":"{v65}","weight":1}}]"#), "a 65-character variant key"),
-        (format!(r#"[{{"key":"{v65}","weight":1}},{{"key":"b","weight":1}}]"#), "a 65-character control key"),
-        (r#"[{"key":"a","weight":1},{"key":"","weight":1}]"#.into(), "an empty variant key"),
-        (r#"[{"key":"a","weight":1},{"key":"b c","weight":1}]"#.into(), "a variant key with a space"),
-        (r#"[{"key":"a","weight":1},{"key":"b/c","weight":1}]"#.into(), "a variant key with '/'"),
-        (r#"[{"key":"a","weight":1},{"key":"é","weight":1}]"#.into(), "a variant key 'é'"),
-        (r#"[{"key":"a","weight":1},{"key":"b\n","weight":1}]"#.into(), "a variant key with a newline"),
-        (r#"[{"key":"a","weight":1},{"key":" b","weight":1}]"#.into(), "a variant key with a leading space"),
-        (r#"[{"key":"a","weight":1},{"key":"<b>","weight":1}]"#.into(), "a variant key with '<>'"),
-        (r#"[{"key":"a","weight":1},{"key":1,"weight":1}]"#.into(), "a numeric variant key"),
-        (r#"[{"key":"a","weight":1},{"key":null,"weight":1}]"#.into(), "a null variant key"),
-        (r#"[{"key":"a","weight":1},{"weight":1}]"#.into(), "a variant without key"),
-        (r#"[{"key":"a","weight":1},{"key":"a","weight":1}]"#.into(), "duplicate variant keys"),
-        (r#"[{"key":"a","weight":1},{"key":"b","weight":1},{"key":"a","weight":0}]"#.into(), "duplicate variant keys (third)"),
+        (
+            format!(r#"[{{"key":"a","weight":1}},{{"key":"{v65}","weight":1}}]"#),
+            "a 65-character variant key",
+        ),
+        (
+            format!(r#"[{{"key":"{v65}","weight":1}},{{"key":"b","weight":1}}]"#),
+            "a 65-character control key",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":"","weight":1}]"#.into(),
+            "an empty variant key",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":"b c","weight":1}]"#.into(),
+            "a variant key with a space",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":"b/c","weight":1}]"#.into(),
+            "a variant key with '/'",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":"é","weight":1}]"#.into(),
+            "a variant key 'é'",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":"b\n","weight":1}]"#.into(),
+            "a variant key with a newline",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":" b","weight":1}]"#.into(),
+            "a variant key with a leading space",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":"<b>","weight":1}]"#.into(),
+            "a variant key with '<>'",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":1,"weight":1}]"#.into(),
+            "a numeric variant key",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":null,"weight":1}]"#.into(),
+            "a null variant key",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"weight":1}]"#.into(),
+            "a variant without key",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":"a","weight":1}]"#.into(),
+            "duplicate variant keys",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":"b","weight":1},{"key":"a","weight":0}]"#.into(),
+            "duplicate variant keys (third)",
+        ),
         (r#"[{"key":"a","weight":1}]"#.into(), "one variant"),
         ("[]".into(), "no variants"),
-        (r#"{"key":"a","weight":1}"#.into(), "an object instead of an array"),
+        (
+            r#"{"key":"a","weight":1}"#.into(),
+            "an object instead of an array",
+        ),
         (r#"["a","b"]"#.into(), "strings instead of objects"),
         ("null".into(), "JSON null"),
-        (r#"[{"key":"a","weight":"1"},{"key":"b","weight":1}]"#.into(), "a string weight"),
-        (r#"[{"key":"a","weight":1},{"key":"b","weight":"50"}]"#.into(), "a string weight (treatment)"),
-        (r#"[{"key":"a","weight":true},{"key":"b","weight":1}]"#.into(), "a boolean weight"),
-        (r#"[{"key":"a","weight":null},{"key":"b","weight":1}]"#.into(), "a null weight"),
-        (r#"[{"key":"a","weight":[1]},{"key":"b","weight":1}]"#.into(), "an array weight"),
-        (r#"[{"key":"a","weight":{}},{"key":"b","weight":1}]"#.into(), "an object weight"),
-        (r#"[{"key":"a","weight":-1},{"key":"b","weight":1}]"#.into(), "a negative weight"),
-        (r#"[{"key":"a","weight":1},{"key":"b","weight":-0.0001}]"#.into(), "a small negative weight"),
-        (r#"[{"key":"a","weight":1e999},{"key":"b","weight":1}]"#.into(), "a weight of 1e999"),
-        (r#"[{"key":"a","weight":1},{"key":"b","weight":-1e999}]"#.into(), "a weight of -1e999"),
-        (r#"[{"key":"a","weight":0},{"key":"b","weight":0}]"#.into(), "all weights zero"),
-        (r#"[{"key":"a","weight":0},{"key":"b","weight":0},{"key":"c","weight":0}]"#.into(), "all three weights zero"),
+        (
+            r#"[{"key":"a","weight":"1"},{"key":"b","weight":1}]"#.into(),
+            "a string weight",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":"b","weight":"50"}]"#.into(),
+            "a string weight (treatment)",
+        ),
+        (
+            r#"[{"key":"a","weight":true},{"key":"b","weight":1}]"#.into(),
+            "a boolean weight",
+        ),
+        (
+            r#"[{"key":"a","weight":null},{"key":"b","weight":1}]"#.into(),
+            "a null weight",
+        ),
+        (
+            r#"[{"key":"a","weight":[1]},{"key":"b","weight":1}]"#.into(),
+            "an array weight",
+        ),
+        (
+            r#"[{"key":"a","weight":{}},{"key":"b","weight":1}]"#.into(),
+            "an object weight",
+        ),
+        (
+            r#"[{"key":"a","weight":-1},{"key":"b","weight":1}]"#.into(),
+            "a negative weight",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":"b","weight":-0.0001}]"#.into(),
+            "a small negative weight",
+        ),
+        (
+            r#"[{"key":"a","weight":1e999},{"key":"b","weight":1}]"#.into(),
+            "a weight of 1e999",
+        ),
+        (
+            r#"[{"key":"a","weight":1},{"key":"b","weight":-1e999}]"#.into(),
+            "a weight of -1e999",
+        ),
+        (
+            r#"[{"key":"a","weight":0},{"key":"b","weight":0}]"#.into(),
+            "all weights zero",
+        ),
+        (
+            r#"[{"key":"a","weight":0},{"key":"b","weight":0},{"key":"c","weight":0}]"#.into(),
+            "all three weights zero",
+        ),
     ];
     for (variants, label) in &bad {
         let key = unique("var_bad");
-        ck.refused(&format!("amba_create_experiment(variants = {label}: {})", short(variants)), create_sql, &[&key, variants], "22023", "INVALID_ARGUMENT");
-        let exists: bool = ck.client.query_one("SELECT EXISTS (SELECT FROM amba.experiments WHERE key = $1)", &[&key]).unwrap().get(0);
-        ck.expect(!exists, || format!("amba_create_experiment(variants = {label}): the experiment was stored"));
+        ck.refused(
+            &format!(
+                "amba_create_experiment(variants = {label}: {})",
+                short(variants)
+            ),
+            create_sql,
+            &[&key, variants],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        let exists: bool = ck
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT FROM amba.experiments WHERE key = $1)",
+                &[&key],
+            )
+            .unwrap()
+            .get(0);
+        ck.expect(!exists, || {
+            format!("amba_create_experiment(variants = {label}): the experiment was stored")
+        });
     }
     ck.refused(
         "amba_create_experiment(variants = SQL NULL)",
@@ -469,21 +780,36 @@ fn variant_keys_and_weights_at_the_limits() {
     // The same rules on update, and the experiment is left as it was.
     let key = unique("var_upd");
     create(&mut ck.client, &key, AB);
-    let before: String = ck.client.query_one("SELECT amba_get_experiment($1)::text", &[&key]).unwrap().get(0);
+    let before: String = ck
+        .client
+        .query_one("SELECT amba_get_experiment($1)::text", &[&key])
+        .unwrap()
+        .get(0);
     for (variants, label) in &bad {
         if *label == "JSON null" {
             continue; // a JSON null may well mean "leave the variants alone" on update
         }
         ck.refused(
-            &format!("amba_update_experiment(variants = {label}: {})", short(variants)),
+            &format!(
+                "amba_update_experiment(variants = {label}: {})",
+                short(variants)
+            ),
             "SELECT amba_update_experiment($1, $2::text::jsonb)",
             &[&key, variants],
             "22023",
             "INVALID_ARGUMENT",
         );
     }
-    let after: String = ck.client.query_one("SELECT amba_get_experiment($1)::text", &[&key]).unwrap().get(0);
-    ck.expect(before == after, || format!("amba_update_experiment: refused updates changed the experiment: {before} -> {after}"));
+    let after: String = ck
+        .client
+        .query_one("SELECT amba_get_experiment($1)::text", &[&key])
+        .unwrap()
+        .get(0);
+    ck.expect(before == after, || {
+        format!(
+            "amba_update_experiment: refused updates changed the experiment: {before} -> {after}"
+        )
+    });
     ck.finish("variant_keys_and_weights");
 }
 
@@ -498,11 +824,34 @@ fn experiment_keys_bad_unknown_and_at_128() {
     let k128 = pad(&tag, 'K', 128);
     let k129 = pad(&tag, 'K', 129);
     let k128b: String = pad(&format!("{tag}."), ':', 128);
-    ck.accepted("amba_create_experiment(128-character key)", "SELECT amba_create_experiment($1, $2::text::jsonb)", &[&k128, &AB]);
-    ck.accepted("amba_create_experiment(128-character key of '.' and ':')", "SELECT amba_create_experiment($1, $2::text::jsonb)", &[&k128b, &AB]);
-    ck.returns("amba_get_experiment(128-character key)->>'key'", "SELECT amba_get_experiment($1)->>'key'", &[&k128], Some(k128.as_str()));
-    ck.accepted("amba_assign(128-character key, u)", "SELECT amba_assign($1, 'u')", &[&k128]);
-    ck.refused("amba_create_experiment(129-character key)", "SELECT amba_create_experiment($1, $2::text::jsonb)", &[&k129, &AB], "22023", "INVALID_ARGUMENT");
+    ck.accepted(
+        "amba_create_experiment(128-character key)",
+        "SELECT amba_create_experiment($1, $2::text::jsonb)",
+        &[&k128, &AB],
+    );
+    ck.accepted(
+        "amba_create_experiment(128-character key of '.' and ':')",
+        "SELECT amba_create_experiment($1, $2::text::jsonb)",
+        &[&k128b, &AB],
+    );
+    ck.returns(
+        "amba_get_experiment(128-character key)->>'key'",
+        "SELECT amba_get_experiment($1)->>'key'",
+        &[&k128],
+        Some(k128.as_str()),
+    );
+    ck.accepted(
+        "amba_assign(128-character key, u)",
+        "SELECT amba_assign($1, 'u')",
+        &[&k128],
+    );
+    ck.refused(
+        "amba_create_experiment(129-character key)",
+        "SELECT amba_create_experiment($1, $2::text::jsonb)",
+        &[&k129, &AB],
+        "22023",
+        "INVALID_ARGUMENT",
+    );
 
     let bad_keys: Vec<(Option<String>, String)> = vec![
         (None, "NULL".into()),
@@ -541,7 +890,13 @@ fn experiment_keys_bad_unknown_and_at_128() {
     ];
     for (bad, label) in &bad_keys {
         for (f, sql) in &calls {
-            ck.refused(&format!("{f}(experiment_key = {label})"), sql, &[bad], "22023", "INVALID_ARGUMENT");
+            ck.refused(
+                &format!("{f}(experiment_key = {label})"),
+                sql,
+                &[bad],
+                "22023",
+                "INVALID_ARGUMENT",
+            );
         }
     }
 
@@ -564,15 +919,50 @@ fn experiment_keys_bad_unknown_and_at_128() {
     ] {
         ck.refused(&format!("{f}(unknown key)"), sql, &[&unknown], "P0002", "EXPERIMENT_NOT_FOUND");
     }
-    ck.returns("amba_get_experiment(unknown key)", "SELECT amba_get_experiment($1)::text", &[&unknown], None);
-    ck.returns("amba_delete_experiment(unknown key)", "SELECT amba_delete_experiment($1)::text", &[&unknown], Some("false"));
-    ck.returns("amba_experiment_history(unknown key)", "SELECT count(*)::text FROM amba_experiment_history($1)", &[&unknown], Some("0"));
+    ck.returns(
+        "amba_get_experiment(unknown key)",
+        "SELECT amba_get_experiment($1)::text",
+        &[&unknown],
+        None,
+    );
+    ck.returns(
+        "amba_delete_experiment(unknown key)",
+        "SELECT amba_delete_experiment($1)::text",
+        &[&unknown],
+        Some("false"),
+    );
+    ck.returns(
+        "amba_experiment_history(unknown key)",
+        "SELECT count(*)::text FROM amba_experiment_history($1)",
+        &[&unknown],
+        Some("0"),
+    );
     // amba_bucket needs no experiment.
-    ck.accepted("amba_bucket(unknown key, u)", "SELECT amba_bucket($1, 'u')", &[&unknown]);
+    ck.accepted(
+        "amba_bucket(unknown key, u)",
+        "SELECT amba_bucket($1, 'u')",
+        &[&unknown],
+    );
     // A deleted experiment is unknown too, its history stays.
-    ck.returns("amba_delete_experiment(128-character key)", "SELECT amba_delete_experiment($1)::text", &[&k128], Some("true"));
-    ck.refused("amba_assign(deleted key)", "SELECT amba_assign($1, 'u')", &[&k128], "P0002", "EXPERIMENT_NOT_FOUND");
-    ck.returns("amba_experiment_history(deleted key)", "SELECT string_agg(action, ',' ORDER BY changed_at) FROM amba_experiment_history($1)", &[&k128], Some("create,delete"));
+    ck.returns(
+        "amba_delete_experiment(128-character key)",
+        "SELECT amba_delete_experiment($1)::text",
+        &[&k128],
+        Some("true"),
+    );
+    ck.refused(
+        "amba_assign(deleted key)",
+        "SELECT amba_assign($1, 'u')",
+        &[&k128],
+        "P0002",
+        "EXPERIMENT_NOT_FOUND",
+    );
+    ck.returns(
+        "amba_experiment_history(deleted key)",
+        "SELECT string_agg(action, ',' ORDER BY changed_at) FROM amba_experiment_history($1)",
+        &[&k128],
+        Some("create,delete"),
+    );
     ck.finish("experiment_keys");
 }
 
@@ -586,26 +976,99 @@ fn api_key_names_and_kinds() {
     let create_sql = "SELECT amba_create_api_key($1::text, $2::text)";
     let client: Option<&str> = Some("client");
     for (name, label) in [(None::<&str>, "NULL"), (Some(""), "empty")] {
-        ck.refused(&format!("amba_create_api_key(name = {label})"), create_sql, &[&name, &client], "22023", "INVALID_ARGUMENT");
-        ck.refused(&format!("amba_create_api_key(name = {label}) (default kind)"), "SELECT amba_create_api_key($1::text)", &[&name], "22023", "INVALID_ARGUMENT");
+        ck.refused(
+            &format!("amba_create_api_key(name = {label})"),
+            create_sql,
+            &[&name, &client],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        ck.refused(
+            &format!("amba_create_api_key(name = {label}) (default kind)"),
+            "SELECT amba_create_api_key($1::text)",
+            &[&name],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
     }
-    for kind in [Some("root"), Some("Admin"), Some("CLIENT"), Some(" client"), Some("client "), Some(""), Some("analyst"), None] {
+    for kind in [
+        Some("root"),
+        Some("Admin"),
+        Some("CLIENT"),
+        Some(" client"),
+        Some("client "),
+        Some(""),
+        Some("analyst"),
+        None,
+    ] {
         let name = unique("kind");
-        ck.refused(&format!("amba_create_api_key(kind = {kind:?})"), create_sql, &[&Some(name.as_str()), &kind], "22023", "INVALID_ARGUMENT");
-        let stored: bool = ck.client.query_one("SELECT EXISTS (SELECT FROM amba.api_keys WHERE name = $1)", &[&name]).unwrap().get(0);
-        ck.expect(!stored, || format!("amba_create_api_key(kind = {kind:?}): a key was stored"));
+        ck.refused(
+            &format!("amba_create_api_key(kind = {kind:?})"),
+            create_sql,
+            &[&Some(name.as_str()), &kind],
+            "22023",
+            "INVALID_ARGUMENT",
+        );
+        let stored: bool = ck
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT FROM amba.api_keys WHERE name = $1)",
+                &[&name],
+            )
+            .unwrap()
+            .get(0);
+        ck.expect(!stored, || {
+            format!("amba_create_api_key(kind = {kind:?}): a key was stored")
+        });
     }
     for kind in ["client", "admin"] {
         let name = unique("dup");
         let n: Option<&str> = Some(&name);
-        ck.accepted(&format!("amba_create_api_key(new name, {kind})"), create_sql, &[&n, &Some(kind)]);
-        ck.refused(&format!("amba_create_api_key(taken name, {kind})"), create_sql, &[&n, &Some(kind)], "23505", "API_KEY_EXISTS");
-        ck.refused(&format!("amba_create_api_key(taken name, other kind than {kind})"), create_sql, &[&n, &Some(if kind == "client" { "admin" } else { "client" })], "23505", "API_KEY_EXISTS");
-        ck.returns(&format!("amba_revoke_api_key({kind} key)"), "SELECT amba_revoke_api_key($1)::text", &[&name], Some("true"));
-        ck.returns(&format!("amba_revoke_api_key(revoked {kind} key)"), "SELECT amba_revoke_api_key($1)::text", &[&name], Some("false"));
-        ck.refused(&format!("amba_create_api_key(revoked name, {kind})"), create_sql, &[&n, &Some(kind)], "23505", "API_KEY_EXISTS");
+        ck.accepted(
+            &format!("amba_create_api_key(new name, {kind})"),
+            create_sql,
+            &[&n, &Some(kind)],
+        );
+        ck.refused(
+            &format!("amba_create_api_key(taken name, {kind})"),
+            create_sql,
+            &[&n, &Some(kind)],
+            "23505",
+            "API_KEY_EXISTS",
+        );
+        ck.refused(
+            &format!("amba_create_api_key(taken name, other kind than {kind})"),
+            create_sql,
+            &[&n, &Some(if kind == "client" { "admin" } else { "client" })],
+            "23505",
+            "API_KEY_EXISTS",
+        );
+        ck.returns(
+            &format!("amba_revoke_api_key({kind} key)"),
+            "SELECT amba_revoke_api_key($1)::text",
+            &[&name],
+            Some("true"),
+        );
+        ck.returns(
+            &format!("amba_revoke_api_key(revoked {kind} key)"),
+            "SELECT amba_revoke_api_key($1)::text",
+            &[&name],
+            Some("false"),
+        );
+        ck.refused(
+            &format!("amba_create_api_key(revoked name, {kind})"),
+            create_sql,
+            &[&n, &Some(kind)],
+            "23505",
+            "API_KEY_EXISTS",
+        );
     }
-    ck.returns("amba_revoke_api_key(unknown name)", "SELECT amba_revoke_api_key($1)::text", &[&unique("never")], Some("false"));
+    ck.returns(
+        "amba_revoke_api_key(unknown name)",
+        "SELECT amba_revoke_api_key($1)::text",
+        &[&unique("never")],
+        Some("false"),
+    );
     ck.finish("api_key_names_and_kinds");
 }
 
@@ -621,10 +1084,15 @@ fn api_keys_are_random_hashed_and_never_stored_in_plaintext() {
     for i in 0..200 {
         let name = format!("k{i}");
         let kind = if i % 2 == 0 { "client" } else { "admin" };
-        let key: String = c.query_one("SELECT amba_create_api_key($1, $2)", &[&name, &kind]).unwrap().get(0);
+        let key: String = c
+            .query_one("SELECT amba_create_api_key($1, $2)", &[&name, &kind])
+            .unwrap()
+            .get(0);
         let body = key.strip_prefix("amba_").unwrap_or("");
         if !(key.starts_with("amba_") && body.chars().count() == 43 && body.chars().all(alphabet)) {
-            failures.push(format!("amba_create_api_key: {key:?} does not match ^amba_[A-Za-z0-9_-]{{43}}$"));
+            failures.push(format!(
+                "amba_create_api_key: {key:?} does not match ^amba_[A-Za-z0-9_-]{{43}}$"
+            ));
         }
         if !seen.insert(key.clone()) {
             failures.push(format!("amba_create_api_key: {key:?} drawn twice"));
@@ -638,15 +1106,23 @@ fn api_keys_are_random_hashed_and_never_stored_in_plaintext() {
             .unwrap();
         let (hash_ok, stored_kind): (bool, String) = (row.get(0), row.get(1));
         if !hash_ok {
-            failures.push(format!("amba.api_keys.key_hash of {name} is not sha256 of the plaintext"));
+            failures.push(format!(
+                "amba.api_keys.key_hash of {name} is not sha256 of the plaintext"
+            ));
         }
         if stored_kind != kind {
-            failures.push(format!("amba.api_keys.kind of {name} is {stored_kind}, expected {kind}"));
+            failures.push(format!(
+                "amba.api_keys.kind of {name} is {stored_kind}, expected {kind}"
+            ));
         }
         bodies.push((name, key.clone(), body.to_string()));
     }
     if symbols.len() < 60 {
-        failures.push(format!("200 keys use only {} of the 64 symbols: {:?}", symbols.len(), symbols));
+        failures.push(format!(
+            "200 keys use only {} of the 64 symbols: {:?}",
+            symbols.len(),
+            symbols
+        ));
     }
     // The plaintext (nor its random part, nor its hex) is nowhere in the table.
     let table_text: String = c
@@ -655,23 +1131,38 @@ fn api_keys_are_random_hashed_and_never_stored_in_plaintext() {
         .get(0);
     for (name, key, body) in &bodies {
         if table_text.contains(key.as_str()) || table_text.contains(body.as_str()) {
-            failures.push(format!("the plaintext of {name} is stored in amba.api_keys"));
+            failures.push(format!(
+                "the plaintext of {name} is stored in amba.api_keys"
+            ));
         }
     }
     // Random bits: over all draws every position of the body varies (no fixed character),
     // and no two keys share a 16-character stretch at the same place.
     for pos in 0..42 {
-        let distinct: HashSet<char> = bodies.iter().filter_map(|(_, _, b)| b.chars().nth(pos)).collect();
+        let distinct: HashSet<char> = bodies
+            .iter()
+            .filter_map(|(_, _, b)| b.chars().nth(pos))
+            .collect();
         if distinct.len() < 30 {
-            failures.push(format!("position {pos} of the key body takes only {} values over 200 draws", distinct.len()));
+            failures.push(format!(
+                "position {pos} of the key body takes only {} values over 200 draws",
+                distinct.len()
+            ));
         }
     }
-    let prefixes: HashSet<String> = bodies.iter().map(|(_, _, b)| b.chars().take(16).collect()).collect();
+    let prefixes: HashSet<String> = bodies
+        .iter()
+        .map(|(_, _, b)| b.chars().take(16).collect())
+        .collect();
     if prefixes.len() != bodies.len() {
         failures.push("two keys share their first 16 random characters".into());
     }
     drop(c);
-    assert!(failures.is_empty(), "API key violations:\n  - {}", failures.join("\n  - "));
+    assert!(
+        failures.is_empty(),
+        "API key violations:\n  - {}",
+        failures.join("\n  - ")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -686,14 +1177,24 @@ fn failed_creates_and_updates_leave_nothing_behind() {
         move || connect_db(&name)
     });
     let key = "partial";
-    create(&mut ck.client, key, r#"[{"key":"a","weight":0},{"key":"b","weight":1},{"key":"c","weight":0}]"#);
-    let v: String = ck.client.query_one("SELECT amba_assign('partial', 'u1')", &[]).unwrap().get(0);
+    create(
+        &mut ck.client,
+        key,
+        r#"[{"key":"a","weight":0},{"key":"b","weight":1},{"key":"c","weight":0}]"#,
+    );
+    let v: String = ck
+        .client
+        .query_one("SELECT amba_assign('partial', 'u1')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(v, "b");
     ck.client
         .execute("SELECT amba_update_experiment('partial', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1},{\"key\":\"c\",\"weight\":1},{\"key\":\"d\",\"weight\":1}]')", &[])
         .unwrap();
     // 'c' has an override (so it may not be removed either); 'd' has nothing.
-    ck.client.execute("SELECT amba_set_override('partial', 'qa', 'c')", &[]).unwrap();
+    ck.client
+        .execute("SELECT amba_set_override('partial', 'qa', 'c')", &[])
+        .unwrap();
     create(&mut ck.client, "partial_other", AB);
 
     let snapshot = |c: &mut Client| -> (i64, i64, i64, i64, i64, String) {
@@ -716,7 +1217,8 @@ fn failed_creates_and_updates_leave_nothing_behind() {
             w[0], w[1], w[2], w[3]
         )
     };
-    let upd = "SELECT amba_update_experiment($1::text, $2::text::jsonb, $3::text, $4::text, $5::text)";
+    let upd =
+        "SELECT amba_update_experiment($1::text, $2::text::jsonb, $3::text, $4::text, $5::text)";
     let none: Option<&str> = None;
     let failing: Vec<(String, Option<String>, Option<&str>, Option<&str>)> = vec![
         ("string weight".into(), Some(abcd(["1", "\"1\"", "1", "1"])), None, None),
@@ -759,14 +1261,57 @@ fn failed_creates_and_updates_leave_nothing_behind() {
         });
     }
 
-    let create_sql = "SELECT amba_create_experiment($1::text, $2::text::jsonb, $3::text, $4::text, $5::text)";
+    let create_sql =
+        "SELECT amba_create_experiment($1::text, $2::text::jsonb, $3::text, $4::text, $5::text)";
     let failing_creates: Vec<(&str, &str, String, Option<&str>, &str, &str)> = vec![
-        ("bad weights", "partial_new", abcd(["1", "-1", "1", "1"]), None, "22023", "INVALID_ARGUMENT"),
-        ("bad status", "partial_new", AB.into(), Some("archived"), "22023", "INVALID_ARGUMENT"),
-        ("one variant", "partial_new", r#"[{"key":"a","weight":1}]"#.into(), None, "22023", "INVALID_ARGUMENT"),
-        ("duplicate variants", "partial_new", r#"[{"key":"a","weight":1},{"key":"a","weight":1}]"#.into(), None, "22023", "INVALID_ARGUMENT"),
-        ("a taken key", "partial", AB.into(), None, "23505", "EXPERIMENT_EXISTS"),
-        ("a taken key with bad weights", "partial", abcd(["1", "-1", "1", "1"]), None, "22023", "INVALID_ARGUMENT"),
+        (
+            "bad weights",
+            "partial_new",
+            abcd(["1", "-1", "1", "1"]),
+            None,
+            "22023",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "bad status",
+            "partial_new",
+            AB.into(),
+            Some("archived"),
+            "22023",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "one variant",
+            "partial_new",
+            r#"[{"key":"a","weight":1}]"#.into(),
+            None,
+            "22023",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "duplicate variants",
+            "partial_new",
+            r#"[{"key":"a","weight":1},{"key":"a","weight":1}]"#.into(),
+            None,
+            "22023",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "a taken key",
+            "partial",
+            AB.into(),
+            None,
+            "23505",
+            "EXPERIMENT_EXISTS",
+        ),
+        (
+            "a taken key with bad weights",
+            "partial",
+            abcd(["1", "-1", "1", "1"]),
+            None,
+            "22023",
+            "INVALID_ARGUMENT",
+        ),
     ];
     for (label, k, variants, status, state, code) in &failing_creates {
         let st = status.unwrap_or("active");
@@ -787,13 +1332,31 @@ fn failed_creates_and_updates_leave_nothing_behind() {
         });
     }
     // Bad status also refused at create with the default of everything else.
-    ck.refused("amba_create_experiment(status NULL)", "SELECT amba_create_experiment('partial_new2', $1::text::jsonb, status => NULL)", &[&AB], "22023", "INVALID_ARGUMENT");
+    ck.refused(
+        "amba_create_experiment(status NULL)",
+        "SELECT amba_create_experiment('partial_new2', $1::text::jsonb, status => NULL)",
+        &[&AB],
+        "22023",
+        "INVALID_ARGUMENT",
+    );
     let now = snapshot(&mut ck.client);
-    ck.expect(now.0 == before.0 && now.1 == before.1 && now.2 == before.2, || "amba_create_experiment(status NULL) left partial data".into());
+    ck.expect(
+        now.0 == before.0 && now.1 == before.1 && now.2 == before.2,
+        || "amba_create_experiment(status NULL) left partial data".into(),
+    );
     // A valid update still works afterwards and is recorded once.
-    ck.accepted("amba_update_experiment(valid re-weighting)", upd, &[&key, &Some(abcd(["1", "0", "1", "1"])), &none, &none, &none]);
+    ck.accepted(
+        "amba_update_experiment(valid re-weighting)",
+        upd,
+        &[&key, &Some(abcd(["1", "0", "1", "1"])), &none, &none, &none],
+    );
     let after = snapshot(&mut ck.client);
-    ck.expect(after.1 == before.1 + 1, || format!("a valid re-weighting: history {} -> {}; expected +1", before.1, after.1));
+    ck.expect(after.1 == before.1 + 1, || {
+        format!(
+            "a valid re-weighting: history {} -> {}; expected +1",
+            before.1, after.1
+        )
+    });
     drop(ck.client);
     ck.client = connect();
     ck.finish("failed_creates_and_updates");
@@ -859,13 +1422,22 @@ fn amba_admin_can_call_every_public_function() {
         .collect();
     // amba_distribute reshapes the tables for Citus: a DB admin's act, not amba_admin's.
     let not_admin: BTreeSet<String> = ["amba_distribute".to_string()].into();
-    let missing: Vec<&String> = public.difference(&called).filter(|f| !not_admin.contains(*f)).collect();
+    let missing: Vec<&String> = public
+        .difference(&called)
+        .filter(|f| !not_admin.contains(*f))
+        .collect();
     assert!(missing.is_empty(), "test does not call {missing:?}");
     ck.finish("amba_admin");
     let mut admin = connect();
     admin.batch_execute("SET ROLE amba_admin").unwrap();
-    let err = admin.query_one("SELECT amba_distribute()", &[]).unwrap_err();
-    assert_eq!(err.code(), Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+    let err = admin
+        .query_one("SELECT amba_distribute()", &[])
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{err}"
+    );
 }
 
 #[test]
@@ -874,11 +1446,19 @@ fn amba_analyst_reads_results_and_is_refused_every_write() {
     let key = unique("analyst");
     create(&mut setup, &key, AB);
     let user = unique("an_user");
-    setup.query_one("SELECT amba_assign($1, $2)", &[&key, &user]).unwrap();
-    setup.query_one("SELECT amba_expose($1, $2)", &[&key, &user]).unwrap();
-    setup.query_one("SELECT amba_track($1, 'buy')", &[&user]).unwrap();
+    setup
+        .query_one("SELECT amba_assign($1, $2)", &[&key, &user])
+        .unwrap();
+    setup
+        .query_one("SELECT amba_expose($1, $2)", &[&key, &user])
+        .unwrap();
+    setup
+        .query_one("SELECT amba_track($1, 'buy')", &[&user])
+        .unwrap();
     let api_name = unique("an_key");
-    setup.query_one("SELECT amba_create_api_key($1)", &[&api_name]).unwrap();
+    setup
+        .query_one("SELECT amba_create_api_key($1)", &[&api_name])
+        .unwrap();
 
     let mut ck = Check::new(|| {
         let mut c = connect();
@@ -888,22 +1468,64 @@ fn amba_analyst_reads_results_and_is_refused_every_write() {
     let k: &str = &key;
     let u: &str = &user;
     let reads: Vec<(&str, &str, Vec<&(dyn ToSql + Sync)>)> = vec![
-        ("amba_results", "SELECT count(*) FROM amba_results($1, 'buy')", vec![&k]),
-        ("amba_results (alpha)", "SELECT count(*) FROM amba_results($1, 'buy', 0.1)", vec![&k]),
-        ("amba_metric_results", "SELECT count(*) FROM amba_metric_results($1, 'buy')", vec![&k]),
-        ("amba_results_daily", "SELECT count(*) FROM amba_results_daily($1, 'buy')", vec![&k]),
-        ("amba_report", "SELECT length(amba_report($1, 'buy'))", vec![&k]),
-        ("amba_get_experiment", "SELECT amba_get_experiment($1)->>'key'", vec![&k]),
-        ("amba_list_experiments", "SELECT count(*) FROM amba_list_experiments()", vec![]),
+        (
+            "amba_results",
+            "SELECT count(*) FROM amba_results($1, 'buy')",
+            vec![&k],
+        ),
+        (
+            "amba_results (alpha)",
+            "SELECT count(*) FROM amba_results($1, 'buy', 0.1)",
+            vec![&k],
+        ),
+        (
+            "amba_metric_results",
+            "SELECT count(*) FROM amba_metric_results($1, 'buy')",
+            vec![&k],
+        ),
+        (
+            "amba_results_daily",
+            "SELECT count(*) FROM amba_results_daily($1, 'buy')",
+            vec![&k],
+        ),
+        (
+            "amba_report",
+            "SELECT length(amba_report($1, 'buy'))",
+            vec![&k],
+        ),
+        (
+            "amba_get_experiment",
+            "SELECT amba_get_experiment($1)->>'key'",
+            vec![&k],
+        ),
+        (
+            "amba_list_experiments",
+            "SELECT count(*) FROM amba_list_experiments()",
+            vec![],
+        ),
         ("amba_bucket", "SELECT amba_bucket($1, 'x')", vec![&k]),
-        ("amba_experiment_history", "SELECT count(*) FROM amba_experiment_history($1)", vec![&k]),
+        (
+            "amba_experiment_history",
+            "SELECT count(*) FROM amba_experiment_history($1)",
+            vec![&k],
+        ),
     ];
     for (f, sql, params) in &reads {
         ck.accepted(&format!("as amba_analyst: {f}"), sql, params);
     }
     // Results as the analyst equal the owner's.
-    ck.returns("as amba_analyst: amba_results sees the data", "SELECT sum(exposed_count)::text FROM amba_results($1, 'buy')", &[&k], Some("1"));
-    ck.returns("as amba_analyst: amba_get_experiment", "SELECT amba_get_experiment($1)->>'key'", &[&k], Some(k));
+    ck.returns(
+        "as amba_analyst: amba_results sees the data",
+        "SELECT sum(exposed_count)::text FROM amba_results($1, 'buy')",
+        &[&k],
+        Some("1"),
+    );
+    ck.returns(
+        "as amba_analyst: amba_get_experiment",
+        "SELECT amba_get_experiment($1)->>'key'",
+        &[&k],
+        Some(k),
+    );
 
     let writes: Vec<(&str, &str, Vec<&(dyn ToSql + Sync)>)> = vec![
         ("amba_create_experiment", "SELECT amba_create_experiment($1 || '_x', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", vec![&k]),
@@ -935,7 +1557,8 @@ fn amba_analyst_reads_results_and_is_refused_every_write() {
             &[&key, &user, &api_name],
         )
         .unwrap();
-    let (status, events, active): (Option<String>, i64, bool) = (row.get(0), row.get(1), row.get(2));
+    let (status, events, active): (Option<String>, i64, bool) =
+        (row.get(0), row.get(1), row.get(2));
     ck.expect(status.as_deref() == Some("active") && events == 1 && active, || {
         format!("analyst writes changed data: status {status:?}, events {events}, key active {active}")
     });
@@ -947,14 +1570,22 @@ fn amba_analyst_reads_results_and_is_refused_every_write() {
 // ---------------------------------------------------------------------------------------
 
 fn vectors() -> Vec<serde_json::Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../core/tests/fixtures/bucket_vectors.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../core/tests/fixtures/bucket_vectors.json"
+    );
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     doc["vectors"].as_array().expect("vectors").clone()
 }
 
 fn bits(v: &serde_json::Value) -> f64 {
-    f64::from_bits(v.as_str().expect("bits as a decimal string").parse::<u64>().unwrap())
+    f64::from_bits(
+        v.as_str()
+            .expect("bits as a decimal string")
+            .parse::<u64>()
+            .unwrap(),
+    )
 }
 
 #[test]
@@ -966,8 +1597,14 @@ fn bucket_vectors_hold_in_sql_and_assignments_follow_them() {
     });
     let vs = vectors();
     assert!(vs.len() >= 100, "{} vectors", vs.len());
-    let non_ascii = vs.iter().filter(|v| !v["user_id"].as_str().unwrap().is_ascii()).count();
-    assert!(non_ascii >= 10, "the vectors carry only {non_ascii} non-ASCII user ids");
+    let non_ascii = vs
+        .iter()
+        .filter(|v| !v["user_id"].as_str().unwrap().is_ascii())
+        .count();
+    assert!(
+        non_ascii >= 10,
+        "the vectors carry only {non_ascii} non-ASCII user ids"
+    );
 
     for (i, v) in vs.iter().enumerate() {
         let key = v["experiment_key"].as_str().unwrap();
@@ -975,15 +1612,31 @@ fn bucket_vectors_hold_in_sql_and_assignments_follow_them() {
         let want_bucket = bits(&v["bucket_bits"]);
         // The vector is self-consistent: bucket = (h >> 11) / 2^53.
         let h: u64 = v["hash"].as_str().unwrap().parse().unwrap();
-        assert_eq!(((h >> 11) as f64 / 9007199254740992.0).to_bits(), want_bucket.to_bits(), "vector {i}: hash and bucket_bits disagree");
-        let weights: Vec<f64> = v["weights_bits"].as_array().unwrap().iter().map(bits).collect();
+        assert_eq!(
+            ((h >> 11) as f64 / 9007199254740992.0).to_bits(),
+            want_bucket.to_bits(),
+            "vector {i}: hash and bucket_bits disagree"
+        );
+        let weights: Vec<f64> = v["weights_bits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(bits)
+            .collect();
         let want = format!("v{}", v["variant_index"].as_u64().unwrap());
-        let label = format!("vector {i} ({}: key {}, user {})", v["note"].as_str().unwrap_or(""), short(key), short(&format!("{user:?}")));
+        let label = format!(
+            "vector {i} ({}: key {}, user {})",
+            v["note"].as_str().unwrap_or(""),
+            short(key),
+            short(&format!("{user:?}"))
+        );
 
         match ck.run("SELECT amba_bucket($1, $2)", &[&key, &user]) {
             Ok(rows) => {
                 let got: f64 = rows[0].get(0);
-                ck.expect(got.to_bits() == want_bucket.to_bits(), || format!("amba_bucket, {label}: got {got:?}, expected {want_bucket:?}"));
+                ck.expect(got.to_bits() == want_bucket.to_bits(), || {
+                    format!("amba_bucket, {label}: got {got:?}, expected {want_bucket:?}")
+                });
             }
             Err(e) => ck.fail(format!("amba_bucket, {label}: {e}")),
         }
@@ -1001,26 +1654,51 @@ fn bucket_vectors_hold_in_sql_and_assignments_follow_them() {
         )
         .to_string();
         let _ = ck.run("SELECT amba_delete_experiment($1)", &[&key]);
-        let Some(rows) = ck.accepted(&format!("amba_create_experiment, {label}"), "SELECT amba_create_experiment($1, $2::text::jsonb)::text", &[&key, &variants]) else {
+        let Some(rows) = ck.accepted(
+            &format!("amba_create_experiment, {label}"),
+            "SELECT amba_create_experiment($1, $2::text::jsonb)::text",
+            &[&key, &variants],
+        ) else {
             continue;
         };
         let exp: serde_json::Value = serde_json::from_str(&rows[0].get::<_, String>(0)).unwrap();
-        ck.expect(exp["bucketing_version"] == serde_json::json!(1), || format!("amba_create_experiment, {label}: bucketing_version {}", exp["bucketing_version"]));
+        ck.expect(exp["bucketing_version"] == serde_json::json!(1), || {
+            format!(
+                "amba_create_experiment, {label}: bucketing_version {}",
+                exp["bucketing_version"]
+            )
+        });
         let stored: Vec<f64> = ck
             .client
-            .query_one("SELECT weights FROM amba.experiments WHERE key = $1", &[&key])
+            .query_one(
+                "SELECT weights FROM amba.experiments WHERE key = $1",
+                &[&key],
+            )
             .unwrap()
             .get(0);
         ck.expect(stored.iter().map(|w| w.to_bits()).eq(weights.iter().map(|w| w.to_bits())), || {
             format!("amba_create_experiment, {label}: weights stored as {stored:?}, given {weights:?}")
         });
-        ck.returns(&format!("amba_peek, {label}"), "SELECT amba_peek($1, $2)", &[&key, &user], Some(want.as_str()));
-        ck.returns(&format!("amba_assign, {label}"), "SELECT amba_assign($1, $2)", &[&key, &user], Some(want.as_str()));
+        ck.returns(
+            &format!("amba_peek, {label}"),
+            "SELECT amba_peek($1, $2)",
+            &[&key, &user],
+            Some(want.as_str()),
+        );
+        ck.returns(
+            &format!("amba_assign, {label}"),
+            "SELECT amba_assign($1, $2)",
+            &[&key, &user],
+            Some(want.as_str()),
+        );
     }
 
     // Every experiment reports bucketing version 1, here and in the shared database.
     let mut shared = connect();
-    for (c, wher) in [(&mut ck.client, "vectors database"), (&mut shared, "amba_test")] {
+    for (c, wher) in [
+        (&mut ck.client, "vectors database"),
+        (&mut shared, "amba_test"),
+    ] {
         let bad: Vec<String> = c
             .query(
                 "SELECT e::text FROM amba_list_experiments() e WHERE (e->'bucketing_version') IS DISTINCT FROM '1'::jsonb",
@@ -1031,10 +1709,18 @@ fn bucket_vectors_hold_in_sql_and_assignments_follow_them() {
             .map(|r| r.get(0))
             .collect();
         if !bad.is_empty() {
-            ck.failures.push(format!("{wher}: {} experiments without \"bucketing_version\": 1, e.g. {}", bad.len(), bad[0]));
+            ck.failures.push(format!(
+                "{wher}: {} experiments without \"bucketing_version\": 1, e.g. {}",
+                bad.len(),
+                bad[0]
+            ));
         }
     }
-    let total: i64 = ck.client.query_one("SELECT count(*) FROM amba_list_experiments()", &[]).unwrap().get(0);
+    let total: i64 = ck
+        .client
+        .query_one("SELECT count(*) FROM amba_list_experiments()", &[])
+        .unwrap()
+        .get(0);
     assert!(total > 0);
     drop(ck.client);
     ck.client = connect();
@@ -1046,10 +1732,28 @@ fn bucket_vectors_hold_in_sql_and_assignments_follow_them() {
 #[test]
 fn harness_reports_every_kind_of_violation() {
     let mut ck = Check::new(connect);
-    ck.refused("probe accepted", "SELECT 'x'::text", &[], "22023", "INVALID_ARGUMENT");
+    ck.refused(
+        "probe accepted",
+        "SELECT 'x'::text",
+        &[],
+        "22023",
+        "INVALID_ARGUMENT",
+    );
     ck.refused("probe wrong state", "SELECT 1/0", &[], "22023", "");
-    ck.refused("probe wrong code", "SELECT amba_assign('', 'u')", &[], "22023", "EXPERIMENT_NOT_FOUND");
-    ck.refused("probe right", "SELECT amba_assign('', 'u')", &[], "22023", "INVALID_ARGUMENT");
+    ck.refused(
+        "probe wrong code",
+        "SELECT amba_assign('', 'u')",
+        &[],
+        "22023",
+        "EXPERIMENT_NOT_FOUND",
+    );
+    ck.refused(
+        "probe right",
+        "SELECT amba_assign('', 'u')",
+        &[],
+        "22023",
+        "INVALID_ARGUMENT",
+    );
     ck.accepted("probe refused", "SELECT 1/0", &[]);
     ck.returns("probe wrong value", "SELECT 'a'::text", &[], Some("b"));
     assert_eq!(ck.failures.len(), 5, "{:?}", ck.failures);

@@ -15,7 +15,8 @@ fn pgdata() -> String {
 }
 
 fn postmaster_pid() -> i32 {
-    let pidfile = std::fs::read_to_string(format!("{}/postmaster.pid", pgdata())).expect("the cluster of scripts/pg.sh is running");
+    let pidfile = std::fs::read_to_string(format!("{}/postmaster.pid", pgdata()))
+        .expect("the cluster of scripts/pg.sh is running");
     pidfile.lines().next().unwrap().trim().parse().unwrap()
 }
 
@@ -23,8 +24,12 @@ fn postmaster_pid() -> i32 {
 fn children(pid: i32) -> Vec<i32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
         // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         let ppid: i32 = after.split(' ').nth(1).unwrap().parse().unwrap();
@@ -36,13 +41,19 @@ fn children(pid: i32) -> Vec<i32> {
 }
 
 fn kill9(pid: i32) {
-    let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -KILL {pid}");
 }
 
 fn start_cluster() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg.sh");
-    let status = std::process::Command::new("bash").args([script, "start"]).status().unwrap();
+    let status = std::process::Command::new("bash")
+        .args([script, "start"])
+        .status()
+        .unwrap();
     assert!(status.success(), "restarting the cluster");
 }
 
@@ -67,7 +78,10 @@ fn assignments_that_returned_survive_a_server_crash() {
                 match c.query_one(&stmt, &[&key, &user]) {
                     Ok(row) => returned.lock().unwrap().push((user, row.get(0))),
                     Err(e) => {
-                        assert!(crashed.load(Ordering::SeqCst), "failed before the crash: {e}");
+                        assert!(
+                            crashed.load(Ordering::SeqCst),
+                            "failed before the crash: {e}"
+                        );
                         failures += 1;
                         return failures;
                     }
@@ -88,7 +102,9 @@ fn assignments_that_returned_survive_a_server_crash() {
     crashed.store(true, Ordering::SeqCst);
     kill9(postmaster);
     for pid in &backends {
-        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
     for t in threads {
         assert_eq!(t.join().unwrap(), 1, "every connection saw the crash once");
@@ -96,8 +112,14 @@ fn assignments_that_returned_survive_a_server_crash() {
     let returned = returned.lock().unwrap().clone();
     // Restart only once every process of the old server is gone (reaped), as after a reboot.
     let gone_by = Instant::now() + Duration::from_secs(60);
-    while std::iter::once(&postmaster).chain(&backends).any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
-        assert!(Instant::now() < gone_by, "the killed postmaster is still there");
+    while std::iter::once(&postmaster)
+        .chain(&backends)
+        .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    {
+        assert!(
+            Instant::now() < gone_by,
+            "the killed postmaster is still there"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     start_cluster();
@@ -115,10 +137,19 @@ fn assignments_that_returned_survive_a_server_crash() {
     let mut lost = Vec::new();
     for (user, variant) in &returned {
         if stored.get(user) != Some(variant) {
-            lost.push(format!("{user}: returned {variant}, stored {:?}", stored.get(user)));
+            lost.push(format!(
+                "{user}: returned {variant}, stored {:?}",
+                stored.get(user)
+            ));
         }
     }
-    assert!(lost.is_empty(), "{} of {} returned assignments lost or changed:\n{}", lost.len(), returned.len(), lost.join("\n"));
+    assert!(
+        lost.is_empty(),
+        "{} of {} returned assignments lost or changed:\n{}",
+        lost.len(),
+        returned.len(),
+        lost.join("\n")
+    );
     // Sticky after recovery, for a sample of them.
     let stmt = c.prepare("SELECT amba_assign($1, $2)").unwrap();
     for (user, variant) in returned.iter().step_by(17) {

@@ -27,7 +27,10 @@ fn each_day_equals_amba_results_on_the_data_of_that_day() {
         &[&key],
     )
     .unwrap();
-    let id: i64 = c.query_one("SELECT id FROM amba.experiments WHERE key = $1", &[&key]).unwrap().get(0);
+    let id: i64 = c
+        .query_one("SELECT id FROM amba.experiments WHERE key = $1", &[&key])
+        .unwrap()
+        .get(0);
     // 600 users over days 0..9 (UTC), exposed 0..2 days after assignment (some never),
     // converting 0..5 days after exposure (some before assignment: never counts); a quiet
     // day 6 with no activity; the last event on day 12.
@@ -65,7 +68,12 @@ fn each_day_equals_amba_results_on_the_data_of_that_day() {
             &[&key, &event],
         )
         .unwrap();
-    let days: Vec<String> = daily.iter().map(|r| r.get::<_, String>(0)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let days: Vec<String> = daily
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     assert_eq!(days.first().map(String::as_str), Some("2026-10-01"));
     // Through the latest exposure or event of an assigned user, every calendar day.
     let last: String = c
@@ -85,8 +93,17 @@ fn each_day_equals_amba_results_on_the_data_of_that_day() {
     let mut failures = Vec::new();
     let mut checked_cs = 0;
     for (d, day) in days.iter().enumerate() {
-        let rows: Vec<_> = daily.iter().filter(|r| r.get::<_, String>(0) == *day).collect();
-        assert_eq!(rows.iter().map(|r| r.get::<_, String>(1)).collect::<Vec<_>>(), ["c", "t", "u"], "{day}: variant order");
+        let rows: Vec<_> = daily
+            .iter()
+            .filter(|r| r.get::<_, String>(0) == *day)
+            .collect();
+        assert_eq!(
+            rows.iter()
+                .map(|r| r.get::<_, String>(1))
+                .collect::<Vec<_>>(),
+            ["c", "t", "u"],
+            "{day}: variant order"
+        );
         let mut tx = c.transaction().unwrap();
         let end = format!("{day} 00:00+00");
         tx.execute("DELETE FROM amba.exposures WHERE experiment_id = $1 AND exposed_at >= $2::text::timestamptz + interval '1 day'", &[&id, &end]).unwrap();
@@ -101,10 +118,23 @@ fn each_day_equals_amba_results_on_the_data_of_that_day() {
         tx.rollback().unwrap();
         for (got, want) in rows.iter().zip(&want) {
             let v: String = got.get(1);
-            if (got.get::<_, i64>(3), got.get::<_, i64>(4)) != (want.get::<_, i64>(1), want.get::<_, i64>(2)) {
-                failures.push(format!("{day} {v}: counts {:?} vs {:?}", (got.get::<_, i64>(3), got.get::<_, i64>(4)), (want.get::<_, i64>(1), want.get::<_, i64>(2))));
+            if (got.get::<_, i64>(3), got.get::<_, i64>(4))
+                != (want.get::<_, i64>(1), want.get::<_, i64>(2))
+            {
+                failures.push(format!(
+                    "{day} {v}: counts {:?} vs {:?}",
+                    (got.get::<_, i64>(3), got.get::<_, i64>(4)),
+                    (want.get::<_, i64>(1), want.get::<_, i64>(2))
+                ));
             }
-            for (g, w, name) in [(5, 3, "rate"), (6, 4, "lift"), (7, 5, "ci_low"), (8, 6, "ci_high"), (9, 7, "p"), (10, 8, "seq_p")] {
+            for (g, w, name) in [
+                (5, 3, "rate"),
+                (6, 4, "lift"),
+                (7, 5, "ci_low"),
+                (8, 6, "ci_high"),
+                (9, 7, "p"),
+                (10, 8, "seq_p"),
+            ] {
                 let (gv, wv): (Option<f64>, Option<f64>) = (got.get(g), want.get(w));
                 if !close(gv, wv) {
                     failures.push(format!("{day} {v}: {name} {gv:?} vs {wv:?}"));
@@ -121,15 +151,26 @@ fn each_day_equals_amba_results_on_the_data_of_that_day() {
                 }
                 Some(lift) => {
                     let control = &rows[0];
-                    let (n_c, x_c) = (control.get::<_, i64>(3) as f64, control.get::<_, i64>(4) as f64);
+                    let (n_c, x_c) = (
+                        control.get::<_, i64>(3) as f64,
+                        control.get::<_, i64>(4) as f64,
+                    );
                     let (n_t, x_t) = (got.get::<_, i64>(3) as f64, got.get::<_, i64>(4) as f64);
                     let (p_c, p_t) = (x_c / n_c, x_t / n_t);
-                    let var = p_t * (1.0 - p_t) / (p_c * p_c * n_t) + p_c * (1.0 - p_c) * p_t * p_t / (p_c.powi(4) * n_c);
+                    let var = p_t * (1.0 - p_t) / (p_c * p_c * n_t)
+                        + p_c * (1.0 - p_c) * p_t * p_t / (p_c.powi(4) * n_c);
                     let n = n_t + n_c;
                     let r2 = rho2(0.05);
-                    let half = (var * n).sqrt() * (2.0 * (n * r2 + 1.0) * ((n * r2 + 1.0).sqrt() / 0.05).ln() / (n * n * r2)).sqrt();
+                    let half = (var * n).sqrt()
+                        * (2.0 * (n * r2 + 1.0) * ((n * r2 + 1.0).sqrt() / 0.05).ln()
+                            / (n * n * r2))
+                            .sqrt();
                     if !close(cs_low, Some(lift - half)) || !close(cs_high, Some(lift + half)) {
-                        failures.push(format!("{day} {v}: cs {cs_low:?}..{cs_high:?} vs {}..{}", lift - half, lift + half));
+                        failures.push(format!(
+                            "{day} {v}: cs {cs_low:?}..{cs_high:?} vs {}..{}",
+                            lift - half,
+                            lift + half
+                        ));
                     }
                     checked_cs += 1;
                 }
@@ -137,10 +178,20 @@ fn each_day_equals_amba_results_on_the_data_of_that_day() {
         }
         let _ = d;
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(checked_cs >= 10, "too few days with a lift: {checked_cs}");
     // Nobody exposed: no rows.
     let empty = unique("daily_empty");
     c.execute("SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[&empty]).unwrap();
-    assert_eq!(c.query("SELECT * FROM amba_results_daily($1, 'x')", &[&empty]).unwrap().len(), 0);
+    assert_eq!(
+        c.query("SELECT * FROM amba_results_daily($1, 'x')", &[&empty])
+            .unwrap()
+            .len(),
+        0
+    );
 }

@@ -25,13 +25,19 @@ fn check(vars: &[(String, String)]) -> (bool, String) {
         .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn placeholder_and_short_secrets_are_refused_real_ones_pass() {
     let example = example_values();
-    assert!(example.iter().any(|(k, _)| k == "PGRST_JWT_SECRET"), "{example:?}");
+    assert!(
+        example.iter().any(|(k, _)| k == "PGRST_JWT_SECRET"),
+        "{example:?}"
+    );
     let (ok, msg) = check(&example);
     assert!(!ok, "the example values were accepted");
     assert!(msg.contains("PGRST_JWT_SECRET"), "{msg}");
@@ -53,5 +59,8 @@ fn placeholder_and_short_secrets_are_refused_real_ones_pass() {
     let (ok, msg) = check(&good("0123456789abcdef0123456789abcdef-real-secret"));
     assert!(ok, "real values refused: {msg}");
     let (ok, msg) = check(&good("short-secret"));
-    assert!(!ok && msg.contains("PGRST_JWT_SECRET"), "a 12-character JWT secret was accepted: {msg}");
+    assert!(
+        !ok && msg.contains("PGRST_JWT_SECRET"),
+        "a 12-character JWT secret was accepted: {msg}"
+    );
 }

@@ -5,19 +5,27 @@
 //! Each test that plants objects works in its own database, so nothing leaks into the
 //! other tests' database.
 
-use amba_integration_tests::{Db, connect, database_url, unique};
+use amba_integration_tests::{connect, database_url, unique, Db};
 use postgres::{Client, NoTls};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-
 fn db_error(e: postgres::Error) -> (String, String) {
-    let d = e.as_db_error().unwrap_or_else(|| panic!("not a database error: {e}"));
+    let d = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {e}"));
     (d.code().code().to_string(), d.message().to_string())
 }
 
 /// One PostgREST request replayed: role switch, claims, headers, path, pre-request, call.
-fn http_call(c: &mut Client, role: &str, sub: Option<&str>, api_key: &str, path: &str, call: &str) -> Result<String, (String, String)> {
+fn http_call(
+    c: &mut Client,
+    role: &str,
+    sub: Option<&str>,
+    api_key: &str,
+    path: &str,
+    call: &str,
+) -> Result<String, (String, String)> {
     let mut tx = c.transaction().unwrap();
     tx.batch_execute(&format!("SET LOCAL ROLE {role}")).unwrap();
     let claims = match sub {
@@ -66,8 +74,17 @@ fn look_alikes_in_the_extension_schema_never_run_and_the_schema_may_need_quoting
         "#,
     )
     .unwrap();
-    let admin_key: String = c.query_one(r#"SELECT "App-1".amba_create_api_key('admin', 'admin')"#, &[]).unwrap().get(0);
-    let client_key: String = c.query_one(r#"SELECT "App-1".amba_create_api_key('web')"#, &[]).unwrap().get(0);
+    let admin_key: String = c
+        .query_one(
+            r#"SELECT "App-1".amba_create_api_key('admin', 'admin')"#,
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let client_key: String = c
+        .query_one(r#"SELECT "App-1".amba_create_api_key('web')"#, &[])
+        .unwrap()
+        .get(0);
 
     let created = http_call(
         &mut c,
@@ -81,16 +98,35 @@ fn look_alikes_in_the_extension_schema_never_run_and_the_schema_may_need_quoting
     for (path, call) in [
         ("/rpc/assign", "amba_api.assign('inj')"),
         ("/rpc/expose", "amba_api.expose('inj')"),
-        ("/rpc/track", "amba_api.track('buy', '{\"amount\": 3}'::jsonb)"),
+        (
+            "/rpc/track",
+            "amba_api.track('buy', '{\"amount\": 3}'::jsonb)",
+        ),
         ("/rpc/peek", "amba_api.peek('inj')"),
     ] {
-        let out = http_call(&mut c, "amba_client", Some("user-1"), &client_key, path, call);
+        let out = http_call(
+            &mut c,
+            "amba_client",
+            Some("user-1"),
+            &client_key,
+            path,
+            call,
+        );
         assert!(out.is_ok(), "{path}: {out:?}");
     }
-    let results = http_call(&mut c, "amba_admin", None, &admin_key, "/rpc/experiments_results",
-        "(SELECT count(*) FROM amba_api.experiments_results('inj', 'buy'))");
+    let results = http_call(
+        &mut c,
+        "amba_admin",
+        None,
+        &admin_key,
+        "/rpc/experiments_results",
+        "(SELECT count(*) FROM amba_api.experiments_results('inj', 'buy'))",
+    );
     assert_eq!(results, Ok("2".to_string()));
-    let injected: i64 = c.query_one("SELECT count(*) FROM public.injected", &[]).unwrap().get(0);
+    let injected: i64 = c
+        .query_one("SELECT count(*) FROM public.injected", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(injected, 0, "a look-alike ran");
 
     // The SECURITY DEFINER functions are owned by amba_owner, which is no superuser and
@@ -104,16 +140,34 @@ fn look_alikes_in_the_extension_schema_never_run_and_the_schema_may_need_quoting
             &[],
         )
         .unwrap();
-    assert_eq!(definers.len(), 6, "assign, expose, track, peek, pre_request, _my_assignments");
+    assert_eq!(
+        definers.len(),
+        6,
+        "assign, expose, track, peek, pre_request, _my_assignments"
+    );
     for r in &definers {
-        let (name, owner, sup, login, src): (String, String, bool, bool, String) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        assert_eq!((owner.as_str(), sup, login), ("amba_owner", false, false), "{name}");
-        assert!(!src.contains("App-1") && !src.contains(".amba_"), "{name} calls into the extension's schema:\n{src}");
+        let (name, owner, sup, login, src): (String, String, bool, bool, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        assert_eq!(
+            (owner.as_str(), sup, login),
+            ("amba_owner", false, false),
+            "{name}"
+        );
+        assert!(
+            !src.contains("App-1") && !src.contains(".amba_"),
+            "{name} calls into the extension's schema:\n{src}"
+        );
     }
     // The public API works through the quoted schema too (where no look-alike shadows it).
-    let v: Option<String> = c.query_one(r#"SELECT "App-1".amba_peek('inj', 'user-1')"#, &[]).unwrap().get(0);
+    let v: Option<String> = c
+        .query_one(r#"SELECT "App-1".amba_peek('inj', 'user-1')"#, &[])
+        .unwrap()
+        .get(0);
     assert!(v.is_some());
-    let b: f64 = c.query_one(r#"SELECT "App-1".amba_bucket('inj', 'user-2')"#, &[]).unwrap().get(0);
+    let b: f64 = c
+        .query_one(r#"SELECT "App-1".amba_bucket('inj', 'user-2')"#, &[])
+        .unwrap()
+        .get(0);
     assert!((0.0..1.0).contains(&b));
 }
 
@@ -127,7 +181,12 @@ fn each_statement_sees_committed_definitions_inside_a_transaction() {
     let mut a = connect();
     let mut other = connect();
     let mut tx = a.transaction().unwrap();
-    assert_eq!(tx.query("SELECT * FROM amba_results($1, 'buy')", &[&key]).unwrap().len(), 2);
+    assert_eq!(
+        tx.query("SELECT * FROM amba_results($1, 'buy')", &[&key])
+            .unwrap()
+            .len(),
+        2
+    );
     // Another session adds a variant and moves all new traffic to it.
     other
         .execute(
@@ -135,22 +194,52 @@ fn each_statement_sees_committed_definitions_inside_a_transaction() {
             &[&key],
         )
         .unwrap();
-    assert_eq!(tx.query("SELECT * FROM amba_results($1, 'buy')", &[&key]).unwrap().len(), 3, "results kept the old variants");
-    let v: String = tx.query_one("SELECT amba_assign($1, 'new-user')", &[&key]).unwrap().get(0);
+    assert_eq!(
+        tx.query("SELECT * FROM amba_results($1, 'buy')", &[&key])
+            .unwrap()
+            .len(),
+        3,
+        "results kept the old variants"
+    );
+    let v: String = tx
+        .query_one("SELECT amba_assign($1, 'new-user')", &[&key])
+        .unwrap()
+        .get(0);
     assert_eq!(v, "c", "assign used the old weights");
-    let peek: Option<String> = tx.query_one("SELECT amba_peek($1, 'other-user')", &[&key]).unwrap().get(0);
+    let peek: Option<String> = tx
+        .query_one("SELECT amba_peek($1, 'other-user')", &[&key])
+        .unwrap()
+        .get(0);
     assert_eq!(peek.as_deref(), Some("c"));
     // Paused by the other session: a new user in the same transaction is refused.
-    other.execute("SELECT amba_update_experiment($1, status => 'paused')", &[&key]).unwrap();
-    let (state, msg) = db_error(tx.query_one("SELECT amba_assign($1, 'late-user')", &[&key]).unwrap_err());
+    other
+        .execute(
+            "SELECT amba_update_experiment($1, status => 'paused')",
+            &[&key],
+        )
+        .unwrap();
+    let (state, msg) = db_error(
+        tx.query_one("SELECT amba_assign($1, 'late-user')", &[&key])
+            .unwrap_err(),
+    );
     assert_eq!(state, "55000", "{msg}");
     tx.rollback().unwrap();
 
     // Deleted by another session: the next statement reports EXPERIMENT_NOT_FOUND.
     let mut tx = a.transaction().unwrap();
-    assert_eq!(tx.query("SELECT * FROM amba_results($1, 'buy')", &[&key]).unwrap().len(), 3);
-    other.execute("SELECT amba_delete_experiment($1)", &[&key]).unwrap();
-    let (state, msg) = db_error(tx.query("SELECT * FROM amba_results($1, 'buy')", &[&key]).unwrap_err());
+    assert_eq!(
+        tx.query("SELECT * FROM amba_results($1, 'buy')", &[&key])
+            .unwrap()
+            .len(),
+        3
+    );
+    other
+        .execute("SELECT amba_delete_experiment($1)", &[&key])
+        .unwrap();
+    let (state, msg) = db_error(
+        tx.query("SELECT * FROM amba_results($1, 'buy')", &[&key])
+            .unwrap_err(),
+    );
     assert_eq!(state, "P0002");
     assert!(msg.starts_with("EXPERIMENT_NOT_FOUND:"), "{msg}");
     tx.rollback().unwrap();
@@ -185,32 +274,54 @@ fn user_in_bucket(c: &mut Client, key: &str, lo: f64, hi: f64) -> String {
 
 #[test]
 fn repeatable_read_removal_and_first_assignment_never_both_commit() {
-    let variants = "[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1},{\"key\":\"x\",\"weight\":1}]";
+    let variants =
+        "[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1},{\"key\":\"x\",\"weight\":1}]";
     let without_x = "[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]";
     let mut observer = connect();
 
     // 1. The assignment first: the REPEATABLE READ removal, whose snapshot predates it,
     //    waits for it and then refuses (the latest snapshot sees the assignment).
     let key = unique("rr_assign_first");
-    observer.execute("SELECT amba_create_experiment($1, $2::text::jsonb)", &[&key, &variants]).unwrap();
+    observer
+        .execute(
+            "SELECT amba_create_experiment($1, $2::text::jsonb)",
+            &[&key, &variants],
+        )
+        .unwrap();
     let user = user_in_bucket(&mut observer, &key, 0.7, 1.0);
     let mut assigner = connect();
     let mut remover = connect();
-    remover.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1").unwrap();
+    remover
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
     assigner.batch_execute("BEGIN").unwrap();
-    let v: String = assigner.query_one("SELECT amba_assign($1, $2)", &[&key, &user]).unwrap().get(0);
+    let v: String = assigner
+        .query_one("SELECT amba_assign($1, $2)", &[&key, &user])
+        .unwrap()
+        .get(0);
     assert_eq!(v, "x");
-    let remover_pid: i32 = remover.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let remover_pid: i32 = remover
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
     let (tx, rx) = mpsc::channel();
     let (k, w) = (key.clone(), without_x.to_string());
     let handle = std::thread::spawn(move || {
-        let r = remover.query_one("SELECT amba_update_experiment($1, $2::text::jsonb)", &[&k, &w]).map(|_| ());
+        let r = remover
+            .query_one(
+                "SELECT amba_update_experiment($1, $2::text::jsonb)",
+                &[&k, &w],
+            )
+            .map(|_| ());
         tx.send(r.map_err(db_error)).unwrap();
         let _ = remover.batch_execute("ROLLBACK");
     });
     wait_until_blocked(&mut observer, remover_pid);
     assigner.batch_execute("COMMIT").unwrap();
-    let (state, msg) = rx.recv().unwrap().expect_err("the removal committed beside the assignment");
+    let (state, msg) = rx
+        .recv()
+        .unwrap()
+        .expect_err("the removal committed beside the assignment");
     handle.join().unwrap();
     assert_eq!(state, "22023", "{msg}");
     assert!(msg.contains("has assignments"), "{msg}");
@@ -223,27 +334,50 @@ fn repeatable_read_removal_and_first_assignment_never_both_commit() {
     // 2. The removal first: a REPEATABLE READ first assignment whose snapshot still has x
     //    waits for it, then fails with a serialization failure (the client retries).
     let key = unique("rr_remove_first");
-    observer.execute("SELECT amba_create_experiment($1, $2::text::jsonb)", &[&key, &variants]).unwrap();
+    observer
+        .execute(
+            "SELECT amba_create_experiment($1, $2::text::jsonb)",
+            &[&key, &variants],
+        )
+        .unwrap();
     let user = user_in_bucket(&mut observer, &key, 0.7, 1.0);
     let mut assigner = connect();
     let mut remover = connect();
-    assigner.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").unwrap();
+    assigner
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
     // Its snapshot: x is still there (and the definition is cached by this statement).
-    let peek: Option<String> = assigner.query_one("SELECT amba_peek($1, $2)", &[&key, &user]).unwrap().get(0);
+    let peek: Option<String> = assigner
+        .query_one("SELECT amba_peek($1, $2)", &[&key, &user])
+        .unwrap()
+        .get(0);
     assert_eq!(peek.as_deref(), Some("x"));
     remover.batch_execute("BEGIN").unwrap();
-    remover.query_one("SELECT amba_update_experiment($1, $2::text::jsonb)", &[&key, &without_x]).unwrap();
-    let assigner_pid: i32 = assigner.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    remover
+        .query_one(
+            "SELECT amba_update_experiment($1, $2::text::jsonb)",
+            &[&key, &without_x],
+        )
+        .unwrap();
+    let assigner_pid: i32 = assigner
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
     let (tx, rx) = mpsc::channel();
     let (k, u) = (key.clone(), user.clone());
     let handle = std::thread::spawn(move || {
-        let r = assigner.query_one("SELECT amba_assign($1, $2)", &[&k, &u]).map(|r| r.get::<_, String>(0));
+        let r = assigner
+            .query_one("SELECT amba_assign($1, $2)", &[&k, &u])
+            .map(|r| r.get::<_, String>(0));
         tx.send(r.map_err(db_error)).unwrap();
         let _ = assigner.batch_execute("ROLLBACK");
     });
     wait_until_blocked(&mut observer, assigner_pid);
     remover.batch_execute("COMMIT").unwrap();
-    let (state, msg) = rx.recv().unwrap().expect_err("the assignment to a removed variant committed");
+    let (state, msg) = rx
+        .recv()
+        .unwrap()
+        .expect_err("the assignment to a removed variant committed");
     handle.join().unwrap();
     assert_eq!(state, "40001", "{msg}");
     let n: i64 = observer
@@ -252,7 +386,10 @@ fn repeatable_read_removal_and_first_assignment_never_both_commit() {
         .get(0);
     assert_eq!(n, 0);
     // Retried (a new transaction), the user gets a variant that exists.
-    let v: String = observer.query_one("SELECT amba_assign($1, $2)", &[&key, &user]).unwrap().get(0);
+    let v: String = observer
+        .query_one("SELECT amba_assign($1, $2)", &[&key, &user])
+        .unwrap()
+        .get(0);
     assert!(["a", "b"].contains(&v.as_str()));
 }
 
@@ -263,21 +400,39 @@ fn delete_racing_a_first_assignment_takes_it_along() {
     observer
         .execute("SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[&key])
         .unwrap();
-    let id: i64 = observer.query_one("SELECT id FROM amba.experiments WHERE key = $1", &[&key]).unwrap().get(0);
+    let id: i64 = observer
+        .query_one("SELECT id FROM amba.experiments WHERE key = $1", &[&key])
+        .unwrap()
+        .get(0);
     let mut assigner = connect();
     assigner.batch_execute("BEGIN").unwrap();
-    assigner.query_one("SELECT amba_assign($1, 'racer')", &[&key]).unwrap();
-    assigner.query_one("SELECT amba_expose($1, 'racer')", &[&key]).unwrap();
+    assigner
+        .query_one("SELECT amba_assign($1, 'racer')", &[&key])
+        .unwrap();
+    assigner
+        .query_one("SELECT amba_expose($1, 'racer')", &[&key])
+        .unwrap();
     let mut deleter = connect();
-    let deleter_pid: i32 = deleter.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let deleter_pid: i32 = deleter
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
     let k = key.clone();
-    let handle = std::thread::spawn(move || deleter.query_one("SELECT amba_delete_experiment($1)", &[&k]).unwrap().get::<_, bool>(0));
+    let handle = std::thread::spawn(move || {
+        deleter
+            .query_one("SELECT amba_delete_experiment($1)", &[&k])
+            .unwrap()
+            .get::<_, bool>(0)
+    });
     wait_until_blocked(&mut observer, deleter_pid);
     assigner.batch_execute("COMMIT").unwrap();
     assert!(handle.join().unwrap());
     for table in ["assignments", "exposures"] {
         let n: i64 = observer
-            .query_one(&format!("SELECT count(*) FROM amba.{table} WHERE experiment_id = $1"), &[&id])
+            .query_one(
+                &format!("SELECT count(*) FROM amba.{table} WHERE experiment_id = $1"),
+                &[&id],
+            )
             .unwrap()
             .get(0);
         assert_eq!(n, 0, "{table} left behind");
@@ -303,8 +458,15 @@ fn the_audit_trail_is_append_only_for_admins() {
         tx.batch_execute("SET LOCAL ROLE amba_admin").unwrap();
     }
     // Admins still change experiments, and each change is appended.
-    tx.execute("SELECT amba_update_experiment($1, status => 'paused')", &[&key]).unwrap();
-    let n: i64 = tx.query_one("SELECT count(*) FROM amba_experiment_history($1)", &[&key]).unwrap().get(0);
+    tx.execute(
+        "SELECT amba_update_experiment($1, status => 'paused')",
+        &[&key],
+    )
+    .unwrap();
+    let n: i64 = tx
+        .query_one("SELECT count(*) FROM amba_experiment_history($1)", &[&key])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2);
 }
 
@@ -323,14 +485,28 @@ fn an_existing_role_that_can_log_in_is_reused_with_a_warning() {
         })
         .connect(connector)
         .unwrap();
-    connect().batch_execute("ALTER ROLE amba_analyst LOGIN").unwrap();
+    connect()
+        .batch_execute("ALTER ROLE amba_analyst LOGIN")
+        .unwrap();
     let created = notices.batch_execute("CREATE EXTENSION amba");
-    connect().batch_execute("ALTER ROLE amba_analyst NOLOGIN").unwrap();
+    connect()
+        .batch_execute("ALTER ROLE amba_analyst NOLOGIN")
+        .unwrap();
     created.unwrap();
     let got: Vec<String> = rx.try_iter().collect();
-    assert!(got.iter().any(|m| m.contains("amba_analyst") && m.contains("can log in")), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|m| m.contains("amba_analyst") && m.contains("can log in")),
+        "{got:?}"
+    );
     c = db.client();
-    let n: i64 = c.query_one("SELECT count(*) FROM pg_roles WHERE rolname = 'amba_analyst' AND NOT rolcanlogin", &[]).unwrap().get(0);
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'amba_analyst' AND NOT rolcanlogin",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
 }
 
@@ -339,12 +515,28 @@ fn the_bucketing_version_is_stored_and_checked() {
     let mut c = connect();
     let key = unique("bucketing_version");
     c.execute("SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[&key]).unwrap();
-    let stored: i16 = c.query_one("SELECT bucketing_version FROM amba.experiments WHERE key = $1", &[&key]).unwrap().get(0);
+    let stored: i16 = c
+        .query_one(
+            "SELECT bucketing_version FROM amba.experiments WHERE key = $1",
+            &[&key],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(stored, 1);
     // An experiment stored under another bucketing rule is refused, not silently re-bucketed.
-    c.execute("UPDATE amba.experiments SET bucketing_version = 2 WHERE key = $1", &[&key]).unwrap();
+    c.execute(
+        "UPDATE amba.experiments SET bucketing_version = 2 WHERE key = $1",
+        &[&key],
+    )
+    .unwrap();
     for f in ["amba_assign", "amba_peek"] {
-        let (state, msg) = db_error(c.query_one(&format!("SELECT {f}($1, 'someone')::text"), &[&key]).unwrap_err());
-        assert!(state == "22023" && msg.contains("bucketing version 2"), "{f}: {state} {msg}");
+        let (state, msg) = db_error(
+            c.query_one(&format!("SELECT {f}($1, 'someone')::text"), &[&key])
+                .unwrap_err(),
+        );
+        assert!(
+            state == "22023" && msg.contains("bucketing version 2"),
+            "{f}: {state} {msg}"
+        );
     }
 }

@@ -1952,7 +1952,6 @@ fn harness_matches_postgrest_routing() {
     assert_eq!(error_response(&err, true).0, 403);
 }
 
-
 // ------------------------------------------------------------------------------------------
 // 0.2.0 endpoints (CONTRACT 5b)
 // ------------------------------------------------------------------------------------------
@@ -1962,24 +1961,69 @@ fn client_peek_tells_the_session_users_variant_and_writes_nothing() {
     let key = unique("http_peek");
     assert_eq!(admin_create(&key, two_variants(), None).0, 200);
     let user = unique("peeker");
-    let peeked = get(&format!("/rpc/peek?experiment_key={}", url(&key)), client_headers(), client_jwt(&user));
+    let peeked = get(
+        &format!("/rpc/peek?experiment_key={}", url(&key)),
+        client_headers(),
+        client_jwt(&user),
+    );
     assert_eq!(peeked.0, 200, "{peeked:?}");
     assert_eq!(peeked.1["experiment_key"], key.as_str());
     let variant = peeked.1["variant"].as_str().expect("a variant").to_string();
     let mine = get("/my_assignments", client_headers(), client_jwt(&user));
-    assert!(mine.1.as_array().unwrap().iter().all(|r| r["experiment_key"] != key.as_str()), "peek enrolled the user");
-    let assigned = post("/rpc/assign", client_headers(), client_jwt(&user), json!({"experiment_key": key}));
+    assert!(
+        mine.1
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["experiment_key"] != key.as_str()),
+        "peek enrolled the user"
+    );
+    let assigned = post(
+        "/rpc/assign",
+        client_headers(),
+        client_jwt(&user),
+        json!({"experiment_key": key}),
+    );
     assert_eq!(assigned.1["variant"], variant.as_str());
     // Paused: a new user peeks null, not 409.
-    let paused = post("/rpc/experiments_update", admin_headers(), admin_jwt(), json!({"experiment_key": key, "status": "paused"}));
+    let paused = post(
+        "/rpc/experiments_update",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key, "status": "paused"}),
+    );
     assert_eq!(paused.0, 200);
-    let none = get(&format!("/rpc/peek?experiment_key={}", url(&key)), client_headers(), client_jwt(&unique("late")));
+    let none = get(
+        &format!("/rpc/peek?experiment_key={}", url(&key)),
+        client_headers(),
+        client_jwt(&unique("late")),
+    );
     assert_eq!(none, (200, json!({"experiment_key": key, "variant": null})));
-    assert_error(&get("/rpc/peek?experiment_key=no-such-exp", client_headers(), client_jwt(&user)), 404, "EXPERIMENT_NOT_FOUND");
+    assert_error(
+        &get(
+            "/rpc/peek?experiment_key=no-such-exp",
+            client_headers(),
+            client_jwt(&user),
+        ),
+        404,
+        "EXPERIMENT_NOT_FOUND",
+    );
     // A user id in the query is not a parameter of peek.
-    let forged = get(&format!("/rpc/peek?experiment_key={}&user_id=other", url(&key)), client_headers(), client_jwt(&user));
+    let forged = get(
+        &format!("/rpc/peek?experiment_key={}&user_id=other", url(&key)),
+        client_headers(),
+        client_jwt(&user),
+    );
     assert_eq!(forged.0, 404, "{forged:?}");
-    assert_error(&get(&format!("/rpc/peek?experiment_key={}", url(&key)), admin_headers(), admin_jwt()), 403, "FORBIDDEN");
+    assert_error(
+        &get(
+            &format!("/rpc/peek?experiment_key={}", url(&key)),
+            admin_headers(),
+            admin_jwt(),
+        ),
+        403,
+        "FORBIDDEN",
+    );
 }
 
 #[test]
@@ -1987,35 +2031,97 @@ fn admin_overrides_and_alias_endpoints() {
     let key = unique("http_ovr");
     assert_eq!(admin_create(&key, two_variants(), Some("draft")).0, 200);
     let qa = unique("qa");
-    let set = post("/rpc/overrides_set", admin_headers(), admin_jwt(), json!({"experiment_key": key, "user_id": qa, "variant": "treatment"}));
+    let set = post(
+        "/rpc/overrides_set",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key, "user_id": qa, "variant": "treatment"}),
+    );
     assert_eq!(set.0, 200, "{set:?}");
-    assert_eq!((set.1["user_id"].as_str(), set.1["variant"].as_str()), (Some(qa.as_str()), Some("treatment")));
+    assert_eq!(
+        (set.1["user_id"].as_str(), set.1["variant"].as_str()),
+        (Some(qa.as_str()), Some("treatment"))
+    );
     // The QA user sees the forced variant on a draft experiment through the client API.
-    let assigned = post("/rpc/assign", client_headers(), client_jwt(&qa), json!({"experiment_key": key}));
-    assert_eq!(assigned, (200, json!({"experiment_key": key, "variant": "treatment"})));
-    let listed = get(&format!("/rpc/overrides_list?experiment_key={}", url(&key)), admin_headers(), admin_jwt());
+    let assigned = post(
+        "/rpc/assign",
+        client_headers(),
+        client_jwt(&qa),
+        json!({"experiment_key": key}),
+    );
+    assert_eq!(
+        assigned,
+        (200, json!({"experiment_key": key, "variant": "treatment"}))
+    );
+    let listed = get(
+        &format!("/rpc/overrides_list?experiment_key={}", url(&key)),
+        admin_headers(),
+        admin_jwt(),
+    );
     assert_eq!(listed.0, 200);
     assert_eq!(listed.1.as_array().unwrap().len(), 1);
     assert_eq!(listed.1[0]["user_id"], qa.as_str());
     assert_error(
-        &post("/rpc/overrides_set", admin_headers(), admin_jwt(), json!({"experiment_key": key, "user_id": qa, "variant": "nope"})),
+        &post(
+            "/rpc/overrides_set",
+            admin_headers(),
+            admin_jwt(),
+            json!({"experiment_key": key, "user_id": qa, "variant": "nope"}),
+        ),
         400,
         "INVALID_ARGUMENT",
     );
-    let cleared = post("/rpc/overrides_clear", admin_headers(), admin_jwt(), json!({"experiment_key": key, "user_id": qa}));
+    let cleared = post(
+        "/rpc/overrides_clear",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key, "user_id": qa}),
+    );
     assert_eq!(cleared, (200, json!(true)));
     for (method, path, body) in [
-        ("POST", "/rpc/overrides_set", json!({"experiment_key": "no-such-exp", "user_id": "u", "variant": "control"})),
-        ("POST", "/rpc/overrides_clear", json!({"experiment_key": "no-such-exp", "user_id": "u"})),
-        ("GET", "/rpc/overrides_list?experiment_key=no-such-exp", Value::Null),
+        (
+            "POST",
+            "/rpc/overrides_set",
+            json!({"experiment_key": "no-such-exp", "user_id": "u", "variant": "control"}),
+        ),
+        (
+            "POST",
+            "/rpc/overrides_clear",
+            json!({"experiment_key": "no-such-exp", "user_id": "u"}),
+        ),
+        (
+            "GET",
+            "/rpc/overrides_list?experiment_key=no-such-exp",
+            Value::Null,
+        ),
     ] {
-        assert_error(&request(method, path, admin_headers(), admin_jwt(), body), 404, "EXPERIMENT_NOT_FOUND");
+        assert_error(
+            &request(method, path, admin_headers(), admin_jwt(), body),
+            404,
+            "EXPERIMENT_NOT_FOUND",
+        );
     }
     let (anon, member) = (unique("anon"), unique("member"));
-    let aliased = post("/rpc/users_alias", admin_headers(), admin_jwt(), json!({"anonymous_id": anon, "user_id": member}));
-    assert_eq!(aliased, (200, json!({"user_id": member, "moved": 0, "conflicts": 0, "events": 0})));
+    let aliased = post(
+        "/rpc/users_alias",
+        admin_headers(),
+        admin_jwt(),
+        json!({"anonymous_id": anon, "user_id": member}),
+    );
+    assert_eq!(
+        aliased,
+        (
+            200,
+            json!({"user_id": member, "moved": 0, "conflicts": 0, "events": 0})
+        )
+    );
     assert_error(
-        &post("/rpc/users_alias", admin_headers(), admin_jwt(), json!({"anonymous_id": member, "user_id": member})),
+        &post(
+            "/rpc/users_alias",
+            admin_headers(),
+            admin_jwt(),
+            json!({"anonymous_id": member, "user_id": member}),
+        ),
         400,
         "INVALID_ARGUMENT",
     );
@@ -2027,9 +2133,24 @@ fn admin_metric_daily_and_report_endpoints() {
     assert_eq!(admin_create(&key, two_variants(), None).0, 200);
     for i in 0..8 {
         let user = format!("{key}-u{i}");
-        post("/rpc/assign", client_headers(), client_jwt(&user), json!({"experiment_key": key}));
-        post("/rpc/expose", client_headers(), client_jwt(&user), json!({"experiment_key": key}));
-        post("/rpc/track", client_headers(), client_jwt(&user), json!({"event": "purchase", "properties": {"amount": i * 3}}));
+        post(
+            "/rpc/assign",
+            client_headers(),
+            client_jwt(&user),
+            json!({"experiment_key": key}),
+        );
+        post(
+            "/rpc/expose",
+            client_headers(),
+            client_jwt(&user),
+            json!({"experiment_key": key}),
+        );
+        post(
+            "/rpc/track",
+            client_headers(),
+            client_jwt(&user),
+            json!({"event": "purchase", "properties": {"amount": i * 3}}),
+        );
     }
     let metric = get(
         &format!("/rpc/experiments_metric_results?experiment_key={}&event=purchase&value_property=amount&cap_percentile=0.9", url(&key)),
@@ -2040,22 +2161,53 @@ fn admin_metric_daily_and_report_endpoints() {
     let rows = metric.1.as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["variant"], "control");
-    assert_eq!(rows.iter().map(|r| r["exposed_count"].as_i64().unwrap()).sum::<i64>(), 8);
-    let daily = get(&format!("/rpc/experiments_results_daily?experiment_key={}&conversion_event=purchase", url(&key)), admin_headers(), admin_jwt());
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["exposed_count"].as_i64().unwrap())
+            .sum::<i64>(),
+        8
+    );
+    let daily = get(
+        &format!(
+            "/rpc/experiments_results_daily?experiment_key={}&conversion_event=purchase",
+            url(&key)
+        ),
+        admin_headers(),
+        admin_jwt(),
+    );
     assert_eq!(daily.0, 200, "{daily:?}");
-    assert_eq!(daily.1.as_array().unwrap().len(), 2, "one day, two variants");
+    assert_eq!(
+        daily.1.as_array().unwrap().len(),
+        2,
+        "one day, two variants"
+    );
     let mut html_headers = admin_headers();
     html_headers["Accept"] = json!("text/html");
-    let report = get(&format!("/rpc/experiments_report?experiment_key={}&conversion_event=purchase", url(&key)), html_headers.clone(), admin_jwt());
+    let report = get(
+        &format!(
+            "/rpc/experiments_report?experiment_key={}&conversion_event=purchase",
+            url(&key)
+        ),
+        html_headers.clone(),
+        admin_jwt(),
+    );
     assert_eq!(report.0, 200);
     let page = report.1.as_str().expect("an HTML body, not JSON");
-    assert!(page.starts_with("<!DOCTYPE html>") && page.contains(&key), "{}", &page[..page.len().min(200)]);
+    assert!(
+        page.starts_with("<!DOCTYPE html>") && page.contains(&key),
+        "{}",
+        &page[..page.len().min(200)]
+    );
     for path in [
         "/rpc/experiments_metric_results?experiment_key=no-such-exp&event=purchase",
         "/rpc/experiments_results_daily?experiment_key=no-such-exp&conversion_event=purchase",
         "/rpc/experiments_report?experiment_key=no-such-exp&conversion_event=purchase",
     ] {
-        assert_error(&get(path, admin_headers(), admin_jwt()), 404, "EXPERIMENT_NOT_FOUND");
+        assert_error(
+            &get(path, admin_headers(), admin_jwt()),
+            404,
+            "EXPERIMENT_NOT_FOUND",
+        );
     }
     assert_error(
         &get(&format!("/rpc/experiments_metric_results?experiment_key={}&event=purchase&cap=5&cap_percentile=0.5", url(&key)), admin_headers(), admin_jwt()),
@@ -2070,18 +2222,60 @@ fn client_keys_and_roles_get_403_on_every_0_2_0_admin_endpoint() {
     assert_eq!(admin_create(&key, two_variants(), None).0, 200);
     let k = url(&key);
     let endpoints: Vec<(&str, String, Value)> = vec![
-        ("GET", format!("/rpc/experiments_metric_results?experiment_key={k}&event=e"), Value::Null),
-        ("GET", format!("/rpc/experiments_results_daily?experiment_key={k}&conversion_event=e"), Value::Null),
-        ("GET", format!("/rpc/experiments_report?experiment_key={k}&conversion_event=e"), Value::Null),
-        ("POST", "/rpc/overrides_set".into(), json!({"experiment_key": key, "user_id": "u", "variant": "control"})),
-        ("POST", "/rpc/overrides_clear".into(), json!({"experiment_key": key, "user_id": "u"})),
-        ("GET", format!("/rpc/overrides_list?experiment_key={k}"), Value::Null),
-        ("POST", "/rpc/users_alias".into(), json!({"anonymous_id": "a1", "user_id": "u1"})),
+        (
+            "GET",
+            format!("/rpc/experiments_metric_results?experiment_key={k}&event=e"),
+            Value::Null,
+        ),
+        (
+            "GET",
+            format!("/rpc/experiments_results_daily?experiment_key={k}&conversion_event=e"),
+            Value::Null,
+        ),
+        (
+            "GET",
+            format!("/rpc/experiments_report?experiment_key={k}&conversion_event=e"),
+            Value::Null,
+        ),
+        (
+            "POST",
+            "/rpc/overrides_set".into(),
+            json!({"experiment_key": key, "user_id": "u", "variant": "control"}),
+        ),
+        (
+            "POST",
+            "/rpc/overrides_clear".into(),
+            json!({"experiment_key": key, "user_id": "u"}),
+        ),
+        (
+            "GET",
+            format!("/rpc/overrides_list?experiment_key={k}"),
+            Value::Null,
+        ),
+        (
+            "POST",
+            "/rpc/users_alias".into(),
+            json!({"anonymous_id": "a1", "user_id": "u1"}),
+        ),
     ];
     for (method, path, body) in &endpoints {
         // A client key with a client token; a client key with an admin token.
-        assert_error(&request(method, path, client_headers(), client_jwt("u1"), body.clone()), 403, "FORBIDDEN");
-        assert_error(&request(method, path, client_headers(), admin_jwt(), body.clone()), 403, "FORBIDDEN");
+        assert_error(
+            &request(
+                method,
+                path,
+                client_headers(),
+                client_jwt("u1"),
+                body.clone(),
+            ),
+            403,
+            "FORBIDDEN",
+        );
+        assert_error(
+            &request(method, path, client_headers(), admin_jwt(), body.clone()),
+            403,
+            "FORBIDDEN",
+        );
     }
     let overrides: i64 = connect()
         .query_one("SELECT count(*) FROM amba.overrides o JOIN amba.experiments e ON e.id = o.experiment_id WHERE e.key = $1", &[&key])

@@ -26,7 +26,14 @@ const ROWS_OF: &str = "SELECT (SELECT count(*) FROM amba.assignments a JOIN amba
                             + (SELECT count(*) FROM amba.exposures x JOIN amba.experiments e ON e.id = x.experiment_id WHERE e.key = $1)";
 
 fn assigned_counts(c: &mut Client, key: &str) -> Vec<i64> {
-    c.query("SELECT assigned_count FROM amba_results($1, 'buy')", &[&key]).unwrap().iter().map(|r| r.get(0)).collect()
+    c.query(
+        "SELECT assigned_count FROM amba_results($1, 'buy')",
+        &[&key],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 #[test]
@@ -34,50 +41,122 @@ fn overrides_serve_draft_experiments_write_nothing_and_leave_results() {
     let mut c = connect();
     let key = unique("ovr");
     create(&mut c, &key, "draft");
-    let set: serde_json::Value = serde_json::from_str(&c.query_one("SELECT (amba_set_override($1, 'qa', 'b'))::text", &[&key]).unwrap().get::<_, String>(0)).unwrap();
-    assert_eq!((set["user_id"].as_str(), set["variant"].as_str()), (Some("qa"), Some("b")));
+    let set: serde_json::Value = serde_json::from_str(
+        &c.query_one("SELECT (amba_set_override($1, 'qa', 'b'))::text", &[&key])
+            .unwrap()
+            .get::<_, String>(0),
+    )
+    .unwrap();
+    assert_eq!(
+        (set["user_id"].as_str(), set["variant"].as_str()),
+        (Some("qa"), Some("b"))
+    );
     // Draft: the override works, a normal user is refused.
     for f in ["amba_assign", "amba_expose", "amba_peek"] {
-        let v: String = c.query_one(&format!("SELECT {f}($1, 'qa')"), &[&key]).unwrap().get(0);
+        let v: String = c
+            .query_one(&format!("SELECT {f}($1, 'qa')"), &[&key])
+            .unwrap()
+            .get(0);
         assert_eq!(v, "b", "{f}");
     }
     assert_eq!(count(&mut c, ROWS_OF, &key), 0, "an override wrote rows");
-    assert_eq!(err(c.query_one("SELECT amba_assign($1, 'someone')", &[&key]).unwrap_err()).0, "55000");
+    assert_eq!(
+        err(c
+            .query_one("SELECT amba_assign($1, 'someone')", &[&key])
+            .unwrap_err())
+        .0,
+        "55000"
+    );
     // Set again: replaced.
-    c.execute("SELECT amba_set_override($1, 'qa', 'a')", &[&key]).unwrap();
-    let v: String = c.query_one("SELECT amba_assign($1, 'qa')", &[&key]).unwrap().get(0);
+    c.execute("SELECT amba_set_override($1, 'qa', 'a')", &[&key])
+        .unwrap();
+    let v: String = c
+        .query_one("SELECT amba_assign($1, 'qa')", &[&key])
+        .unwrap()
+        .get(0);
     assert_eq!(v, "a");
-    let listed = c.query("SELECT user_id, variant FROM amba_list_overrides($1)", &[&key]).unwrap();
+    let listed = c
+        .query(
+            "SELECT user_id, variant FROM amba_list_overrides($1)",
+            &[&key],
+        )
+        .unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].get::<_, String>(0), listed[0].get::<_, String>(1)), ("qa".into(), "a".into()));
+    assert_eq!(
+        (listed[0].get::<_, String>(0), listed[0].get::<_, String>(1)),
+        ("qa".into(), "a".into())
+    );
 
     // Active: a user assigned and exposed, then overridden, leaves every count while the
     // override exists, and gets the stored variant back when it is cleared.
-    c.execute("SELECT amba_update_experiment($1, status => 'active')", &[&key]).unwrap();
-    let stored: String = c.query_one("SELECT amba_assign($1, 'u1')", &[&key]).unwrap().get(0);
-    c.query_one("SELECT amba_expose($1, 'u1')", &[&key]).unwrap();
-    c.query_one("SELECT amba_assign($1, 'u2')", &[&key]).unwrap();
+    c.execute(
+        "SELECT amba_update_experiment($1, status => 'active')",
+        &[&key],
+    )
+    .unwrap();
+    let stored: String = c
+        .query_one("SELECT amba_assign($1, 'u1')", &[&key])
+        .unwrap()
+        .get(0);
+    c.query_one("SELECT amba_expose($1, 'u1')", &[&key])
+        .unwrap();
+    c.query_one("SELECT amba_assign($1, 'u2')", &[&key])
+        .unwrap();
     assert_eq!(assigned_counts(&mut c, &key).iter().sum::<i64>(), 2);
     let other = if stored == "a" { "b" } else { "a" };
-    c.execute("SELECT amba_set_override($1, 'u1', $2)", &[&key, &other]).unwrap();
-    assert_eq!(assigned_counts(&mut c, &key).iter().sum::<i64>(), 1, "overridden user still counted");
-    let exposed: i64 = c.query_one("SELECT sum(exposed_count)::bigint FROM amba_results($1, 'buy')", &[&key]).unwrap().get(0);
+    c.execute("SELECT amba_set_override($1, 'u1', $2)", &[&key, &other])
+        .unwrap();
+    assert_eq!(
+        assigned_counts(&mut c, &key).iter().sum::<i64>(),
+        1,
+        "overridden user still counted"
+    );
+    let exposed: i64 = c
+        .query_one(
+            "SELECT sum(exposed_count)::bigint FROM amba_results($1, 'buy')",
+            &[&key],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(exposed, 0);
-    let metric: i64 = c.query_one("SELECT sum(exposed_count)::bigint FROM amba_metric_results($1, 'buy')", &[&key]).unwrap().get(0);
+    let metric: i64 = c
+        .query_one(
+            "SELECT sum(exposed_count)::bigint FROM amba_metric_results($1, 'buy')",
+            &[&key],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(metric, 0);
-    let v: String = c.query_one("SELECT amba_assign($1, 'u1')", &[&key]).unwrap().get(0);
+    let v: String = c
+        .query_one("SELECT amba_assign($1, 'u1')", &[&key])
+        .unwrap()
+        .get(0);
     assert_eq!(v, other);
     // A variant with an override cannot be removed; a missing variant cannot be set.
     let (state, msg) = err(c.query_one("SELECT amba_update_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"c\",\"weight\":1}]')", &[&key]).unwrap_err());
     assert_eq!(state, "22023", "{msg}");
-    let (state, msg) = err(c.query_one("SELECT amba_set_override($1, 'qa', 'nope')", &[&key]).unwrap_err());
-    assert!(state == "22023" && msg.starts_with("INVALID_ARGUMENT:"), "{msg}");
+    let (state, msg) = err(c
+        .query_one("SELECT amba_set_override($1, 'qa', 'nope')", &[&key])
+        .unwrap_err());
+    assert!(
+        state == "22023" && msg.starts_with("INVALID_ARGUMENT:"),
+        "{msg}"
+    );
     // Cleared: the stored assignment again, counted again.
-    let cleared: bool = c.query_one("SELECT amba_clear_override($1, 'u1')", &[&key]).unwrap().get(0);
+    let cleared: bool = c
+        .query_one("SELECT amba_clear_override($1, 'u1')", &[&key])
+        .unwrap()
+        .get(0);
     assert!(cleared);
-    let again: bool = c.query_one("SELECT amba_clear_override($1, 'u1')", &[&key]).unwrap().get(0);
+    let again: bool = c
+        .query_one("SELECT amba_clear_override($1, 'u1')", &[&key])
+        .unwrap()
+        .get(0);
     assert!(!again);
-    let v: String = c.query_one("SELECT amba_assign($1, 'u1')", &[&key]).unwrap().get(0);
+    let v: String = c
+        .query_one("SELECT amba_assign($1, 'u1')", &[&key])
+        .unwrap()
+        .get(0);
     assert_eq!(v, stored);
     assert_eq!(assigned_counts(&mut c, &key).iter().sum::<i64>(), 2);
     // Audited.
@@ -97,7 +176,10 @@ fn overrides_serve_draft_experiments_write_nothing_and_leave_results() {
         "SELECT amba_peek('no-such-exp', 'u')",
     ] {
         let (state, msg) = err(c.query_one(sql, &[]).unwrap_err());
-        assert!(state == "P0002" && msg.starts_with("EXPERIMENT_NOT_FOUND:"), "{sql}: {msg}");
+        assert!(
+            state == "P0002" && msg.starts_with("EXPERIMENT_NOT_FOUND:"),
+            "{sql}: {msg}"
+        );
     }
 }
 
@@ -107,21 +189,46 @@ fn peek_tells_the_variant_without_enrolling() {
     let key = unique("peek");
     create(&mut c, &key, "active");
     let peeked: Vec<Option<String>> = (0..50)
-        .map(|i| c.query_one("SELECT amba_peek($1, $2)", &[&key, &format!("p{i}")]).unwrap().get(0))
+        .map(|i| {
+            c.query_one("SELECT amba_peek($1, $2)", &[&key, &format!("p{i}")])
+                .unwrap()
+                .get(0)
+        })
         .collect();
     assert_eq!(count(&mut c, ROWS_OF, &key), 0, "peek wrote");
     for (i, p) in peeked.iter().enumerate() {
-        let assigned: String = c.query_one("SELECT amba_assign($1, $2)", &[&key, &format!("p{i}")]).unwrap().get(0);
-        assert_eq!(p.as_deref(), Some(assigned.as_str()), "peek and assign disagree for p{i}");
+        let assigned: String = c
+            .query_one("SELECT amba_assign($1, $2)", &[&key, &format!("p{i}")])
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            p.as_deref(),
+            Some(assigned.as_str()),
+            "peek and assign disagree for p{i}"
+        );
     }
-    c.execute("SELECT amba_update_experiment($1, status => 'paused')", &[&key]).unwrap();
-    let stored: Option<String> = c.query_one("SELECT amba_peek($1, 'p0')", &[&key]).unwrap().get(0);
+    c.execute(
+        "SELECT amba_update_experiment($1, status => 'paused')",
+        &[&key],
+    )
+    .unwrap();
+    let stored: Option<String> = c
+        .query_one("SELECT amba_peek($1, 'p0')", &[&key])
+        .unwrap()
+        .get(0);
     assert_eq!(stored, peeked[0]);
-    let none: Option<String> = c.query_one("SELECT amba_peek($1, 'never-seen')", &[&key]).unwrap().get(0);
+    let none: Option<String> = c
+        .query_one("SELECT amba_peek($1, 'never-seen')", &[&key])
+        .unwrap()
+        .get(0);
     assert_eq!(none, None, "peek on a paused experiment for a new user");
 }
 
-fn assignment(c: &mut Client, key: &str, user: &str) -> Option<(String, String, i32, Option<String>)> {
+fn assignment(
+    c: &mut Client,
+    key: &str,
+    user: &str,
+) -> Option<(String, String, i32, Option<String>)> {
     c.query_opt(
         "SELECT a.variant, a.assigned_at::text, a.weight_version, x.exposed_at::text
            FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
@@ -141,61 +248,139 @@ fn alias_moves_history_keeps_first_touch_and_redirects_later_calls() {
     create(&mut c, &k2, "active");
     let (anon, user) = (unique("anon"), unique("member"));
     // k1: only the anonymous id has an assignment (exposed); k2: both, anonymous first.
-    c.query_one("SELECT amba_assign($1, $2)", &[&k1, &anon]).unwrap();
-    c.query_one("SELECT amba_expose($1, $2)", &[&k1, &anon]).unwrap();
-    c.query_one("SELECT amba_assign($1, $2)", &[&k2, &anon]).unwrap();
-    c.query_one("SELECT amba_expose($1, $2)", &[&k2, &anon]).unwrap();
-    c.query_one("SELECT amba_assign($1, $2)", &[&k2, &user]).unwrap();
-    c.query_one("SELECT amba_expose($1, $2)", &[&k2, &user]).unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&k1, &anon])
+        .unwrap();
+    c.query_one("SELECT amba_expose($1, $2)", &[&k1, &anon])
+        .unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&k2, &anon])
+        .unwrap();
+    c.query_one("SELECT amba_expose($1, $2)", &[&k2, &anon])
+        .unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&k2, &user])
+        .unwrap();
+    c.query_one("SELECT amba_expose($1, $2)", &[&k2, &user])
+        .unwrap();
     for i in 0..3 {
-        c.query_one("SELECT amba_track($1, 'buy', occurred_at => now() + $2 * interval '1 second')", &[&anon, &(i as f64)]).unwrap();
+        c.query_one(
+            "SELECT amba_track($1, 'buy', occurred_at => now() + $2 * interval '1 second')",
+            &[&anon, &(i as f64)],
+        )
+        .unwrap();
     }
     let k1_anon = assignment(&mut c, &k1, &anon).unwrap();
     let k2_anon = assignment(&mut c, &k2, &anon).unwrap();
 
-    let out: serde_json::Value = serde_json::from_str(&c.query_one("SELECT (amba_alias($1, $2))::text", &[&anon, &user]).unwrap().get::<_, String>(0)).unwrap();
-    assert_eq!(out, serde_json::json!({"user_id": user, "moved": 1, "conflicts": 1, "events": 3}));
-    assert_eq!(assignment(&mut c, &k1, &user), Some(k1_anon), "moved unchanged");
-    assert_eq!(assignment(&mut c, &k2, &user), Some(k2_anon), "first touch kept (the anonymous one was earlier)");
+    let out: serde_json::Value = serde_json::from_str(
+        &c.query_one("SELECT (amba_alias($1, $2))::text", &[&anon, &user])
+            .unwrap()
+            .get::<_, String>(0),
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        serde_json::json!({"user_id": user, "moved": 1, "conflicts": 1, "events": 3})
+    );
+    assert_eq!(
+        assignment(&mut c, &k1, &user),
+        Some(k1_anon),
+        "moved unchanged"
+    );
+    assert_eq!(
+        assignment(&mut c, &k2, &user),
+        Some(k2_anon),
+        "first touch kept (the anonymous one was earlier)"
+    );
     assert_eq!(assignment(&mut c, &k1, &anon), None);
     assert_eq!(assignment(&mut c, &k2, &anon), None);
-    let events: i64 = c.query_one("SELECT count(*) FROM amba.events WHERE user_id = $1 AND event = 'buy'", &[&user]).unwrap().get(0);
+    let events: i64 = c
+        .query_one(
+            "SELECT count(*) FROM amba.events WHERE user_id = $1 AND event = 'buy'",
+            &[&user],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(events, 3);
     // Each person once in results.
     assert_eq!(assigned_counts(&mut c, &k2).iter().sum::<i64>(), 1);
     // Later calls with the anonymous id act on the user.
-    let v: String = c.query_one("SELECT amba_assign($1, $2)", &[&k1, &anon]).unwrap().get(0);
+    let v: String = c
+        .query_one("SELECT amba_assign($1, $2)", &[&k1, &anon])
+        .unwrap()
+        .get(0);
     assert_eq!(v, assignment(&mut c, &k1, &user).unwrap().0);
-    c.query_one("SELECT amba_track($1, 'buy')", &[&anon]).unwrap();
-    let events: i64 = c.query_one("SELECT count(*) FROM amba.events WHERE user_id = $1", &[&user]).unwrap().get(0);
+    c.query_one("SELECT amba_track($1, 'buy')", &[&anon])
+        .unwrap();
+    let events: i64 = c
+        .query_one(
+            "SELECT count(*) FROM amba.events WHERE user_id = $1",
+            &[&user],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(events, 4);
     let k3 = unique("alias_new_exp");
     create(&mut c, &k3, "active");
-    c.query_one("SELECT amba_assign($1, $2)", &[&k3, &anon]).unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&k3, &anon])
+        .unwrap();
     assert!(assignment(&mut c, &k3, &user).is_some() && assignment(&mut c, &k3, &anon).is_none());
-    let peek: Option<String> = c.query_one("SELECT amba_peek($1, $2)", &[&k3, &anon]).unwrap().get(0);
+    let peek: Option<String> = c
+        .query_one("SELECT amba_peek($1, $2)", &[&k3, &anon])
+        .unwrap()
+        .get(0);
     assert_eq!(peek, assignment(&mut c, &k3, &user).map(|a| a.0));
-    c.query_one("SELECT amba_expose($1, $2)", &[&k3, &anon]).unwrap();
+    c.query_one("SELECT amba_expose($1, $2)", &[&k3, &anon])
+        .unwrap();
     assert!(assignment(&mut c, &k3, &user).unwrap().3.is_some());
-    c.execute("SELECT amba_set_override($1, $2, 'b')", &[&k3, &anon]).unwrap();
-    let listed: String = c.query_one("SELECT user_id FROM amba_list_overrides($1)", &[&k3]).unwrap().get(0);
-    assert_eq!(listed, user, "an override set for the anonymous id is the user's");
-    let v: String = c.query_one("SELECT amba_assign($1, $2)", &[&k3, &anon]).unwrap().get(0);
+    c.execute("SELECT amba_set_override($1, $2, 'b')", &[&k3, &anon])
+        .unwrap();
+    let listed: String = c
+        .query_one("SELECT user_id FROM amba_list_overrides($1)", &[&k3])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        listed, user,
+        "an override set for the anonymous id is the user's"
+    );
+    let v: String = c
+        .query_one("SELECT amba_assign($1, $2)", &[&k3, &anon])
+        .unwrap()
+        .get(0);
     assert_eq!(v, "b");
 
     // Same pair again: a no-op.
-    let again: serde_json::Value = serde_json::from_str(&c.query_one("SELECT (amba_alias($1, $2))::text", &[&anon, &user]).unwrap().get::<_, String>(0)).unwrap();
-    assert_eq!(again, serde_json::json!({"user_id": user, "moved": 0, "conflicts": 0, "events": 0}));
+    let again: serde_json::Value = serde_json::from_str(
+        &c.query_one("SELECT (amba_alias($1, $2))::text", &[&anon, &user])
+            .unwrap()
+            .get::<_, String>(0),
+    )
+    .unwrap();
+    assert_eq!(
+        again,
+        serde_json::json!({"user_id": user, "moved": 0, "conflicts": 0, "events": 0})
+    );
     // The refused shapes.
     let other = unique("other");
     for (a, u, why) in [
-        (anon.as_str(), other.as_str(), "already aliased to another id"),
+        (
+            anon.as_str(),
+            other.as_str(),
+            "already aliased to another id",
+        ),
         (user.as_str(), other.as_str(), "others are aliased to it"),
-        (other.as_str(), anon.as_str(), "the user id is itself an alias"),
+        (
+            other.as_str(),
+            anon.as_str(),
+            "the user id is itself an alias",
+        ),
         (other.as_str(), other.as_str(), "the same id"),
     ] {
-        let (state, msg) = err(c.query_one("SELECT amba_alias($1, $2)", &[&a, &u]).unwrap_err());
-        assert!(state == "22023" && msg.starts_with("INVALID_ARGUMENT:"), "{why}: {state} {msg}");
+        let (state, msg) = err(c
+            .query_one("SELECT amba_alias($1, $2)", &[&a, &u])
+            .unwrap_err());
+        assert!(
+            state == "22023" && msg.starts_with("INVALID_ARGUMENT:"),
+            "{why}: {state} {msg}"
+        );
     }
 }
 
@@ -207,7 +392,9 @@ fn aliasing_raced_against_assign_and_track_never_loses_or_duplicates_a_row() {
     let key = unique("alias_race");
     create(&mut c, &key, "active");
     let prefix = unique("race");
-    let pairs: Vec<(String, String)> = (0..PAIRS).map(|i| (format!("{prefix}-anon-{i}"), format!("{prefix}-user-{i}"))).collect();
+    let pairs: Vec<(String, String)> = (0..PAIRS)
+        .map(|i| (format!("{prefix}-anon-{i}"), format!("{prefix}-user-{i}")))
+        .collect();
     // Every thread walks all pairs (from its own offset): assign the anonymous id, track for
     // it, assign the user, alias the pair; the calls of different threads interleave.
     let barrier = Arc::new(Barrier::new(THREADS));
@@ -223,17 +410,25 @@ fn aliasing_raced_against_assign_and_track_never_loses_or_duplicates_a_row() {
                     let (anon, user) = &pairs[(i * 7 + t * 11) % PAIRS];
                     match t % 3 {
                         0 => {
-                            c.query_one("SELECT amba_assign($1, $2)", &[&key, anon]).unwrap();
+                            c.query_one("SELECT amba_assign($1, $2)", &[&key, anon])
+                                .unwrap();
                         }
                         1 => {
-                            c.query_one("SELECT amba_track($1, 'race')", &[anon]).unwrap();
+                            c.query_one("SELECT amba_track($1, 'race')", &[anon])
+                                .unwrap();
                             tracked += 1;
                         }
                         _ => {
-                            c.query_one("SELECT amba_assign($1, $2)", &[&key, user]).unwrap();
+                            c.query_one("SELECT amba_assign($1, $2)", &[&key, user])
+                                .unwrap();
                         }
                     }
-                    let out: serde_json::Value = serde_json::from_str(&c.query_one("SELECT (amba_alias($1, $2))::text", &[anon, user]).unwrap().get::<_, String>(0)).unwrap();
+                    let out: serde_json::Value = serde_json::from_str(
+                        &c.query_one("SELECT (amba_alias($1, $2))::text", &[anon, user])
+                            .unwrap()
+                            .get::<_, String>(0),
+                    )
+                    .unwrap();
                     aliased.push(out);
                 }
                 (tracked, aliased)
@@ -271,8 +466,14 @@ fn aliasing_raced_against_assign_and_track_never_loses_or_duplicates_a_row() {
     // Each alias moved or merged each anonymous assignment exactly once: the anonymous
     // assignments made before the alias (moved or in conflict) plus those made after (on
     // the user directly) account for all of them.
-    assert!(moved_total + conflicts_total <= PAIRS as i64, "moved {moved_total} + conflicts {conflicts_total}");
-    assert_eq!(assigned_counts(&mut c, &key).iter().sum::<i64>(), PAIRS as i64);
+    assert!(
+        moved_total + conflicts_total <= PAIRS as i64,
+        "moved {moved_total} + conflicts {conflicts_total}"
+    );
+    assert_eq!(
+        assigned_counts(&mut c, &key).iter().sum::<i64>(),
+        PAIRS as i64
+    );
 }
 
 /// One statement assigning and tracking many users (an analyst's backfill) holds a bounded
@@ -283,19 +484,32 @@ fn a_bulk_statement_of_many_new_users_does_not_exhaust_the_lock_table() {
     let key = unique("bulk");
     create(&mut c, &key, "active");
     let n: i64 = c
-        .query_one("SELECT count(amba_assign($1, 'bulk-' || g)) FROM generate_series(1, 30000) g", &[&key])
+        .query_one(
+            "SELECT count(amba_assign($1, 'bulk-' || g)) FROM generate_series(1, 30000) g",
+            &[&key],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 30000);
     let tracked: i64 = c
-        .query_one("SELECT count(amba_track('bulk-' || g, 'bulk_event')) FROM generate_series(1, 30000) g", &[])
+        .query_one(
+            "SELECT count(amba_track('bulk-' || g, 'bulk_event')) FROM generate_series(1, 30000) g",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(tracked, 30000);
     let mut tx = c.transaction().unwrap();
-    tx.query_one("SELECT count(amba_assign($1, 'bulk2-' || g)) FROM generate_series(1, 5000) g", &[&key]).unwrap();
+    tx.query_one(
+        "SELECT count(amba_assign($1, 'bulk2-' || g)) FROM generate_series(1, 5000) g",
+        &[&key],
+    )
+    .unwrap();
     let held: i64 = tx
-        .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(held <= 257, "{held} advisory locks held by one transaction");

@@ -20,7 +20,6 @@ use postgres::types::ToSql;
 use postgres::{Client, Row};
 use serde_json::Value;
 
-
 fn fixture() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sql_reference.json");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
@@ -28,7 +27,8 @@ fn fixture() -> Value {
 }
 
 fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or_else(|| panic!("expected a string, got {v}"))
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v}"))
 }
 
 fn opt_s(v: &Value) -> Option<String> {
@@ -36,7 +36,8 @@ fn opt_s(v: &Value) -> Option<String> {
 }
 
 fn arr(v: &Value) -> &Vec<Value> {
-    v.as_array().unwrap_or_else(|| panic!("expected an array, got {v}"))
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {v}"))
 }
 
 /// Loads every event, then each experiment, as the module comment says.
@@ -87,7 +88,8 @@ fn load(c: &mut Client, fx: &Value) {
             assert_eq!(updated["weight_version"], i as i64 + 1, "{key}: {updated}");
         }
 
-        let (mut uid, mut variant, mut version, mut assigned, mut exposed) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut uid, mut variant, mut version, mut assigned, mut exposed) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for a in arr(&exp["assignments"]) {
             let a = arr(a);
             uid.push(s(&a[0]).to_string());
@@ -165,7 +167,10 @@ const METRIC_COLUMNS: &[(&str, Kind)] = &[
     ("stddev", Kind::Float),
     ("delta", Kind::Float),
     ("delta_ci_low", Kind::Bound("delta_ci_low", "delta_ci_high")),
-    ("delta_ci_high", Kind::Bound("delta_ci_low", "delta_ci_high")),
+    (
+        "delta_ci_high",
+        Kind::Bound("delta_ci_low", "delta_ci_high"),
+    ),
     ("p_value", Kind::Float),
     ("p_value_holm", Kind::Float),
     ("lift", Kind::Float),
@@ -199,7 +204,9 @@ fn row_values(row: &Row, columns: &[(&str, Kind)]) -> Vec<Value> {
 /// None when `got` matches `want` for this column, else why not.
 fn mismatch(kind: Kind, want: &Value, got: &Value, want_row: &Value) -> Option<String> {
     match kind {
-        Kind::Text | Kind::Bool | Kind::Count => (want != got).then(|| format!("got {got}, want {want}")),
+        Kind::Text | Kind::Bool | Kind::Count => {
+            (want != got).then(|| format!("got {got}, want {want}"))
+        }
         Kind::Float | Kind::Bound(..) => match (want.as_f64(), got) {
             (None, Value::Null) if want.is_null() => None,
             (None, _) => Some(format!("got {got}, want NULL")),
@@ -270,7 +277,11 @@ fn run_calls(c: &mut Client, fx: &Value) -> Vec<Checked> {
         let key = s(&exp["key"]).to_string();
         for call in arr(&exp["results"]) {
             let event = s(&call["event"]).to_string();
-            let cols = RESULT_COLUMNS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ");
+            let cols = RESULT_COLUMNS
+                .iter()
+                .map(|c| c.0)
+                .collect::<Vec<_>>()
+                .join(", ");
             let (label, rows) = match opt_f64(&call["alpha"]) {
                 Some(alpha) => (
                     format!("{key}: amba_results('{event}', alpha {alpha})"),
@@ -281,7 +292,10 @@ fn run_calls(c: &mut Client, fx: &Value) -> Vec<Checked> {
                 ),
                 None => (
                     format!("{key}: amba_results('{event}') (default alpha)"),
-                    c.query(&format!("SELECT {cols} FROM amba_results($1, $2)"), &[&key, &event]),
+                    c.query(
+                        &format!("SELECT {cols} FROM amba_results($1, $2)"),
+                        &[&key, &event],
+                    ),
                 ),
             };
             let rows = rows.unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -299,10 +313,15 @@ fn run_calls(c: &mut Client, fx: &Value) -> Vec<Checked> {
             let cap = opt_f64(&call["cap"]);
             let q = opt_f64(&call["cap_percentile"]);
             let days = call["cuped_days"].as_i64().map(|d| d as i32);
-            let cols = METRIC_COLUMNS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ");
+            let cols = METRIC_COLUMNS
+                .iter()
+                .map(|c| c.0)
+                .collect::<Vec<_>>()
+                .join(", ");
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&key, &event, &prop, &cap, &q, &days];
             let mut args =
-                "$1, $2, value_property => $3, cap => $4, cap_percentile => $5, cuped_days => $6".to_string();
+                "$1, $2, value_property => $3, cap => $4, cap_percentile => $5, cuped_days => $6"
+                    .to_string();
             if let Some(a) = &alpha {
                 params.push(a);
                 args.push_str(", alpha => $7");
@@ -316,7 +335,10 @@ fn run_calls(c: &mut Client, fx: &Value) -> Vec<Checked> {
                 days.map_or("NULL".to_string(), |a| a.to_string()),
             );
             let rows = c
-                .query(&format!("SELECT {cols} FROM amba_metric_results({args})"), &params)
+                .query(
+                    &format!("SELECT {cols} FROM amba_metric_results({args})"),
+                    &params,
+                )
                 .unwrap_or_else(|e| panic!("{label}: {e}"));
             out.push(Checked {
                 label,
@@ -346,7 +368,9 @@ fn self_check(checked: &[Checked]) -> usize {
                         Some(x) => {
                             let scale = match kind {
                                 Kind::Bound(lo, hi) => x.abs().max(
-                                    (want_row[hi].as_f64().unwrap_or(0.0) - want_row[lo].as_f64().unwrap_or(0.0)).abs()
+                                    (want_row[hi].as_f64().unwrap_or(0.0)
+                                        - want_row[lo].as_f64().unwrap_or(0.0))
+                                    .abs()
                                         / 2.0,
                                 ),
                                 _ => x.abs(),
@@ -394,8 +418,10 @@ fn worst_differences(checked: &[Checked]) -> Vec<(String, f64, String)> {
                 }
                 let allowed = match kind {
                     Kind::Bound(lo, hi) => {
-                        let half =
-                            (want_row[hi].as_f64().unwrap_or(0.0) - want_row[lo].as_f64().unwrap_or(0.0)).abs() / 2.0;
+                        let half = (want_row[hi].as_f64().unwrap_or(0.0)
+                            - want_row[lo].as_f64().unwrap_or(0.0))
+                        .abs()
+                            / 2.0;
                         BOUND_TOL * w.abs().max(half)
                     }
                     _ => REL_TOL * w.abs().max(g.abs()),
@@ -421,7 +447,8 @@ fn check_in_time_zone(tz: &str) -> (Vec<Checked>, Vec<String>) {
     let mut c = db.client();
     c.batch_execute("CREATE EXTENSION amba").unwrap();
     // The fixture's times carry explicit UTC offsets, so loading does not depend on the zone.
-    c.execute("SELECT set_config('TimeZone', $1, false)", &[&tz]).unwrap();
+    c.execute("SELECT set_config('TimeZone', $1, false)", &[&tz])
+        .unwrap();
     load(&mut c, &fx);
     let checked = run_calls(&mut c, &fx);
     let mut failures = vec![];

@@ -55,9 +55,12 @@ fn load(c: &mut Client) -> i64 {
     ))
     .unwrap();
     for table in ["assignments", "exposures", "events"] {
-        c.batch_execute(&format!("VACUUM ANALYZE amba.{table}")).unwrap();
+        c.batch_execute(&format!("VACUUM ANALYZE amba.{table}"))
+            .unwrap();
     }
-    c.query_one("SELECT id FROM amba.experiments WHERE key = 'scale'", &[]).unwrap().get(0)
+    c.query_one("SELECT id FROM amba.experiments WHERE key = 'scale'", &[])
+        .unwrap()
+        .get(0)
 }
 
 /// One counted user, from the raw rows (microseconds since the epoch).
@@ -73,14 +76,26 @@ fn raw_users(c: &mut Client, experiment_id: i64) -> Vec<User> {
     let us = "(extract(epoch FROM {}) * 1000000)::bigint";
     let t = |col: &str| us.replace("{}", col);
     let overridden: std::collections::HashSet<String> = c
-        .query("SELECT user_id FROM amba.overrides WHERE experiment_id = $1", &[&experiment_id])
+        .query(
+            "SELECT user_id FROM amba.overrides WHERE experiment_id = $1",
+            &[&experiment_id],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(overridden.len(), 40);
     let mut exposed: HashMap<String, i64> = HashMap::new();
-    for r in c.query(&format!("SELECT user_id, {} FROM amba.exposures WHERE experiment_id = $1", t("exposed_at")), &[&experiment_id]).unwrap() {
+    for r in c
+        .query(
+            &format!(
+                "SELECT user_id, {} FROM amba.exposures WHERE experiment_id = $1",
+                t("exposed_at")
+            ),
+            &[&experiment_id],
+        )
+        .unwrap()
+    {
         exposed.insert(r.get(0), r.get(1));
     }
     let mut purchases: HashMap<String, Vec<(i64, Option<f64>)>> = HashMap::new();
@@ -97,20 +112,26 @@ fn raw_users(c: &mut Client, experiment_id: i64) -> Vec<User> {
     {
         purchases.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
     }
-    c.query(&format!("SELECT user_id, variant, {} FROM amba.assignments WHERE experiment_id = $1", t("assigned_at")), &[&experiment_id])
-        .unwrap()
-        .iter()
-        .filter(|r| !overridden.contains(&r.get::<_, String>(0)))
-        .map(|r| {
-            let user: String = r.get(0);
-            User {
-                variant: r.get(1),
-                assigned_us: r.get(2),
-                exposed_us: exposed.get(&user).copied(),
-                purchases: purchases.remove(&user).unwrap_or_default(),
-            }
-        })
-        .collect()
+    c.query(
+        &format!(
+            "SELECT user_id, variant, {} FROM amba.assignments WHERE experiment_id = $1",
+            t("assigned_at")
+        ),
+        &[&experiment_id],
+    )
+    .unwrap()
+    .iter()
+    .filter(|r| !overridden.contains(&r.get::<_, String>(0)))
+    .map(|r| {
+        let user: String = r.get(0);
+        User {
+            variant: r.get(1),
+            assigned_us: r.get(2),
+            exposed_us: exposed.get(&user).copied(),
+            purchases: purchases.remove(&user).unwrap_or_default(),
+        }
+    })
+    .collect()
 }
 
 /// amba_results' counts: variant → (assigned, exposed, converted).
@@ -121,7 +142,12 @@ fn reference_counts(users: &[User]) -> BTreeMap<String, (i64, i64, i64)> {
         e.0 += 1;
         if u.exposed_us.is_some() {
             e.1 += 1;
-            if u.purchases.iter().map(|p| p.0).max().is_some_and(|last| last >= u.assigned_us) {
+            if u.purchases
+                .iter()
+                .map(|p| p.0)
+                .max()
+                .is_some_and(|last| last >= u.assigned_us)
+            {
                 e.2 += 1;
             }
         }
@@ -133,7 +159,12 @@ fn reference_counts(users: &[User]) -> BTreeMap<String, (i64, i64, i64)> {
 fn reference_ys(users: &[User]) -> BTreeMap<String, Vec<f64>> {
     let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for u in users.iter().filter(|u| u.exposed_us.is_some()) {
-        let y = u.purchases.iter().filter(|p| p.0 >= u.assigned_us).filter_map(|p| p.1).sum();
+        let y = u
+            .purchases
+            .iter()
+            .filter(|p| p.0 >= u.assigned_us)
+            .filter_map(|p| p.1)
+            .sum();
         out.entry(u.variant.clone()).or_default().push(y);
     }
     out
@@ -149,10 +180,16 @@ fn percentile_cont(values: &[f64], q: f64) -> f64 {
 }
 
 /// variant → (n, mean, sample standard deviation) of the Ys capped at `cap`.
-fn reference_means(ys: &BTreeMap<String, Vec<f64>>, cap: Option<f64>) -> BTreeMap<String, (i64, f64, f64)> {
+fn reference_means(
+    ys: &BTreeMap<String, Vec<f64>>,
+    cap: Option<f64>,
+) -> BTreeMap<String, (i64, f64, f64)> {
     ys.iter()
         .map(|(variant, values)| {
-            let capped: Vec<f64> = values.iter().map(|y| cap.map_or(*y, |c| y.min(c))).collect();
+            let capped: Vec<f64> = values
+                .iter()
+                .map(|y| cap.map_or(*y, |c| y.min(c)))
+                .collect();
             let n = capped.len() as f64;
             let mean = capped.iter().sum::<f64>() / n;
             let var = capped.iter().map(|y| (y - mean) * (y - mean)).sum::<f64>() / (n - 1.0);
@@ -170,10 +207,15 @@ fn reference_daily(users: &[User], days: &[i64]) -> BTreeMap<(i64, String), (i64
         let end = (day + 1) * DAY_US;
         for u in users {
             let e: &mut (i64, i64) = out.entry((day, u.variant.clone())).or_default();
-            let Some(exposed) = u.exposed_us.filter(|x| *x < end) else { continue };
+            let Some(exposed) = u.exposed_us.filter(|x| *x < end) else {
+                continue;
+            };
             e.0 += 1;
             let _ = exposed;
-            if u.purchases.iter().any(|p| p.0 >= u.assigned_us && p.0 < end) {
+            if u.purchases
+                .iter()
+                .any(|p| p.0 >= u.assigned_us && p.0 < end)
+            {
                 e.1 += 1;
             }
         }
@@ -216,7 +258,10 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
     let p90 = percentile_cont(&all_ys, 0.9);
     let means = [
         ("NULL::float8, NULL::float8", reference_means(&ys, None)),
-        ("200::float8, NULL::float8", reference_means(&ys, Some(200.0))),
+        (
+            "200::float8, NULL::float8",
+            reference_means(&ys, Some(200.0)),
+        ),
         ("NULL::float8, 0.9::float8", reference_means(&ys, Some(p90))),
     ];
     let (first_day, last_day): (i32, i32) = {
@@ -227,11 +272,17 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
     assert!(days.len() > 20, "{days:?}");
     let daily = reference_daily(&users, &days);
     // The reference itself is not trivial: both variants, every kind of user.
-    assert!(counts.values().all(|c| c.0 > 10_000 && c.1 > 5_000 && c.2 > 1_000 && c.2 < c.1), "{counts:?}");
+    assert!(
+        counts
+            .values()
+            .all(|c| c.0 > 10_000 && c.1 > 5_000 && c.2 > 1_000 && c.2 < c.1),
+        "{counts:?}"
+    );
 
     let (mut ex, notices) = explaining_client(&db.0);
     for workers in [0, 2, 3, 5] {
-        ex.batch_execute(&format!("SET max_parallel_workers_per_gather = {workers}")).unwrap();
+        ex.batch_execute(&format!("SET max_parallel_workers_per_gather = {workers}"))
+            .unwrap();
         let _: Vec<String> = notices.try_iter().collect();
 
         let got: BTreeMap<String, (i64, i64, i64)> = ex
@@ -242,7 +293,10 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
             .collect();
         assert_eq!(got, counts, "amba_results with {workers} workers");
         let plans: Vec<String> = notices.try_iter().collect();
-        let counting = plans.iter().find(|p| p.contains("amba.events")).expect("the counting statement's plan");
+        let counting = plans
+            .iter()
+            .find(|p| p.contains("amba.events"))
+            .expect("the counting statement's plan");
         let slices = counting.matches(" on events e").count();
         if workers >= 2 {
             assert!(counting.contains("Parallel Append"), "{counting}");
@@ -262,14 +316,23 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
                 .iter()
                 .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
                 .collect();
-            assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                want.keys().collect::<Vec<_>>()
+            );
             for (variant, w) in want {
                 let g = got[variant];
-                assert!(g.0 == w.0 && close(w.1, g.1) && close(w.2, g.2), "metric ({caps}), {workers} workers, {variant}: want {w:?}, got {g:?}");
+                assert!(
+                    g.0 == w.0 && close(w.1, g.1) && close(w.2, g.2),
+                    "metric ({caps}), {workers} workers, {variant}: want {w:?}, got {g:?}"
+                );
             }
         }
         let plans: Vec<String> = notices.try_iter().collect();
-        let appends = plans.iter().filter(|p| p.contains("amba.events") && p.contains("Parallel Append")).count();
+        let appends = plans
+            .iter()
+            .filter(|p| p.contains("amba.events") && p.contains("Parallel Append"))
+            .count();
         // the uncapped and absolutely capped calls are sliced; a percentile over all users is not
         assert_eq!(appends, if workers >= 2 { 2 } else { 0 }, "{plans:?}");
 
@@ -284,6 +347,10 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
             .collect();
         assert_eq!(got, daily, "amba_results_daily with {workers} workers");
         let plans: Vec<String> = notices.try_iter().collect();
-        assert_eq!(plans.iter().any(|p| p.contains("Parallel Append")), workers >= 2, "{plans:?}");
+        assert_eq!(
+            plans.iter().any(|p| p.contains("Parallel Append")),
+            workers >= 2,
+            "{plans:?}"
+        );
     }
 }

@@ -124,10 +124,16 @@ fn fixture(db: &mut Client) -> Fixture {
     }
     db.query_one("SELECT amba_create_api_key($1)", &[&f.key_name])
         .unwrap();
-    db.query_one("SELECT amba_set_override($1, $2, 'treatment')", &[&f.exp, &format!("{}_qa", f.a)])
-        .unwrap();
-    db.query_one("SELECT amba_alias($1, $2)", &[&format!("{}_anon", f.b), &f.b])
-        .unwrap();
+    db.query_one(
+        "SELECT amba_set_override($1, $2, 'treatment')",
+        &[&f.exp, &format!("{}_qa", f.a)],
+    )
+    .unwrap();
+    db.query_one(
+        "SELECT amba_alias($1, $2)",
+        &[&format!("{}_anon", f.b), &f.b],
+    )
+    .unwrap();
     let id: i64 = db
         .query_one("SELECT id FROM amba.experiments WHERE key = $1", &[&f.exp])
         .unwrap()
@@ -521,7 +527,9 @@ fn policies_hold_even_with_table_grants() {
                 // The owner of the SECURITY DEFINER functions: reads, and inserts only
                 // where the client endpoints write.
                 "amba_owner" => assert!(
-                    cmd == "SELECT" || (cmd == "INSERT" && ["assignments", "exposures", "events"].contains(&table.as_str())),
+                    cmd == "SELECT"
+                        || (cmd == "INSERT"
+                            && ["assignments", "exposures", "events"].contains(&table.as_str())),
                     "{table}.{name}: {cmd}"
                 ),
                 "amba_client" => {

@@ -16,15 +16,31 @@ use std::collections::BTreeMap;
 fn without_citus_amba_distribute_is_invalid_argument_and_changes_nothing() {
     let db = Db::with_amba("amba_no_citus");
     let mut c = db.client();
-    let has_citus: bool = c.query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')", &[]).unwrap().get(0);
+    let has_citus: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert!(!has_citus);
     let pkey = "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'events_pkey'";
     let before: String = c.query_one(pkey, &[]).unwrap().get(0);
     let err = c.query_one("SELECT amba_distribute()", &[]).unwrap_err();
     let db_err = err.as_db_error().expect("a database error");
     assert_eq!(db_err.code().code(), "22023");
-    assert!(db_err.message().starts_with("INVALID_ARGUMENT: "), "{}", db_err.message());
-    assert!(db_err.message().contains("citus extension is not installed"), "{}", db_err.message());
+    assert!(
+        db_err.message().starts_with("INVALID_ARGUMENT: "),
+        "{}",
+        db_err.message()
+    );
+    assert!(
+        db_err
+            .message()
+            .contains("citus extension is not installed"),
+        "{}",
+        db_err.message()
+    );
     let after: String = c.query_one(pkey, &[]).unwrap().get(0);
     assert_eq!(before, after);
     // No truncate trigger (the mark of a distributed table) on any of amba's tables.
@@ -36,7 +52,10 @@ fn without_citus_amba_distribute_is_invalid_argument_and_changes_nothing() {
     // A DB admin's act: none of amba's roles may call it.
     for role in ["amba_admin", "amba_analyst", "amba_client"] {
         let may: bool = c
-            .query_one("SELECT has_function_privilege($1, 'amba_distribute()', 'EXECUTE')", &[&role])
+            .query_one(
+                "SELECT has_function_privilege($1, 'amba_distribute()', 'EXECUTE')",
+                &[&role],
+            )
             .unwrap()
             .get(0);
         assert!(!may, "{role} may call amba_distribute");
@@ -49,14 +68,22 @@ fn citus() -> Option<Client> {
         eprintln!("skipped: AMBA_CITUS_URL is not set (a Citus coordinator with workers; see docs/SCALE-OUT.md)");
         return None;
     };
-    let mut c = Client::connect(&url, NoTls).unwrap_or_else(|e| panic!("cannot connect to AMBA_CITUS_URL {url}: {e}"));
+    let mut c = Client::connect(&url, NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to AMBA_CITUS_URL {url}: {e}"));
     // Once per run (the tests of this file run at the same time).
     static SETUP: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut done = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     if !*done {
-        let workers: i64 = c.query_one("SELECT count(*) FROM citus_get_active_worker_nodes()", &[]).unwrap().get(0);
-        assert!(workers >= 2, "the Citus cluster at {url} has {workers} workers; the tests need two");
-        c.batch_execute("CREATE EXTENSION IF NOT EXISTS amba").unwrap();
+        let workers: i64 = c
+            .query_one("SELECT count(*) FROM citus_get_active_worker_nodes()", &[])
+            .unwrap()
+            .get(0);
+        assert!(
+            workers >= 2,
+            "the Citus cluster at {url} has {workers} workers; the tests need two"
+        );
+        c.batch_execute("CREATE EXTENSION IF NOT EXISTS amba")
+            .unwrap();
         c.query_one("SELECT amba_distribute()", &[]).unwrap();
         *done = true;
     }
@@ -77,12 +104,25 @@ fn distributed_tables_are_sharded_by_user_and_colocated() {
             &[],
         )
         .unwrap();
-    let by_table: BTreeMap<String, (String, i32)> = rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
+    let by_table: BTreeMap<String, (String, i32)> = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
     for t in ["amba.assignments", "amba.exposures", "amba.events"] {
         assert_eq!(by_table[t].0, "h", "{t} is hash-distributed");
-        assert_eq!(by_table[t].1, by_table["amba.assignments"].1, "{t} is colocated with assignments");
+        assert_eq!(
+            by_table[t].1, by_table["amba.assignments"].1,
+            "{t} is colocated with assignments"
+        );
     }
-    for t in ["amba.experiments", "amba.weight_versions", "amba.experiment_history", "amba.overrides", "amba.aliases", "amba.api_keys"] {
+    for t in [
+        "amba.experiments",
+        "amba.weight_versions",
+        "amba.experiment_history",
+        "amba.overrides",
+        "amba.aliases",
+        "amba.api_keys",
+    ] {
         assert_eq!(by_table[t].0, "n", "{t} is a reference table");
     }
     let delegated: i64 = c
@@ -116,16 +156,23 @@ fn exactly_one_assignment_per_user_from_many_connections_at_once() {
                 let mut got = BTreeMap::new();
                 for i in 0..users.len() {
                     let u = &users[(i + t * 19) % users.len()];
-                    let v: String = c.query_one("SELECT amba_assign($1, $2)", &[&key, u]).unwrap().get(0);
+                    let v: String = c
+                        .query_one("SELECT amba_assign($1, $2)", &[&key, u])
+                        .unwrap()
+                        .get(0);
                     got.insert(u.clone(), v);
                 }
                 got
             })
         })
         .collect();
-    let answers: Vec<BTreeMap<String, String>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let answers: Vec<BTreeMap<String, String>> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
     for a in &answers[1..] {
-        assert_eq!(a, &answers[0], "every connection got the same variant for every user");
+        assert_eq!(
+            a, &answers[0],
+            "every connection got the same variant for every user"
+        );
     }
     let rows = c
         .query(
@@ -140,7 +187,10 @@ fn exactly_one_assignment_per_user_from_many_connections_at_once() {
         assert_eq!(n, 1, "{u} has {n} assignments");
         assert_eq!(answers[0][&u], v);
         // and the variant is the bucket's: sticky and the same as on one node
-        let b: f64 = c.query_one("SELECT amba_bucket($1, $2)", &[&key, &u]).unwrap().get(0);
+        let b: f64 = c
+            .query_one("SELECT amba_bucket($1, $2)", &[&key, &u])
+            .unwrap()
+            .get(0);
         assert_eq!(v, if b < 0.5 { "a" } else { "b" });
     }
 }
@@ -170,7 +220,11 @@ fn rows_of(c: &mut impl postgres::GenericClient, sql: &str) -> Vec<Vec<String>> 
         .unwrap()
         .into_iter()
         .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect()),
+            postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            ),
             _ => None,
         })
         .collect()
@@ -197,7 +251,11 @@ fn results_equal_a_single_nodes_on_the_same_rows() {
     }
     // The counting is pushed down to the shards: a Citus plan over every shard.
     let plan = rows_of(&mut c, "EXPLAIN SELECT a.variant, count(*), count(x.user_id) FROM amba.assignments a LEFT JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id WHERE a.experiment_id = 1 GROUP BY a.variant");
-    let text: String = plan.iter().map(|r| r[0].clone()).collect::<Vec<_>>().join("\n");
+    let text: String = plan
+        .iter()
+        .map(|r| r[0].clone())
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(text.contains("Custom Scan (Citus Adaptive)"), "{text}");
 }
 
@@ -206,7 +264,13 @@ fn http_client_requests_work_through_the_coordinator() {
     let Some(mut c) = citus() else { return };
     let key = unique("citus_http");
     c.query_one("SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[&key]).unwrap();
-    let api_key: String = c.query_one("SELECT amba_create_api_key($1)", &[&unique("citus_client_key")]).unwrap().get(0);
+    let api_key: String = c
+        .query_one(
+            "SELECT amba_create_api_key($1)",
+            &[&unique("citus_client_key")],
+        )
+        .unwrap()
+        .get(0);
     // What PostgREST runs per request (see http_contract.rs): one transaction, the settings
     // of the request, the pre-request function, the call.
     let request = |c: &mut Client, user: &str, path: &str, call: &str| -> Vec<Vec<String>> {
@@ -226,11 +290,29 @@ fn http_client_requests_work_through_the_coordinator() {
         tx.commit().unwrap();
         rows
     };
-    let v = request(&mut c, "http-1", "/rpc/assign", &format!("SELECT amba_api.assign('{key}') ->> 'variant'"));
-    let direct: String = c.query_one("SELECT amba_assign($1, 'http-1')", &[&key]).unwrap().get(0);
+    let v = request(
+        &mut c,
+        "http-1",
+        "/rpc/assign",
+        &format!("SELECT amba_api.assign('{key}') ->> 'variant'"),
+    );
+    let direct: String = c
+        .query_one("SELECT amba_assign($1, 'http-1')", &[&key])
+        .unwrap()
+        .get(0);
     assert_eq!(v[0][0], direct);
-    request(&mut c, "http-1", "/rpc/expose", &format!("SELECT amba_api.expose('{key}')"));
-    request(&mut c, "http-2", "/rpc/assign", &format!("SELECT amba_api.assign('{key}')"));
+    request(
+        &mut c,
+        "http-1",
+        "/rpc/expose",
+        &format!("SELECT amba_api.expose('{key}')"),
+    );
+    request(
+        &mut c,
+        "http-2",
+        "/rpc/assign",
+        &format!("SELECT amba_api.assign('{key}')"),
+    );
     // Row-level security through the coordinator: each client sees its own assignment only.
     let mine = request(&mut c, "http-1", "/my_assignments", &format!("SELECT experiment_key, exposed_at IS NOT NULL FROM amba_api.my_assignments WHERE experiment_key = '{key}'"));
     assert_eq!(mine, vec![vec![key.clone(), "t".to_string()]]);
@@ -242,22 +324,42 @@ fn http_client_requests_work_through_the_coordinator() {
 /// one of which the account touched first; the login aliases them; later calls with the
 /// visitor's id act on the account. Both must end with the same rows.
 fn alias_story(c: &mut Client, tag: &str) -> Vec<Vec<String>> {
-    let (e1, e2, anon, user) = (format!("{tag}_e1"), format!("{tag}_e2"), format!("{tag}-anon"), format!("{tag}-user"));
+    let (e1, e2, anon, user) = (
+        format!("{tag}_e1"),
+        format!("{tag}_e2"),
+        format!("{tag}-anon"),
+        format!("{tag}-user"),
+    );
     for e in [&e1, &e2] {
         c.query_one("SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[e]).unwrap();
     }
-    c.query_one("SELECT amba_assign($1, $2)", &[&e2, &user]).unwrap();
-    c.query_one("SELECT amba_assign($1, $2)", &[&e1, &anon]).unwrap();
-    c.query_one("SELECT amba_expose($1, $2)", &[&e1, &anon]).unwrap();
-    c.query_one("SELECT amba_assign($1, $2)", &[&e2, &anon]).unwrap();
-    c.query_one("SELECT amba_set_override($1, $2, 'b')", &[&e2, &anon]).unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&e2, &user])
+        .unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&e1, &anon])
+        .unwrap();
+    c.query_one("SELECT amba_expose($1, $2)", &[&e1, &anon])
+        .unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&e2, &anon])
+        .unwrap();
+    c.query_one("SELECT amba_set_override($1, $2, 'b')", &[&e2, &anon])
+        .unwrap();
     for event in ["view", "buy"] {
-        c.query_one("SELECT amba_track($1, $2)", &[&anon, &event]).unwrap();
+        c.query_one("SELECT amba_track($1, $2)", &[&anon, &event])
+            .unwrap();
     }
-    let mut out = rows_of(c, &format!("SELECT amba_alias('{anon}', '{user}') - 'user_id'"));
+    let mut out = rows_of(
+        c,
+        &format!("SELECT amba_alias('{anon}', '{user}') - 'user_id'"),
+    );
     // Later calls with the visitor's id act on the account.
-    out.extend(rows_of(c, &format!("SELECT amba_assign('{e1}', '{anon}') = amba_assign('{e1}', '{user}')")));
-    out.extend(rows_of(c, &format!("SELECT amba_track('{anon}', 'buy') IS NOT NULL")));
+    out.extend(rows_of(
+        c,
+        &format!("SELECT amba_assign('{e1}', '{anon}') = amba_assign('{e1}', '{user}')"),
+    ));
+    out.extend(rows_of(
+        c,
+        &format!("SELECT amba_track('{anon}', 'buy') IS NOT NULL"),
+    ));
     out.extend(rows_of(
         c,
         &format!(
@@ -269,7 +371,10 @@ fn alias_story(c: &mut Client, tag: &str) -> Vec<Vec<String>> {
         ),
     ));
     out.extend(rows_of(c, &format!("SELECT replace(user_id, '{tag}', ''), event, count(*) FROM amba.events WHERE user_id IN ('{anon}', '{user}') GROUP BY 1, 2 ORDER BY 1, 2")));
-    out.extend(rows_of(c, &format!("SELECT replace(user_id, '{tag}', ''), variant FROM amba_list_overrides('{e2}')")));
+    out.extend(rows_of(
+        c,
+        &format!("SELECT replace(user_id, '{tag}', ''), variant FROM amba_list_overrides('{e2}')"),
+    ));
     out
 }
 
@@ -282,9 +387,15 @@ fn alias_moves_a_visitor_to_the_account_as_on_one_node() {
     let on_one_node = alias_story(&mut single.client(), &tag);
     assert_eq!(on_citus, on_one_node);
     // moved 1 (e1), 1 conflict (e2, the account's earlier assignment wins), 2 events
-    assert_eq!(on_citus[0][0], r#"{"moved": 1, "events": 2, "conflicts": 1}"#, "{on_citus:?}");
+    assert_eq!(
+        on_citus[0][0], r#"{"moved": 1, "events": 2, "conflicts": 1}"#,
+        "{on_citus:?}"
+    );
     let anon_rows: i64 = c
-        .query_one("SELECT count(*) FROM amba.assignments WHERE user_id = $1", &[&format!("{tag}-anon")])
+        .query_one(
+            "SELECT count(*) FROM amba.assignments WHERE user_id = $1",
+            &[&format!("{tag}-anon")],
+        )
         .unwrap()
         .get(0);
     assert_eq!(anon_rows, 0);
@@ -295,10 +406,20 @@ fn experiment_admin_works_through_the_coordinator() {
     let Some(mut c) = citus() else { return };
     let key = unique("citus_admin");
     let k: &str = &key;
-    let got = |c: &mut Client, sql: &str| -> String { rows_of(c, &sql.replace("$k", k))[0][0].clone() };
+    let got =
+        |c: &mut Client, sql: &str| -> String { rows_of(c, &sql.replace("$k", k))[0][0].clone() };
     assert_eq!(got(&mut c, "SELECT amba_create_experiment('$k', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]') ->> 'key'"), key);
-    assert_eq!(got(&mut c, "SELECT amba_get_experiment('$k') ->> 'status'"), "active");
-    assert_eq!(got(&mut c, "SELECT count(*) FROM amba_list_experiments() j WHERE j ->> 'key' = '$k'"), "1");
+    assert_eq!(
+        got(&mut c, "SELECT amba_get_experiment('$k') ->> 'status'"),
+        "active"
+    );
+    assert_eq!(
+        got(
+            &mut c,
+            "SELECT count(*) FROM amba_list_experiments() j WHERE j ->> 'key' = '$k'"
+        ),
+        "1"
+    );
     assert_eq!(got(&mut c, "SELECT amba_update_experiment('$k', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1},{\"key\":\"c\",\"weight\":8}]') ->> 'weight_version'"), "2");
     // Enough users that one lands in c, then c cannot be removed.
     let in_c = got(&mut c, "SELECT count(*) FROM (SELECT amba_assign('$k', 'adm-' || g) v FROM generate_series(1, 40) g) s WHERE v = 'c'");
@@ -306,12 +427,33 @@ fn experiment_admin_works_through_the_coordinator() {
     let err = c
         .query_one(&"SELECT amba_update_experiment('$k', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')".replace("$k", k), &[])
         .unwrap_err();
-    assert!(err.as_db_error().unwrap().message().starts_with("INVALID_ARGUMENT: variant \"c\" has assignments"), "{err}");
-    assert_eq!(got(&mut c, "SELECT amba_set_override('$k', 'qa', 'b') ->> 'variant'"), "b");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .starts_with("INVALID_ARGUMENT: variant \"c\" has assignments"),
+        "{err}"
+    );
+    assert_eq!(
+        got(
+            &mut c,
+            "SELECT amba_set_override('$k', 'qa', 'b') ->> 'variant'"
+        ),
+        "b"
+    );
     assert_eq!(got(&mut c, "SELECT amba_assign('$k', 'qa')"), "b");
     assert_eq!(got(&mut c, "SELECT amba_clear_override('$k', 'qa')"), "t");
-    assert_eq!(got(&mut c, "SELECT count(*) FROM amba_experiment_history('$k')"), "4");
-    assert_eq!(got(&mut c, "SELECT amba_report('$k', 'buy') LIKE '<!DOCTYPE html>%'"), "t");
+    assert_eq!(
+        got(&mut c, "SELECT count(*) FROM amba_experiment_history('$k')"),
+        "4"
+    );
+    assert_eq!(
+        got(
+            &mut c,
+            "SELECT amba_report('$k', 'buy') LIKE '<!DOCTYPE html>%'"
+        ),
+        "t"
+    );
     assert_eq!(got(&mut c, "SELECT amba_delete_experiment('$k')"), "t");
     assert_eq!(got(&mut c, "SELECT count(*) FROM amba.assignments a WHERE a.user_id LIKE 'adm-%' AND a.experiment_id NOT IN (SELECT id FROM amba.experiments)"), "0");
     assert_eq!(got(&mut c, "SELECT amba_get_experiment('$k') IS NULL"), "t");
@@ -346,12 +488,20 @@ fn a_removal_holds_off_first_assignments_on_the_workers() {
     let mut tx = remover.transaction().unwrap();
     tx.query_one("SELECT amba_update_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[&key]).unwrap();
     let (k, u) = (key.clone(), user.clone());
-    let assigner = std::thread::spawn(move || -> String { citus_client().query_one("SELECT amba_assign($1, $2)", &[&k, &u]).unwrap().get(0) });
+    let assigner = std::thread::spawn(move || -> String {
+        citus_client()
+            .query_one("SELECT amba_assign($1, $2)", &[&k, &u])
+            .unwrap()
+            .get(0)
+    });
     // The first assignment is waiting on its worker.
     let mut polls = 0;
     while lock_waits(&mut c) == 0 {
         polls += 1;
-        assert!(polls < 3000 && !assigner.is_finished(), "the first assignment did not wait for the removal");
+        assert!(
+            polls < 3000 && !assigner.is_finished(),
+            "the first assignment did not wait for the removal"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert!(!assigner.is_finished());

@@ -10,7 +10,6 @@ use amba_integration_tests::Db;
 use postgres::Client;
 use std::collections::BTreeSet;
 
-
 /// Everything the extension creates, one line per fact, independent of creation order:
 /// member objects, function definitions with owners and sorted ACLs, columns, constraints,
 /// indexes, policies, table and schema ACLs, triggers, views, domains, dumped tables.
@@ -74,7 +73,12 @@ SELECT line FROM facts ORDER BY line
 "#;
 
 fn snapshot(client: &mut Client) -> BTreeSet<String> {
-    client.query(CATALOG_SNAPSHOT, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
+    client
+        .query(CATALOG_SNAPSHOT, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
 }
 
 /// Fills a 0.1.0 install the way 0.1.0 does.
@@ -110,14 +114,19 @@ const RESULTS: &str = "SELECT variant || ' ' || assigned_count || ' ' || exposed
                        FROM amba_results('checkout', 'purchase')";
 
 fn texts(c: &mut Client, sql: &str) -> Vec<String> {
-    c.query(sql, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
+    c.query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
 }
 
 #[test]
 fn update_from_0_1_0_keeps_data_and_equals_a_fresh_install() {
     let old = Db::new("amba_upgrade_from");
     let mut c = old.client();
-    c.batch_execute("CREATE EXTENSION amba VERSION '0.1.0'").unwrap();
+    c.batch_execute("CREATE EXTENSION amba VERSION '0.1.0'")
+        .unwrap();
     fill_0_1_0(&mut c);
     let counts = "SELECT (SELECT count(*) FROM amba.experiments) || ' ' || (SELECT count(*) FROM amba.assignments) \
                   || ' ' || (SELECT count(*) FROM amba.exposures) || ' ' || (SELECT count(*) FROM amba.events) \
@@ -131,7 +140,13 @@ fn update_from_0_1_0_keeps_data_and_equals_a_fresh_install() {
     c.batch_execute("ALTER EXTENSION amba UPDATE").unwrap();
     drop(c);
     let mut c = old.client();
-    assert_eq!(texts(&mut c, "SELECT extversion FROM pg_extension WHERE extname = 'amba'"), ["0.2.0"]);
+    assert_eq!(
+        texts(
+            &mut c,
+            "SELECT extversion FROM pg_extension WHERE extname = 'amba'"
+        ),
+        ["0.2.0"]
+    );
     assert_eq!(texts(&mut c, counts), before_counts, "row counts changed");
     assert_eq!(texts(&mut c, "SELECT action || ' ' || coalesce(after::text, before::text) FROM amba.experiment_history ORDER BY history_id")
         .iter().map(|l| l.replace(r#", "bucketing_version": 1"#, "")).collect::<Vec<_>>(), before_history, "history changed");
@@ -154,24 +169,72 @@ fn update_from_0_1_0_keeps_data_and_equals_a_fresh_install() {
     let control: Vec<&str> = results[0].split(' ').collect();
     let treatment: Vec<&str> = results[1].split(' ').collect();
     // 25 treatment users (i % 4 = 0), 75 control; u7 (control) unexposed; converters i % 3 = 0.
-    assert_eq!(&control[..4], ["control", "75", "74", &(1..=100).filter(|i| i % 4 != 0 && i % 3 == 0 && *i != 7).count().to_string()]);
-    assert_eq!(&treatment[..4], ["treatment", "25", "25", &(1..=100).filter(|i| i % 4 == 0 && i % 3 == 0).count().to_string()]);
-    let new_user: String = c.query_one("SELECT amba_assign('checkout', 'new-user')", &[]).unwrap().get(0);
+    assert_eq!(
+        &control[..4],
+        [
+            "control",
+            "75",
+            "74",
+            &(1..=100)
+                .filter(|i| i % 4 != 0 && i % 3 == 0 && *i != 7)
+                .count()
+                .to_string()
+        ]
+    );
+    assert_eq!(
+        &treatment[..4],
+        [
+            "treatment",
+            "25",
+            "25",
+            &(1..=100)
+                .filter(|i| i % 4 == 0 && i % 3 == 0)
+                .count()
+                .to_string()
+        ]
+    );
+    let new_user: String = c
+        .query_one("SELECT amba_assign('checkout', 'new-user')", &[])
+        .unwrap()
+        .get(0);
     assert!(["control", "treatment"].contains(&new_user.as_str()));
-    let err = c.query_one("SELECT amba_assign('paused-one', 'someone')", &[]).unwrap_err();
-    assert!(err.as_db_error().unwrap().message().starts_with("EXPERIMENT_INACTIVE:"));
+    let err = c
+        .query_one("SELECT amba_assign('paused-one', 'someone')", &[])
+        .unwrap_err();
+    assert!(err
+        .as_db_error()
+        .unwrap()
+        .message()
+        .starts_with("EXPERIMENT_INACTIVE:"));
     // 0.2.0 features on upgraded data.
-    c.batch_execute("SELECT amba_set_override('checkout', 'qa', 'treatment')").unwrap();
-    let peek: Option<String> = c.query_one("SELECT amba_peek('checkout', 'u4')", &[]).unwrap().get(0);
+    c.batch_execute("SELECT amba_set_override('checkout', 'qa', 'treatment')")
+        .unwrap();
+    let peek: Option<String> = c
+        .query_one("SELECT amba_peek('checkout', 'u4')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(peek.as_deref(), Some("treatment"));
-    let metric_rows = c.query("SELECT * FROM amba_metric_results('checkout', 'purchase', 'amount')", &[]).unwrap();
+    let metric_rows = c
+        .query(
+            "SELECT * FROM amba_metric_results('checkout', 'purchase', 'amount')",
+            &[],
+        )
+        .unwrap();
     assert_eq!(metric_rows.len(), 2);
     // The API key created under 0.1.0 still authenticates (its hash is unchanged).
-    let keys: i64 = c.query_one("SELECT count(*) FROM amba.api_keys WHERE name = 'web' AND revoked_at IS NULL", &[]).unwrap().get(0);
+    let keys: i64 = c
+        .query_one(
+            "SELECT count(*) FROM amba.api_keys WHERE name = 'web' AND revoked_at IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(keys, 1);
     // Append-only history after the update, too.
     c.batch_execute("SET ROLE amba_admin").unwrap();
-    let err = c.execute("DELETE FROM amba.experiment_history", &[]).unwrap_err();
+    let err = c
+        .execute("DELETE FROM amba.experiment_history", &[])
+        .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42501");
     c.batch_execute("RESET ROLE").unwrap();
 
@@ -188,5 +251,9 @@ fn update_from_0_1_0_keeps_data_and_equals_a_fresh_install() {
         only_upgraded.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
         only_fresh.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
     );
-    assert!(installed.len() > 200, "the snapshot sees too little: {}", installed.len());
+    assert!(
+        installed.len() > 200,
+        "the snapshot sees too little: {}",
+        installed.len()
+    );
 }

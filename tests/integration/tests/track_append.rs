@@ -1,0 +1,393 @@
+//! `amba_track` appends an event without SPI when `amba.events` has amba's own shape
+//! (src/append.rs). These tests prove, at the SQL level, that the rows are exactly what the
+//! INSERT stores, that every index holds them, and that whatever the table gains — a
+//! trigger, a constraint, an index, a column, a policy — or a caller lacks, is honoured as
+//! the INSERT would honour it, also when another session changes the table between two
+//! calls of a backend that has already appended.
+
+use amba_integration_tests::Db;
+use postgres::Client;
+
+fn track(
+    c: &mut Client,
+    user: &str,
+    event: &str,
+    properties: Option<&str>,
+) -> Result<(), postgres::Error> {
+    c.execute(
+        "SELECT amba_track($1, $2, $3::text::jsonb)",
+        &[&user, &event, &properties],
+    )
+    .map(|_| ())
+}
+
+fn code(e: postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| panic!("not a database error: {e}"))
+}
+
+fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+#[test]
+fn appended_rows_are_what_the_insert_stores_and_every_index_holds_them() {
+    let db = Db::with_amba("append_rows");
+    let mut c = db.client();
+    c.batch_execute(
+        "CREATE EXTENSION amcheck;
+         -- indexes a user might add: partial, on an expression, unique on the identity
+         CREATE INDEX events_big ON amba.events (occurred_at) WHERE properties ? 'big';
+         CREATE INDEX events_lower_user ON amba.events (lower(user_id));
+         CREATE UNIQUE INDEX events_id_again ON amba.events (event_id);",
+    )
+    .unwrap();
+    let big = format!("{{\"big\": \"{}\"}}", "x".repeat(60_000)); // stored out of line (TOAST)
+    let cases: Vec<(String, String, Option<String>, Option<&str>)> = vec![
+        (
+            "u1".into(),
+            "purchase".into(),
+            Some(r#"{"amount": 42}"#.into()),
+            None,
+        ),
+        (
+            "U2".into(),
+            "signup".into(),
+            None,
+            Some("2026-01-02 03:04:05.678901+00"),
+        ),
+        ("ü3 ✓".into(), "purchase".into(), Some(big.clone()), None),
+        (
+            "u4".into(),
+            "e".repeat(128),
+            Some("{}".into()),
+            Some("1999-12-31 23:59:59+00"),
+        ),
+    ];
+    c.batch_execute("BEGIN").unwrap();
+    let now: String = c.query_one("SELECT now()::text", &[]).unwrap().get(0);
+    for (user, event, props, at) in &cases {
+        c.execute(
+            "SELECT amba_track($1, $2, $3::text::jsonb, $4::text::timestamptz)",
+            &[user, event, props, at],
+        )
+        .unwrap();
+    }
+    c.batch_execute("COMMIT").unwrap();
+    // A plain INSERT afterwards takes the next identity value.
+    c.batch_execute(
+        "INSERT INTO amba.events (user_id, event, occurred_at) VALUES ('raw', 'r', now())",
+    )
+    .unwrap();
+
+    let rows = c
+        .query(
+            "SELECT event_id, user_id, event, occurred_at::text, properties::text FROM amba.events ORDER BY event_id",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 5);
+    for (i, (user, event, props, at)) in cases.iter().enumerate() {
+        let row = &rows[i];
+        assert_eq!(
+            row.get::<_, i64>(0),
+            i as i64 + 1,
+            "event_id from the identity sequence, in order"
+        );
+        assert_eq!(&row.get::<_, String>(1), user);
+        assert_eq!(&row.get::<_, String>(2), event);
+        let expected_at: String = match at {
+            Some(at) => c
+                .query_one("SELECT $1::text::timestamptz::text", &[at])
+                .unwrap()
+                .get(0),
+            None => now.clone(),
+        };
+        assert_eq!(
+            row.get::<_, String>(3),
+            expected_at,
+            "occurred_at: the given time, or the transaction's now()"
+        );
+        let expected_props: Option<String> = props.as_ref().map(|p| {
+            c.query_one("SELECT $1::text::jsonb::text", &[p])
+                .unwrap()
+                .get(0)
+        });
+        assert_eq!(row.get::<_, Option<String>>(4), expected_props);
+    }
+    assert_eq!(rows[4].get::<_, i64>(0), 5);
+
+    // Every heap row is in every btree (heapallindexed), and the indexes answer queries.
+    let indexes: Vec<String> = c
+        .query("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'amba.events'::regclass", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(indexes.len(), 5);
+    for index in &indexes {
+        c.execute(
+            "SELECT bt_index_parent_check($1::text::regclass, true)",
+            &[index],
+        )
+        .unwrap();
+    }
+    c.batch_execute("SET enable_seqscan = off").unwrap();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM amba.events WHERE properties ? 'big'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM amba.events WHERE lower(user_id) = 'u2'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM amba.events WHERE event = 'purchase' AND user_id = 'u1'"
+        ),
+        1
+    );
+    // A unique index the user added is checked: its violation is the INSERT's.
+    c.batch_execute(
+        "CREATE UNIQUE INDEX events_one_per_user_event ON amba.events (user_id, event)",
+    )
+    .unwrap();
+    track(&mut c, "u5", "once", None).unwrap();
+    assert_eq!(
+        code(track(&mut c, "u5", "once", None).unwrap_err()),
+        "23505"
+    );
+}
+
+#[test]
+fn what_another_session_adds_to_the_table_applies_to_the_next_call() {
+    let db = Db::with_amba("append_ddl");
+    let mut app = db.client(); // appends before and after each change
+    let mut admin = db.client();
+    track(&mut app, "a", "before", None).unwrap();
+
+    // A trigger.
+    admin
+        .batch_execute(
+            "CREATE TABLE public.seen (user_id text);
+             CREATE FUNCTION public.log_event() RETURNS trigger LANGUAGE plpgsql AS
+               $$BEGIN INSERT INTO public.seen VALUES (NEW.user_id); RETURN NEW; END$$;
+             CREATE TRIGGER log_event AFTER INSERT ON amba.events FOR EACH ROW EXECUTE FUNCTION public.log_event();",
+        )
+        .unwrap();
+    track(&mut app, "b", "after trigger", None).unwrap();
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM public.seen WHERE user_id = 'b'"
+        ),
+        1
+    );
+    // A BEFORE trigger that rewrites the row.
+    admin
+        .batch_execute(
+            "CREATE FUNCTION public.tag() RETURNS trigger LANGUAGE plpgsql AS
+               $$BEGIN NEW.event := NEW.event || ' (tagged)'; RETURN NEW; END$$;
+             CREATE TRIGGER tag BEFORE INSERT ON amba.events FOR EACH ROW EXECUTE FUNCTION public.tag();",
+        )
+        .unwrap();
+    track(&mut app, "c", "rewritten", None).unwrap();
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM amba.events WHERE event = 'rewritten (tagged)'"
+        ),
+        1
+    );
+    admin
+        .batch_execute("DROP TRIGGER log_event ON amba.events; DROP TRIGGER tag ON amba.events")
+        .unwrap();
+    track(&mut app, "d", "untagged", None).unwrap();
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM amba.events WHERE user_id = 'd' AND event = 'untagged'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM public.seen WHERE user_id = 'c'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM public.seen WHERE user_id = 'd'"
+        ),
+        0,
+        "the trigger is gone"
+    );
+
+    // Another CHECK constraint.
+    admin
+        .batch_execute(
+            "ALTER TABLE amba.events ADD CONSTRAINT no_forbidden CHECK (event <> 'forbidden')",
+        )
+        .unwrap();
+    assert_eq!(
+        code(track(&mut app, "e", "forbidden", None).unwrap_err()),
+        "23514"
+    );
+    admin
+        .batch_execute("ALTER TABLE amba.events DROP CONSTRAINT no_forbidden")
+        .unwrap();
+    track(&mut app, "e", "forbidden", None).unwrap();
+
+    // NOT NULL where amba allows NULL.
+    admin
+        .batch_execute(
+            "UPDATE amba.events SET properties = '{}' WHERE properties IS NULL;
+             ALTER TABLE amba.events ALTER COLUMN properties SET NOT NULL",
+        )
+        .unwrap();
+    assert_eq!(
+        code(track(&mut app, "f", "no properties", None).unwrap_err()),
+        "23502"
+    );
+    track(&mut app, "f", "properties", Some("{}")).unwrap();
+    admin
+        .batch_execute("ALTER TABLE amba.events ALTER COLUMN properties DROP NOT NULL")
+        .unwrap();
+
+    // A column with a default.
+    admin
+        .batch_execute("ALTER TABLE amba.events ADD COLUMN source text NOT NULL DEFAULT 'app'")
+        .unwrap();
+    track(&mut app, "g", "with source", None).unwrap();
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM amba.events WHERE user_id = 'g' AND source = 'app'"
+        ),
+        1
+    );
+    admin
+        .batch_execute("ALTER TABLE amba.events DROP COLUMN source")
+        .unwrap();
+    track(&mut app, "h", "dropped column", None).unwrap();
+
+    // Every event is there once, under its own id.
+    let users: Vec<String> = app
+        .query("SELECT user_id FROM amba.events ORDER BY event_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(users, ["a", "b", "c", "d", "e", "f", "g", "h"]);
+}
+
+#[test]
+fn callers_get_the_insert_errors_and_policies() {
+    let db = Db::with_amba("append_access");
+    let mut c = db.client();
+    let role = format!("{}_writer", db.0);
+    c.batch_execute(&format!(
+        "CREATE ROLE \"{role}\";
+         GRANT USAGE ON SCHEMA amba TO \"{role}\";
+         GRANT SELECT ON amba.aliases TO \"{role}\";
+         GRANT EXECUTE ON FUNCTION amba_track(text, text, jsonb, timestamptz) TO \"{role}\";"
+    ))
+    .unwrap();
+    let as_role = |c: &mut Client, sql: &str| {
+        c.batch_execute(&format!("SET ROLE \"{role}\"; {sql}; RESET ROLE"))
+    };
+
+    // Without INSERT on amba.events: the INSERT's permission error.
+    let e = as_role(&mut c, "SELECT amba_track('x', 'e')").unwrap_err();
+    assert_eq!(code(e), "42501");
+    c.batch_execute("RESET ROLE").unwrap();
+
+    // INSERT without any privilege on the identity sequence is enough, as for the INSERT;
+    // the role is subject to row-level security, and its policy's WITH CHECK applies.
+    c.batch_execute(&format!(
+        "GRANT INSERT ON amba.events TO \"{role}\";
+         CREATE POLICY writer_ok ON amba.events FOR INSERT TO \"{role}\" WITH CHECK (user_id LIKE 'ok%');"
+    ))
+    .unwrap();
+    as_role(&mut c, "SELECT amba_track('ok1', 'e')").unwrap();
+    let e = as_role(&mut c, "SELECT amba_track('bad', 'e')").unwrap_err();
+    assert_eq!(
+        code(e),
+        "42501",
+        "new row violates row-level security policy"
+    );
+    c.batch_execute("RESET ROLE").unwrap();
+
+    // Table owner (no row-level security for it) in a read-only transaction.
+    c.batch_execute("BEGIN READ ONLY").unwrap();
+    assert_eq!(code(track(&mut c, "ro", "e", None).unwrap_err()), "25006");
+    c.batch_execute("ROLLBACK").unwrap();
+
+    let users: Vec<String> = c
+        .query("SELECT user_id FROM amba.events ORDER BY event_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(users, ["ok1"]);
+}
+
+#[test]
+fn appends_roll_back_with_their_transaction_and_are_seen_by_its_next_command() {
+    let db = Db::with_amba("append_tx");
+    let mut c = db.client();
+    c.batch_execute("BEGIN").unwrap();
+    track(&mut c, "gone", "e", None).unwrap();
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM amba.events"),
+        1,
+        "seen by the transaction's next command"
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM amba.events"), 0);
+
+    c.batch_execute("BEGIN; SAVEPOINT s").unwrap();
+    track(&mut c, "undone", "e", None).unwrap();
+    c.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    track(&mut c, "kept", "e", None).unwrap();
+    c.batch_execute("COMMIT").unwrap();
+    // Many in one statement: each its own row.
+    c.batch_execute("SELECT amba_track('many' || g, 'bulk') FROM generate_series(1, 500) g")
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM amba.events WHERE user_id = 'kept'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM amba.events WHERE user_id = 'undone'"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(DISTINCT user_id) FROM amba.events WHERE event = 'bulk'"
+        ),
+        500
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(DISTINCT event_id) FROM amba.events"),
+        501
+    );
+}
