@@ -13,11 +13,11 @@
 //! surface calls: only the extension can create functions there, so no look-alike placed
 //! in the extension's schema can intercept a SECURITY DEFINER call (CONTRACT 8).
 
-use crate::append;
 use crate::cache::{self, Experiment};
 use crate::direct;
 use crate::errors::{raise_code, raise_serialization_failure, OrRaise};
 use crate::identity;
+use crate::insert;
 use crate::jsonb::JsonbDatum;
 use crate::locks;
 use crate::spi::with_plan;
@@ -213,7 +213,17 @@ fn first_assignment(
         let index = bucket::pick(user_bucket, &exp.thresholds, &exp.weights)
             .expect("validated weights have a positive sum");
         let variant = &exp.variant_keys[index];
-        if insert_assignment(client, &exp, who, variant) {
+        let direct = direct::tables().and_then(|t| {
+            insert::assignment_if_absent(
+                t.assignments,
+                t.assignments_pkey,
+                exp.id,
+                who,
+                variant,
+                exp.weight_version,
+            )
+        });
+        if direct.unwrap_or_else(|| insert_assignment(client, &exp, who, variant)) {
             return variant.clone();
         }
         // A concurrent first call for this user committed first: return what it stored.
@@ -465,7 +475,7 @@ fn track(
     let who = identity::resolve(user_id);
     let properties = properties.map(|p| p.0);
     if direct::tables()
-        .is_some_and(|t| append::append_event(t.events, &who, event, stored_at, properties))
+        .is_some_and(|t| insert::append_event(t.events, &who, event, stored_at, properties))
     {
         return stored_at;
     }

@@ -5,7 +5,8 @@
 //! - `assign`: the hot path (assign, expose, peek, track, bucket);
 //! - `results`, `metrics`, `daily`: the results functions (count in SQL, statistics in the core);
 //! - `cache`: experiment definitions per backend, checked against each statement's snapshot;
-//! - `direct`: index and heap reads without SPI; `append`: an event appended without SPI; `spi`: SPI helpers; `locks`: advisory locks;
+//! - `direct`: index and heap reads without SPI; `insert`: the hot path's inserts without
+//!   SPI; `spi`: SPI helpers; `locks`: advisory locks;
 //! - `identity`: aliases; `internal`: validators and helpers the hand-written SQL calls;
 //! - `errors`: raising the contract's errors; `jsonb`: a jsonb argument passed through.
 //!
@@ -18,13 +19,13 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
-mod append;
 mod assign;
 mod cache;
 mod daily;
 mod direct;
 mod errors;
 mod identity;
+mod insert;
 mod internal;
 mod jsonb;
 mod locks;

@@ -366,6 +366,51 @@ mod tests {
         assert_eq!(text("SELECT amba_expose('x', 'u')"), v);
     }
 
+    /// The hot path's inserts go direct (src/insert.rs) on the tables amba creates, and
+    /// through SPI once a table gains what the direct insert would not honour.
+    #[pg_test]
+    fn hot_path_inserts_go_direct_only_on_amba_own_tables() {
+        use crate::insert::{append_event, assignment_if_absent};
+        let t = crate::direct::tables().expect("amba's tables");
+        let now = TimestampWithTimeZone::try_from(unsafe {
+            pgrx::pg_sys::GetCurrentTransactionStartTimestamp()
+        })
+        .unwrap();
+        let assign = |user: &str| {
+            assignment_if_absent(t.assignments, t.assignments_pkey, 999_999, user, "a", 1)
+        };
+        assert!(append_event(t.events, "u", "e", now, None));
+        assert_eq!(assign("u"), Some(true));
+        assert_eq!(
+            assign("u"),
+            Some(false),
+            "the row is there: ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM amba.assignments WHERE experiment_id = 999999"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM amba.events WHERE user_id = 'u'"),
+            1
+        );
+
+        Spi::run(
+            "CREATE FUNCTION pg_temp.noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
+             CREATE TRIGGER noop BEFORE INSERT ON amba.events FOR EACH ROW EXECUTE FUNCTION pg_temp.noop();
+             ALTER TABLE amba.assignments ADD CONSTRAINT no_x CHECK (variant <> 'x')",
+        )
+        .unwrap();
+        assert!(!append_event(t.events, "v", "e", now, None));
+        assert_eq!(assign("v"), None);
+        Spi::run(
+            "DROP TRIGGER noop ON amba.events; ALTER TABLE amba.assignments DROP CONSTRAINT no_x",
+        )
+        .unwrap();
+        assert!(append_event(t.events, "v", "e", now, None));
+        assert_eq!(assign("v"), Some(true));
+    }
+
     #[pg_test]
     fn track_stores_events() {
         setup();

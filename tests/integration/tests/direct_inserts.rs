@@ -1,12 +1,15 @@
-//! `amba_track` appends an event without SPI when `amba.events` has amba's own shape
-//! (src/append.rs). These tests prove, at the SQL level, that the rows are exactly what the
-//! INSERT stores, that every index holds them, and that whatever the table gains — a
-//! trigger, a constraint, an index, a column, a policy — or a caller lacks, is honoured as
-//! the INSERT would honour it, also when another session changes the table between two
-//! calls of a backend that has already appended.
+//! `amba_track` appends an event, and `amba_assign` stores a first assignment, without SPI
+//! when the table has amba's own shape (src/insert.rs). These tests prove, at the SQL
+//! level, that the rows are exactly what the INSERT stores, that every index holds them,
+//! that a first assignment meeting a concurrent one waits for it and keeps whichever
+//! committed (ON CONFLICT DO NOTHING), and that whatever the table gains — a trigger, a
+//! constraint, an index, a column, a policy — or a caller lacks, is honoured as the INSERT
+//! would honour it, also when another session changes the table between two calls of a
+//! backend that has already inserted.
 
 use amba_integration_tests::Db;
 use postgres::Client;
+use std::time::{Duration, Instant};
 
 fn track(
     c: &mut Client,
@@ -390,4 +393,89 @@ fn appends_roll_back_with_their_transaction_and_are_seen_by_its_next_command() {
         count(&mut c, "SELECT count(DISTINCT event_id) FROM amba.events"),
         501
     );
+}
+
+fn pid(c: &mut Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0)
+}
+
+/// Waits until backend `pid` waits for another transaction to end (a bounded poll).
+fn wait_until_waiting_for_a_transaction(observer: &mut Client, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: bool = observer
+            .query_one("SELECT coalesce(wait_event = 'transactionid', false) FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .unwrap()
+            .get(0);
+        if waiting {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend {pid} never waited for the other transaction"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_first_assignment_meeting_an_uncommitted_one_waits_and_keeps_whichever_committed() {
+    let db = Db::with_amba("append_conflict");
+    let mut c = db.client();
+    c.batch_execute("SELECT amba_create_experiment('race', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')")
+        .unwrap();
+    let eid: i64 = c
+        .query_one("SELECT id FROM amba.experiments WHERE key = 'race'", &[])
+        .unwrap()
+        .get(0);
+    // The variant amba_assign would pick for u, and the other one, which only a row stored
+    // by someone else can give it.
+    let own: String = c
+        .query_one("SELECT amba_peek('race', 'u')", &[])
+        .unwrap()
+        .get(0);
+    let other = if own == "a" { "b" } else { "a" };
+
+    for commit in [true, false] {
+        c.batch_execute("DELETE FROM amba.assignments").unwrap();
+        let mut first = db.client();
+        first.batch_execute("BEGIN").unwrap();
+        first
+            .execute(
+                "INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version) VALUES ($1, 'u', $2, 1)",
+                &[&eid, &other],
+            )
+            .unwrap();
+        let mut second = db.client();
+        let second_pid = pid(&mut second);
+        let assigning = std::thread::spawn(move || -> String {
+            second
+                .query_one("SELECT amba_assign('race', 'u')", &[])
+                .unwrap()
+                .get(0)
+        });
+        wait_until_waiting_for_a_transaction(&mut c, second_pid);
+        first
+            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .unwrap();
+        let variant = assigning.join().unwrap();
+        let stored: Vec<String> = c
+            .query(
+                "SELECT variant FROM amba.assignments WHERE experiment_id = $1 AND user_id = 'u'",
+                &[&eid],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if commit {
+            assert_eq!(variant, other, "the committed row is the user's assignment");
+        } else {
+            assert_eq!(
+                variant, own,
+                "the rolled-back row left room for the user's own"
+            );
+        }
+        assert_eq!(stored, [variant], "one row, the one returned");
+    }
 }

@@ -1,0 +1,419 @@
+//! Inserting the hot path's rows without SPI: an event (`amba_track`) and a first
+//! assignment (`amba_assign`, ON CONFLICT DO NOTHING). Each does the table work of the
+//! INSERT — the heap insert, every index entry, the speculative-insertion protocol for
+//! ON CONFLICT — the way logical replication's apply worker inserts a row
+//! (`ExecSimpleRelationInsert`) and `ExecInsert` handles a conflict, with no plan, portal
+//! or executor start-up. PostgreSQL reads a table's CHECK expressions from their stored
+//! text on every INSERT; here they are already enforced on the values.
+//!
+//! It is taken only where it does exactly what the INSERT would:
+//! - the table has the shape amba created (columns, NOT NULLs, identity, defaults, CHECKs,
+//!   and for assignments no unique index but the primary key), learned once per relcache
+//!   change of it, and no trigger fires on INSERT (a user's own, or Citus's);
+//! - the caller holds INSERT on it (and may take values from the events' sequence), no
+//!   row-level security applies to them, and the transaction is read-write.
+//!
+//! Any index a user adds is maintained, unique ones checked, as the executor would.
+//! Otherwise the caller runs the INSERT through SPI, which also raises any error the
+//! INSERT would.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::Cell;
+
+/// A column as amba creates it: name, type, NOT NULL, identity ('a' = GENERATED ALWAYS).
+type Column = (&'static str, pg_sys::Oid, bool, u8);
+
+struct TableShape {
+    columns: &'static [Column],
+    /// Its CHECK constraints as `pg_get_constraintdef` prints them, by name.
+    checks: &'static [&'static str],
+    /// Its column defaults as `column = pg_get_expr(...)`, by column number.
+    defaults: &'static [&'static str],
+    /// Whether a unique index besides the primary key sends it down the SPI path (for
+    /// ON CONFLICT, whose arbiters the SQL infers from the unique indexes).
+    only_primary_key_unique: bool,
+}
+
+const EVENTS: TableShape = TableShape {
+    columns: &[
+        ("event_id", pg_sys::INT8OID, true, b'a'),
+        ("user_id", pg_sys::TEXTOID, true, 0),
+        ("event", pg_sys::TEXTOID, true, 0),
+        ("occurred_at", pg_sys::TIMESTAMPTZOID, true, 0),
+        ("properties", pg_sys::JSONBOID, false, 0),
+    ],
+    checks: &["CHECK (((properties IS NULL) OR (jsonb_typeof(properties) = 'object'::text)))"],
+    defaults: &[],
+    only_primary_key_unique: false,
+};
+
+const ASSIGNMENTS: TableShape = TableShape {
+    columns: &[
+        ("experiment_id", pg_sys::INT8OID, true, 0),
+        ("user_id", pg_sys::TEXTOID, true, 0),
+        ("variant", pg_sys::TEXTOID, true, 0),
+        ("weight_version", pg_sys::INT4OID, true, 0),
+        ("assigned_at", pg_sys::TIMESTAMPTZOID, true, 0),
+    ],
+    checks: &[],
+    defaults: &["assigned_at = now()"],
+    only_primary_key_unique: true,
+};
+
+/// What a call needs to know about a table, learned once per relcache change of it.
+#[derive(Clone, Copy, Debug)]
+enum Learned {
+    Unknown,
+    /// amba's own shape: rows go in directly. `sequence`: the identity sequence, if any.
+    Direct {
+        relid: pg_sys::Oid,
+        sequence: pg_sys::Oid,
+    },
+    /// Anything else (a trigger, another CHECK, a changed column...): through SPI.
+    Spi {
+        relid: pg_sys::Oid,
+    },
+}
+
+impl Learned {
+    fn relid(self) -> Option<pg_sys::Oid> {
+        match self {
+            Learned::Unknown => None,
+            Learned::Direct { relid, .. } | Learned::Spi { relid } => Some(relid),
+        }
+    }
+}
+
+thread_local! {
+    static EVENTS_LEARNED: Cell<Learned> = const { Cell::new(Learned::Unknown) };
+    static ASSIGNMENTS_LEARNED: Cell<Learned> = const { Cell::new(Learned::Unknown) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called while PostgreSQL processes invalidation messages: must not error or allocate.
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    for cell in [&EVENTS_LEARNED, &ASSIGNMENTS_LEARNED] {
+        cell.with(|learned| {
+            if relid == pg_sys::InvalidOid || learned.get().relid() == Some(relid) {
+                learned.set(Learned::Unknown);
+            }
+        });
+    }
+}
+
+const CATALOG_SQL: &str = "SELECT \
+       (SELECT coalesce(array_agg(pg_get_constraintdef(c.oid) ORDER BY c.conname), '{}') \
+          FROM pg_constraint c WHERE c.conrelid = $1 AND c.contype = 'c'), \
+       (SELECT coalesce(array_agg(a.attname || ' = ' || pg_get_expr(d.adbin, d.adrelid) ORDER BY d.adnum), '{}') \
+          FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
+         WHERE d.adrelid = $1), \
+       (SELECT count(*) FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique AND NOT i.indisprimary)";
+
+/// Whether the open relation `rel` has the shape `spec` describes (see the module comment).
+unsafe fn learn(rel: pg_sys::Relation, spec: &TableShape) -> Learned {
+    unsafe {
+        let relid = (*rel).rd_id;
+        let spi = Learned::Spi { relid };
+        if (*(*rel).rd_rel).relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char {
+            return spi;
+        }
+        let triggers = (*rel).trigdesc;
+        if !triggers.is_null() {
+            let t = &*triggers;
+            if t.trig_insert_before_row
+                || t.trig_insert_after_row
+                || t.trig_insert_instead_row
+                || t.trig_insert_before_statement
+                || t.trig_insert_after_statement
+                || t.trig_insert_new_table
+                || t.trig_truncate_before_statement
+                || t.trig_truncate_after_statement
+            {
+                return spi;
+            }
+        }
+        let desc = (*rel).rd_att;
+        if (*desc).natts != spec.columns.len() as i32 {
+            return spi;
+        }
+        let attrs = (*desc).attrs.as_slice(spec.columns.len());
+        for (att, (name, type_oid, not_null, identity)) in attrs.iter().zip(spec.columns) {
+            let att_name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr());
+            if att.attisdropped
+                || att_name.to_bytes() != name.as_bytes()
+                || att.atttypid != *type_oid
+                || att.attnotnull != *not_null
+                || att.attidentity as u8 != *identity
+                || att.attgenerated != 0
+            {
+                return spi;
+            }
+        }
+        let catalog: Option<(Vec<String>, Vec<String>, i64)> = Spi::connect(|client| {
+            let rows = client.select(CATALOG_SQL, Some(1), &[relid.into()]).ok()?;
+            let row = rows.first();
+            Some((
+                row.get::<Vec<String>>(1).ok()??,
+                row.get::<Vec<String>>(2).ok()??,
+                row.get::<i64>(3).ok()??,
+            ))
+        });
+        let Some((checks, defaults, other_unique)) = catalog else {
+            return spi;
+        };
+        if checks != spec.checks
+            || defaults != spec.defaults
+            || (spec.only_primary_key_unique && other_unique > 0)
+        {
+            return spi;
+        }
+        let sequence = match spec.columns.iter().position(|c| c.3 != 0) {
+            Some(i) => match pg_sys::getIdentitySequence(relid, i as i16 + 1, true) {
+                seq if seq == pg_sys::InvalidOid => return spi,
+                seq => seq,
+            },
+            None => pg_sys::InvalidOid,
+        };
+        Learned::Direct { relid, sequence }
+    }
+}
+
+fn may(relid: pg_sys::Oid, mode: u32) -> bool {
+    unsafe {
+        pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), mode as pg_sys::AclMode)
+            == pg_sys::AclResult::ACLCHECK_OK
+    }
+}
+
+/// The table opened for a direct insert (with the INSERT's lock), and its identity
+/// sequence; None (nothing held) when the INSERT must go through SPI.
+unsafe fn open_for_insert(
+    relid: pg_sys::Oid,
+    spec: &TableShape,
+    learned: &'static std::thread::LocalKey<Cell<Learned>>,
+) -> Option<(pg_sys::Relation, pg_sys::Oid)> {
+    if !CALLBACK_REGISTERED.with(Cell::get) {
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
+        };
+        CALLBACK_REGISTERED.with(|c| c.set(true));
+    }
+    unsafe {
+        if pg_sys::XactReadOnly || pg_sys::IsInParallelMode() {
+            return None;
+        }
+        if !may(relid, pg_sys::ACL_INSERT)
+            || pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
+                == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+        {
+            return None;
+        }
+        // Opening with the INSERT's lock processes pending invalidations: a change to the
+        // table committed before this point has reset what was learned by now.
+        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let mut known = learned.with(Cell::get);
+        if known.relid() != Some(relid) {
+            known = learn(rel, spec);
+            learned.with(|cell| cell.set(known));
+        }
+        match known {
+            // An identity column takes its value without a privilege on the sequence;
+            // nextval here checks one, so without it the INSERT goes through SPI.
+            Learned::Direct { sequence, .. }
+                if sequence == pg_sys::InvalidOid
+                    || may(sequence, pg_sys::ACL_USAGE)
+                    || may(sequence, pg_sys::ACL_UPDATE) =>
+            {
+                Some((rel, sequence))
+            }
+            _ => {
+                pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+                None
+            }
+        }
+    }
+}
+
+/// The executor state one insert needs, over an open table; freed by `finish`.
+struct Insert {
+    rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    result_rel: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Insert {
+    /// `values`: one per column, None for NULL. `speculative`: for ON CONFLICT.
+    unsafe fn new(
+        rel: pg_sys::Relation,
+        values: &[Option<pg_sys::Datum>],
+        speculative: bool,
+    ) -> Insert {
+        unsafe {
+            let estate = pg_sys::CreateExecutorState();
+            let result_rel = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                .cast::<pg_sys::ResultRelInfo>();
+            pg_sys::InitResultRelInfo(result_rel, rel, 1, std::ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(result_rel, speculative);
+            let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+            pg_sys::ExecClearTuple(slot);
+            let datums = std::slice::from_raw_parts_mut((*slot).tts_values, values.len());
+            let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, values.len());
+            for (i, value) in values.iter().enumerate() {
+                datums[i] = value.unwrap_or(pg_sys::Datum::from(0));
+                nulls[i] = value.is_none();
+            }
+            pg_sys::ExecStoreVirtualTuple(slot);
+            Insert {
+                rel,
+                estate,
+                result_rel,
+                slot,
+            }
+        }
+    }
+
+    /// Index entries for the row just stored; `arbiters` as ExecInsert passes them.
+    /// Returns whether a speculative insertion met a conflict.
+    unsafe fn index_entries(&self, speculative: bool, arbiters: *mut pg_sys::List) -> bool {
+        unsafe {
+            let mut conflict = false;
+            let conflict_ptr = if speculative {
+                &mut conflict as *mut bool
+            } else {
+                std::ptr::null_mut()
+            };
+            let recheck = pg_sys::ExecInsertIndexTuples(
+                self.result_rel,
+                self.slot,
+                self.estate,
+                false,
+                speculative,
+                conflict_ptr,
+                arbiters,
+            );
+            // Deferred uniqueness would need the executor's after-trigger queue; a
+            // deferrable constraint comes with a trigger, which sent the table down the
+            // SPI path.
+            assert!(
+                recheck.is_null() || speculative,
+                "no index of the table defers its check"
+            );
+            pg_sys::list_free(recheck);
+            conflict
+        }
+    }
+
+    unsafe fn finish(self) {
+        unsafe {
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+            pg_sys::ExecCloseIndices(self.result_rel);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            // As SPI does after a write: later commands of this transaction see the row.
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+}
+
+/// `INSERT INTO amba.events (user_id, event, occurred_at, properties) VALUES (...)`,
+/// done directly: true, or false (having done nothing) when it must go through SPI.
+/// `events` is the OID of amba.events; the values are `amba_track`'s, checked.
+pub fn append_event(
+    events: pg_sys::Oid,
+    user_id: &str,
+    event: &str,
+    occurred_at: TimestampWithTimeZone,
+    properties: Option<pg_sys::Datum>,
+) -> bool {
+    unsafe {
+        let Some((rel, sequence)) = open_for_insert(events, &EVENTS, &EVENTS_LEARNED) else {
+            return false;
+        };
+        let event_id =
+            pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()])
+                .expect("nextval of event_id");
+        let values = [
+            event_id.into_datum(),
+            user_id.into_datum(),
+            event.into_datum(),
+            occurred_at.into_datum(),
+            properties,
+        ];
+        let insert = Insert::new(rel, &values, false);
+        pg_sys::simple_table_tuple_insert(rel, insert.slot);
+        insert.index_entries(false, std::ptr::null_mut());
+        insert.finish();
+        true
+    }
+}
+
+/// `INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version)
+/// VALUES (...) ON CONFLICT (experiment_id, user_id) DO NOTHING`, done directly:
+/// Some(true) when the row was inserted, Some(false) when one for the user existed (after
+/// waiting for a concurrent inserter, as ON CONFLICT does), None (having done nothing)
+/// when it must go through SPI. For a user the caller has just found without a row.
+pub fn assignment_if_absent(
+    assignments: pg_sys::Oid,
+    primary_key: pg_sys::Oid,
+    experiment_id: i64,
+    user_id: &str,
+    variant: &str,
+    weight_version: i32,
+) -> Option<bool> {
+    unsafe {
+        let (rel, _) = open_for_insert(assignments, &ASSIGNMENTS, &ASSIGNMENTS_LEARNED)?;
+        let now = TimestampWithTimeZone::try_from(pg_sys::GetCurrentTransactionStartTimestamp())
+            .expect("now() is a valid timestamp");
+        let values = [
+            experiment_id.into_datum(),
+            user_id.into_datum(),
+            variant.into_datum(),
+            weight_version.into_datum(),
+            now.into_datum(),
+        ];
+        let insert = Insert::new(rel, &values, true);
+        let arbiters = pg_sys::lappend_oid(std::ptr::null_mut(), primary_key);
+        // ExecInsert's protocol: check for a conflicting row (waiting for its inserter to
+        // finish); insert speculatively; if a concurrent insert slipped in between, take
+        // the row back and check again. The caller has just read that the user has no
+        // row, so the first check is the speculative insertion itself: a conflict there
+        // leads to the full check, which waits.
+        let mut checked = false;
+        let inserted = loop {
+            let mut conflict_tid: pg_sys::ItemPointerData = std::mem::zeroed();
+            if checked
+                && !pg_sys::ExecCheckIndexConstraints(
+                    insert.result_rel,
+                    insert.slot,
+                    insert.estate,
+                    &mut conflict_tid,
+                    arbiters,
+                )
+            {
+                break false;
+            }
+            checked = true;
+            let xid = pg_sys::GetCurrentTransactionId();
+            let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
+            pg_sys::table_tuple_insert_speculative(
+                rel,
+                insert.slot,
+                pg_sys::GetCurrentCommandId(true),
+                0,
+                std::ptr::null_mut(),
+                token,
+            );
+            let conflict = insert.index_entries(true, arbiters);
+            pg_sys::table_tuple_complete_speculative(rel, insert.slot, token, !conflict);
+            pg_sys::SpeculativeInsertionLockRelease(xid);
+            if !conflict {
+                break true;
+            }
+        };
+        pg_sys::list_free(arbiters);
+        insert.finish();
+        Some(inserted)
+    }
+}
