@@ -25,6 +25,8 @@
 #                           10 GB of disk; issue 18's scale)
 #   BENCH_RESULTS_REPS=5    timed runs of each results function and of the hand query per scale
 #   BENCH_DAYS=90           days the generated events span (amba_results_daily's rows)
+#   BENCH_ROLE=amba_admin   run both sides of every pgbench case as this role (default: the
+#                           connecting superuser, to whom row-level security does not apply)
 #   BENCH_SKIP_INSTALL=1    use the amba already installed
 #   AMBA_BENCH_DB=amba_bench   (recreated); AMBA_PGPORT=28815
 #   CARGO_TARGET_DIR        honoured by the build, as usual for cargo
@@ -43,6 +45,7 @@ IDENTITIES=${BENCH_IDENTITIES:-100000 1000}
 JOBS=${BENCH_JOBS:-2}
 CASES=${BENCH_CASES:-new returning expose track}
 COMMIT_MODES=${BENCH_COMMIT:-off}
+ROLE=${BENCH_ROLE:-}
 SCALES=${BENCH_SCALES:-100000 250000 500000 1000000}
 [ -z "${BENCH_10M:-}" ] || SCALES="$SCALES 10000000"
 REPS=${BENCH_RESULTS_REPS:-5}
@@ -114,7 +117,7 @@ next_multixact() {
 pgbench_run() {
   local mode=$1 script=$2 log=$3; shift 3
   local mx_before; mx_before=$(next_multixact)
-  PGOPTIONS="-c synchronous_commit=$mode" "$PG_BIN/pgbench" -h localhost -p "$PORT" -U postgres \
+  PGOPTIONS="-c synchronous_commit=$mode${ROLE:+ -c role=$ROLE}" "$PG_BIN/pgbench" -h localhost -p "$PORT" -U postgres \
     -n -M prepared -c "$CLIENTS" -j "$JOBS" -T "$T" -D eid="$EID" "$@" \
     -f "$BENCH/pgbench/$script.sql" "$DB" > "$log" 2>&1 &
   local job=$! early late
@@ -202,7 +205,7 @@ throughput() {
 
   say ""
   say "Throughput: pgbench -M prepared -j $JOBS -T $T, $ROUNDS alternated rounds, median tps;"
-  say "identities present: $IDENTITIES (aliases, overrides on the benchmark experiment)"
+  say "identities present: $IDENTITIES (aliases, overrides on the benchmark experiment); role: ${ROLE:-the superuser}"
   for mode in $COMMIT_MODES; do
     say ""
     say "synchronous_commit=$mode"

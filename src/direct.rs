@@ -236,9 +236,8 @@ pub unsafe fn row_version_visible(
 /// Whether the direct reads read what a SELECT through SPI would: the transaction has
 /// written nothing yet (so no earlier command of ours must first become visible, as SPI
 /// makes it by bumping the command counter), the caller may read each table, and
-/// row-level security does not apply to the caller (else the policies must filter, and SPI
-/// applies them). Otherwise the callers take the SPI path, which also raises any
-/// permission error.
+/// row-level security lets them read every row of it (see `policies_let_through`).
+/// Otherwise the callers take the SPI path, which also raises any permission error.
 pub fn direct_reads_allowed(tables: &[pg_sys::Oid]) -> bool {
     unsafe {
         if pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId {
@@ -251,8 +250,107 @@ pub fn direct_reads_allowed(tables: &[pg_sys::Oid]) -> bool {
         tables.iter().all(|&relid| {
             pg_sys::pg_class_aclcheck(relid, user, pg_sys::ACL_SELECT as pg_sys::AclMode)
                 == pg_sys::AclResult::ACLCHECK_OK
-                && pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
-                    != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+                && row_security_lets_through(relid, &[Command::Select])
         })
+    }
+}
+
+/// The commands a direct path stands in for, as `pg_policy.polcmd` names them.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Command {
+    Select = b'r' as isize,
+    Insert = b'a' as isize,
+}
+
+/// Whether row-level security lets the caller do each of `commands` on any row of
+/// `relid`: it does not apply to them (owner, superuser, BYPASSRLS, or not enabled), or
+/// the policies that apply are all the constant `true` and one of them is permissive
+/// (amba's `USING (true)` / `WITH CHECK (true)` policies for its own roles). The planner
+/// would then add nothing to the statement. Read from the relation's relcache entry, with
+/// the relation locked as the statement would lock it (so committed policy changes have
+/// been taken in).
+pub fn row_security_lets_through(relid: pg_sys::Oid, commands: &[Command]) -> bool {
+    unsafe {
+        if pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
+            != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+        {
+            return true;
+        }
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let passes = policies_let_through(rel, commands);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        passes
+    }
+}
+
+unsafe fn policies_let_through(rel: pg_sys::Relation, commands: &[Command]) -> bool {
+    unsafe {
+        let desc = (*rel).rd_rsdesc;
+        if desc.is_null() {
+            return false; // enabled without policies: no row at all
+        }
+        let user = pg_sys::GetUserId();
+        let list = (*desc).policies;
+        let policies: Vec<*const pg_sys::RowSecurityPolicy> = if list.is_null() {
+            Vec::new()
+        } else {
+            (0..(*list).length as usize)
+                .map(|i| (*(*list).elements.add(i)).ptr_value as *const pg_sys::RowSecurityPolicy)
+                .collect()
+        };
+        commands.iter().all(|&command| {
+            let mut permissive = false;
+            for &ptr in &policies {
+                let policy = &*ptr;
+                let cmd = policy.polcmd as u8;
+                if cmd != b'*' && cmd != command as u8 {
+                    continue;
+                }
+                if !applies_to(policy.roles, user) {
+                    continue;
+                }
+                // An INSERT checks WITH CHECK; a policy FOR ALL without one checks USING.
+                let expression = match command {
+                    Command::Select => policy.qual,
+                    Command::Insert if policy.with_check_qual.is_null() && cmd == b'*' => {
+                        policy.qual
+                    }
+                    Command::Insert => policy.with_check_qual,
+                };
+                if !is_constant_true(expression) {
+                    return false;
+                }
+                permissive |= policy.permissive;
+            }
+            permissive
+        })
+    }
+}
+
+/// Whether a policy for `roles` applies to `user` (PUBLIC, or a role whose privileges the
+/// user has: PostgreSQL's own rule, `check_role_for_policy`).
+unsafe fn applies_to(roles: *mut pg_sys::ArrayType, user: pg_sys::Oid) -> bool {
+    unsafe {
+        let Some(roles) = std::ptr::NonNull::new(roles) else {
+            return false;
+        };
+        let mut array = pgrx::array::RawArray::from_ptr(roles);
+        array
+            .data::<pg_sys::Oid>()
+            .as_ref()
+            .iter()
+            .any(|&role| role == pg_sys::InvalidOid || pg_sys::has_privs_of_role(user, role))
+    }
+}
+
+unsafe fn is_constant_true(expression: *mut pg_sys::Expr) -> bool {
+    unsafe {
+        if expression.is_null() || (*expression).type_ != pg_sys::NodeTag::T_Const {
+            return false;
+        }
+        let constant = &*(expression as *const pg_sys::Const);
+        constant.consttype == pg_sys::BOOLOID
+            && !constant.constisnull
+            && bool::from_datum(constant.constvalue, false) == Some(true)
     }
 }

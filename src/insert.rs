@@ -10,13 +10,15 @@
 //! - the table has the shape amba created (columns, NOT NULLs, identity, defaults, CHECKs,
 //!   and for assignments no unique index but the primary key), learned once per relcache
 //!   change of it, and no trigger fires on INSERT (a user's own, or Citus's);
-//! - the caller holds INSERT on it (and may take values from the events' sequence), no
-//!   row-level security applies to them, and the transaction is read-write.
+//! - the caller holds INSERT on it, row-level security adds nothing for them (it does not apply, or their policies are
+//!   the constant true, as amba's own roles' are: `direct::row_security_lets_through`),
+//!   and the transaction is read-write.
 //!
 //! Any index a user adds is maintained, unique ones checked, as the executor would.
 //! Otherwise the caller runs the INSERT through SPI, which also raises any error the
 //! INSERT would.
 
+use crate::direct::{self, Command};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::Cell;
@@ -33,6 +35,8 @@ struct TableShape {
     /// Whether a unique index besides the primary key sends it down the SPI path (for
     /// ON CONFLICT, whose arbiters the SQL infers from the unique indexes).
     only_primary_key_unique: bool,
+    /// The commands whose policies the SQL statement is subject to (RETURNING reads).
+    row_security: &'static [Command],
 }
 
 const EVENTS: TableShape = TableShape {
@@ -46,6 +50,7 @@ const EVENTS: TableShape = TableShape {
     checks: &["CHECK (((properties IS NULL) OR (jsonb_typeof(properties) = 'object'::text)))"],
     defaults: &[],
     only_primary_key_unique: false,
+    row_security: &[Command::Insert],
 };
 
 const ASSIGNMENTS: TableShape = TableShape {
@@ -59,6 +64,8 @@ const ASSIGNMENTS: TableShape = TableShape {
     checks: &[],
     defaults: &["assigned_at = now()"],
     only_primary_key_unique: true,
+    // INSERT ... RETURNING variant: the returned row must pass the SELECT policies too.
+    row_security: &[Command::Insert, Command::Select],
 };
 
 /// What a call needs to know about a table, learned once per relcache change of it.
@@ -103,12 +110,12 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
 }
 
 const CATALOG_SQL: &str = "SELECT \
-       (SELECT coalesce(array_agg(pg_get_constraintdef(c.oid) ORDER BY c.conname), '{}') \
-          FROM pg_constraint c WHERE c.conrelid = $1 AND c.contype = 'c'), \
-       (SELECT coalesce(array_agg(a.attname || ' = ' || pg_get_expr(d.adbin, d.adrelid) ORDER BY d.adnum), '{}') \
-          FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
+       (SELECT COALESCE(pg_catalog.array_agg(pg_catalog.pg_get_constraintdef(c.oid) ORDER BY c.conname), '{}') \
+          FROM pg_catalog.pg_constraint c WHERE c.conrelid = $1 AND c.contype = 'c'), \
+       (SELECT COALESCE(pg_catalog.array_agg(pg_catalog.format('%s = %s', a.attname, pg_catalog.pg_get_expr(d.adbin, d.adrelid)) ORDER BY d.adnum), '{}') \
+          FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
          WHERE d.adrelid = $1), \
-       (SELECT count(*) FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique AND NOT i.indisprimary)";
+       (SELECT pg_catalog.count(*) FROM pg_catalog.pg_index i WHERE i.indrelid = $1 AND i.indisunique AND NOT i.indisprimary)";
 
 /// Whether the open relation `rel` has the shape `spec` describes (see the module comment).
 unsafe fn learn(rel: pg_sys::Relation, spec: &TableShape) -> Learned {
@@ -179,6 +186,23 @@ unsafe fn learn(rel: pg_sys::Relation, spec: &TableShape) -> Learned {
     }
 }
 
+unsafe extern "C-unwind" {
+    /// sequence.c: the next value, without a privilege check when `check_permissions` is
+    /// false, as an identity column takes it (`ExecEvalNextValueExpr`).
+    #[link_name = "nextval_internal"]
+    fn nextval_internal_unguarded(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+}
+
+/// `nextval_internal`, with an error it raises turned into a Rust panic (as pgrx does for
+/// its own bindings).
+unsafe fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64 {
+    unsafe {
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+            nextval_internal_unguarded(relid, check_permissions)
+        })
+    }
+}
+
 fn may(relid: pg_sys::Oid, mode: u32) -> bool {
     unsafe {
         pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), mode as pg_sys::AclMode)
@@ -203,30 +227,24 @@ unsafe fn open_for_insert(
         if pg_sys::XactReadOnly || pg_sys::IsInParallelMode() {
             return None;
         }
-        if !may(relid, pg_sys::ACL_INSERT)
-            || pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
-                == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
-        {
+        if !may(relid, pg_sys::ACL_INSERT) {
             return None;
         }
         // Opening with the INSERT's lock processes pending invalidations: a change to the
-        // table committed before this point has reset what was learned by now.
+        // table committed before this point has reset what was learned by now, and the
+        // policies below are the committed ones.
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        if !direct::row_security_lets_through(relid, spec.row_security) {
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            return None;
+        }
         let mut known = learned.with(Cell::get);
         if known.relid() != Some(relid) {
             known = learn(rel, spec);
             learned.with(|cell| cell.set(known));
         }
         match known {
-            // An identity column takes its value without a privilege on the sequence;
-            // nextval here checks one, so without it the INSERT goes through SPI.
-            Learned::Direct { sequence, .. }
-                if sequence == pg_sys::InvalidOid
-                    || may(sequence, pg_sys::ACL_USAGE)
-                    || may(sequence, pg_sys::ACL_UPDATE) =>
-            {
-                Some((rel, sequence))
-            }
+            Learned::Direct { sequence, .. } => Some((rel, sequence)),
             _ => {
                 pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
                 None
@@ -331,9 +349,7 @@ pub fn append_event(
         let Some((rel, sequence)) = open_for_insert(events, &EVENTS, &EVENTS_LEARNED) else {
             return false;
         };
-        let event_id =
-            pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()])
-                .expect("nextval of event_id");
+        let event_id = nextval_internal(sequence, false);
         let values = [
             event_id.into_datum(),
             user_id.into_datum(),

@@ -409,6 +409,15 @@ mod tests {
         .unwrap();
         assert!(append_event(t.events, "v", "e", now, None));
         assert_eq!(assign("v"), Some(true));
+
+        // amba_admin's policies are the constant true: still direct. A policy that is not
+        // sends it through SPI.
+        Spi::run("SET LOCAL ROLE amba_admin").unwrap();
+        assert!(append_event(t.events, "w", "e", now, None));
+        assert_eq!(assign("w"), Some(true));
+        Spi::run("RESET ROLE; CREATE POLICY w_only ON amba.events FOR INSERT TO amba_admin WITH CHECK (user_id = 'w'); SET LOCAL ROLE amba_admin").unwrap();
+        assert!(!append_event(t.events, "w", "e", now, None));
+        Spi::run("RESET ROLE").unwrap();
     }
 
     #[pg_test]

@@ -479,3 +479,65 @@ fn a_first_assignment_meeting_an_uncommitted_one_waits_and_keeps_whichever_commi
         assert_eq!(stored, [variant], "one row, the one returned");
     }
 }
+
+#[test]
+fn amba_roles_take_the_direct_path_and_every_other_policy_still_applies() {
+    let db = Db::with_amba("append_policies");
+    let mut c = db.client();
+    let as_admin = |c: &mut Client, sql: &str| {
+        c.batch_execute(&format!("SET ROLE amba_admin; {sql}; RESET ROLE"))
+    };
+    c.batch_execute("SELECT amba_alias('anon1', 'member1')")
+        .unwrap();
+    // amba_admin's own policies are USING (true) / WITH CHECK (true): the alias is read and
+    // the event stored under the user id.
+    as_admin(&mut c, "SELECT amba_track('anon1', 'first')").unwrap();
+    // A restrictive policy hiding the alias from amba_admin: the lookup must not see it.
+    c.batch_execute(
+        "CREATE POLICY hide_anon1 ON amba.aliases AS RESTRICTIVE FOR SELECT TO amba_admin USING (anonymous_id <> 'anon1')",
+    )
+    .unwrap();
+    as_admin(&mut c, "SELECT amba_track('anon1', 'second')").unwrap();
+    // A restrictive policy on inserting events.
+    c.batch_execute(
+        "CREATE POLICY no_x ON amba.events AS RESTRICTIVE FOR INSERT TO amba_admin WITH CHECK (user_id <> 'x')",
+    )
+    .unwrap();
+    let e = as_admin(&mut c, "SELECT amba_track('x', 'third')").unwrap_err();
+    assert_eq!(
+        code(e),
+        "42501",
+        "new row violates row-level security policy"
+    );
+    c.batch_execute("RESET ROLE").unwrap();
+    as_admin(&mut c, "SELECT amba_track('y', 'fourth')").unwrap();
+    // ... and on first assignments (checked on the row inserted).
+    c.batch_execute(
+        "SELECT amba_create_experiment('p', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]');
+         CREATE POLICY not_z ON amba.assignments AS RESTRICTIVE FOR INSERT TO amba_admin WITH CHECK (user_id <> 'z')",
+    )
+    .unwrap();
+    as_admin(&mut c, "SELECT amba_assign('p', 'w')").unwrap();
+    let e = as_admin(&mut c, "SELECT amba_assign('p', 'z')").unwrap_err();
+    assert_eq!(code(e), "42501");
+    c.batch_execute("RESET ROLE").unwrap();
+
+    let rows: Vec<(String, String)> = c
+        .query(
+            "SELECT user_id, event FROM amba.events ORDER BY event_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected = [("member1", "first"), ("anon1", "second"), ("y", "fourth")];
+    assert_eq!(rows, expected.map(|(u, e)| (u.to_string(), e.to_string())));
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM amba.assignments WHERE user_id IN ('w', 'z')"
+        ),
+        1
+    );
+}
