@@ -541,3 +541,30 @@ fn amba_roles_take_the_direct_path_and_every_other_policy_still_applies() {
         1
     );
 }
+
+#[test]
+fn with_row_security_off_amba_roles_get_the_statement_error() {
+    let db = Db::with_amba("append_rls_off");
+    let mut c = db.client();
+    c.batch_execute("SELECT amba_create_experiment('p', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')")
+        .unwrap();
+    // As for any statement that policies would filter: 42501, for reads and inserts alike.
+    for call in [
+        "SELECT amba_track('u', 'e')",
+        "SELECT amba_assign('p', 'u')",
+        "SELECT amba_peek('p', 'u')",
+    ] {
+        let e = c
+            .batch_execute(&format!(
+                "SET row_security = off; SET ROLE amba_admin; {call}"
+            ))
+            .unwrap_err();
+        assert_eq!(code(e), "42501", "{call}");
+        c.batch_execute("RESET ROLE; RESET row_security").unwrap();
+    }
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM amba.events")
+            + count(&mut c, "SELECT count(*) FROM amba.assignments"),
+        0
+    );
+}
