@@ -142,101 +142,6 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'amba_results_daily_wrapper';
 
-CREATE  FUNCTION amba."_lock_users"(
-	"a" TEXT, /* & str */
-	"b" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lock_users_wrapper';
-
-CREATE  FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lock_experiment_wrapper';
-
-CREATE  FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'http_status_wrapper';
-
-CREATE  FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
-
-CREATE  FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
-
-CREATE  FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
-
-CREATE  FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_texts_wrapper';
-
-CREATE  FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
-
-CREATE  FUNCTION amba."_assign"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'assign_internal_wrapper';
-
-CREATE  FUNCTION amba."_peek"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* Option < String > */
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
-
-CREATE  FUNCTION amba."_expose"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'expose_internal_wrapper';
-
-CREATE  FUNCTION amba."_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT, /* Option < & str > */
-	"properties" jsonb, /* Option < JsonbDatum > */
-	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
-) RETURNS timestamp with time zone /* TimestampWithTimeZone */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'track_internal_wrapper';
-
 CREATE  FUNCTION amba."_results_daily"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"conversion_event" TEXT, /* Option < & str > */
@@ -259,6 +164,31 @@ CREATE  FUNCTION amba."_results_daily"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'results_daily_internal_wrapper';
+
+CREATE  FUNCTION amba."_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"assigned_count" bigint,  /* i64 */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"z_score" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"chance_to_win" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"srm_p_value" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'results_internal_wrapper';
 
 CREATE  FUNCTION amba."_metric_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -288,30 +218,100 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'metric_results_internal_wrapper';
 
-CREATE  FUNCTION amba."_results"(
+CREATE  FUNCTION amba."_expose"(
 	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"assigned_count" bigint,  /* i64 */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"z_score" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"chance_to_win" double precision,  /* Option < f64 > */
-	"p_value_holm" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"srm_p_value" double precision  /* Option < f64 > */
-)
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'expose_internal_wrapper';
+
+CREATE  FUNCTION amba."_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"properties" jsonb, /* Option < JsonbDatum > */
+	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
+) RETURNS timestamp with time zone /* TimestampWithTimeZone */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'track_internal_wrapper';
+
+CREATE  FUNCTION amba."_peek"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* Option < String > */
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'results_internal_wrapper';
+AS 'MODULE_PATHNAME', 'peek_internal_wrapper';
+
+CREATE  FUNCTION amba."_assign"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'assign_internal_wrapper';
+
+CREATE  FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lock_experiment_wrapper';
+
+CREATE  FUNCTION amba."_lock_users"(
+	"a" TEXT, /* & str */
+	"b" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lock_users_wrapper';
+
+CREATE  FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'http_status_wrapper';
+
+CREATE  FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'select_fresh_wrapper';
+
+CREATE  FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_api_key_wrapper';
+
+CREATE  FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_texts_wrapper';
+
+CREATE  FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_variant_key_wrapper';
+
+CREATE  FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'exec_fresh_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
@@ -2287,6 +2287,55 @@ BEGIN
 END
 $$;
 
+-- On Citus a user's lock is per node too: amba_alias takes the two ids' locks on the
+-- coordinator, and a delegated amba_assign / amba_expose / amba_track takes the caller's
+-- on the worker that owns the caller's id. The alias row goes to every placement of the
+-- reference table before any row moves. This trigger on each worker's placement takes the
+-- same two locks there, held to the end of the distributed transaction. A delegated call
+-- for either id then waits for the alias to commit and sees it. A call already in flight
+-- makes the alias wait until it has committed, so the alias then moves what it wrote.
+CREATE OR REPLACE FUNCTION amba._alias_locks_users() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM amba._lock_users(NEW.anonymous_id, NEW.user_id);
+    RETURN NULL;
+END
+$$;
+
+-- Citus refuses triggers on reference tables, and creates a worker's placement of
+-- amba.aliases (amba.aliases_<shard id>) inside the distributing transaction, where no
+-- other connection can reach it. So each worker gets this event trigger first: it adds
+-- the trigger above to a placement as Citus creates it, now or when a new worker gets its
+-- copy of the reference tables.
+CREATE OR REPLACE FUNCTION amba._alias_placement_locks() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    placement regclass;
+BEGIN
+    FOR placement IN
+        SELECT r.oid::regclass FROM pg_event_trigger_ddl_commands() c JOIN pg_class r ON r.oid = c.objid
+         WHERE c.command_tag = 'CREATE TABLE' AND c.classid = 'pg_class'::regclass
+           AND r.relnamespace = 'amba'::regnamespace AND r.relname ~ '^aliases_[0-9]+$'
+    LOOP
+        EXECUTE format('CREATE OR REPLACE TRIGGER amba_alias_locks_users AFTER INSERT ON %s '
+                       'FOR EACH ROW EXECUTE FUNCTION amba._alias_locks_users()', placement);
+    END LOOP;
+END
+$$;
+
+-- Run on each worker (by amba_distribute): the event trigger, a member of the extension so
+-- that it goes with it.
+CREATE OR REPLACE FUNCTION amba._install_alias_placement_locks() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'amba_alias_placement_locks') THEN
+        CREATE EVENT TRIGGER amba_alias_placement_locks ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+            EXECUTE FUNCTION amba._alias_placement_locks();
+        ALTER EXTENSION amba ADD EVENT TRIGGER amba_alias_placement_locks;
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION amba_distribute() RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2309,6 +2358,19 @@ BEGIN
     -- One call at a time (a second waits, then finds the job done).
     PERFORM pg_advisory_xact_lock(1634560612, 0);   -- 'amdd': amba_distribute's own lock
     IF EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'amba.assignments'::regclass) THEN
+        -- Workers added since get the alias locks (see amba._alias_locks_users).
+        SELECT string_agg(r.nodename || ':' || r.nodeport || ' ' || r.result, '; ') INTO failed
+          FROM (SELECT w.nodename, w.nodeport, w.success, w.result
+                  FROM run_command_on_workers('SELECT amba._install_alias_placement_locks()') w
+                UNION ALL
+                SELECT p.nodename, p.nodeport, p.success, p.result
+                  FROM run_command_on_placements('amba.aliases',
+                           'CREATE OR REPLACE TRIGGER amba_alias_locks_users AFTER INSERT ON %s '
+                           'FOR EACH ROW EXECUTE FUNCTION amba._alias_locks_users()') p) r
+         WHERE NOT r.success;
+        IF failed IS NOT NULL THEN
+            RAISE EXCEPTION 'amba_distribute: adding the alias locks to the workers failed: %', failed;
+        END IF;
         RETURN 'amba is already distributed';
     END IF;
     IF EXISTS (SELECT 1 FROM citus_get_active_worker_nodes() w
@@ -2327,7 +2389,8 @@ BEGIN
                                   || 'ALTER ROLE amba_owner LOGIN; ALTER ROLE amba_admin LOGIN; '
                                   || 'ALTER ROLE amba_analyst LOGIN; ALTER ROLE amba_client LOGIN; '
                                   || amba._distribute_shape_sql() || '; '
-                                  || amba._distribute_marker_sql() || '; COMMIT') r
+                                  || amba._distribute_marker_sql() || '; '
+                                  || 'SELECT amba._install_alias_placement_locks(); COMMIT') r
      WHERE NOT r.success;
     IF failed IS NOT NULL THEN
         RAISE EXCEPTION 'amba_distribute: reshaping the tables on the workers failed: %', failed;

@@ -58,6 +58,55 @@ BEGIN
 END
 $$;
 
+-- On Citus a user's lock is per node too: amba_alias takes the two ids' locks on the
+-- coordinator, and a delegated amba_assign / amba_expose / amba_track takes the caller's
+-- on the worker that owns the caller's id. The alias row goes to every placement of the
+-- reference table before any row moves. This trigger on each worker's placement takes the
+-- same two locks there, held to the end of the distributed transaction. A delegated call
+-- for either id then waits for the alias to commit and sees it. A call already in flight
+-- makes the alias wait until it has committed, so the alias then moves what it wrote.
+CREATE FUNCTION amba._alias_locks_users() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM amba._lock_users(NEW.anonymous_id, NEW.user_id);
+    RETURN NULL;
+END
+$$;
+
+-- Citus refuses triggers on reference tables, and creates a worker's placement of
+-- amba.aliases (amba.aliases_<shard id>) inside the distributing transaction, where no
+-- other connection can reach it. So each worker gets this event trigger first: it adds
+-- the trigger above to a placement as Citus creates it, now or when a new worker gets its
+-- copy of the reference tables.
+CREATE FUNCTION amba._alias_placement_locks() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    placement regclass;
+BEGIN
+    FOR placement IN
+        SELECT r.oid::regclass FROM pg_event_trigger_ddl_commands() c JOIN pg_class r ON r.oid = c.objid
+         WHERE c.command_tag = 'CREATE TABLE' AND c.classid = 'pg_class'::regclass
+           AND r.relnamespace = 'amba'::regnamespace AND r.relname ~ '^aliases_[0-9]+$'
+    LOOP
+        EXECUTE format('CREATE OR REPLACE TRIGGER amba_alias_locks_users AFTER INSERT ON %s '
+                       'FOR EACH ROW EXECUTE FUNCTION amba._alias_locks_users()', placement);
+    END LOOP;
+END
+$$;
+
+-- Run on each worker (by amba_distribute): the event trigger, a member of the extension so
+-- that it goes with it.
+CREATE FUNCTION amba._install_alias_placement_locks() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'amba_alias_placement_locks') THEN
+        CREATE EVENT TRIGGER amba_alias_placement_locks ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+            EXECUTE FUNCTION amba._alias_placement_locks();
+        ALTER EXTENSION amba ADD EVENT TRIGGER amba_alias_placement_locks;
+    END IF;
+END
+$$;
+
 CREATE FUNCTION amba_distribute() RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -80,6 +129,19 @@ BEGIN
     -- One call at a time (a second waits, then finds the job done).
     PERFORM pg_advisory_xact_lock(1634560612, 0);   -- 'amdd': amba_distribute's own lock
     IF EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'amba.assignments'::regclass) THEN
+        -- Workers added since get the alias locks (see amba._alias_locks_users).
+        SELECT string_agg(r.nodename || ':' || r.nodeport || ' ' || r.result, '; ') INTO failed
+          FROM (SELECT w.nodename, w.nodeport, w.success, w.result
+                  FROM run_command_on_workers('SELECT amba._install_alias_placement_locks()') w
+                UNION ALL
+                SELECT p.nodename, p.nodeport, p.success, p.result
+                  FROM run_command_on_placements('amba.aliases',
+                           'CREATE OR REPLACE TRIGGER amba_alias_locks_users AFTER INSERT ON %s '
+                           'FOR EACH ROW EXECUTE FUNCTION amba._alias_locks_users()') p) r
+         WHERE NOT r.success;
+        IF failed IS NOT NULL THEN
+            RAISE EXCEPTION 'amba_distribute: adding the alias locks to the workers failed: %', failed;
+        END IF;
         RETURN 'amba is already distributed';
     END IF;
     IF EXISTS (SELECT 1 FROM citus_get_active_worker_nodes() w
@@ -98,7 +160,8 @@ BEGIN
                                   || 'ALTER ROLE amba_owner LOGIN; ALTER ROLE amba_admin LOGIN; '
                                   || 'ALTER ROLE amba_analyst LOGIN; ALTER ROLE amba_client LOGIN; '
                                   || amba._distribute_shape_sql() || '; '
-                                  || amba._distribute_marker_sql() || '; COMMIT') r
+                                  || amba._distribute_marker_sql() || '; '
+                                  || 'SELECT amba._install_alias_placement_locks(); COMMIT') r
      WHERE NOT r.success;
     IF failed IS NOT NULL THEN
         RAISE EXCEPTION 'amba_distribute: reshaping the tables on the workers failed: %', failed;
