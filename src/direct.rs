@@ -281,11 +281,84 @@ pub fn row_security_lets_through(relid: pg_sys::Oid, commands: &[Command]) -> bo
         if !pg_sys::row_security {
             return false;
         }
+        // Opening the table processes pending invalidations, which clear stale verdicts.
         let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let passes = policies_let_through(rel, commands);
+        let user = pg_sys::GetUserId();
+        let mask = commands.iter().fold(0u8, |m, &c| m | c.bit());
+        let known = VERDICTS.with(|v| {
+            v.borrow()
+                .iter()
+                .find(|e| e.0 == relid && e.1 == user && e.2 == mask)
+                .map(|e| e.3)
+        });
+        let passes = known.unwrap_or_else(|| {
+            register_verdict_callbacks();
+            let passes = policies_let_through(rel, commands);
+            VERDICTS.with(|v| v.borrow_mut().push((relid, user, mask, passes)));
+            passes
+        });
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         passes
     }
+}
+
+thread_local! {
+    /// Verdicts of `policies_let_through`: (table, user, commands, verdict). A verdict
+    /// depends on the table's policies (its relcache entry) and on the user's role
+    /// memberships; a change to either clears it.
+    static VERDICTS: std::cell::RefCell<Vec<(pg_sys::Oid, pg_sys::Oid, u8, bool)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static VERDICT_CALLBACKS: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Command {
+    fn bit(self) -> u8 {
+        match self {
+            Command::Select => 1,
+            Command::Insert => 2,
+        }
+    }
+}
+
+/// Called while PostgreSQL processes invalidation messages: must not error or allocate.
+unsafe extern "C-unwind" fn verdicts_relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    VERDICTS.with(|v| {
+        if let Ok(mut v) = v.try_borrow_mut() {
+            v.retain(|e| relid != pg_sys::InvalidOid && e.0 != relid);
+        }
+    });
+}
+
+unsafe extern "C-unwind" fn verdicts_role_callback(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    VERDICTS.with(|v| {
+        if let Ok(mut v) = v.try_borrow_mut() {
+            v.clear();
+        }
+    });
+}
+
+fn register_verdict_callbacks() {
+    if VERDICT_CALLBACKS.with(Cell::get) {
+        return;
+    }
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(
+            Some(verdicts_relcache_callback),
+            pg_sys::Datum::from(0),
+        );
+        // Role memberships and role attributes (inheritance) decide which policies apply.
+        for cache in [
+            pg_sys::SysCacheIdentifier::AUTHMEMMEMROLE,
+            pg_sys::SysCacheIdentifier::AUTHMEMROLEMEM,
+            pg_sys::SysCacheIdentifier::AUTHOID,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(verdicts_role_callback),
+                pg_sys::Datum::from(0),
+            );
+        }
+    }
+    VERDICT_CALLBACKS.with(|c| c.set(true));
 }
 
 unsafe fn policies_let_through(rel: pg_sys::Relation, commands: &[Command]) -> bool {

@@ -568,3 +568,34 @@ fn with_row_security_off_amba_roles_get_the_statement_error() {
         0
     );
 }
+
+#[test]
+fn a_role_granted_to_the_caller_meanwhile_brings_its_policies_at_the_next_call() {
+    let db = Db::with_amba("append_roles");
+    let mut admin = db.client();
+    let (member, group) = (format!("{}_m", db.0), format!("{}_g", db.0));
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE \"{member}\" IN ROLE amba_admin;
+             CREATE ROLE \"{group}\";
+             CREATE POLICY not_x ON amba.events AS RESTRICTIVE FOR INSERT TO \"{group}\" WITH CHECK (user_id <> 'x');"
+        ))
+        .unwrap();
+    let mut app = db.client();
+    app.batch_execute(&format!("SET ROLE \"{member}\"")).unwrap();
+    // amba_admin's policies only: the direct path, and 'x' is fine.
+    track(&mut app, "x", "before", None).unwrap();
+    // Another session makes the caller a member of the group the restrictive policy is for.
+    admin.batch_execute(&format!("GRANT \"{group}\" TO \"{member}\"")).unwrap();
+    assert_eq!(code(track(&mut app, "x", "granted", None).unwrap_err()), "42501");
+    track(&mut app, "y", "granted", None).unwrap();
+    admin.batch_execute(&format!("REVOKE \"{group}\" FROM \"{member}\"")).unwrap();
+    track(&mut app, "x", "revoked", None).unwrap();
+    drop(app);
+    let events: Vec<String> =
+        admin.query("SELECT event FROM amba.events ORDER BY event_id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(events, ["before", "granted", "revoked"]);
+    admin
+        .batch_execute(&format!("DROP POLICY not_x ON amba.events; DROP ROLE \"{member}\"; DROP ROLE \"{group}\""))
+        .unwrap();
+}

@@ -525,7 +525,12 @@ fn worker_lock_waits(c: &mut Client, pattern: &str) -> i64 {
     .get(0)
 }
 
-fn wait_for_worker_lock_wait(c: &mut Client, pattern: &str, waiter: &std::thread::JoinHandle<()>, what: &str) {
+fn wait_for_worker_lock_wait(
+    c: &mut Client,
+    pattern: &str,
+    waiter: &std::thread::JoinHandle<()>,
+    what: &str,
+) {
     let mut polls = 0;
     while worker_lock_waits(c, pattern) == 0 {
         polls += 1;
@@ -536,7 +541,14 @@ fn wait_for_worker_lock_wait(c: &mut Client, pattern: &str, waiter: &std::thread
 }
 
 fn event_owners(c: &mut Client, event: &str) -> Vec<String> {
-    c.query("SELECT user_id FROM amba.events WHERE event = $1", &[&event]).unwrap().iter().map(|r| r.get(0)).collect()
+    c.query(
+        "SELECT user_id FROM amba.events WHERE event = $1",
+        &[&event],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 /// An alias and a delegated call for its anonymous id, on the worker that owns that id,
@@ -549,22 +561,42 @@ fn an_alias_and_a_track_for_its_anonymous_id_on_a_worker_wait_for_each_other() {
     let tag = unique("citus_alias_race");
 
     // 1. The alias is in flight; a delegated amba_track for the anonymous id waits for it.
-    let (anon, user, event) = (format!("{tag}-anon1"), format!("{tag}-user1"), format!("{tag}-e1"));
+    let (anon, user, event) = (
+        format!("{tag}-anon1"),
+        format!("{tag}-user1"),
+        format!("{tag}-e1"),
+    );
     let mut aliaser = citus_client();
     let mut tx = aliaser.transaction().unwrap();
-    tx.query_one("SELECT amba_alias($1, $2)", &[&anon, &user]).unwrap();
+    tx.query_one("SELECT amba_alias($1, $2)", &[&anon, &user])
+        .unwrap();
     let (a, e) = (anon.clone(), event.clone());
     let tracker = std::thread::spawn(move || {
-        citus_client().execute("SELECT amba_track($1, $2)", &[&a, &e]).unwrap();
+        citus_client()
+            .execute("SELECT amba_track($1, $2)", &[&a, &e])
+            .unwrap();
     });
-    wait_for_worker_lock_wait(&mut c, "%amba_track%", &tracker, "the track during the alias");
+    wait_for_worker_lock_wait(
+        &mut c,
+        "%amba_track%",
+        &tracker,
+        "the track during the alias",
+    );
     tx.commit().unwrap();
     tracker.join().unwrap();
-    assert_eq!(event_owners(&mut c, &event), [user.clone()], "tracked under the user id");
+    assert_eq!(
+        event_owners(&mut c, &event),
+        [user.clone()],
+        "tracked under the user id"
+    );
 
     // 2. A track is in flight on the worker that owns the anonymous id; the alias waits
     //    for it, then moves the event.
-    let (anon, user, event) = (format!("{tag}-anon2"), format!("{tag}-user2"), format!("{tag}-e2"));
+    let (anon, user, event) = (
+        format!("{tag}-anon2"),
+        format!("{tag}-user2"),
+        format!("{tag}-e2"),
+    );
     let (host, port): (String, i32) = c
         .query_one(
             "SELECT nodename::text, nodeport FROM pg_dist_shard_placement
@@ -575,21 +607,38 @@ fn an_alias_and_a_track_for_its_anonymous_id_on_a_worker_wait_for_each_other() {
         .unwrap();
     let coordinator: postgres::Config = std::env::var("AMBA_CITUS_URL").unwrap().parse().unwrap();
     let mut config = postgres::Config::new();
-    config.host(&host).port(port as u16).user(coordinator.get_user().unwrap_or("postgres"));
+    config
+        .host(&host)
+        .port(port as u16)
+        .user(coordinator.get_user().unwrap_or("postgres"));
     if let Some(db) = coordinator.get_dbname() {
         config.dbname(db);
     }
     let mut worker = config.connect(NoTls).unwrap();
-    let on_worker: i32 = worker.query_one("SELECT current_setting('port')::int", &[]).unwrap().get(0);
-    assert_eq!(on_worker, port, "connected to the worker that owns the anonymous id");
+    let on_worker: i32 = worker
+        .query_one("SELECT current_setting('port')::int", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        on_worker, port,
+        "connected to the worker that owns the anonymous id"
+    );
     let mut tracking = worker.transaction().unwrap();
-    tracking.execute("SELECT amba_track($1, $2)", &[&anon, &event]).unwrap();
+    tracking
+        .execute("SELECT amba_track($1, $2)", &[&anon, &event])
+        .unwrap();
     let (a, u) = (anon.clone(), user.clone());
     let aliasing = std::thread::spawn(move || {
-        citus_client().query_one("SELECT amba_alias($1, $2)", &[&a, &u]).unwrap();
+        citus_client()
+            .query_one("SELECT amba_alias($1, $2)", &[&a, &u])
+            .unwrap();
     });
     wait_for_worker_lock_wait(&mut c, "%aliases%", &aliasing, "the alias during the track");
     tracking.commit().unwrap();
     aliasing.join().unwrap();
-    assert_eq!(event_owners(&mut c, &event), [user], "moved to the user id by the alias");
+    assert_eq!(
+        event_owners(&mut c, &event),
+        [user],
+        "moved to the user id by the alias"
+    );
 }
