@@ -76,8 +76,8 @@ $$;
 -- Citus refuses triggers on reference tables, and creates a worker's placement of
 -- amba.aliases (amba.aliases_<shard id>) inside the distributing transaction, where no
 -- other connection can reach it. So each worker gets this event trigger first: it adds
--- the trigger above to a placement as Citus creates it, now or when a new worker gets its
--- copy of the reference tables.
+-- the trigger above to a placement as Citus creates it. A worker added later gets both
+-- when amba_distribute() is called again.
 CREATE FUNCTION amba._alias_placement_locks() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

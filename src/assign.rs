@@ -214,14 +214,7 @@ fn first_assignment(
             .expect("validated weights have a positive sum");
         let variant = &exp.variant_keys[index];
         let direct = direct::tables().and_then(|t| {
-            insert::assignment_if_absent(
-                t.assignments,
-                t.assignments_pkey,
-                exp.id,
-                who,
-                variant,
-                exp.weight_version,
-            )
+            insert::assignment_if_absent(t.assignments, exp.id, who, variant, exp.weight_version)
         });
         if direct.unwrap_or_else(|| insert_assignment(client, &exp, who, variant)) {
             return variant.clone();

@@ -29,8 +29,12 @@ thread_local! {
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Called while PostgreSQL processes invalidation messages: must not error or allocate.
+/// amba's one relcache callback (PostgreSQL has room for ten in all): forgets what the
+/// direct paths learned about a table when it changes. Called while PostgreSQL processes
+/// invalidation messages: must not error or allocate.
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    crate::insert::forget(relid);
+    forget_verdicts(Some(relid));
     if let Some(t) = TABLES.with(Cell::get) {
         if relid == pg_sys::InvalidOid
             || [
@@ -66,16 +70,34 @@ unsafe fn has_truncate_trigger(relid: pg_sys::Oid) -> bool {
     }
 }
 
+/// Registers amba's invalidation callbacks, once per backend.
+pub fn register_callbacks() {
+    if CALLBACK_REGISTERED.with(Cell::get) {
+        return;
+    }
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
+        // Role memberships and role attributes (inheritance) decide which policies apply.
+        for cache in [
+            pg_sys::SysCacheIdentifier::AUTHMEMMEMROLE,
+            pg_sys::SysCacheIdentifier::AUTHMEMROLEMEM,
+            pg_sys::SysCacheIdentifier::AUTHOID,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(role_callback),
+                pg_sys::Datum::from(0),
+            );
+        }
+    }
+    CALLBACK_REGISTERED.with(|c| c.set(true));
+}
+
 /// The OIDs of amba's tables; None when the schema is not all there, or when the tables are
 /// distributed by Citus (CONTRACT 9: the rows are in shards, and reads go through SPI, which
 /// Citus routes). The callers then take the SPI path.
 pub fn tables() -> Option<Tables> {
-    if !CALLBACK_REGISTERED.with(Cell::get) {
-        unsafe {
-            pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
-        };
-        CALLBACK_REGISTERED.with(|c| c.set(true));
-    }
+    register_callbacks();
     if let Some(t) = TABLES.with(Cell::get) {
         return Some(t);
     }
@@ -248,9 +270,15 @@ pub fn direct_reads_allowed(tables: &[pg_sys::Oid]) -> bool {
         }
         let user = pg_sys::GetUserId();
         tables.iter().all(|&relid| {
-            pg_sys::pg_class_aclcheck(relid, user, pg_sys::ACL_SELECT as pg_sys::AclMode)
-                == pg_sys::AclResult::ACLCHECK_OK
-                && row_security_lets_through(relid, &[Command::Select])
+            // Locked first, as the statement would: privileges and policies committed
+            // before are then the ones checked.
+            let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let allowed =
+                pg_sys::pg_class_aclcheck(relid, user, pg_sys::ACL_SELECT as pg_sys::AclMode)
+                    == pg_sys::AclResult::ACLCHECK_OK
+                    && row_security_lets_through(rel, &[Command::Select]);
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            allowed
         })
     }
 }
@@ -262,15 +290,15 @@ pub enum Command {
     Insert = b'a' as isize,
 }
 
-/// Whether row-level security lets the caller do each of `commands` on any row of
-/// `relid`: it does not apply to them (owner, superuser, BYPASSRLS, or not enabled), or
-/// the policies that apply are all the constant `true` and one of them is permissive
-/// (amba's `USING (true)` / `WITH CHECK (true)` policies for its own roles). The planner
-/// would then add nothing to the statement. Read from the relation's relcache entry, with
-/// the relation locked as the statement would lock it (so committed policy changes have
-/// been taken in).
-pub fn row_security_lets_through(relid: pg_sys::Oid, commands: &[Command]) -> bool {
+/// Whether row-level security lets the caller do each of `commands` on any row of `rel`:
+/// it does not apply to them (owner, superuser, BYPASSRLS, or not enabled), or the
+/// policies that apply are all the constant `true` and one of them is permissive (amba's
+/// `USING (true)` / `WITH CHECK (true)` policies for its own roles). The planner would
+/// then add nothing to the statement. `rel` is open with the statement's lock, so the
+/// policies in its relcache entry are the committed ones.
+pub unsafe fn row_security_lets_through(rel: pg_sys::Relation, commands: &[Command]) -> bool {
     unsafe {
+        let relid = (*rel).rd_id;
         if pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
             != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
         {
@@ -281,8 +309,7 @@ pub fn row_security_lets_through(relid: pg_sys::Oid, commands: &[Command]) -> bo
         if !pg_sys::row_security {
             return false;
         }
-        // Opening the table processes pending invalidations, which clear stale verdicts.
-        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        register_callbacks();
         let user = pg_sys::GetUserId();
         let mask = commands.iter().fold(0u8, |m, &c| m | c.bit());
         let known = VERDICTS.with(|v| {
@@ -291,13 +318,16 @@ pub fn row_security_lets_through(relid: pg_sys::Oid, commands: &[Command]) -> bo
                 .find(|e| e.0 == relid && e.1 == user && e.2 == mask)
                 .map(|e| e.3)
         });
-        let passes = known.unwrap_or_else(|| {
-            register_verdict_callbacks();
-            let passes = policies_let_through(rel, commands);
+        if let Some(passes) = known {
+            return passes;
+        }
+        // Looking up role memberships may process invalidations: a verdict computed across
+        // one is not kept.
+        let generation = VERDICT_GENERATION.with(Cell::get);
+        let passes = policies_let_through(rel, commands);
+        if VERDICT_GENERATION.with(Cell::get) == generation {
             VERDICTS.with(|v| v.borrow_mut().push((relid, user, mask, passes)));
-            passes
-        });
-        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
         passes
     }
 }
@@ -306,8 +336,9 @@ thread_local! {
     /// Verdicts of `policies_let_through`: (table, user, commands, verdict). A verdict
     /// depends on the table's policies (its relcache entry) and on the user's role
     /// memberships; a change to either clears it.
-    static VERDICTS: std::cell::RefCell<Vec<(pg_sys::Oid, pg_sys::Oid, u8, bool)>> = const { std::cell::RefCell::new(Vec::new()) };
-    static VERDICT_CALLBACKS: Cell<bool> = const { Cell::new(false) };
+    static VERDICTS: std::cell::RefCell<Vec<(pg_sys::Oid, pg_sys::Oid, u8, bool)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    static VERDICT_GENERATION: Cell<u64> = const { Cell::new(0) };
 }
 
 impl Command {
@@ -319,46 +350,22 @@ impl Command {
     }
 }
 
-/// Called while PostgreSQL processes invalidation messages: must not error or allocate.
-unsafe extern "C-unwind" fn verdicts_relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+/// Forgets the verdicts about `relid` (None or InvalidOid: all). Must not error or
+/// allocate (called from invalidation callbacks).
+fn forget_verdicts(relid: Option<pg_sys::Oid>) {
+    VERDICT_GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
     VERDICTS.with(|v| {
         if let Ok(mut v) = v.try_borrow_mut() {
-            v.retain(|e| relid != pg_sys::InvalidOid && e.0 != relid);
+            match relid {
+                Some(relid) if relid != pg_sys::InvalidOid => v.retain(|e| e.0 != relid),
+                _ => v.clear(),
+            }
         }
     });
 }
 
-unsafe extern "C-unwind" fn verdicts_role_callback(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
-    VERDICTS.with(|v| {
-        if let Ok(mut v) = v.try_borrow_mut() {
-            v.clear();
-        }
-    });
-}
-
-fn register_verdict_callbacks() {
-    if VERDICT_CALLBACKS.with(Cell::get) {
-        return;
-    }
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(
-            Some(verdicts_relcache_callback),
-            pg_sys::Datum::from(0),
-        );
-        // Role memberships and role attributes (inheritance) decide which policies apply.
-        for cache in [
-            pg_sys::SysCacheIdentifier::AUTHMEMMEMROLE,
-            pg_sys::SysCacheIdentifier::AUTHMEMROLEMEM,
-            pg_sys::SysCacheIdentifier::AUTHOID,
-        ] {
-            pg_sys::CacheRegisterSyscacheCallback(
-                cache as i32,
-                Some(verdicts_role_callback),
-                pg_sys::Datum::from(0),
-            );
-        }
-    }
-    VERDICT_CALLBACKS.with(|c| c.set(true));
+unsafe extern "C-unwind" fn role_callback(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    forget_verdicts(None);
 }
 
 unsafe fn policies_let_through(rel: pg_sys::Relation, commands: &[Command]) -> bool {

@@ -28,9 +28,9 @@ type Column = (&'static str, pg_sys::Oid, bool, u8);
 
 struct TableShape {
     columns: &'static [Column],
-    /// Its CHECK constraints as `pg_get_constraintdef` prints them, by name.
+    /// Its CHECK constraints' expressions as `pg_get_expr` prints them, by name.
     checks: &'static [&'static str],
-    /// Its column defaults as `column = pg_get_expr(...)`, by column number.
+    /// Its column defaults as `column = expression`, by column number.
     defaults: &'static [&'static str],
     /// Whether a unique index besides the primary key sends it down the SPI path (for
     /// ON CONFLICT, whose arbiters the SQL infers from the unique indexes).
@@ -47,7 +47,7 @@ const EVENTS: TableShape = TableShape {
         ("occurred_at", pg_sys::TIMESTAMPTZOID, true, 0),
         ("properties", pg_sys::JSONBOID, false, 0),
     ],
-    checks: &["CHECK (((properties IS NULL) OR (jsonb_typeof(properties) = 'object'::text)))"],
+    checks: &["((properties IS NULL) OR (jsonb_typeof(properties) = 'object'::text))"],
     defaults: &[],
     only_primary_key_unique: false,
     row_security: &[Command::Insert],
@@ -72,10 +72,12 @@ const ASSIGNMENTS: TableShape = TableShape {
 #[derive(Clone, Copy, Debug)]
 enum Learned {
     Unknown,
-    /// amba's own shape: rows go in directly. `sequence`: the identity sequence, if any.
+    /// amba's own shape: rows go in directly. `sequence`: the identity sequence, if any;
+    /// `primary_key`: the primary key index (ON CONFLICT's arbiter).
     Direct {
         relid: pg_sys::Oid,
         sequence: pg_sys::Oid,
+        primary_key: pg_sys::Oid,
     },
     /// Anything else (a trigger, another CHECK, a changed column...): through SPI.
     Spi {
@@ -95,11 +97,12 @@ impl Learned {
 thread_local! {
     static EVENTS_LEARNED: Cell<Learned> = const { Cell::new(Learned::Unknown) };
     static ASSIGNMENTS_LEARNED: Cell<Learned> = const { Cell::new(Learned::Unknown) };
-    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Called while PostgreSQL processes invalidation messages: must not error or allocate.
-unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+/// Forgets what was learned about `relid` (InvalidOid: about every table). Called from
+/// amba's relcache callback (`direct.rs`), while PostgreSQL processes invalidation
+/// messages: must not error or allocate.
+pub fn forget(relid: pg_sys::Oid) {
     for cell in [&EVENTS_LEARNED, &ASSIGNMENTS_LEARNED] {
         cell.with(|learned| {
             if relid == pg_sys::InvalidOid || learned.get().relid() == Some(relid) {
@@ -109,20 +112,29 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
     }
 }
 
-const CATALOG_SQL: &str = "SELECT \
-       (SELECT COALESCE(pg_catalog.array_agg(pg_catalog.pg_get_constraintdef(c.oid) ORDER BY c.conname), '{}') \
-          FROM pg_catalog.pg_constraint c WHERE c.conrelid = $1 AND c.contype = 'c'), \
-       (SELECT COALESCE(pg_catalog.array_agg(pg_catalog.format('%s = %s', a.attname, pg_catalog.pg_get_expr(d.adbin, d.adrelid)) ORDER BY d.adnum), '{}') \
-          FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
-         WHERE d.adrelid = $1), \
-       (SELECT pg_catalog.count(*) FROM pg_catalog.pg_index i WHERE i.indrelid = $1 AND i.indisunique AND NOT i.indisprimary)";
+/// An expression stored in the catalog (`nodeToString` form) as `pg_get_expr` prints it.
+unsafe fn deparse(stored: *const std::ffi::c_char, relid: pg_sys::Oid) -> Option<String> {
+    unsafe {
+        let text = std::ffi::CStr::from_ptr(stored).to_str().ok()?;
+        pgrx::direct_function_call::<String>(
+            pg_sys::pg_get_expr,
+            &[text.into_datum(), relid.into_datum()],
+        )
+    }
+}
 
 /// Whether the open relation `rel` has the shape `spec` describes (see the module comment).
 unsafe fn learn(rel: pg_sys::Relation, spec: &TableShape) -> Learned {
     unsafe {
         let relid = (*rel).rd_id;
         let spi = Learned::Spi { relid };
-        if (*(*rel).rd_rel).relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char {
+        // A plain table: not a partition (whose constraint the executor checks), no rule
+        // rewriting the INSERT.
+        let form = &*(*rel).rd_rel;
+        if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
+            || form.relispartition
+            || !(*rel).rd_rules.is_null()
+        {
             return spi;
         }
         let triggers = (*rel).trigdesc;
@@ -150,6 +162,7 @@ unsafe fn learn(rel: pg_sys::Relation, spec: &TableShape) -> Learned {
             if att.attisdropped
                 || att_name.to_bytes() != name.as_bytes()
                 || att.atttypid != *type_oid
+                || att.atttypmod != -1
                 || att.attnotnull != *not_null
                 || att.attidentity as u8 != *identity
                 || att.attgenerated != 0
@@ -157,22 +170,54 @@ unsafe fn learn(rel: pg_sys::Relation, spec: &TableShape) -> Learned {
                 return spi;
             }
         }
-        let catalog: Option<(Vec<String>, Vec<String>, i64)> = Spi::connect(|client| {
-            let rows = client.select(CATALOG_SQL, Some(1), &[relid.into()]).ok()?;
-            let row = rows.first();
-            Some((
-                row.get::<Vec<String>>(1).ok()??,
-                row.get::<Vec<String>>(2).ok()??,
-                row.get::<i64>(3).ok()??,
-            ))
-        });
-        let Some((checks, defaults, other_unique)) = catalog else {
+        // CHECKs, defaults and indexes from the relation's relcache entry, as the executor
+        // reads them (a catalog query would read them in an older snapshot).
+        let constr = (*desc).constr;
+        let (mut checks, mut defaults) = (Vec::new(), Vec::new());
+        if !constr.is_null() {
+            let constr = &*constr;
+            for i in 0..constr.num_check as usize {
+                let Some(check) = deparse((*constr.check.add(i)).ccbin, relid) else {
+                    return spi;
+                };
+                checks.push(check);
+            }
+            for i in 0..constr.num_defval as usize {
+                let default = &*constr.defval.add(i);
+                let Some(expression) = deparse(default.adbin, relid) else {
+                    return spi;
+                };
+                let Some(column) = spec.columns.get(default.adnum as usize - 1) else {
+                    return spi;
+                };
+                defaults.push(format!("{} = {expression}", column.0));
+            }
+        }
+        defaults.sort();
+        if checks != spec.checks || defaults != spec.defaults {
             return spi;
+        }
+        let primary_key = pg_sys::RelationGetPrimaryKeyIndex(rel);
+        let indexes = pg_sys::RelationGetIndexList(rel);
+        let index_count = if indexes.is_null() {
+            0
+        } else {
+            (*indexes).length as usize
         };
-        if checks != spec.checks
-            || defaults != spec.defaults
-            || (spec.only_primary_key_unique && other_unique > 0)
-        {
+        for i in 0..index_count {
+            let index_oid = (*(*indexes).elements.add(i)).oid_value;
+            let index = pg_sys::index_open(index_oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let form = &*(*index).rd_index;
+            let keys = form.indkey.values.as_slice(form.indnatts as usize).to_vec();
+            let (unique, primary) = (form.indisunique, form.indisprimary);
+            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+            if spec.only_primary_key_unique && ((unique && !primary) || (primary && keys != [1, 2]))
+            {
+                return spi;
+            }
+        }
+        pg_sys::list_free(indexes);
+        if spec.only_primary_key_unique && primary_key == pg_sys::InvalidOid {
             return spi;
         }
         let sequence = match spec.columns.iter().position(|c| c.3 != 0) {
@@ -182,7 +227,11 @@ unsafe fn learn(rel: pg_sys::Relation, spec: &TableShape) -> Learned {
             },
             None => pg_sys::InvalidOid,
         };
-        Learned::Direct { relid, sequence }
+        Learned::Direct {
+            relid,
+            sequence,
+            primary_key,
+        }
     }
 }
 
@@ -210,33 +259,30 @@ fn may(relid: pg_sys::Oid, mode: u32) -> bool {
     }
 }
 
-/// The table opened for a direct insert (with the INSERT's lock), and its identity
-/// sequence; None (nothing held) when the INSERT must go through SPI.
+/// The table opened for a direct insert (with the INSERT's lock) and what was learned
+/// about it (`Learned::Direct`); None (nothing held) when the INSERT must go through SPI.
 unsafe fn open_for_insert(
     relid: pg_sys::Oid,
     spec: &TableShape,
     learned: &'static std::thread::LocalKey<Cell<Learned>>,
-) -> Option<(pg_sys::Relation, pg_sys::Oid)> {
-    if !CALLBACK_REGISTERED.with(Cell::get) {
-        unsafe {
-            pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
-        };
-        CALLBACK_REGISTERED.with(|c| c.set(true));
-    }
+) -> Option<(pg_sys::Relation, Learned)> {
+    direct::register_callbacks();
     unsafe {
         if pg_sys::XactReadOnly || pg_sys::IsInParallelMode() {
             return None;
         }
-        if !may(relid, pg_sys::ACL_INSERT) {
-            return None;
-        }
         // Opening with the INSERT's lock processes pending invalidations: a change to the
         // table committed before this point has reset what was learned by now, and the
-        // policies below are the committed ones.
+        // privileges and policies below are the committed ones.
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        if !direct::row_security_lets_through(relid, spec.row_security) {
+        let close = |rel| {
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            return None;
+            None
+        };
+        if !may(relid, pg_sys::ACL_INSERT)
+            || !direct::row_security_lets_through(rel, spec.row_security)
+        {
+            return close(rel);
         }
         let mut known = learned.with(Cell::get);
         if known.relid() != Some(relid) {
@@ -244,11 +290,8 @@ unsafe fn open_for_insert(
             learned.with(|cell| cell.set(known));
         }
         match known {
-            Learned::Direct { sequence, .. } => Some((rel, sequence)),
-            _ => {
-                pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-                None
-            }
+            Learned::Direct { .. } => Some((rel, known)),
+            _ => close(rel),
         }
     }
 }
@@ -270,11 +313,14 @@ impl Insert {
     ) -> Insert {
         unsafe {
             let estate = pg_sys::CreateExecutorState();
+            // Everything below lives in the executor state's memory, freed with it.
+            let caller_context = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
             let result_rel = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
                 .cast::<pg_sys::ResultRelInfo>();
             pg_sys::InitResultRelInfo(result_rel, rel, 1, std::ptr::null_mut(), 0);
             pg_sys::ExecOpenIndices(result_rel, speculative);
             let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+            pg_sys::MemoryContextSwitchTo(caller_context);
             pg_sys::ExecClearTuple(slot);
             let datums = std::slice::from_raw_parts_mut((*slot).tts_values, values.len());
             let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, values.len());
@@ -346,7 +392,9 @@ pub fn append_event(
     properties: Option<pg_sys::Datum>,
 ) -> bool {
     unsafe {
-        let Some((rel, sequence)) = open_for_insert(events, &EVENTS, &EVENTS_LEARNED) else {
+        let Some((rel, Learned::Direct { sequence, .. })) =
+            open_for_insert(events, &EVENTS, &EVENTS_LEARNED)
+        else {
             return false;
         };
         let event_id = nextval_internal(sequence, false);
@@ -372,14 +420,22 @@ pub fn append_event(
 /// when it must go through SPI. For a user the caller has just found without a row.
 pub fn assignment_if_absent(
     assignments: pg_sys::Oid,
-    primary_key: pg_sys::Oid,
     experiment_id: i64,
     user_id: &str,
     variant: &str,
     weight_version: i32,
 ) -> Option<bool> {
     unsafe {
-        let (rel, _) = open_for_insert(assignments, &ASSIGNMENTS, &ASSIGNMENTS_LEARNED)?;
+        // In REPEATABLE READ and SERIALIZABLE, a conflict with a row the transaction's
+        // snapshot cannot see is a serialization failure (ExecCheckTIDVisible): SPI's.
+        if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
+            return None;
+        }
+        let Some((rel, Learned::Direct { primary_key, .. })) =
+            open_for_insert(assignments, &ASSIGNMENTS, &ASSIGNMENTS_LEARNED)
+        else {
+            return None;
+        };
         let now = TimestampWithTimeZone::try_from(pg_sys::GetCurrentTransactionStartTimestamp())
             .expect("now() is a valid timestamp");
         let values = [
@@ -398,6 +454,7 @@ pub fn assignment_if_absent(
         // leads to the full check, which waits.
         let mut checked = false;
         let inserted = loop {
+            pgrx::check_for_interrupts!();
             let mut conflict_tid: pg_sys::ItemPointerData = std::mem::zeroed();
             if checked
                 && !pg_sys::ExecCheckIndexConstraints(

@@ -376,9 +376,7 @@ mod tests {
             pgrx::pg_sys::GetCurrentTransactionStartTimestamp()
         })
         .unwrap();
-        let assign = |user: &str| {
-            assignment_if_absent(t.assignments, t.assignments_pkey, 999_999, user, "a", 1)
-        };
+        let assign = |user: &str| assignment_if_absent(t.assignments, 999_999, user, "a", 1);
         assert!(append_event(t.events, "u", "e", now, None));
         assert_eq!(assign("u"), Some(true));
         assert_eq!(

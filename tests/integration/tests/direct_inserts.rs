@@ -582,20 +582,124 @@ fn a_role_granted_to_the_caller_meanwhile_brings_its_policies_at_the_next_call()
         ))
         .unwrap();
     let mut app = db.client();
-    app.batch_execute(&format!("SET ROLE \"{member}\"")).unwrap();
+    app.batch_execute(&format!("SET ROLE \"{member}\""))
+        .unwrap();
     // amba_admin's policies only: the direct path, and 'x' is fine.
     track(&mut app, "x", "before", None).unwrap();
     // Another session makes the caller a member of the group the restrictive policy is for.
-    admin.batch_execute(&format!("GRANT \"{group}\" TO \"{member}\"")).unwrap();
-    assert_eq!(code(track(&mut app, "x", "granted", None).unwrap_err()), "42501");
+    admin
+        .batch_execute(&format!("GRANT \"{group}\" TO \"{member}\""))
+        .unwrap();
+    assert_eq!(
+        code(track(&mut app, "x", "granted", None).unwrap_err()),
+        "42501"
+    );
     track(&mut app, "y", "granted", None).unwrap();
-    admin.batch_execute(&format!("REVOKE \"{group}\" FROM \"{member}\"")).unwrap();
+    admin
+        .batch_execute(&format!("REVOKE \"{group}\" FROM \"{member}\""))
+        .unwrap();
     track(&mut app, "x", "revoked", None).unwrap();
     drop(app);
-    let events: Vec<String> =
-        admin.query("SELECT event FROM amba.events ORDER BY event_id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let events: Vec<String> = admin
+        .query("SELECT event FROM amba.events ORDER BY event_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(events, ["before", "granted", "revoked"]);
     admin
-        .batch_execute(&format!("DROP POLICY not_x ON amba.events; DROP ROLE \"{member}\"; DROP ROLE \"{group}\""))
+        .batch_execute(&format!(
+            "DROP POLICY not_x ON amba.events; DROP ROLE \"{member}\"; DROP ROLE \"{group}\""
+        ))
         .unwrap();
+}
+
+#[test]
+fn rules_type_modifiers_and_repeatable_read_are_honoured() {
+    let db = Db::with_amba("append_more");
+    let mut app = db.client();
+    let mut admin = db.client();
+    app.batch_execute("SELECT amba_create_experiment('rr', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')")
+        .unwrap();
+    track(&mut app, "u", "learned", None).unwrap();
+
+    // A rule on INSERT.
+    admin
+        .batch_execute(
+            "CREATE TABLE public.ruled (user_id text);
+             CREATE RULE also_log AS ON INSERT TO amba.events DO ALSO INSERT INTO public.ruled VALUES (NEW.user_id)",
+        )
+        .unwrap();
+    track(&mut app, "ruled", "e", None).unwrap();
+    assert_eq!(
+        count(
+            &mut app,
+            "SELECT count(*) FROM public.ruled WHERE user_id = 'ruled'"
+        ),
+        1
+    );
+    admin
+        .batch_execute("DROP RULE also_log ON amba.events")
+        .unwrap();
+
+    // A type modifier: the INSERT rounds the time to the second.
+    admin
+        .batch_execute("ALTER TABLE amba.events ALTER COLUMN occurred_at TYPE timestamptz(0)")
+        .unwrap();
+    app.execute(
+        "SELECT amba_track('t', 'rounded', NULL, '2026-01-01 00:00:00.6+00')",
+        &[],
+    )
+    .unwrap();
+    let at: String = app
+        .query_one(
+            "SELECT occurred_at::text FROM amba.events WHERE event = 'rounded'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(at, "2026-01-01 00:00:01+00");
+    admin
+        .batch_execute("ALTER TABLE amba.events ALTER COLUMN occurred_at TYPE timestamptz")
+        .unwrap();
+
+    // In REPEATABLE READ, a CHECK committed after the transaction's snapshot (and after
+    // this backend last learned the table) still applies: it is read from the table.
+    app.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    admin
+        .batch_execute(
+            "ALTER TABLE amba.events ADD CONSTRAINT no_forbidden CHECK (event <> 'forbidden')",
+        )
+        .unwrap();
+    assert_eq!(
+        code(track(&mut app, "u", "forbidden", None).unwrap_err()),
+        "23514"
+    );
+    app.batch_execute("ROLLBACK").unwrap();
+
+    // In REPEATABLE READ, a first assignment meeting a row committed after the snapshot is
+    // a serialization failure (retry the transaction), as for the INSERT.
+    let eid: i64 = admin
+        .query_one("SELECT id FROM amba.experiments WHERE key = 'rr'", &[])
+        .unwrap()
+        .get(0);
+    app.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    admin
+        .execute(
+            "INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version) VALUES ($1, 'late', 'a', 1)",
+            &[&eid],
+        )
+        .unwrap();
+    let e = app
+        .query_one("SELECT amba_assign('rr', 'late')", &[])
+        .unwrap_err();
+    assert_eq!(code(e), "40001");
+    app.batch_execute("ROLLBACK").unwrap();
+    let variant: String = app
+        .query_one("SELECT amba_assign('rr', 'late')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(variant, "a", "after the retry, the committed row");
 }
