@@ -73,6 +73,13 @@ BEGIN
 END
 $$;
 
+-- The statement that puts that trigger on one placement (%s: the placement).
+CREATE FUNCTION amba._alias_placement_trigger_sql() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'CREATE OR REPLACE TRIGGER amba_alias_locks_users AFTER INSERT ON %s '
+        || 'FOR EACH ROW EXECUTE FUNCTION amba._alias_locks_users()'
+$$;
+
 -- Citus refuses triggers on reference tables, and creates a worker's placement of
 -- amba.aliases (amba.aliases_<shard id>) inside the distributing transaction, where no
 -- other connection can reach it. So each worker gets this event trigger first: it adds
@@ -88,8 +95,7 @@ BEGIN
          WHERE c.command_tag = 'CREATE TABLE' AND c.classid = 'pg_class'::regclass
            AND r.relnamespace = 'amba'::regnamespace AND r.relname ~ '^aliases_[0-9]+$'
     LOOP
-        EXECUTE format('CREATE OR REPLACE TRIGGER amba_alias_locks_users AFTER INSERT ON %s '
-                       'FOR EACH ROW EXECUTE FUNCTION amba._alias_locks_users()', placement);
+        EXECUTE format(amba._alias_placement_trigger_sql(), placement);
     END LOOP;
 END
 $$;
@@ -135,9 +141,7 @@ BEGIN
                   FROM run_command_on_workers('SELECT amba._install_alias_placement_locks()') w
                 UNION ALL
                 SELECT p.nodename, p.nodeport, p.success, p.result
-                  FROM run_command_on_placements('amba.aliases',
-                           'CREATE OR REPLACE TRIGGER amba_alias_locks_users AFTER INSERT ON %s '
-                           'FOR EACH ROW EXECUTE FUNCTION amba._alias_locks_users()') p) r
+                  FROM run_command_on_placements('amba.aliases', amba._alias_placement_trigger_sql()) p) r
          WHERE NOT r.success;
         IF failed IS NOT NULL THEN
             RAISE EXCEPTION 'amba_distribute: adding the alias locks to the workers failed: %', failed;

@@ -268,13 +268,10 @@ pub fn direct_reads_allowed(tables: &[pg_sys::Oid]) -> bool {
         if !pg_sys::ActiveSnapshotSet() {
             return false;
         }
-        let user = pg_sys::GetUserId();
         // Privileges and policies committed before this point are the ones checked.
         pg_sys::AcceptInvalidationMessages();
         tables.iter().all(|&relid| {
-            if pg_sys::pg_class_aclcheck(relid, user, pg_sys::ACL_SELECT as pg_sys::AclMode)
-                != pg_sys::AclResult::ACLCHECK_OK
-            {
+            if !may(relid, pg_sys::ACL_SELECT) {
                 return false;
             }
             if pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
@@ -288,6 +285,14 @@ pub fn direct_reads_allowed(tables: &[pg_sys::Oid]) -> bool {
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
             allowed
         })
+    }
+}
+
+/// Whether the current user holds `mode` (ACL_SELECT, ACL_INSERT...) on the table.
+pub fn may(relid: pg_sys::Oid, mode: u32) -> bool {
+    unsafe {
+        pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), mode as pg_sys::AclMode)
+            == pg_sys::AclResult::ACLCHECK_OK
     }
 }
 

@@ -252,13 +252,6 @@ unsafe fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64 {
     }
 }
 
-fn may(relid: pg_sys::Oid, mode: u32) -> bool {
-    unsafe {
-        pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), mode as pg_sys::AclMode)
-            == pg_sys::AclResult::ACLCHECK_OK
-    }
-}
-
 /// The table opened for a direct insert (with the INSERT's lock) and what was learned
 /// about it (`Learned::Direct`); None (nothing held) when the INSERT must go through SPI.
 unsafe fn open_for_insert(
@@ -279,7 +272,7 @@ unsafe fn open_for_insert(
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
             None
         };
-        if !may(relid, pg_sys::ACL_INSERT)
+        if !direct::may(relid, pg_sys::ACL_INSERT)
             || !direct::row_security_lets_through(rel, spec.row_security)
         {
             return close(rel);
