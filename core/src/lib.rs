@@ -2,13 +2,18 @@
 //!
 //! - [`bucket`]: the fixed, versioned bucketing (xxh3 → [0, 1) → weighted variant);
 //! - [`validate`]: input rules of the contract (keys, ids, variants, statuses);
+//! - [`distributions`]: Student's t, the normal, chi-square and Welch's degrees of
+//!   freedom, shared by the two statistics modules;
 //! - [`metric`]: the mean metrics of `amba_metric_results` (Welch t, lift, CUPED);
 //! - [`stats`]: the statistics of `amba_results` (z-test, lift, intervals, chance to win,
-//!   always-valid p-values, Holm, sample-ratio mismatch).
+//!   always-valid p-values, Holm);
+//! - [`srm`]: the sample-ratio-mismatch test (Pearson's chi-square at assignment-time
+//!   weights).
 //!
 //! Every function here is small and tested against committed reference values.
 
 pub mod bucket;
+pub mod distributions;
 pub mod error;
 pub mod metric;
 pub mod srm;
@@ -16,3 +21,8 @@ pub mod stats;
 pub mod validate;
 
 pub use error::{CoreError, ErrorCode};
+
+/// `Some(x)` when x is finite: every statistic is `None` (SQL NULL), never NaN or ±inf.
+pub(crate) fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}

@@ -2,7 +2,25 @@
 //! weights: each exposed user counts toward the weight shares in force when they were
 //! assigned, so re-weighting, adding variants or switching one off raises no false alarm.
 
-use crate::stats::srm_p_value;
+use crate::distributions::chi_squared_sf;
+
+/// Pearson's chi-square goodness of fit of observed exposure counts against expected
+/// ones; variants with expected 0 are left out. `None` when fewer than two variants
+/// expect anyone (no degrees of freedom) or nobody is expected at all.
+pub fn srm_p_value(observed: &[f64], expected: &[f64]) -> Option<f64> {
+    let mut statistic = 0.0;
+    let mut cells = 0usize;
+    for (o, e) in observed.iter().zip(expected) {
+        if *e > 0.0 {
+            statistic += (o - e) * (o - e) / e;
+            cells += 1;
+        }
+    }
+    if cells < 2 {
+        return None;
+    }
+    chi_squared_sf(statistic, (cells - 1) as f64)
+}
 
 /// One set of weights an experiment has had (amba.weight_versions).
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +110,16 @@ mod tests {
     }
     fn s(keys: &[&str]) -> Vec<String> {
         keys.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn srm_cases() {
+        assert!(srm_p_value(&[0.0, 0.0], &[0.0, 0.0]).is_none());
+        assert!(srm_p_value(&[10.0, 0.0], &[10.0, 0.0]).is_none());
+        let balanced = srm_p_value(&[500.0, 500.0], &[500.0, 500.0]).unwrap();
+        assert_eq!(balanced, 1.0);
+        let skewed = srm_p_value(&[400.0, 600.0], &[500.0, 500.0]).unwrap();
+        assert!(skewed < 1e-9, "{skewed}");
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! Statistics of `amba_results` (CONTRACT sections 3 and 3b), as small pure functions on
-//! statrs' distributions. Every undefined case is `None` (SQL NULL), never NaN or ±inf.
+//! the distributions of [`crate::distributions`]. Every undefined case is `None` (SQL
+//! NULL), never NaN or ±inf.
 
-use statrs::distribution::{ChiSquared, ContinuousCDF, Normal};
+use crate::distributions::{erfc_accurate, normal_cdf, t_upper_quantile, welch_dof};
+use crate::finite;
+
+// The Pearson test lives with the rest of the sample-ratio-mismatch check.
+pub use crate::srm::srm_p_value;
 
 /// Sequential testing tuning parameter τ (GrowthBook's default).
 pub const SEQUENTIAL_TUNING: f64 = 5000.0;
@@ -22,10 +27,6 @@ impl Arm {
     pub fn rate(self) -> Option<f64> {
         (self.exposed > 0).then(|| self.converted as f64 / self.exposed as f64)
     }
-}
-
-fn finite(x: f64) -> Option<f64> {
-    x.is_finite().then_some(x)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,7 +52,7 @@ pub fn z_test(control: Arm, treatment: Arm) -> Option<ZTest> {
     let z = (p_t - p_c) / se;
     // erfc keeps its relative accuracy deep in the tail, where 1 - Φ would round to 0; the
     // full-precision one (statrs' is off by up to 1e-10 relative from 0.5 on).
-    let p_value = crate::metric::erfc_accurate(z.abs() / std::f64::consts::SQRT_2);
+    let p_value = erfc_accurate(z.abs() / std::f64::consts::SQRT_2);
     Some(ZTest {
         z_score: finite(z)?,
         p_value: finite(p_value)?,
@@ -72,13 +73,6 @@ pub struct Effect {
 /// Delta-method variance of the relative lift.
 fn lift_variance(p_c: f64, v_c: f64, n_c: f64, p_t: f64, v_t: f64, n_t: f64) -> f64 {
     v_t / (p_c * p_c * n_t) + v_c * p_t * p_t / (p_c.powi(4) * n_c)
-}
-
-/// Welch–Satterthwaite degrees of freedom.
-fn welch_dof(v_c: f64, n_c: f64, v_t: f64, n_t: f64) -> f64 {
-    let (a, b) = (v_t / n_t, v_c / n_c);
-    (a + b).powi(2)
-        / (v_t * v_t / (n_t * n_t * (n_t - 1.0)) + v_c * v_c / (n_c * n_c * (n_c - 1.0)))
 }
 
 /// ρ² of the asymptotic confidence sequence (Waudby-Smith et al. 2023).
@@ -148,16 +142,15 @@ pub fn effect(control: Arm, treatment: Arm, alpha: f64) -> Option<Effect> {
     let lift = (p_t - p_c) / p_c;
     let sd = var.sqrt();
     let dof = welch_dof(v_c, n_c, v_t, n_t);
-    // T⁻¹(1 − alpha/2) from the upper tail directly (metric.rs: accurate for any alpha
-    // down to 1e-300 and any dof, where statrs' inverse beta panics or never returns).
-    let t = crate::metric::t_upper_quantile(alpha / 2.0, dof)?;
+    // T⁻¹(1 − alpha/2) from the upper tail directly (distributions.rs: accurate for any
+    // alpha down to 1e-300 and any dof, where statrs' inverse beta panics or never returns).
+    let t = t_upper_quantile(alpha / 2.0, dof)?;
     let half_width = t * sd;
-    let standard_normal = Normal::new(0.0, 1.0).ok()?;
     Some(Effect {
         lift: finite(lift)?,
         lift_ci_low: finite(lift - half_width)?,
         lift_ci_high: finite(lift + half_width)?,
-        chance_to_win: finite(standard_normal.cdf(lift / sd))?,
+        chance_to_win: finite(normal_cdf(lift / sd))?,
         sequential_p_value: finite(sequential_p_value(n_t + n_c, lift, var, alpha))?,
     })
 }
@@ -180,25 +173,6 @@ pub fn holm(p_values: &[Option<f64>]) -> Vec<Option<f64>> {
         adjusted[index] = Some(running_max);
     }
     adjusted
-}
-
-/// Pearson's chi-square goodness of fit of observed exposure counts against expected
-/// ones; variants with expected 0 are left out. `None` when fewer than two variants
-/// expect anyone (no degrees of freedom) or nobody is expected at all.
-pub fn srm_p_value(observed: &[f64], expected: &[f64]) -> Option<f64> {
-    let mut statistic = 0.0;
-    let mut cells = 0usize;
-    for (o, e) in observed.iter().zip(expected) {
-        if *e > 0.0 {
-            statistic += (o - e) * (o - e) / e;
-            cells += 1;
-        }
-    }
-    if cells < 2 {
-        return None;
-    }
-    let chi2 = ChiSquared::new((cells - 1) as f64).ok()?;
-    finite(chi2.sf(statistic))
 }
 
 /// Everything `amba_results` reports for one variant, control first.
@@ -307,17 +281,17 @@ mod tests {
             (0.6, 1e7, 0.25334710987600284),
         ];
         for (p, dof, want) in cases {
-            let got = crate::metric::t_upper_quantile(1.0 - p, dof).unwrap();
+            let got = t_upper_quantile(1.0 - p, dof).unwrap();
             assert!(
                 ((got - want) / want).abs() < 1e-11,
                 "T^-1({p}; {dof}) = {got}, scipy {want}"
             );
         }
-        assert_eq!(crate::metric::t_upper_quantile(0.025, 0.0), None);
+        assert_eq!(t_upper_quantile(0.025, 0.0), None);
         // A tiny alpha still has an interval.
         let tiny = effect(Arm::new(1000, 100), Arm::new(1000, 150), 1e-20).unwrap();
         assert!(tiny.lift_ci_low < tiny.lift && tiny.lift < tiny.lift_ci_high);
-        assert_eq!(crate::metric::t_upper_quantile(0.0, 10.0), None);
+        assert_eq!(t_upper_quantile(0.0, 10.0), None);
     }
 
     #[test]
@@ -329,15 +303,5 @@ mod tests {
         assert!((adjusted[4].unwrap() - 0.06).abs() < 1e-15);
         assert!((adjusted[2].unwrap() - 0.06).abs() < 1e-15); // max(0.04, 0.06)
         assert_eq!(holm(&[Some(0.9), Some(0.8)]), vec![Some(1.0), Some(1.0)]);
-    }
-
-    #[test]
-    fn srm_cases() {
-        assert!(srm_p_value(&[0.0, 0.0], &[0.0, 0.0]).is_none());
-        assert!(srm_p_value(&[10.0, 0.0], &[10.0, 0.0]).is_none());
-        let balanced = srm_p_value(&[500.0, 500.0], &[500.0, 500.0]).unwrap();
-        assert_eq!(balanced, 1.0);
-        let skewed = srm_p_value(&[400.0, 600.0], &[500.0, 500.0]).unwrap();
-        assert!(skewed < 1e-9, "{skewed}");
     }
 }
