@@ -5,6 +5,11 @@
 //! h = xxh3_64(utf8(experiment_key) || 0x00 || utf8(user_id)), seed 0;
 //! bucket = (h >> 11) / 2^53 in [0, 1);
 //! variant = first i with bucket < (w_1 + … + w_i) / W, else the last variant with w > 0.
+//!
+//! Two more buckets of a user come from the same rule with another separator byte, so
+//! they are independent of the variant bucket and of each other:
+//! - coverage (CONTRACT 10): xxh3_64(utf8(experiment_key) || 0x01 || utf8(user_id));
+//! - layer (CONTRACT 11): xxh3_64(utf8(layer) || 0x02 || utf8(user_id)).
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -12,9 +17,32 @@ pub const BUCKETING_VERSION: u32 = 1;
 
 const TWO_POW_53: f64 = 9_007_199_254_740_992.0;
 
+/// Separator byte of the variant hash.
+pub const VARIANT_SEPARATOR: u8 = 0x00;
+/// Separator byte of the coverage hash (CONTRACT 10).
+pub const COVERAGE_SEPARATOR: u8 = 0x01;
+/// Separator byte of the layer hash (CONTRACT 11).
+pub const LAYER_SEPARATOR: u8 = 0x02;
+
 /// xxh3_64 of `experiment_key`, a zero byte, then `user_id`.
 pub fn hash(experiment_key: &str, user_id: &str) -> u64 {
-    let total = experiment_key.len() + 1 + user_id.len();
+    hash_separated(experiment_key, VARIANT_SEPARATOR, user_id)
+}
+
+/// xxh3_64 of `experiment_key`, the byte 0x01, then `user_id` (the coverage hash).
+pub fn coverage_hash(experiment_key: &str, user_id: &str) -> u64 {
+    hash_separated(experiment_key, COVERAGE_SEPARATOR, user_id)
+}
+
+/// xxh3_64 of `layer`, the byte 0x02, then `user_id` (the layer hash).
+pub fn layer_hash(layer: &str, user_id: &str) -> u64 {
+    hash_separated(layer, LAYER_SEPARATOR, user_id)
+}
+
+/// xxh3_64 of `key`, `separator`, then `user_id`.
+#[inline]
+fn hash_separated(key: &str, separator: u8, user_id: &str) -> u64 {
+    let total = key.len() + 1 + user_id.len();
     // Keys are at most 128 bytes and user ids at most 512 characters: a stack buffer
     // covers the usual case without allocating.
     let mut stack = [0u8; 768];
@@ -25,9 +53,9 @@ pub fn hash(experiment_key: &str, user_id: &str) -> u64 {
         heap = vec![0u8; total];
         &mut heap[..]
     };
-    buf[..experiment_key.len()].copy_from_slice(experiment_key.as_bytes());
-    buf[experiment_key.len()] = 0;
-    buf[experiment_key.len() + 1..].copy_from_slice(user_id.as_bytes());
+    buf[..key.len()].copy_from_slice(key.as_bytes());
+    buf[key.len()] = separator;
+    buf[key.len() + 1..].copy_from_slice(user_id.as_bytes());
     xxh3_64(buf)
 }
 
@@ -38,6 +66,18 @@ pub fn bucket_of_hash(h: u64) -> f64 {
 
 pub fn bucket(experiment_key: &str, user_id: &str) -> f64 {
     bucket_of_hash(hash(experiment_key, user_id))
+}
+
+/// The coverage bucket in [0, 1) (CONTRACT 10): a user not yet assigned is enrolled only if
+/// it is below the experiment's coverage. Independent of the variant bucket.
+pub fn coverage_bucket(experiment_key: &str, user_id: &str) -> f64 {
+    bucket_of_hash(coverage_hash(experiment_key, user_id))
+}
+
+/// The layer bucket in [0, 1) (CONTRACT 11): the user can be enrolled only in the layer's
+/// experiment whose range `[start, end)` holds it.
+pub fn layer_bucket(layer: &str, user_id: &str) -> f64 {
+    bucket_of_hash(layer_hash(layer, user_id))
 }
 
 /// Cumulative thresholds `(w_1 + … + w_i) / W`, summed left to right in double precision.
@@ -95,6 +135,35 @@ mod tests {
         joined.push(0);
         joined.extend_from_slice(b"c");
         assert_eq!(hash("ab", "c"), xxh3_64(&joined));
+    }
+
+    #[test]
+    fn coverage_and_layer_hashes_differ_only_in_the_separator() {
+        for (separator, h) in [
+            (0u8, hash("exp", "u-1")),
+            (1, coverage_hash("exp", "u-1")),
+            (2, layer_hash("exp", "u-1")),
+        ] {
+            assert_eq!(
+                h,
+                xxh3_64(&[b"exp".as_slice(), &[separator], b"u-1"].concat())
+            );
+        }
+        assert_ne!(hash("exp", "u-1"), coverage_hash("exp", "u-1"));
+        assert_ne!(coverage_hash("exp", "u-1"), layer_hash("exp", "u-1"));
+        assert_eq!(
+            coverage_bucket("exp", "u-1"),
+            bucket_of_hash(coverage_hash("exp", "u-1"))
+        );
+        assert_eq!(
+            layer_bucket("exp", "u-1"),
+            bucket_of_hash(layer_hash("exp", "u-1"))
+        );
+        let user: String = "é".repeat(512); // the heap path keeps the separator too
+        assert_eq!(
+            layer_hash("k", &user),
+            xxh3_64(&[b"k".as_slice(), &[2], user.as_bytes()].concat())
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The core against reference values computed by independent Python libraries
-//! (CONTRACT sections 3 and 3b). The fixtures are committed; regenerate them with
+//! (CONTRACT sections 3, 3b, 10 and 11). The fixtures are committed; regenerate them with
 //!
 //! ```text
 //! python3 scripts/fixtures/bucket_vectors.py     # Python xxhash (C xxHash)
@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Tolerances (never loosened to make a case pass):
-//! - bucketing: hash, bucket (bit for bit) and variant exactly;
+//! - bucketing: hash, bucket (bit for bit) and variant exactly; coverage and layer buckets
+//!   (sections 10 and 11) likewise;
 //! - z-test: 1e-9 relative on z and p; z = 0 exactly where the reference is 0;
 //! - 3b: 1e-9 relative, interval bounds 1e-8 relative, NULLs exactly;
 //! - probabilities whose reference underflowed (0 or subnormal, below f64::MIN_POSITIVE)
@@ -193,6 +194,67 @@ fn bucket_vectors_match_python_xxhash() {
         }
     }
     report("bucket vectors", vectors.len(), &failures);
+}
+
+/// The coverage (CONTRACT 10, separator 0x01) and layer (CONTRACT 11, separator 0x02)
+/// vectors: hash and bucket bit for bit, and the variant hash of the same input differs.
+fn check_other_buckets(
+    field: &str,
+    key_field: &str,
+    hash: fn(&str, &str) -> u64,
+    bucket: fn(&str, &str) -> f64,
+) {
+    let doc = parse(BUCKET_VECTORS);
+    let vectors = doc[field].as_array().unwrap();
+    assert!(vectors.len() >= 100, "only {} {field}", vectors.len());
+    let mut failures = Vec::new();
+    for (n, v) in vectors.iter().enumerate() {
+        let key = v[key_field].as_str().unwrap();
+        let user = v["user_id"].as_str().unwrap();
+        let case = format!(
+            "{field} #{n} ({}): {key_field} {key:?}, user {:?} ({} chars)",
+            v["note"].as_str().unwrap_or(""),
+            user.chars().take(40).collect::<String>(),
+            user.chars().count(),
+        );
+        let want_hash = u64_of(&v["hash"]);
+        let want_bucket = f64_of_bits(&v["bucket_bits"]);
+        let h = hash(key, user);
+        if h != want_hash {
+            failures.push(format!("{case}: hash {h}, expected {want_hash}"));
+        }
+        let b = bucket(key, user);
+        if b.to_bits() != want_bucket.to_bits() {
+            failures.push(format!("{case}: bucket {b:e}, expected {want_bucket:e}"));
+        }
+        if bucket::hash(key, user) != u64_of(&v["variant_hash"]) {
+            failures.push(format!("{case}: variant hash differs from the fixture"));
+        }
+        if h == bucket::hash(key, user) {
+            failures.push(format!("{case}: same hash as the variant bucket"));
+        }
+    }
+    report(field, vectors.len(), &failures);
+}
+
+#[test]
+fn coverage_vectors_match_python_xxhash() {
+    check_other_buckets(
+        "coverage_vectors",
+        "experiment_key",
+        bucket::coverage_hash,
+        bucket::coverage_bucket,
+    );
+}
+
+#[test]
+fn layer_vectors_match_python_xxhash() {
+    check_other_buckets(
+        "layer_vectors",
+        "layer",
+        bucket::layer_hash,
+        bucket::layer_bucket,
+    );
 }
 
 // ---------------------------------------------------------------------------------------
