@@ -1,4 +1,4 @@
--- Amba experiments: access control (CONTRACT 4 and 8). Runs last in the extension script
+-- Amba experiments: access control (SPEC §4 and §8). Runs last in the extension script
 -- (finalize), once every table and function exists. Nothing is reachable by PUBLIC; each
 -- role gets what the contract says, and row-level security on every table lets a role
 -- that reaches a table directly see only what it may.
@@ -47,7 +47,7 @@ $api_grants$;
 ----------------------------------------------------------------------------------------
 -- Table and function privileges
 ----------------------------------------------------------------------------------------
--- Admins: everything, except that the audit trail is append-only (CONTRACT 8).
+-- Admins: everything, except that the audit trail is append-only (SPEC §8).
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA amba TO amba_admin;
 REVOKE UPDATE, DELETE, TRUNCATE ON amba.experiment_history FROM amba_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA amba TO amba_admin;

@@ -2,7 +2,7 @@
 -- aliases, audit trail, API keys). Each function is an internal in schema `amba`, which
 -- only the extension controls, with a thin public wrapper in the extension's schema; the
 -- HTTP surface calls the internals. Every call between amba's functions is schema-qualified
--- with argument types that match exactly (CONTRACT 8). Validation rules are Rust
+-- with argument types that match exactly (SPEC §8). Validation rules are Rust
 -- (amba._check_*: the core's validators).
 -- Hot-path functions (assign, expose, peek, track, bucket) and the results are Rust.
 
@@ -23,7 +23,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 $fn$;
 
 -- The end user behind an HTTP request: the JWT's `sub`, NULL outside PostgREST.
--- Whether amba's tables are distributed by Citus (CONTRACT 9, sql/distribute.sql): their
+-- Whether amba's tables are distributed by Citus (SPEC §9, sql/distribute.sql): their
 -- truncate trigger (Citus's on the coordinator, amba's marker on the workers) says so, as it
 -- does to the Rust fast paths (src/direct.rs).
 CREATE FUNCTION amba._distributed() RETURNS boolean
@@ -145,7 +145,7 @@ BEGIN
             -- assignment to that variant never both commit.
             PERFORM amba._lock_experiment(current_row.id);
             PERFORM amba._lock_experiment_placements(current_row.id);
-            -- One lookup per removed variant (no correlated subquery: Citus, CONTRACT 9,
+            -- One lookup per removed variant (no correlated subquery: Citus, SPEC §9,
             -- plans none over a set-returning function).
             FOREACH removed_key IN ARRAY removed LOOP
                 IF cardinality(amba._select_fresh(
@@ -203,7 +203,7 @@ BEGIN
     -- could not see fails it cleanly with 40001 rather than being left behind).
     PERFORM amba._lock_experiment(current_row.id);
     PERFORM amba._lock_experiment_placements(current_row.id);
-    -- On Citus (CONTRACT 9) the experiment's row, in a reference table, may change after
+    -- On Citus (SPEC §9) the experiment's row, in a reference table, may change after
     -- the shards' rows only over one connection per node.
     IF current_setting('citus.multi_shard_modify_mode', true) IS NOT NULL THEN
         PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
@@ -223,7 +223,7 @@ CREATE FUNCTION amba._get_experiment(experiment_key text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     PERFORM amba._check_experiment_key(_get_experiment.experiment_key);
-    -- ROW(e.*): on Citus (CONTRACT 9) a whole-row reference to a reference table has its
+    -- ROW(e.*): on Citus (SPEC §9) a whole-row reference to a reference table has its
     -- shard's row type.
     RETURN (SELECT amba._experiment_json(ROW(e.*)::amba.experiments) FROM amba.experiments e
              WHERE e.key = _get_experiment.experiment_key);
@@ -250,7 +250,7 @@ END
 $fn$;
 
 ----------------------------------------------------------------------------------------
--- Overrides (CONTRACT 3d). Setting or clearing one updates the experiment's row, so every
+-- Overrides (SPEC §3d). Setting or clearing one updates the experiment's row, so every
 -- backend's cached definition (which holds the overrides) is replaced.
 ----------------------------------------------------------------------------------------
 -- The experiment's row, locked against concurrent changes; EXPERIMENT_NOT_FOUND if none.
@@ -268,7 +268,7 @@ BEGIN
 END
 $fn$;
 
--- The identity a user id acts as (CONTRACT 3d): the id it was aliased to, or itself.
+-- The identity a user id acts as (SPEC §3d): the id it was aliased to, or itself.
 CREATE FUNCTION amba._identity(user_id text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT coalesce((SELECT a.user_id FROM amba.aliases a WHERE a.anonymous_id = $1), $1)
@@ -350,7 +350,7 @@ END
 $fn$;
 
 ----------------------------------------------------------------------------------------
--- Identities (CONTRACT 3d)
+-- Identities (SPEC §3d)
 ----------------------------------------------------------------------------------------
 -- Every statement that moves rows runs in the latest snapshot after both users' locks are
 -- held (assign, expose and track hold the caller's lock shared), so nothing a concurrent
@@ -441,7 +441,7 @@ BEGIN
 END
 $fn$;
 
--- amba_alias on Citus (CONTRACT 9), after the checks and the alias row: the two ids live
+-- amba_alias on Citus (SPEC §9), after the checks and the alias row: the two ids live
 -- on different shards, and Citus never updates a distribution column, so each of the
 -- anonymous id's assignments is copied to the user (or dropped in a first-touch conflict it
 -- loses) and deleted, one experiment at a time; events are copied and deleted.

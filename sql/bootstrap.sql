@@ -105,7 +105,7 @@ CREATE TABLE amba.experiment_history (
 );
 CREATE INDEX experiment_history_key ON amba.experiment_history (experiment_key, history_id);
 
--- Overrides (CONTRACT 3d): the variant a user gets whatever the status; nothing is
+-- Overrides (SPEC §3d): the variant a user gets whatever the status; nothing is
 -- written for them and results leave them out while the override exists.
 CREATE TABLE amba.overrides (
     experiment_id bigint NOT NULL REFERENCES amba.experiments (id) ON DELETE CASCADE,
@@ -115,7 +115,7 @@ CREATE TABLE amba.overrides (
     PRIMARY KEY (experiment_id, user_id)
 );
 
--- Identities (CONTRACT 3d): anonymous_id now acts as user_id.
+-- Identities (SPEC §3d): anonymous_id now acts as user_id.
 CREATE TABLE amba.aliases (
     anonymous_id text COLLATE "C" PRIMARY KEY,
     user_id      text COLLATE "C" NOT NULL,

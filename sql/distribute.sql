@@ -1,4 +1,4 @@
--- CONTRACT 9: scale-out on Citus. amba_distribute() turns an installed amba into a
+-- SPEC §9: scale-out on Citus. amba_distribute() turns an installed amba into a
 -- distributed one: the per-user tables sharded by user_id (colocated, so a user's
 -- assignments, exposures and events sit on one worker and results join shard by shard),
 -- the small tables replicated as reference tables, and amba_assign / amba_expose /

@@ -73,7 +73,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
                               '(%[0-9A-Fa-f]{2})|([^%]+|%)', 'g') WITH ORDINALITY AS t(m, n)), '')
 $fn$;
 
--- On Citus (CONTRACT 9) workers evaluate the row-level security of the rows they hold, and
+-- On Citus (SPEC §9) workers evaluate the row-level security of the rows they hold, and
 -- read the JWT claims there. PostgREST sets them with set_config, which stays on the
 -- coordinator; Citus passes SET LOCAL commands on to the workers of the transaction.
 CREATE FUNCTION amba._propagate_request_settings() RETURNS void
@@ -188,7 +188,7 @@ COMMENT ON FUNCTION amba_api.peek(text) IS
 'The session user''s variant without enrolling them: their override or assignment, else the variant they would get now (active experiments), else null. Writes nothing. 404 EXPERIMENT_NOT_FOUND.';
 
 -- The view reads through a SECURITY DEFINER function that takes the user from the token
--- itself: on Citus (CONTRACT 9) the workers run a query's parts as the role that runs it,
+-- itself: on Citus (SPEC §9) the workers run a query's parts as the role that runs it,
 -- so a view that joined the tables directly would reach them as amba_client.
 CREATE FUNCTION amba._my_assignments()
 RETURNS TABLE (experiment_key text, variant text, assigned_at timestamptz, exposed_at timestamptz)

@@ -1,4 +1,4 @@
--- Amba experiments: the report page (CONTRACT 3e and 5b).
+-- Amba experiments: the report page (SPEC §3e and §5b).
 -- amba._report(experiment_key, conversion_event) returns one self-contained HTML5 document
 -- (inline CSS, inline SVG charts drawn here, no script, no external resource) built ONLY
 -- from amba._get_experiment, amba._results and amba._results_daily, so every number shown

@@ -8,7 +8,7 @@ use amba_core::error::ErrorCode;
 /// structured content).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Code {
-    /// A contract code (CONTRACT section 3, "Errors (SQL)"), raised by the SQL function
+    /// A contract code (SPEC §3, "Errors (SQL)"), raised by the SQL function
     /// or (for argument errors and unknown keys) by this server.
     Contract(ErrorCode),
     /// PostgreSQL cannot be reached or the connection was lost; the next call reconnects.

@@ -232,7 +232,7 @@ impl Drop for Cleanup {
     }
 }
 
-// The contract (CONTRACT sections 3, 3b-3e): each table function's columns, in order.
+// The contract (SPEC §3, §3b-§3e): each table function's columns, in order.
 // Written here once; the tests check the tool descriptions and the rows against them.
 const RESULTS_COLUMNS: &[&str] = &[
     "variant",
@@ -284,7 +284,7 @@ const DAILY_COLUMNS: &[&str] = &[
 ];
 const OVERRIDE_COLUMNS: &[&str] = &["user_id", "variant", "set_at"];
 
-/// A tool of CONTRACT section 7: (name, arguments in SQL order, required arguments,
+/// A tool of SPEC §7: (name, arguments in SQL order, required arguments,
 /// columns of a table result).
 type ToolContract = (
     &'static str,
@@ -1167,7 +1167,7 @@ fn exposed_users(db: &mut Client, k: &str, n: usize) -> Vec<(String, String)> {
     users
 }
 
-/// amba_overrides_set / _clear / _list (CONTRACT 3d): a round trip, the same JSON as SQL,
+/// amba_overrides_set / _clear / _list (SPEC §3d): a round trip, the same JSON as SQL,
 /// and the contract's error codes.
 #[test]
 fn overrides_round_trip() {
@@ -1317,7 +1317,7 @@ fn overrides_round_trip() {
     assert!(server.alive());
 }
 
-/// amba_experiments_metric_results (CONTRACT 3c) on a small experiment with revenue events:
+/// amba_experiments_metric_results (SPEC §3c) on a small experiment with revenue events:
 /// the contract's columns in order, one row per variant with the control first, the means
 /// of the data, and exactly the JSON of SQL amba_metric_results with every argument.
 #[test]
@@ -1531,7 +1531,7 @@ fn metric_results_shape() {
     assert!(server.alive());
 }
 
-/// amba_experiments_results_daily (CONTRACT 3e): the contract's columns in order, one row
+/// amba_experiments_results_daily (SPEC §3e): the contract's columns in order, one row
 /// per (day, variant) for consecutive UTC days in day then variant order, cumulative,
 /// ending with what amba_results returns; exactly the JSON of SQL amba_results_daily.
 #[test]
@@ -1677,7 +1677,7 @@ fn results_daily_shape() {
 }
 
 /// The functions are called in the extension's schema, whatever the search_path: here a
-/// schema whose name needs quoting and is not on the search_path (CONTRACT 8). Without the
+/// schema whose name needs quoting and is not on the search_path (SPEC §8). Without the
 /// extension, calls say so; once it is created, the next call finds it.
 #[test]
 fn works_with_the_extension_in_a_schema_that_needs_quoting() {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Browser test of the experiment report page (CONTRACT 3e / 5b).
+"""Browser test of the experiment report page (SPEC §3e / §5b).
 
 Renders `SELECT amba._report(key, event)` in Debian's headless Chromium (driven by
 Playwright, never a downloaded browser) and checks it the way a person would look at it:

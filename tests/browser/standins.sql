@@ -5,7 +5,7 @@
 --   amba._results_daily(text, text, float8), amba._raise(text, text),
 --   amba._http_rethrow(text, text)
 -- computed from a small table of synthetic daily counts (schema report_standin).
--- The statistics follow CONTRACT 3b/3e closely (normal quantile instead of Student's t,
+-- The statistics follow SPEC §3b/§3e closely (normal quantile instead of Student's t,
 -- an approximate chi-square tail); they only need to look real, the browser test compares
 -- the page against whatever these functions return.
 --
@@ -164,7 +164,7 @@ LANGUAGE sql STABLE AS $$
     WINDOW w AS (PARTITION BY vars.ord ORDER BY days.day)
 $$;
 
--- One comparison against the control (CONTRACT 3b / 3e formulas).
+-- One comparison against the control (SPEC §3b / §3e formulas).
 CREATE FUNCTION report_standin.compare(n_t bigint, x_t bigint, n_c bigint, x_c bigint, alpha float8,
     OUT z float8, OUT p float8, OUT lift float8, OUT lo float8, OUT hi float8,
     OUT ctw float8, OUT seq_p float8, OUT cs_lo float8, OUT cs_hi float8)

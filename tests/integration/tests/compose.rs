@@ -1,4 +1,4 @@
-//! The deployment in docker/ (CONTRACT section 6), checked without a Docker engine:
+//! The deployment in docker/ (SPEC §6), checked without a Docker engine:
 //! docker-compose.yml parsed with serde_yaml (services and the PostgREST settings of
 //! section 5), the Dockerfile's stages, the init SQL's text, and the init SQL run with psql
 //! against the test database (twice: it must be idempotent).
@@ -105,7 +105,7 @@ fn compose_defines_db_and_postgrest() {
     let database = env_var(db, "POSTGRES_DB");
     assert!(db["healthcheck"]["test"].as_sequence().is_some());
 
-    // postgrest: the official image, configured as CONTRACT section 5 says.
+    // postgrest: the official image, configured as SPEC §5 says.
     let pg = &c["services"]["postgrest"];
     let image = pg["image"].as_str().expect("postgrest image");
     assert!(image.starts_with("postgrest/postgrest:"), "{image}");

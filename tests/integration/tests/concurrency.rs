@@ -266,7 +266,7 @@ fn reweighting_during_the_race_moves_nobody_and_keeps_allocations_consistent() {
 
 /// The forced interleaving of a re-weight with a first assignment in an open transaction
 /// (READ COMMITTED): the assignment keeps the version it was made with; the same
-/// transaction's next statement sees the committed re-weight (CONTRACT 8).
+/// transaction's next statement sees the committed re-weight (SPEC §8).
 #[test]
 fn a_reweight_committed_during_a_transaction_is_seen_by_its_next_statement() {
     let key = unique("it_reweigh_tx");

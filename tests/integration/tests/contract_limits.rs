@@ -1,4 +1,4 @@
-//! Inputs at the limits through SQL (CONTRACT 3, 3d, 4, 5; issue 17 and related gaps).
+//! Inputs at the limits through SQL (SPEC §3, §3d, §4, §5; issue 17 and related gaps).
 //!
 //! Every refusal is checked for its exact SQLSTATE and for a message that begins with the
 //! contract code. A test does not stop at the first broken rule: it collects every

@@ -1,4 +1,4 @@
-//! Results over time (CONTRACT 3e): each day's rows of `amba_results_daily` equal what
+//! Results over time (SPEC §3e): each day's rows of `amba_results_daily` equal what
 //! `amba_results` returns on the data as it stood at the end of that day — checked by
 //! rolling the data back to each day's end inside a transaction and asking amba_results.
 
@@ -12,7 +12,7 @@ fn close(a: Option<f64>, b: Option<f64>) -> bool {
     }
 }
 
-/// ρ² of the confidence sequence (CONTRACT 3b), τ = 5000.
+/// ρ² of the confidence sequence (SPEC §3b), τ = 5000.
 fn rho2(alpha: f64) -> f64 {
     (-2.0 * alpha.ln() + (1.0 - 2.0 * alpha.ln()).ln()) / 5000.0
 }

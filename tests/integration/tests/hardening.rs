@@ -1,4 +1,4 @@
-//! Hardening (CONTRACT 8, issue 10): no code injection into SECURITY DEFINER functions, an
+//! Hardening (SPEC §8, issue 10): no code injection into SECURITY DEFINER functions, an
 //! extension schema whose name needs quoting, every statement sees committed definitions,
 //! the REPEATABLE READ remove-variant race, a warning for login roles.
 //!

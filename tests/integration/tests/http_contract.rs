@@ -1,4 +1,4 @@
-//! The HTTP contract (CONTRACT sections 4 and 5), verified without PostgREST.
+//! The HTTP contract (SPEC §4 and §5), verified without PostgREST.
 //!
 //! There is no PostgREST binary on the test machine, so `request()` replays in SQL what
 //! PostgREST 12 does for one HTTP request (read from its source, v12.2: `Plan.hs`
@@ -1953,7 +1953,7 @@ fn harness_matches_postgrest_routing() {
 }
 
 // ------------------------------------------------------------------------------------------
-// 0.2.0 endpoints (CONTRACT 5b)
+// 0.2.0 endpoints (SPEC §5b)
 // ------------------------------------------------------------------------------------------
 
 #[test]

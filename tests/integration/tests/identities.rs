@@ -1,4 +1,4 @@
-//! Who is in the experiment (CONTRACT 3d): overrides, peek, aliases — at the SQL level, and
+//! Who is in the experiment (SPEC §3d): overrides, peek, aliases — at the SQL level, and
 //! aliasing raced against assign and track from many connections.
 
 use amba_integration_tests::{connect, unique};

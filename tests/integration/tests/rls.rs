@@ -1,4 +1,4 @@
-//! Access control (CONTRACT section 4), probed directly in SQL: every table of schema `amba`,
+//! Access control (SPEC §4), probed directly in SQL: every table of schema `amba`,
 //! every role, every command, run as that role (`SET LOCAL ROLE` in a transaction that is
 //! rolled back), plus who may call which function.
 //!
@@ -238,7 +238,7 @@ fn table_probes(f: &Fixture) -> BTreeMap<&'static str, TableProbe> {
 /// Expected (select, insert, update, delete) for a role on a table.
 fn expected(who: &str, table: &str, rows: i64, own_rows: i64) -> [Outcome; 4] {
     match who {
-        // The audit trail is append-only, for amba_admin too (CONTRACT 8).
+        // The audit trail is append-only, for amba_admin too (SPEC §8).
         "amba_admin" if table == "experiment_history" => [Rows(rows), Rows(1), Denied, Denied],
         "amba_admin" => [Rows(rows), Rows(1), Rows(rows), Rows(rows)],
         "amba_analyst" if table == "api_keys" => [Denied; 4],

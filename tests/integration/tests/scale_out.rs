@@ -1,4 +1,4 @@
-//! Scale-out on Citus (CONTRACT 9).
+//! Scale-out on Citus (SPEC §9).
 //!
 //! Without Citus (CI: Citus is not packaged for Debian), `amba_distribute()` is
 //! INVALID_ARGUMENT and changes nothing. With a Citus coordinator named by `AMBA_CITUS_URL`

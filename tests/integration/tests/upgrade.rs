@@ -1,4 +1,4 @@
-//! Version upgrades (CONTRACT 2 and 8): `ALTER EXTENSION amba UPDATE` from every released
+//! Version upgrades (SPEC §2 and §8): `ALTER EXTENSION amba UPDATE` from every released
 //! version keeps all data and behaviour, and leaves the same schema as a fresh install.
 //!
 //! 0.1.0 is installed from its frozen install script (sql/amba--0.1.0.sql, exactly as
