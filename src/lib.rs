@@ -4,10 +4,10 @@
 //! (`amba_core`: bucketing, validation, statistics). Modules:
 //! - `assign`: the hot path (assign, expose, peek, track, bucket);
 //! - `results`, `metrics`, `daily`: the results functions (count in SQL, statistics in the core);
-//! - `cache`: experiment definitions per backend, checked against each statement's snapshot;
-//! - `direct`: index and heap reads without SPI; `insert`: the hot path's inserts without
-//!   SPI; `spi`: SPI helpers; `locks`: advisory locks;
-//! - `identity`: aliases; `internal`: validators and helpers the hand-written SQL calls;
+//! - `store`: the one door to the tables on the hot path (direct or SQL, chosen once per
+//!   call), and the per-backend cache of experiment definitions;
+//! - `spi`: SPI helpers; `locks`: advisory locks;
+//! - `internal`: validators and helpers the hand-written SQL calls;
 //! - `errors`: raising the contract's errors; `jsonb`: a jsonb argument passed through.
 //!
 //! Hand-written SQL lives in `sql/`: the data schema (`bootstrap.sql`), experiments,
@@ -20,18 +20,23 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod assign;
-mod cache;
 mod daily;
-mod direct;
 mod errors;
-mod identity;
-mod insert;
 mod internal;
 mod jsonb;
 mod locks;
 mod metrics;
 mod results;
 mod spi;
+mod store;
+
+/// Runs once per backend, when the library is loaded: amba's settings and its
+/// invalidation callbacks.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    store::define_settings();
+    store::invalidation::register();
+}
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["bootstrap"]);

@@ -3,7 +3,7 @@
 //! user's latest conversion), aggregated per (variant, weight version); overridden users
 //! are left out (CONTRACT 3d).
 
-use crate::cache;
+
 use crate::errors::{raise_code, OrRaise};
 use crate::spi::{with_plan, with_settings};
 use amba_core::srm::{self, WeightVersion};
@@ -164,7 +164,7 @@ impl UserSlice {
 /// (each worker takes a slice; the leader only gathers), or 1 for fewer than two. On Citus
 /// (tables distributed, CONTRACT 9) 1: the shards are the slices there.
 fn counting_slices() -> usize {
-    if crate::direct::tables().is_none() {
+    if crate::store::Path::for_call().is_distributed() {
         return 1;
     }
     let workers: usize = unsafe {
@@ -285,10 +285,10 @@ pub fn weight_versions(client: &SpiClient<'_>, experiment_id: i64) -> Vec<Weight
 pub fn experiment_for_results(
     client: &SpiClient<'_>,
     experiment_key: Option<&str>,
-) -> Rc<cache::Experiment> {
+) -> Rc<crate::store::Experiment> {
     validate::experiment_key(experiment_key).or_raise();
     let key = experiment_key.unwrap();
-    cache::lookup(client, key).unwrap_or_else(|| {
+    crate::store::experiments::lookup(client, crate::store::Path::for_call(), key).unwrap_or_else(|| {
         raise_code(
             ErrorCode::ExperimentNotFound,
             format!("experiment {key:?} does not exist"),

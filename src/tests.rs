@@ -370,14 +370,14 @@ mod tests {
     /// through SPI once a table gains what the direct insert would not honour.
     #[pg_test]
     fn hot_path_inserts_go_direct_only_on_amba_own_tables() {
-        use crate::insert::{append_event, assignment_if_absent};
-        let t = crate::direct::tables().expect("amba's tables");
+        use crate::store::probe::{direct_assignment, direct_event};
         let now = TimestampWithTimeZone::try_from(unsafe {
             pgrx::pg_sys::GetCurrentTransactionStartTimestamp()
         })
         .unwrap();
-        let assign = |user: &str| assignment_if_absent(t.assignments, 999_999, user, "a", 1);
-        assert!(append_event(t.events, "u", "e", now, None));
+        let append_event = |user: &str, event: &str, at, _props: Option<()>| direct_event(user, event, at);
+        let assign = |user: &str| direct_assignment(999_999, user);
+        assert!(append_event("u", "e", now, None));
         assert_eq!(assign("u"), Some(true));
         assert_eq!(
             assign("u"),
@@ -399,22 +399,22 @@ mod tests {
              ALTER TABLE amba.assignments ADD CONSTRAINT no_x CHECK (variant <> 'x')",
         )
         .unwrap();
-        assert!(!append_event(t.events, "v", "e", now, None));
+        assert!(!append_event("v", "e", now, None));
         assert_eq!(assign("v"), None);
         Spi::run(
             "DROP TRIGGER noop ON amba.events; ALTER TABLE amba.assignments DROP CONSTRAINT no_x",
         )
         .unwrap();
-        assert!(append_event(t.events, "v", "e", now, None));
+        assert!(append_event("v", "e", now, None));
         assert_eq!(assign("v"), Some(true));
 
         // amba_admin's policies are the constant true: still direct. A policy that is not
         // sends it through SPI.
         Spi::run("SET LOCAL ROLE amba_admin").unwrap();
-        assert!(append_event(t.events, "w", "e", now, None));
+        assert!(append_event("w", "e", now, None));
         assert_eq!(assign("w"), Some(true));
         Spi::run("RESET ROLE; CREATE POLICY w_only ON amba.events FOR INSERT TO amba_admin WITH CHECK (user_id = 'w'); SET LOCAL ROLE amba_admin").unwrap();
-        assert!(!append_event(t.events, "w", "e", now, None));
+        assert!(!append_event("w", "e", now, None));
         Spi::run("RESET ROLE").unwrap();
     }
 

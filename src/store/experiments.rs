@@ -1,12 +1,18 @@
 //! Per-backend cache of experiment definitions, so the hot path finds an experiment by key
-//! without a query. An entry remembers which row version it was read from (its tid and
-//! xmin); every lookup checks, in the statement's own snapshot, that this version is still
-//! the visible one (a buffer pin and a visibility test, no query). So each statement sees
-//! exactly the definition its snapshot sees (CONTRACT 8): a change committed by another
-//! session is seen by the next statement, also inside a longer transaction. Overrides of
-//! the experiment are held with it (setting or clearing one updates the experiment row).
+//! without a query. An entry remembers which row version it was read from: the table's
+//! storage (relfilenode), the tuple id and the inserting transaction. Every lookup checks,
+//! in the statement's own snapshot, that this version is still the visible one (a buffer
+//! pin and a visibility test, no query). So each statement sees exactly the definition its
+//! snapshot sees (CONTRACT 8), and a rewrite of the table (VACUUM FULL, CLUSTER,
+//! pg_repack: a new relfilenode) can never hand back another row. On a hit the caller's
+//! privileges and row-level security on the tables the definition was read from are
+//! checked again, as the query would check them. Overrides of the experiment are held
+//! with it (setting or clearing one updates the experiment row).
 
-use crate::direct;
+use super::access;
+use super::catalog::{self, Layout};
+use super::path::Path;
+use super::index_read::{self, RowVersion};
 use crate::spi::{run_fresh, with_plan};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -28,9 +34,11 @@ pub struct Experiment {
     /// user id (and every anonymous id aliased to it) → variant, for the experiment's
     /// overrides (CONTRACT 3d).
     pub overrides: HashMap<String, String>,
-    /// The row version this definition was read from.
-    tid: pg_sys::ItemPointerData,
-    xmin: u32,
+    /// The row version this definition was read from; None when it cannot be checked
+    /// directly (distributed or altered tables: checked through SQL).
+    version: Option<RowVersion>,
+    /// The row version as text, `(block,offset) xmin`, for the SQL check.
+    version_text: String,
 }
 
 impl Experiment {
@@ -38,12 +46,17 @@ impl Experiment {
         self.status == "active"
     }
 
-    /// Whether this is still the definition `snapshot` sees.
-    pub fn is_current_in(&self, snapshot: pg_sys::Snapshot) -> bool {
-        match direct::tables() {
-            Some(t) => unsafe {
-                direct::row_version_visible(t.experiments, self.tid, self.xmin, snapshot)
-            },
+    /// Whether this is still the definition `snapshot` sees, read as the query would be
+    /// allowed to read it.
+    fn is_current_in(&self, snapshot: pg_sys::Snapshot) -> bool {
+        let Layout::Plain(t) = catalog::layout() else {
+            return false;
+        };
+        match self.version {
+            Some(version) => {
+                access::readable(&[t.experiments, t.overrides, t.aliases.relid])
+                    && index_read::row_version_visible(t.experiments, version, snapshot)
+            }
             None => false,
         }
     }
@@ -51,13 +64,13 @@ impl Experiment {
     /// Whether no change to the definition has committed since: checked in the latest
     /// snapshot, after the lock that holds off variant removals was taken.
     pub fn is_latest(&self) -> bool {
-        if direct::tables().is_none() {
-            // Distributed (or not all there): the row version as committed now, through SPI.
-            let now =
-                run_fresh(LATEST_VERSION_SQL, &[Some(self.id.to_string())], true).first_column;
-            return now.first().cloned().flatten() == Some(version_text(&self.tid, self.xmin));
+        if self.version.is_some() && self.is_current_in(unsafe { pg_sys::GetLatestSnapshot() }) {
+            return true;
         }
-        self.is_current_in(unsafe { pg_sys::GetLatestSnapshot() })
+        // The row version as committed now, through SQL (distributed or altered tables,
+        // or a definition that changed).
+        let now = run_fresh(LATEST_VERSION_SQL, &[Some(self.id.to_string())], true).first_column;
+        now.first().cloned().flatten().as_deref() == Some(self.version_text.as_str())
     }
 }
 
@@ -86,20 +99,13 @@ const LOAD_SQL: &str = "WITH o AS ( \
 const LATEST_VERSION_SQL: &str =
     "SELECT e.ctid::text || ' ' || e.xmin::text FROM amba.experiments e WHERE e.id = $1::bigint";
 
-fn version_text(tid: &pg_sys::ItemPointerData, xmin: u32) -> String {
-    let block = ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32;
-    format!("({},{}) {}", block, tid.ip_posid, xmin)
-}
-
 fn parse_tid(text: &str) -> Option<pg_sys::ItemPointerData> {
     let inner = text.strip_prefix('(')?.strip_suffix(')')?;
     let (block, offset) = inner.split_once(',')?;
     let block: u32 = block.parse().ok()?;
     let offset: u16 = offset.parse().ok()?;
     let mut tid: pg_sys::ItemPointerData = unsafe { std::mem::zeroed() };
-    tid.ip_blkid.bi_hi = (block >> 16) as u16;
-    tid.ip_blkid.bi_lo = (block & 0xffff) as u16;
-    tid.ip_posid = offset;
+    pgrx::itemptr::item_pointer_set_all(&mut tid, block, offset);
     Some(tid)
 }
 
@@ -122,6 +128,16 @@ fn load(client: &SpiClient<'_>, key: &str, fresh: bool) -> Option<Rc<Experiment>
         let override_variants: Vec<String> = row.get(10).expect(get_err).unwrap_or_default();
         let tid_text: String = row.get(7).expect(get_err)?;
         let xmin_text: String = row.get(8).expect(get_err)?;
+        // The SELECT holds amba.experiments locked: its storage cannot change before
+        // this transaction ends, so the row came from the relfilenode read here.
+        let version = match catalog::layout() {
+            Layout::Plain(t) => Some(RowVersion {
+                relfilenode: index_read::relfilenode(t.experiments),
+                tid: parse_tid(&tid_text).expect("a tid"),
+                xmin: xmin_text.parse::<u32>().expect("an xid").into(),
+            }),
+            _ => None,
+        };
         Some(Experiment {
             id: row.get(1).expect(get_err)?,
             status: row.get(2).expect(get_err)?,
@@ -131,8 +147,8 @@ fn load(client: &SpiClient<'_>, key: &str, fresh: bool) -> Option<Rc<Experiment>
             weight_version: row.get(5).expect(get_err)?,
             bucketing_version: row.get::<i16>(6).expect(get_err)? as i32,
             overrides: override_users.into_iter().zip(override_variants).collect(),
-            tid: parse_tid(&tid_text).expect("a tid"),
-            xmin: xmin_text.parse().expect("an xid"),
+            version,
+            version_text: format!("{tid_text} {xmin_text}"),
         })
     })?;
     let loaded = Rc::new(loaded);
@@ -152,15 +168,23 @@ fn cached_current(key: &str) -> Option<Rc<Experiment>> {
     }
 }
 
-/// The experiment named `key` as the statement's snapshot sees it.
-pub fn lookup(client: &SpiClient<'_>, key: &str) -> Option<Rc<Experiment>> {
-    cached_current(key).or_else(|| load(client, key, false))
+/// The experiment named `key` as the statement's snapshot sees it. The cache serves only
+/// the direct path; on the SQL path every definition is read by the query.
+pub fn lookup(client: &SpiClient<'_>, path: Path, key: &str) -> Option<Rc<Experiment>> {
+    cached(path, key).or_else(|| load(client, key, false))
 }
 
 /// `lookup` for callers without an SPI connection: connects only to load a definition the
 /// cache does not hold, so a cache hit costs no query at all.
-pub fn find(key: &str) -> Option<Rc<Experiment>> {
-    cached_current(key).or_else(|| Spi::connect(|client| load(client, key, false)))
+pub fn find(path: Path, key: &str) -> Option<Rc<Experiment>> {
+    cached(path, key).or_else(|| Spi::connect(|client| load(client, key, false)))
+}
+
+fn cached(path: Path, key: &str) -> Option<Rc<Experiment>> {
+    match path {
+        Path::Direct(_) => cached_current(key),
+        _ => None,
+    }
 }
 
 /// The definition as committed now (after a change was seen by `is_latest`).

@@ -11,14 +11,15 @@
 //!   and for assignments no unique index but the primary key), learned once per relcache
 //!   change of it, and no trigger fires on INSERT (a user's own, or Citus's);
 //! - the caller holds INSERT on it, row-level security adds nothing for them (it does not apply, or their policies are
-//!   the constant true, as amba's own roles' are: `direct::row_security_lets_through`),
+//!   the constant true, as amba's own roles' are: `access::row_security_lets_through`),
 //!   and the transaction is read-write.
 //!
 //! Any index a user adds is maintained, unique ones checked, as the executor would.
 //! Otherwise the caller runs the INSERT through SPI, which also raises any error the
 //! INSERT would.
 
-use crate::direct::{self, Command};
+use super::access::{self, Command};
+use super::catalog;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::Cell;
@@ -100,7 +101,7 @@ thread_local! {
 }
 
 /// Forgets what was learned about `relid` (InvalidOid: about every table). Called from
-/// amba's relcache callback (`direct.rs`), while PostgreSQL processes invalidation
+/// amba's relcache callback (`invalidation.rs`), while PostgreSQL processes invalidation
 /// messages: must not error or allocate.
 pub fn forget(relid: pg_sys::Oid) {
     for cell in [&EVENTS_LEARNED, &ASSIGNMENTS_LEARNED] {
@@ -256,10 +257,10 @@ unsafe fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64 {
 /// about it (`Learned::Direct`); None (nothing held) when the INSERT must go through SPI.
 unsafe fn open_for_insert(
     relid: pg_sys::Oid,
+    generation: u64,
     spec: &TableShape,
     learned: &'static std::thread::LocalKey<Cell<Learned>>,
 ) -> Option<(pg_sys::Relation, Learned)> {
-    direct::register_callbacks();
     unsafe {
         if pg_sys::XactReadOnly || pg_sys::IsInParallelMode() {
             return None;
@@ -272,8 +273,13 @@ unsafe fn open_for_insert(
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
             None
         };
-        if !direct::may(relid, pg_sys::ACL_INSERT)
-            || !direct::row_security_lets_through(rel, spec.row_security)
+        // The path was chosen on the catalog as it was before this lock: a change that
+        // came in with it (a table swapped for a partitioned one) sends this call to SQL.
+        if generation != catalog::generation() {
+            return close(rel);
+        }
+        if !access::may(relid, pg_sys::ACL_INSERT)
+            || !access::row_security_lets_through(rel, spec.row_security)
         {
             return close(rel);
         }
@@ -379,6 +385,7 @@ impl Insert {
 /// `events` is the OID of amba.events; the values are `amba_track`'s, checked.
 pub fn append_event(
     events: pg_sys::Oid,
+    generation: u64,
     user_id: &str,
     event: &str,
     occurred_at: TimestampWithTimeZone,
@@ -386,7 +393,7 @@ pub fn append_event(
 ) -> bool {
     unsafe {
         let Some((rel, Learned::Direct { sequence, .. })) =
-            open_for_insert(events, &EVENTS, &EVENTS_LEARNED)
+            open_for_insert(events, generation, &EVENTS, &EVENTS_LEARNED)
         else {
             return false;
         };
@@ -413,6 +420,7 @@ pub fn append_event(
 /// when it must go through SPI. For a user the caller has just found without a row.
 pub fn assignment_if_absent(
     assignments: pg_sys::Oid,
+    generation: u64,
     experiment_id: i64,
     user_id: &str,
     variant: &str,
@@ -425,7 +433,7 @@ pub fn assignment_if_absent(
             return None;
         }
         let Some((rel, Learned::Direct { primary_key, .. })) =
-            open_for_insert(assignments, &ASSIGNMENTS, &ASSIGNMENTS_LEARNED)
+            open_for_insert(assignments, generation, &ASSIGNMENTS, &ASSIGNMENTS_LEARNED)
         else {
             return None;
         };
@@ -440,17 +448,13 @@ pub fn assignment_if_absent(
         ];
         let insert = Insert::new(rel, &values, true);
         let arbiters = pg_sys::lappend_oid(std::ptr::null_mut(), primary_key);
-        // ExecInsert's protocol: check for a conflicting row (waiting for its inserter to
-        // finish); insert speculatively; if a concurrent insert slipped in between, take
-        // the row back and check again. The caller has just read that the user has no
-        // row, so the first check is the speculative insertion itself: a conflict there
-        // leads to the full check, which waits.
-        let mut checked = false;
+        // ExecInsert's protocol: check for a conflicting row first (waiting for its
+        // inserter to finish, so a lost race writes nothing); insert speculatively; if a
+        // concurrent insert slipped in between, take the row back and check again.
         let inserted = loop {
             pgrx::check_for_interrupts!();
             let mut conflict_tid: pg_sys::ItemPointerData = std::mem::zeroed();
-            if checked
-                && !pg_sys::ExecCheckIndexConstraints(
+            if !pg_sys::ExecCheckIndexConstraints(
                     insert.result_rel,
                     insert.slot,
                     insert.estate,
@@ -460,7 +464,6 @@ pub fn assignment_if_absent(
             {
                 break false;
             }
-            checked = true;
             let xid = pg_sys::GetCurrentTransactionId();
             let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
             pg_sys::table_tuple_insert_speculative(
