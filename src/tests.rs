@@ -418,6 +418,76 @@ mod tests {
         Spi::run("RESET ROLE").unwrap();
     }
 
+    /// The path is chosen once per call from the catalog, the setting and the hooks:
+    /// direct on the tables a fresh install creates (so the shapes in src/store match
+    /// sql/bootstrap.sql: a changed column would fail here, not fall back silently), SQL
+    /// once a table is not plain or when `amba.direct_access` is off.
+    #[pg_test]
+    fn path_is_direct_only_on_plain_tables_and_when_allowed() {
+        use crate::store::probe::{direct_assignment, direct_event, path_name};
+        let now = TimestampWithTimeZone::try_from(unsafe {
+            pgrx::pg_sys::GetCurrentTransactionStartTimestamp()
+        })
+        .unwrap();
+        assert_eq!(path_name(), "direct");
+        assert!(direct_event("shape", "e", now), "events have amba's shape");
+        assert_eq!(direct_assignment(424_242, "shape"), Some(true), "assignments have amba's shape");
+
+        Spi::run("SET LOCAL amba.direct_access = off").unwrap();
+        assert_eq!(path_name(), "sql");
+        Spi::run("SET LOCAL amba.direct_access = on").unwrap();
+        assert_eq!(path_name(), "direct");
+
+        // An inheritance child (archiving old rows): a SELECT on the parent reads it.
+        Spi::run("CREATE TABLE amba.assignments_archive () INHERITS (amba.assignments)").unwrap();
+        assert_eq!(path_name(), "sql");
+        Spi::run("DROP TABLE amba.assignments_archive").unwrap();
+        // relhassubclass stays set until VACUUM clears it: still SQL, never wrong.
+        assert_eq!(path_name(), "sql");
+
+        // A hook that must see writes (an auditing module's) sends every call to SQL.
+        unsafe {
+            pgrx::pg_sys::ExecutorCheckPerms_hook = Some(allow_all);
+        }
+        let with_hook = path_name();
+        unsafe {
+            pgrx::pg_sys::ExecutorCheckPerms_hook = None;
+        }
+        assert_eq!(with_hook, "sql");
+    }
+
+    #[pg_guard]
+    unsafe extern "C-unwind" fn allow_all(
+        _range_table: *mut pgrx::pg_sys::List,
+        _abort: bool,
+    ) -> bool {
+        true
+    }
+
+    /// A partitioned amba.assignments (a DB admin's ordinary maintenance) takes the SQL
+    /// path, which the executor routes: no direct read of a partitioned table.
+    #[pg_test]
+    fn partitioned_assignments_go_through_sql() {
+        setup();
+        Spi::run(&format!("SELECT amba_create_experiment('p', {AB})")).unwrap();
+        let before = text("SELECT amba_assign('p', 'u1')");
+        Spi::run(
+            "ALTER TABLE amba.exposures DROP CONSTRAINT exposures_experiment_id_user_id_fkey;
+             ALTER TABLE amba.assignments RENAME TO assignments_old;
+             ALTER INDEX amba.assignments_pkey RENAME TO assignments_old_pkey;
+             CREATE TABLE amba.assignments (LIKE amba.assignments_old INCLUDING ALL) PARTITION BY HASH (experiment_id);
+             CREATE TABLE amba.assignments_p0 PARTITION OF amba.assignments FOR VALUES WITH (MODULUS 1, REMAINDER 0);
+             INSERT INTO amba.assignments SELECT * FROM amba.assignments_old;",
+        )
+        .unwrap();
+        assert_eq!(crate::store::probe::path_name(), "sql");
+        assert_eq!(text("SELECT amba_assign('p', 'u1')"), before, "sticky");
+        let second = text("SELECT amba_assign('p', 'u2')");
+        assert_eq!(text("SELECT amba_expose('p', 'u2')"), second);
+        assert_eq!(text("SELECT amba_peek('p', 'u2')"), second);
+        assert_eq!(count("SELECT count(*) FROM amba.assignments WHERE user_id IN ('u1', 'u2')"), 2);
+    }
+
     #[pg_test]
     fn track_stores_events() {
         setup();

@@ -7,8 +7,9 @@
 //! - amba's tables are plain tables of amba's own shape (`catalog.rs`);
 //! - no executor hook is installed that must see every write: an auditing or security
 //!   module (pgaudit, sepgsql...) hooks the executor, and a direct insert never passes
-//!   through it. Hooks of `pg_stat_statements` and `auto_explain` are exempt: they measure
-//!   and explain statements, and the statement that called amba is still seen by them;
+//!   through it. Only `pg_stat_statements`' hooks are exempt: it counts statements, and
+//!   the statement that called amba is still counted (`auto_explain` is not exempt: with
+//!   `log_nested_statements` its users expect to see amba's inner statements);
 //! - the transaction is READ COMMITTED (a conflict in REPEATABLE READ / SERIALIZABLE is a
 //!   serialization failure the executor raises; SERIALIZABLE also needs its predicate
 //!   locks) and not in parallel mode.
@@ -77,7 +78,7 @@ fn direct_allowed() -> bool {
 }
 
 /// The libraries whose executor hooks need not see amba's direct writes.
-const EXEMPT: &[&str] = &["pg_stat_statements", "auto_explain"];
+const EXEMPT: &[&str] = &["pg_stat_statements"];
 /// Libraries known to install no executor hook (they may be preloaded beside exempt ones).
 const HOOKLESS: &[&str] = &["amba", "pg_cron"];
 
