@@ -1,5 +1,5 @@
 //! `amba_track` appends an event, and `amba_assign` stores a first assignment, without SPI
-//! when the table has amba's own shape (src/insert.rs). These tests prove, at the SQL
+//! when the table has amba's own shape (src/store/heap_insert.rs). These tests prove, at the SQL
 //! level, that the rows are exactly what the INSERT stores, that every index holds them,
 //! that a first assignment meeting a concurrent one waits for it and keeps whichever
 //! committed (ON CONFLICT DO NOTHING), and that whatever the table gains — a trigger, a
