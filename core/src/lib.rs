@@ -1,6 +1,7 @@
 //! Pure core of Amba experiments: no database in sight.
 //!
 //! - [`bucket`]: the fixed, versioned bucketing (xxh3 → [0, 1) → weighted variant);
+//! - [`condition`]: targeting conditions (GrowthBook's condition language), compiled once;
 //! - [`validate`]: input rules of the contract (keys, ids, variants, statuses);
 //! - [`distributions`]: Student's t, the normal, chi-square and Welch's degrees of
 //!   freedom, shared by the two statistics modules;
@@ -13,6 +14,7 @@
 //! Every function here is small and tested against committed reference values.
 
 pub mod bucket;
+pub mod condition;
 pub mod distributions;
 pub mod error;
 pub mod metric;
