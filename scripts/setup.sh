@@ -13,7 +13,9 @@ log() { echo "[setup] $*" >&2; }
 need_pkgs=()
 # chromium: Debian's browser for the report page's browser test (tests/browser), never a
 # downloaded one.
-for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev clang sudo pkg-config python3 chromium; do
+# postgresql-15-pgaudit: the audit test (tests/integration/tests/maintenance.rs) runs a cluster
+# of its own with pgaudit preloaded, to show that amba's writes reach executor hooks.
+for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib postgresql-$PG_MAJOR-pgaudit libclang-dev clang sudo pkg-config python3 chromium; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then
