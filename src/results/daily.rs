@@ -3,11 +3,11 @@
 //! converted — the later of exposure and first qualifying event); cumulative sums over the
 //! days give each day's exposed and converted counts, and the core gives the statistics.
 
-use crate::errors::OrRaise;
-use crate::results::{
+use super::counting::{
     check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM,
     COUNTED_ASSIGNMENTS_WHERE,
 };
+use crate::errors::OrRaise;
 use amba_core::stats::{self, Arm};
 use amba_core::validate;
 use pgrx::datum::Date;
@@ -19,8 +19,9 @@ use std::collections::BTreeMap;
 /// `conversion_event` (any time: it bounds the days reported); then counted per
 /// (variant, exposure day, conversion day). Grouped by user id alone (one assignment per
 /// user and experiment), so the groups follow the merge joins' order with no sort. The
-/// exposures are a subquery in user order (see `results::counts_sql`). Days are numbered from 2000-01-01 (PostgreSQL's
-/// date epoch) so Rust sums run on integers; NULL exposure day: assigned, never exposed.
+/// exposures are a subquery in user order (see `conversion::counts_sql`). Days are numbered
+/// from 2000-01-01 (PostgreSQL's date epoch) so Rust sums run on integers; NULL exposure
+/// day: assigned, never exposed.
 fn counts_sql(slice: UserSlice) -> String {
     format!(
         "WITH per_user AS ( \

@@ -3,11 +3,11 @@
 //! window. SQL reduces the users to sufficient statistics per variant in one pass; the
 //! statistics are the core's (`amba_core::metric`).
 
-use crate::errors::{raise_code, OrRaise};
-use crate::results::{
+use super::counting::{
     check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM,
     COUNTED_ASSIGNMENTS_WHERE,
 };
+use crate::errors::{raise_code, OrRaise};
 use amba_core::metric::{self, MeanArm};
 use amba_core::{validate, ErrorCode};
 use pgrx::prelude::*;
