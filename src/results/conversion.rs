@@ -49,8 +49,28 @@ struct Counts {
     converted: i64,
 }
 
-/// One row of `amba_results`, in its column order (the names are in `results_fn!`).
-pub type ResultRow = (
+/// One row of `amba_results`: a field per column, in column order
+/// (as declared to pgrx in `results_fn!`).
+pub struct ResultRow {
+    pub variant: String,
+    pub is_control: bool,
+    pub assigned_count: i64,
+    pub exposed_count: i64,
+    pub converted_count: i64,
+    pub conversion_rate: Option<f64>,
+    pub z_score: Option<f64>,
+    pub p_value: Option<f64>,
+    pub lift: Option<f64>,
+    pub lift_ci_low: Option<f64>,
+    pub lift_ci_high: Option<f64>,
+    pub chance_to_win: Option<f64>,
+    pub p_value_holm: Option<f64>,
+    pub sequential_p_value: Option<f64>,
+    pub srm_p_value: Option<f64>,
+}
+
+/// A `ResultRow` as pgrx's `TableIterator` takes it: the fields in column order.
+type ResultTuple = (
     String,
     bool,
     i64,
@@ -67,6 +87,45 @@ pub type ResultRow = (
     Option<f64>,
     Option<f64>,
 );
+
+impl ResultRow {
+    fn into_tuple(self) -> ResultTuple {
+        let ResultRow {
+            variant,
+            is_control,
+            assigned_count,
+            exposed_count,
+            converted_count,
+            conversion_rate,
+            z_score,
+            p_value,
+            lift,
+            lift_ci_low,
+            lift_ci_high,
+            chance_to_win,
+            p_value_holm,
+            sequential_p_value,
+            srm_p_value,
+        } = self;
+        (
+            variant,
+            is_control,
+            assigned_count,
+            exposed_count,
+            converted_count,
+            conversion_rate,
+            z_score,
+            p_value,
+            lift,
+            lift_ci_low,
+            lift_ci_high,
+            chance_to_win,
+            p_value_holm,
+            sequential_p_value,
+            srm_p_value,
+        )
+    }
+}
 
 fn results(
     experiment_key: Option<&str>,
@@ -144,24 +203,22 @@ fn results(
         .zip(per_variant)
         .zip(analysis)
         .enumerate()
-        .map(|(i, ((variant, c), s))| {
-            (
-                variant,
-                i == 0,
-                c.assigned,
-                c.exposed,
-                c.converted,
-                s.conversion_rate,
-                s.z_test.map(|z| z.z_score),
-                s.z_test.map(|z| z.p_value),
-                s.effect.map(|e| e.lift),
-                s.effect.map(|e| e.lift_ci_low),
-                s.effect.map(|e| e.lift_ci_high),
-                s.effect.map(|e| e.chance_to_win),
-                s.p_value_holm,
-                s.effect.map(|e| e.sequential_p_value),
-                srm,
-            )
+        .map(|(i, ((variant, c), s))| ResultRow {
+            variant,
+            is_control: i == 0,
+            assigned_count: c.assigned,
+            exposed_count: c.exposed,
+            converted_count: c.converted,
+            conversion_rate: s.conversion_rate,
+            z_score: s.z_test.map(|z| z.z_score),
+            p_value: s.z_test.map(|z| z.p_value),
+            lift: s.effect.map(|e| e.lift),
+            lift_ci_low: s.effect.map(|e| e.lift_ci_low),
+            lift_ci_high: s.effect.map(|e| e.lift_ci_high),
+            chance_to_win: s.effect.map(|e| e.chance_to_win),
+            p_value_holm: s.p_value_holm,
+            sequential_p_value: s.effect.map(|e| e.sequential_p_value),
+            srm_p_value: srm,
         })
         .collect()
 }
@@ -192,7 +249,8 @@ macro_rules! results_fn {
             name!(sequential_p_value, Option<f64>),
             name!(srm_p_value, Option<f64>),
         )> {
-            TableIterator::new(results(experiment_key, conversion_event, alpha))
+            let rows = results(experiment_key, conversion_event, alpha);
+            TableIterator::new(rows.into_iter().map(ResultRow::into_tuple))
         }
     };
 }
