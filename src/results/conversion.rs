@@ -50,7 +50,7 @@ struct Counts {
 }
 
 /// One row of `amba_results`: a field per column, in column order
-/// (as declared to pgrx in `results_fn!`).
+/// (`amba_core::columns::RESULT_COLUMNS`; declared to pgrx in `results_fn!`).
 pub struct ResultRow {
     pub variant: String,
     pub is_control: bool,

@@ -49,7 +49,7 @@ fn counts_sql(slice: UserSlice) -> String {
 }
 
 /// One row of `amba_results_daily`: a field per column, in column order
-/// (as declared to pgrx in `results_daily_fn!`).
+/// (`amba_core::columns::DAILY_COLUMNS`; declared to pgrx in `results_daily_fn!`).
 pub struct DailyRow {
     pub day: Date,
     pub variant: String,

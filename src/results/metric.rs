@@ -75,7 +75,7 @@ fn sums_sql(cuped: bool, cap: Cap, slice: UserSlice) -> String {
 }
 
 /// One row of `amba_metric_results`: a field per column, in column order
-/// (as declared to pgrx in `metric_results_fn!`).
+/// (`amba_core::columns::METRIC_COLUMNS`; declared to pgrx in `metric_results_fn!`).
 pub struct MetricRow {
     pub variant: String,
     pub is_control: bool,
