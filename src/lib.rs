@@ -3,7 +3,9 @@
 //! This crate is the thin extension layer: it moves data between SQL and the pure core
 //! (`amba_core`: bucketing, validation, statistics). Modules:
 //! - `assign`: the hot path (assign, expose, peek, track, bucket);
-//! - `results`, `metrics`, `daily`: the results functions (count in SQL, statistics in the core);
+//! - `results`: the results functions (count in SQL, statistics in the core), one file per
+//!   function (`conversion`, `metric`, `daily`) and the counting engine they share
+//!   (`counting`);
 //! - `store`: the one door to the tables on the hot path (direct or SQL, chosen once per
 //!   call), and the per-backend cache of experiment definitions;
 //! - `spi`: SPI helpers; `locks`: advisory locks;
@@ -20,12 +22,10 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod assign;
-mod daily;
 mod errors;
 mod internal;
 mod jsonb;
 mod locks;
-mod metrics;
 mod results;
 mod spi;
 mod store;

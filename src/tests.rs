@@ -1116,4 +1116,86 @@ mod tests {
             3
         );
     }
+
+    /// The columns a function returns (its RETURNS TABLE) as the catalog has them,
+    /// "name type, …" in order.
+    fn returned_columns(function: &str) -> String {
+        text(&format!(
+            "SELECT string_agg(a.arg_name || ' ' || format_type(a.arg_type, NULL), ', ' \
+                               ORDER BY a.n) \
+               FROM pg_proc p, \
+                    unnest(p.proargnames, p.proallargtypes, p.proargmodes) \
+                      WITH ORDINALITY AS a(arg_name, arg_type, arg_mode, n) \
+              WHERE p.oid = '{function}'::regproc AND a.arg_mode = 't'"
+        ))
+    }
+
+    /// `columns` as `returned_columns` spells them.
+    fn column_list(columns: &[(&str, &str)]) -> String {
+        columns
+            .iter()
+            .map(|(name, ty)| format!("{name} {ty}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The columns of each results function are declared once (`amba_core::columns`): the
+    /// function pgrx declares, its twin in `amba` and the HTTP wrapper hand-written in
+    /// sql/http.sql return exactly them, so none can drift from the others.
+    #[pg_test]
+    fn results_functions_return_the_declared_columns() {
+        use amba_core::columns;
+        let functions = [
+            (
+                "amba_results",
+                "amba._results",
+                "amba_api.experiments_results",
+            ),
+            (
+                "amba_metric_results",
+                "amba._metric_results",
+                "amba_api.experiments_metric_results",
+            ),
+            (
+                "amba_results_daily",
+                "amba._results_daily",
+                "amba_api.experiments_results_daily",
+            ),
+        ];
+        assert_eq!(functions.len(), columns::RESULTS_FUNCTIONS.len());
+        for (function, twin, http) in functions {
+            let declared = columns::of(function).unwrap_or_else(|| panic!("{function}"));
+            for f in [function, twin, http] {
+                assert_eq!(
+                    returned_columns(f),
+                    column_list(declared),
+                    "{f} returns the columns amba_core::columns declares for {function}"
+                );
+            }
+        }
+    }
+
+    /// The report page reads amba._results and amba._results_daily with a column list of its
+    /// own (`WITH ORDINALITY AS x(…)`): it names the declared columns, in order.
+    #[pg_test]
+    fn report_page_names_the_declared_columns() {
+        use amba_core::columns::{DAILY_COLUMNS, RESULT_COLUMNS};
+        let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+        let report = squeeze(include_str!("../sql/report.sql"));
+        for (function, alias, columns) in [
+            ("amba._results", "x", RESULT_COLUMNS),
+            ("amba._results_daily", "d", DAILY_COLUMNS),
+        ] {
+            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+            let read = format!(
+                "{function}(experiment_key, conversion_event, alpha) \
+                 WITH ORDINALITY AS {alias}({}, ord)",
+                names.join(", ")
+            );
+            assert!(
+                report.contains(&squeeze(&read)),
+                "sql/report.sql reads {read}"
+            );
+        }
+    }
 }

@@ -9,11 +9,14 @@
 //! - [`stats`]: the statistics of `amba_results` (z-test, lift, intervals, chance to win,
 //!   always-valid p-values, Holm);
 //! - [`srm`]: the sample-ratio-mismatch test (Pearson's chi-square at assignment-time
-//!   weights).
+//!   weights);
+//! - [`columns`]: the columns of the results functions (name, SQL type), declared once for
+//!   the extension, its HTTP wrappers and the MCP server.
 //!
 //! Every function here is small and tested against committed reference values.
 
 pub mod bucket;
+pub mod columns;
 pub mod condition;
 pub mod distributions;
 pub mod error;

@@ -510,7 +510,9 @@ const SET_OVERRIDE_ARGS: &[Arg] = &[
 ];
 
 // ---------------------------------------------------------------------------------------
-// Result columns
+// Result columns: the names and order of the results functions' columns are
+// `amba_core::columns` (RESULT_COLUMNS, METRIC_COLUMNS, DAILY_COLUMNS), which the
+// extension's tests hold the SQL functions to; a test below holds these lists to them too.
 
 const VARIANT: Columns = Columns {
     names: &["variant", "is_control"],
@@ -934,6 +936,22 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), SPECS.len());
+    }
+
+    /// The row fields documented for a results tool are its function's columns, in their
+    /// order (`amba_core::columns`).
+    #[test]
+    fn result_columns_are_the_functions_columns() {
+        let mut checked = 0;
+        for spec in SPECS {
+            if let Some(columns) = amba_core::columns::of(spec.function) {
+                let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+                let documented: Vec<&str> = spec.column_names().collect();
+                assert_eq!(documented, names, "{}", spec.tool);
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, amba_core::columns::RESULTS_FUNCTIONS.len());
     }
 
     /// Words shaped like error codes (FOO_BAR) in the documentation are codes the server

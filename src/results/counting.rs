@@ -1,51 +1,22 @@
-//! `amba_results`: validate, count through SPI in one pass, call the core, shape rows.
-//! The counts: one pass over the experiment's assignments (joined to exposures and to each
-//! user's latest conversion), aggregated per (variant, weight version); overridden users
-//! are left out (CONTRACT 3d).
-
+//! The counting engine the results functions share: the users every result counts
+//! (`COUNTED_ASSIGNMENTS_FROM`/`_WHERE`: assigned, not overridden, CONTRACT 3d), running a
+//! counting query over them in user-id slices with the plan that suits the experiment's
+//! size (`run_counting`, `UserSlice`), the weight versions the SRM test needs
+//! (`weight_versions`), and the checks every results function starts with
+//! (`experiment_for_results`, `check_event`).
 
 use crate::errors::{raise_code, OrRaise};
 use crate::spi::{with_plan, with_settings};
-use amba_core::srm::{self, WeightVersion};
-use amba_core::stats::{self, Arm};
+use amba_core::srm::WeightVersion;
 use amba_core::{validate, CoreError, ErrorCode};
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 thread_local! {
     static VERSIONS_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static ESTIMATE_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
-}
-
-/// A user converted when exposed and their latest `conversion_event` is at or after
-/// their assignment; `max(occurred_at) >= assigned_at` says exactly that. Every input is
-/// restricted to the slice of user ids, so each slice is a merge of three index ranges.
-/// The exposures are a subquery in user order: joined directly, the planner sorts them
-/// (their index order by (experiment_id, user_id) does not count as user order on the
-/// nullable side of an outer join).
-fn counts_sql(slice: UserSlice) -> String {
-    format!(
-        "SELECT a.variant, a.weight_version, \
-           count(*) AS assigned, \
-           count(x.user_id) AS exposed, \
-           count(*) FILTER (WHERE x.user_id IS NOT NULL AND c.last_at >= a.assigned_at) AS converted \
-         FROM {COUNTED_ASSIGNMENTS_FROM} \
-         LEFT JOIN (SELECT x.user_id FROM amba.exposures x \
-                    WHERE x.experiment_id = $1{x_slice} ORDER BY x.user_id) x \
-           ON x.user_id = a.user_id \
-         LEFT JOIN (SELECT e.user_id, max(e.occurred_at) AS last_at \
-                    FROM amba.events e WHERE e.event = $2{e_slice} GROUP BY e.user_id) c \
-           ON c.user_id = a.user_id \
-         WHERE {COUNTED_ASSIGNMENTS_WHERE}{a_slice} \
-         GROUP BY a.variant, a.weight_version",
-        x_slice = slice.filter("x.user_id"),
-        e_slice = slice.filter("e.user_id"),
-        a_slice = slice.filter("a.user_id"),
-    )
 }
 
 /// The users every result counts: assigned, and not overridden while the override exists.
@@ -288,7 +259,8 @@ pub fn experiment_for_results(
 ) -> Rc<crate::store::Experiment> {
     validate::experiment_key(experiment_key).or_raise();
     let key = experiment_key.unwrap();
-    crate::store::experiments::lookup(client, crate::store::Path::for_call(), key).unwrap_or_else(|| {
+    let path = crate::store::Path::for_call();
+    crate::store::experiments::lookup(client, path, key).unwrap_or_else(|| {
         raise_code(
             ErrorCode::ExperimentNotFound,
             format!("experiment {key:?} does not exist"),
@@ -302,173 +274,4 @@ pub fn check_event<'a>(what: &str, event: Option<&'a str>) -> &'a str {
         .map_err(|e| CoreError::invalid(e.detail.replacen("event", what, 1)))
         .or_raise();
     event.unwrap()
-}
-
-#[derive(Default, Clone, Copy)]
-struct Counts {
-    assigned: i64,
-    exposed: i64,
-    converted: i64,
-}
-
-/// One row of `amba_results`, in its column order (the names are in `results_fn!`).
-pub type ResultRow = (
-    String,
-    bool,
-    i64,
-    i64,
-    i64,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-);
-
-fn results(
-    experiment_key: Option<&str>,
-    conversion_event: Option<&str>,
-    alpha: Option<f64>,
-) -> Vec<ResultRow> {
-    validate::experiment_key(experiment_key).or_raise();
-    let event = check_event("conversion_event", conversion_event);
-    let alpha = validate::alpha(alpha).or_raise();
-
-    let (variant_keys, by_group, versions) = Spi::connect(|client| {
-        let exp = experiment_for_results(client, experiment_key);
-        let mut by_group: Vec<(String, i32, Counts)> = Vec::new();
-        run_counting(
-            client,
-            exp.id,
-            counts_sql,
-            true,
-            vec![exp.id.into(), event.into()],
-            |table| {
-                for row in table {
-                    let counts = Counts {
-                        assigned: row.get(3).expect("assigned").unwrap_or(0),
-                        exposed: row.get(4).expect("exposed").unwrap_or(0),
-                        converted: row.get(5).expect("converted").unwrap_or(0),
-                    };
-                    by_group.push((
-                        row.get(1).expect("variant").expect("variant"),
-                        row.get(2).expect("version").expect("version"),
-                        counts,
-                    ));
-                }
-            },
-        );
-        (
-            exp.variant_keys.clone(),
-            by_group,
-            weight_versions(client, exp.id),
-        )
-    });
-
-    let mut per_key: HashMap<&str, Counts> = HashMap::new();
-    let mut exposed_by_version: HashMap<i32, u64> = HashMap::new();
-    for (variant, version, c) in &by_group {
-        let total = per_key.entry(variant.as_str()).or_default();
-        total.assigned += c.assigned;
-        total.exposed += c.exposed;
-        total.converted += c.converted;
-        *exposed_by_version.entry(*version).or_default() += c.exposed as u64;
-    }
-    let per_variant: Vec<Counts> = variant_keys
-        .iter()
-        .map(|k| per_key.get(k.as_str()).copied().unwrap_or_default())
-        .collect();
-    let exposed_by_key: Vec<(String, u64)> = per_key
-        .iter()
-        .map(|(k, c)| (k.to_string(), c.exposed as u64))
-        .collect();
-    let mut exposed_by_version: Vec<(i32, u64)> = exposed_by_version.into_iter().collect();
-    exposed_by_version.sort();
-    let srm = srm::srm_p_value_by_version(
-        &variant_keys,
-        &exposed_by_key,
-        &exposed_by_version,
-        &versions,
-    );
-
-    let arms: Vec<Arm> = per_variant
-        .iter()
-        .map(|c| Arm::new(c.exposed as u64, c.converted as u64))
-        .collect();
-    let analysis = stats::analyze(&arms, alpha);
-    variant_keys
-        .into_iter()
-        .zip(per_variant)
-        .zip(analysis)
-        .enumerate()
-        .map(|(i, ((variant, c), s))| {
-            (
-                variant,
-                i == 0,
-                c.assigned,
-                c.exposed,
-                c.converted,
-                s.conversion_rate,
-                s.z_test.map(|z| z.z_score),
-                s.z_test.map(|z| z.p_value),
-                s.effect.map(|e| e.lift),
-                s.effect.map(|e| e.lift_ci_low),
-                s.effect.map(|e| e.lift_ci_high),
-                s.effect.map(|e| e.chance_to_win),
-                s.p_value_holm,
-                s.effect.map(|e| e.sequential_p_value),
-                srm,
-            )
-        })
-        .collect()
-}
-
-/// Declares a results function: `amba_results` in the extension's schema and its twin
-/// `amba._results` (which the HTTP surface calls) share one column list.
-macro_rules! results_fn {
-    ($(#[$attr:meta])* $fn_name:ident) => {
-        $(#[$attr])*
-        fn $fn_name(
-            experiment_key: Option<&str>,
-            conversion_event: Option<&str>,
-            alpha: default!(Option<f64>, 0.05),
-        ) -> TableIterator<'static, (
-            name!(variant, String),
-            name!(is_control, bool),
-            name!(assigned_count, i64),
-            name!(exposed_count, i64),
-            name!(converted_count, i64),
-            name!(conversion_rate, Option<f64>),
-            name!(z_score, Option<f64>),
-            name!(p_value, Option<f64>),
-            name!(lift, Option<f64>),
-            name!(lift_ci_low, Option<f64>),
-            name!(lift_ci_high, Option<f64>),
-            name!(chance_to_win, Option<f64>),
-            name!(p_value_holm, Option<f64>),
-            name!(sequential_p_value, Option<f64>),
-            name!(srm_p_value, Option<f64>),
-        )> {
-            TableIterator::new(results(experiment_key, conversion_event, alpha))
-        }
-    };
-}
-
-results_fn!(
-    #[pg_extern(stable, parallel_unsafe)]
-    amba_results
-);
-
-#[pg_schema]
-mod amba {
-    use super::*;
-    results_fn!(
-        #[pg_extern(name = "_results", stable, parallel_unsafe)]
-        results_internal
-    );
 }

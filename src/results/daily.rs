@@ -3,11 +3,11 @@
 //! converted — the later of exposure and first qualifying event); cumulative sums over the
 //! days give each day's exposed and converted counts, and the core gives the statistics.
 
-use crate::errors::OrRaise;
-use crate::results::{
+use super::counting::{
     check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM,
     COUNTED_ASSIGNMENTS_WHERE,
 };
+use crate::errors::OrRaise;
 use amba_core::stats::{self, Arm};
 use amba_core::validate;
 use pgrx::datum::Date;
@@ -19,8 +19,9 @@ use std::collections::BTreeMap;
 /// `conversion_event` (any time: it bounds the days reported); then counted per
 /// (variant, exposure day, conversion day). Grouped by user id alone (one assignment per
 /// user and experiment), so the groups follow the merge joins' order with no sort. The
-/// exposures are a subquery in user order (see `results::counts_sql`). Days are numbered from 2000-01-01 (PostgreSQL's
-/// date epoch) so Rust sums run on integers; NULL exposure day: assigned, never exposed.
+/// exposures are a subquery in user order (see `conversion::counts_sql`). Days are numbered
+/// from 2000-01-01 (PostgreSQL's date epoch) so Rust sums run on integers; NULL exposure
+/// day: assigned, never exposed.
 fn counts_sql(slice: UserSlice) -> String {
     format!(
         "WITH per_user AS ( \
@@ -47,7 +48,26 @@ fn counts_sql(slice: UserSlice) -> String {
     )
 }
 
-pub type DailyRow = (
+/// One row of `amba_results_daily`: a field per column, in column order
+/// (`amba_core::columns::DAILY_COLUMNS`; declared to pgrx in `results_daily_fn!`).
+pub struct DailyRow {
+    pub day: Date,
+    pub variant: String,
+    pub is_control: bool,
+    pub exposed_count: i64,
+    pub converted_count: i64,
+    pub conversion_rate: Option<f64>,
+    pub lift: Option<f64>,
+    pub lift_ci_low: Option<f64>,
+    pub lift_ci_high: Option<f64>,
+    pub p_value: Option<f64>,
+    pub sequential_p_value: Option<f64>,
+    pub lift_cs_low: Option<f64>,
+    pub lift_cs_high: Option<f64>,
+}
+
+/// A `DailyRow` as pgrx's `TableIterator` takes it: the fields in column order.
+type DailyTuple = (
     Date,
     String,
     bool,
@@ -62,6 +82,41 @@ pub type DailyRow = (
     Option<f64>,
     Option<f64>,
 );
+
+impl DailyRow {
+    fn into_tuple(self) -> DailyTuple {
+        let DailyRow {
+            day,
+            variant,
+            is_control,
+            exposed_count,
+            converted_count,
+            conversion_rate,
+            lift,
+            lift_ci_low,
+            lift_ci_high,
+            p_value,
+            sequential_p_value,
+            lift_cs_low,
+            lift_cs_high,
+        } = self;
+        (
+            day,
+            variant,
+            is_control,
+            exposed_count,
+            converted_count,
+            conversion_rate,
+            lift,
+            lift_ci_low,
+            lift_ci_high,
+            p_value,
+            sequential_p_value,
+            lift_cs_low,
+            lift_cs_high,
+        )
+    }
+}
 
 fn results_daily(
     experiment_key: Option<&str>,
@@ -142,21 +197,21 @@ fn results_daily(
                 let var = stats::lift_variance_of(arms[0], arms[v])?;
                 stats::lift_confidence_sequence(total_n, e.lift, var, alpha)
             });
-            rows.push((
-                date,
-                variant_keys[v].clone(),
-                v == 0,
-                exposed[v],
-                converted[v],
-                s.conversion_rate,
-                s.effect.map(|e| e.lift),
-                s.effect.map(|e| e.lift_ci_low),
-                s.effect.map(|e| e.lift_ci_high),
-                s.z_test.map(|z| z.p_value),
-                s.effect.map(|e| e.sequential_p_value),
-                cs.map(|c| c.0),
-                cs.map(|c| c.1),
-            ));
+            rows.push(DailyRow {
+                day: date,
+                variant: variant_keys[v].clone(),
+                is_control: v == 0,
+                exposed_count: exposed[v],
+                converted_count: converted[v],
+                conversion_rate: s.conversion_rate,
+                lift: s.effect.map(|e| e.lift),
+                lift_ci_low: s.effect.map(|e| e.lift_ci_low),
+                lift_ci_high: s.effect.map(|e| e.lift_ci_high),
+                p_value: s.z_test.map(|z| z.p_value),
+                sequential_p_value: s.effect.map(|e| e.sequential_p_value),
+                lift_cs_low: cs.map(|c| c.0),
+                lift_cs_high: cs.map(|c| c.1),
+            });
         }
     }
     rows
@@ -185,7 +240,8 @@ macro_rules! results_daily_fn {
             name!(lift_cs_low, Option<f64>),
             name!(lift_cs_high, Option<f64>),
         )> {
-            TableIterator::new(results_daily(experiment_key, conversion_event, alpha))
+            let rows = results_daily(experiment_key, conversion_event, alpha);
+            TableIterator::new(rows.into_iter().map(DailyRow::into_tuple))
         }
     };
 }

@@ -3,11 +3,11 @@
 //! window. SQL reduces the users to sufficient statistics per variant in one pass; the
 //! statistics are the core's (`amba_core::metric`).
 
-use crate::errors::{raise_code, OrRaise};
-use crate::results::{
+use super::counting::{
     check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM,
     COUNTED_ASSIGNMENTS_WHERE,
 };
+use crate::errors::{raise_code, OrRaise};
 use amba_core::metric::{self, MeanArm};
 use amba_core::{validate, ErrorCode};
 use pgrx::prelude::*;
@@ -74,7 +74,27 @@ fn sums_sql(cuped: bool, cap: Cap, slice: UserSlice) -> String {
     )
 }
 
-pub type MetricRow = (
+/// One row of `amba_metric_results`: a field per column, in column order
+/// (`amba_core::columns::METRIC_COLUMNS`; declared to pgrx in `metric_results_fn!`).
+pub struct MetricRow {
+    pub variant: String,
+    pub is_control: bool,
+    pub exposed_count: i64,
+    pub mean: Option<f64>,
+    pub stddev: Option<f64>,
+    pub delta: Option<f64>,
+    pub delta_ci_low: Option<f64>,
+    pub delta_ci_high: Option<f64>,
+    pub p_value: Option<f64>,
+    pub p_value_holm: Option<f64>,
+    pub lift: Option<f64>,
+    pub lift_ci_low: Option<f64>,
+    pub lift_ci_high: Option<f64>,
+    pub cuped_theta: Option<f64>,
+}
+
+/// A `MetricRow` as pgrx's `TableIterator` takes it: the fields in column order.
+type MetricTuple = (
     String,
     bool,
     i64,
@@ -90,6 +110,43 @@ pub type MetricRow = (
     Option<f64>,
     Option<f64>,
 );
+
+impl MetricRow {
+    fn into_tuple(self) -> MetricTuple {
+        let MetricRow {
+            variant,
+            is_control,
+            exposed_count,
+            mean,
+            stddev,
+            delta,
+            delta_ci_low,
+            delta_ci_high,
+            p_value,
+            p_value_holm,
+            lift,
+            lift_ci_low,
+            lift_ci_high,
+            cuped_theta,
+        } = self;
+        (
+            variant,
+            is_control,
+            exposed_count,
+            mean,
+            stddev,
+            delta,
+            delta_ci_low,
+            delta_ci_high,
+            p_value,
+            p_value_holm,
+            lift,
+            lift_ci_low,
+            lift_ci_high,
+            cuped_theta,
+        )
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 fn metric_results(
@@ -174,23 +231,21 @@ fn metric_results(
         .zip(arms)
         .zip(rows)
         .enumerate()
-        .map(|(i, ((variant, arm), r))| {
-            (
-                variant,
-                i == 0,
-                arm.n as i64,
-                r.mean,
-                r.stddev,
-                r.delta,
-                r.delta_ci_low,
-                r.delta_ci_high,
-                r.p_value,
-                r.p_value_holm,
-                r.lift,
-                r.lift_ci_low,
-                r.lift_ci_high,
-                r.cuped_theta,
-            )
+        .map(|(i, ((variant, arm), r))| MetricRow {
+            variant,
+            is_control: i == 0,
+            exposed_count: arm.n as i64,
+            mean: r.mean,
+            stddev: r.stddev,
+            delta: r.delta,
+            delta_ci_low: r.delta_ci_low,
+            delta_ci_high: r.delta_ci_high,
+            p_value: r.p_value,
+            p_value_holm: r.p_value_holm,
+            lift: r.lift,
+            lift_ci_low: r.lift_ci_low,
+            lift_ci_high: r.lift_ci_high,
+            cuped_theta: r.cuped_theta,
         })
         .collect()
 }
@@ -224,7 +279,10 @@ macro_rules! metric_results_fn {
             name!(lift_ci_high, Option<f64>),
             name!(cuped_theta, Option<f64>),
         )> {
-            TableIterator::new(metric_results(experiment_key, event, value_property, alpha, cap, cap_percentile, cuped_days))
+            let rows = metric_results(
+                experiment_key, event, value_property, alpha, cap, cap_percentile, cuped_days,
+            );
+            TableIterator::new(rows.into_iter().map(MetricRow::into_tuple))
         }
     };
 }
