@@ -1,5 +1,5 @@
 //! The hot path: `amba_assign`, `amba_expose`, `amba_peek`, `amba_track`, and the pure
-//! `amba_bucket`. This file holds the rules of CONTRACT 3 and 3d (see docs/SPEC.md):
+//! `amba_bucket`. This file holds the rules of SPEC §3 and §3d (see docs/SPEC.md):
 //! override first, then the stored assignment (sticky), then status, then bucketing;
 //! aliased ids act as their user. How rows are read and written — directly or through
 //! SQL — is `store`'s business, decided once per call (`store::Path`).
@@ -10,7 +10,7 @@
 //!
 //! Each SQL function has a twin in schema `amba` (`amba._assign`, ...), which the HTTP
 //! surface calls: only the extension can create functions there, so no look-alike placed
-//! in the extension's schema can intercept a SECURITY DEFINER call (CONTRACT 8).
+//! in the extension's schema can intercept a SECURITY DEFINER call (SPEC §8).
 
 use crate::errors::{raise_code, raise_serialization_failure, OrRaise};
 use crate::jsonb::JsonbDatum;
@@ -232,7 +232,7 @@ fn amba_expose(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
     expose(experiment_key, user_id)
 }
 
-/// The user's variant without enrolling them (CONTRACT 3d).
+/// The user's variant without enrolling them (SPEC §3d).
 #[pg_extern(stable, parallel_unsafe)]
 fn amba_peek(experiment_key: Option<&str>, user_id: Option<&str>) -> Option<String> {
     peek(experiment_key, user_id)

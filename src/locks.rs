@@ -1,7 +1,7 @@
 //! Transaction-level advisory locks that order first assignments against the changes that
 //! could invalidate them, without touching any row (no tuple lock, no MultiXact, no dirty
 //! page): a first assignment holds its experiment's lock shared; an update that removes
-//! variants and a delete hold it exclusively. Aliasing (CONTRACT 3d) holds the user locks
+//! variants and a delete hold it exclusively. Aliasing (SPEC §3d) holds the user locks
 //! of both ids exclusively; assign, expose and track hold the caller's user lock shared.
 //! The same keys are taken from SQL with pg_advisory_xact_lock(EXPERIMENT_SPACE, id).
 

@@ -8,8 +8,8 @@
 //!
 //! Two more buckets of a user come from the same rule with another separator byte, so
 //! they are independent of the variant bucket and of each other:
-//! - coverage (CONTRACT 10): xxh3_64(utf8(experiment_key) || 0x01 || utf8(user_id));
-//! - layer (CONTRACT 11): xxh3_64(utf8(layer) || 0x02 || utf8(user_id)).
+//! - coverage (SPEC §10): xxh3_64(utf8(experiment_key) || 0x01 || utf8(user_id));
+//! - layer (SPEC §11): xxh3_64(utf8(layer) || 0x02 || utf8(user_id)).
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -19,9 +19,9 @@ const TWO_POW_53: f64 = 9_007_199_254_740_992.0;
 
 /// Separator byte of the variant hash.
 pub const VARIANT_SEPARATOR: u8 = 0x00;
-/// Separator byte of the coverage hash (CONTRACT 10).
+/// Separator byte of the coverage hash (SPEC §10).
 pub const COVERAGE_SEPARATOR: u8 = 0x01;
-/// Separator byte of the layer hash (CONTRACT 11).
+/// Separator byte of the layer hash (SPEC §11).
 pub const LAYER_SEPARATOR: u8 = 0x02;
 
 /// xxh3_64 of `experiment_key`, a zero byte, then `user_id`.
@@ -68,13 +68,13 @@ pub fn bucket(experiment_key: &str, user_id: &str) -> f64 {
     bucket_of_hash(hash(experiment_key, user_id))
 }
 
-/// The coverage bucket in [0, 1) (CONTRACT 10): a user not yet assigned is enrolled only if
+/// The coverage bucket in [0, 1) (SPEC §10): a user not yet assigned is enrolled only if
 /// it is below the experiment's coverage. Independent of the variant bucket.
 pub fn coverage_bucket(experiment_key: &str, user_id: &str) -> f64 {
     bucket_of_hash(coverage_hash(experiment_key, user_id))
 }
 
-/// The layer bucket in [0, 1) (CONTRACT 11): the user can be enrolled only in the layer's
+/// The layer bucket in [0, 1) (SPEC §11): the user can be enrolled only in the layer's
 /// experiment whose range `[start, end)` holds it.
 pub fn layer_bucket(layer: &str, user_id: &str) -> f64 {
     bucket_of_hash(layer_hash(layer, user_id))

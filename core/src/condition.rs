@@ -1,4 +1,4 @@
-//! Targeting conditions (CONTRACT section 10): GrowthBook's condition language, compiled
+//! Targeting conditions (SPEC §10): GrowthBook's condition language, compiled
 //! once and evaluated many times.
 //!
 //! [`compile`] checks a condition and turns it into a [`Condition`]: operators are resolved,
@@ -218,7 +218,7 @@ pub fn eval_condition(condition: &Value, attributes: &Value) -> Result<bool, Cor
     Ok(compile(condition)?.eval(attributes))
 }
 
-/// The attributes rule of CONTRACT 10: a JSON object (SQL NULL is `{}`, the caller's
+/// The attributes rule of SPEC §10: a JSON object (SQL NULL is `{}`, the caller's
 /// business); anything else is `INVALID_ARGUMENT`.
 pub fn check_attributes(attributes: &Value) -> Result<(), CoreError> {
     if attributes.is_object() {

@@ -15,7 +15,7 @@ pub enum ErrorCode {
     InvalidArgument,
 }
 
-/// (code, name, SQLSTATE, HTTP status): CONTRACT sections 3 and 5.
+/// (code, name, SQLSTATE, HTTP status): SPEC §3 and §5.
 const TABLE: [(ErrorCode, &str, &str, u16); 6] = [
     (
         ErrorCode::ExperimentNotFound,
@@ -71,7 +71,7 @@ impl ErrorCode {
         self.row().2
     }
 
-    /// The HTTP status PostgREST answers with (CONTRACT section 5).
+    /// The HTTP status PostgREST answers with (SPEC §5).
     pub fn http_status(self) -> u16 {
         self.row().3
     }

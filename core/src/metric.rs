@@ -1,4 +1,4 @@
-//! Mean metrics of `amba_metric_results` (CONTRACT section 3c): Welch's t-test of the
+//! Mean metrics of `amba_metric_results` (SPEC §3c): Welch's t-test of the
 //! difference of means, relative lift with its delta-method interval, Holm, and CUPED, from
 //! per-variant sufficient statistics. Every undefined case is `None` (SQL NULL), never NaN
 //! or ±inf.
@@ -100,7 +100,7 @@ impl Moments {
         }
     }
 
-    /// Variance of Y − θX in the arm, `v_Y + θ² v_X − 2θ Cov(Y, X)` (CONTRACT 3c), 0 when
+    /// Variance of Y − θX in the arm, `v_Y + θ² v_X − 2θ Cov(Y, X)` (SPEC §3c), 0 when
     /// within rounding noise of 0. With θ = 0 it is exactly `v_Y`.
     fn adjusted_variance(&self, theta: f64) -> f64 {
         let m2 = if theta == 0.0 {
@@ -196,7 +196,7 @@ fn compare(control: &MeanArm, treatment: &MeanArm, alpha: f64, cuped: bool) -> M
     row
 }
 
-/// One row per arm, arms[0] the control. `cuped`: use the X sums (CONTRACT 3c CUPED rules).
+/// One row per arm, arms[0] the control. `cuped`: use the X sums (SPEC §3c CUPED rules).
 ///
 /// - `mean` = S/n (None when n = 0), `stddev` = √((SS − S²/n)/(n − 1)) (None when n < 2),
 ///   both unadjusted;

@@ -1,4 +1,4 @@
-//! The sample-ratio-mismatch test of `amba_results` (CONTRACT 3b) at assignment-time
+//! The sample-ratio-mismatch test of `amba_results` (SPEC §3b) at assignment-time
 //! weights: each exposed user counts toward the weight shares in force when they were
 //! assigned, so re-weighting, adding variants or switching one off raises no false alarm.
 

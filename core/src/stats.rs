@@ -1,4 +1,4 @@
-//! Statistics of `amba_results` (CONTRACT sections 3 and 3b), as small pure functions on
+//! Statistics of `amba_results` (SPEC §3 and §3b), as small pure functions on
 //! the distributions of [`crate::distributions`]. Every undefined case is `None` (SQL
 //! NULL), never NaN or ±inf.
 
@@ -60,7 +60,7 @@ pub fn z_test(control: Arm, treatment: Arm) -> Option<ZTest> {
 }
 
 /// Relative effect of `treatment` over `control`, with its interval, Bayesian chance to
-/// win and always-valid p-value (CONTRACT 3b, matching GrowthBook's gbstats).
+/// win and always-valid p-value (SPEC §3b, matching GrowthBook's gbstats).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Effect {
     pub lift: f64,
@@ -91,7 +91,7 @@ pub fn sequential_p_value(total_n: f64, lift: f64, var: f64, alpha: f64) -> f64 
     log_p.min(0.0).exp()
 }
 
-/// Always-valid confidence sequence of the lift (CONTRACT 3e; Waudby-Smith et al. 2023,
+/// Always-valid confidence sequence of the lift (SPEC §3e; Waudby-Smith et al. 2023,
 /// eq. 9, τ = 5000), `lift ± half` with N = `total_n` and
 /// `half = √(var·N) · √(2(Nρ²+1) ln(√(Nρ²+1)/alpha) / (Nρ)²)`
 /// (= gbstats 0.8.0 `SequentialTwoSidedTTest(...).compute_result().ci`, relative).
@@ -118,7 +118,7 @@ pub fn lift_confidence_sequence(
 }
 
 /// The delta-method variance of the relative lift of `treatment` over `control` (the
-/// `var` of CONTRACT 3b), where `effect` defines it.
+/// `var` of SPEC §3b), where `effect` defines it.
 pub fn lift_variance_of(control: Arm, treatment: Arm) -> Option<f64> {
     if control.exposed < 2 || treatment.exposed < 2 || control.converted == 0 {
         return None;

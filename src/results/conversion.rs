@@ -2,7 +2,7 @@
 //! count through SPI in one pass, call the core, shape rows.
 //! The counts: one pass over the experiment's assignments (joined to exposures and to each
 //! user's latest conversion), aggregated per (variant, weight version); overridden users
-//! are left out (CONTRACT 3d).
+//! are left out (SPEC §3d).
 
 use super::counting::{
     check_event, experiment_for_results, run_counting, weight_versions, UserSlice,

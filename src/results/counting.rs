@@ -1,5 +1,5 @@
 //! The counting engine the results functions share: the users every result counts
-//! (`COUNTED_ASSIGNMENTS_FROM`/`_WHERE`: assigned, not overridden, CONTRACT 3d), running a
+//! (`COUNTED_ASSIGNMENTS_FROM`/`_WHERE`: assigned, not overridden, SPEC §3d), running a
 //! counting query over them in user-id slices with the plan that suits the experiment's
 //! size (`run_counting`, `UserSlice`), the weight versions the SRM test needs
 //! (`weight_versions`), and the checks every results function starts with
@@ -133,7 +133,7 @@ impl UserSlice {
 
 /// How many slices the counting is cut into: the session's parallel workers per gather
 /// (each worker takes a slice; the leader only gathers), or 1 for fewer than two. On Citus
-/// (tables distributed, CONTRACT 9) 1: the shards are the slices there.
+/// (tables distributed, SPEC §9) 1: the shards are the slices there.
 fn counting_slices() -> usize {
     if crate::store::Path::for_call().is_distributed() {
         return 1;

@@ -1,4 +1,4 @@
-//! `amba_results_daily` (CONTRACT 3e): the results as they stood at the end of each UTC
+//! `amba_results_daily` (SPEC §3e): the results as they stood at the end of each UTC
 //! day, in one pass. SQL counts exposed users by (variant, day of first exposure, day they
 //! converted — the later of exposure and first qualifying event); cumulative sums over the
 //! days give each day's exposed and converted counts, and the core gives the statistics.

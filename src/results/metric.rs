@@ -1,4 +1,4 @@
-//! `amba_metric_results` (CONTRACT 3c): a number per exposed user (a count of events or
+//! `amba_metric_results` (SPEC §3c): a number per exposed user (a count of events or
 //! the sum of a numeric property), capped, optionally CUPED-adjusted with a pre-assignment
 //! window. SQL reduces the users to sufficient statistics per variant in one pass; the
 //! statistics are the core's (`amba_core::metric`).

@@ -3,11 +3,11 @@
 //! function in the extension's schema and its twin in `amba` (which the HTTP surface in
 //! `sql/http.sql` and the report page call), with one column list for both:
 //! - `conversion`: `amba_results` / `amba._results`, conversion rates per variant
-//!   (CONTRACT 3d);
+//!   (SPEC §3d);
 //! - `metric`: `amba_metric_results` / `amba._metric_results`, a number per user
-//!   (CONTRACT 3c);
+//!   (SPEC §3c);
 //! - `daily`: `amba_results_daily` / `amba._results_daily`, the results at the end of
-//!   each UTC day (CONTRACT 3e);
+//!   each UTC day (SPEC §3e);
 //! - `counting`: the engine they share: the users every result counts, running a counting
 //!   query in user-id slices with the plan that suits the experiment's size, the weight
 //!   versions, and the checks every results function starts with.

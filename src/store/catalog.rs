@@ -45,7 +45,7 @@ pub enum Layout {
     Plain(Tables),
     /// On one node, but some table is not plain (partitioned, inherited, changed...).
     Altered,
-    /// Distributed by Citus (CONTRACT 9): rows live in shards.
+    /// Distributed by Citus (SPEC §9): rows live in shards.
     Distributed,
     /// The schema is not all there (an old version mid-upgrade, a dropped table).
     Missing,

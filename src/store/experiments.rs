@@ -3,7 +3,7 @@
 //! storage (relfilenode), the tuple id and the inserting transaction. Every lookup checks,
 //! in the statement's own snapshot, that this version is still the visible one (a buffer
 //! pin and a visibility test, no query). So each statement sees exactly the definition its
-//! snapshot sees (CONTRACT 8), and a rewrite of the table (VACUUM FULL, CLUSTER,
+//! snapshot sees (SPEC §8), and a rewrite of the table (VACUUM FULL, CLUSTER,
 //! pg_repack: a new relfilenode) can never hand back another row. On a hit the caller's
 //! privileges and row-level security on the tables the definition was read from are
 //! checked again, as the query would check them. Overrides of the experiment are held
@@ -32,7 +32,7 @@ pub struct Experiment {
     pub weight_version: i32,
     pub bucketing_version: i32,
     /// user id (and every anonymous id aliased to it) → variant, for the experiment's
-    /// overrides (CONTRACT 3d).
+    /// overrides (SPEC §3d).
     pub overrides: HashMap<String, String>,
     /// The row version this definition was read from; None when it cannot be checked
     /// directly (distributed or altered tables: checked through SQL).

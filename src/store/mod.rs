@@ -140,7 +140,7 @@ pub fn append_event(
     sql::append_event(user_id, event, occurred_at, properties)
 }
 
-/// The identity `user_id` acts as (CONTRACT 3d): the id it was aliased to, or itself.
+/// The identity `user_id` acts as (SPEC §3d): the id it was aliased to, or itself.
 /// Read in the latest snapshot: an alias committed by another session applies at once.
 pub fn alias_of(path: Path, user_id: &str) -> String {
     if let Path::Direct(t) = path {

@@ -45,7 +45,7 @@ pub enum Path {
     Direct(Tables),
     /// Through SPI, on statements prepared once per backend.
     Sql,
-    /// Distributed by Citus (CONTRACT 9): SQL, which Citus routes, plus the cross-node
+    /// Distributed by Citus (SPEC §9): SQL, which Citus routes, plus the cross-node
     /// locking of `sql::share_lock_experiment_row`.
     Distributed,
 }

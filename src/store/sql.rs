@@ -151,7 +151,7 @@ pub fn alias_of(user_id: &str) -> Option<String> {
         .next()
 }
 
-/// This node's placement of the reference table amba.experiments on Citus (CONTRACT 9), or
+/// This node's placement of the reference table amba.experiments on Citus (SPEC §9), or
 /// None when there is none here. Looked up once per backend.
 fn local_experiments_placement() -> Option<String> {
     LOCAL_EXPERIMENTS.with(|cell| {
