@@ -3,7 +3,9 @@
 # and the benchmarks, owned by the `postgres` OS user (PostgreSQL refuses root).
 #   scripts/pg.sh start       init if needed, start if not running
 #   scripts/pg.sh stop
-#   scripts/pg.sh install     build (release unless AMBA_PROFILE=debug) and install amba
+#   scripts/pg.sh install     build (release unless AMBA_PROFILE=debug) and install amba:
+#                             amba-<version>.so for this tree's version and every earlier
+#                             release (scripts/releases.sh), and the loader amba.so (loader/)
 #   scripts/pg.sh place       install the package built last time again (atomically)
 #   scripts/pg.sh fresh-db D  (re)create database D with the extension
 # Settings: AMBA_PGDATA (default /var/tmp/amba-pg), AMBA_PGPORT (default 28815).
@@ -42,23 +44,55 @@ CONF
 # into place with a rename (atomic on one filesystem), as package managers do: a backend
 # that has the old amba.so mapped keeps it (the old inode lives on) instead of crashing when
 # the file is rewritten in place. The frozen install scripts of earlier releases
-# (sql/amba--X.sql), which `cargo pgrx package` leaves out, are placed too, so
-# `CREATE EXTENSION amba VERSION '0.1.0'` and upgrades from it work.
+# (sql/amba--X.sql) and their control files (sql/amba--X.control), which `cargo pgrx
+# package` leaves out, are placed too, so `CREATE EXTENSION amba VERSION '0.1.0'` and
+# upgrades from it work. The package holds a library per version, amba-<version>.so (this
+# tree's from `cargo pgrx package`, earlier releases' from scripts/releases.sh), and the
+# loader amba.so that databases installed at 0.1.0 or 0.2.0 call (README: Upgrades).
 STAGE=$ROOT/target/amba-package
 install() {
   local flags=(--pg-config "$PG_BIN/pg_config")
   [ "${AMBA_PROFILE:-release}" = release ] || flags+=(--debug)
   rm -rf "$STAGE"
   (cd "$ROOT" && cargo pgrx package "${flags[@]}" --out-dir "$STAGE" >/dev/null)
+  # A released version's install script is frozen (sql/amba--<version>.sql) and is the one
+  # installed: this tree may not generate another schema under that version number.
+  local version
+  version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -1)
+  if [ -f "$ROOT/sql/amba--$version.sql" ] && ! same_schema "$ROOT/sql/amba--$version.sql" \
+      "$STAGE$("$PG_BIN/pg_config" --sharedir)/extension/amba--$version.sql" "$version"; then
+    echo "$0: this tree's amba $version schema differs from the released one," \
+         "sql/amba--$version.sql: a schema change needs a new version (Cargo.toml) and an" \
+         "upgrade script sql/amba--$version--<new>.sql (README: Upgrades)" >&2
+    exit 1
+  fi
+  local libdir
+  libdir=$STAGE$("$PG_BIN/pg_config" --pkglibdir)
+  PG_CONFIG="$PG_BIN/pg_config" bash "$ROOT/loader/build.sh" "$libdir"
+  bash "$ROOT/scripts/releases.sh" "$libdir"
   place
+}
+
+# Two install scripts define the same objects, whatever their comments, order and the
+# name they bind the version's C functions to (MODULE_PATHNAME or amba-<version>).
+same_schema() {
+  python3 - "$@" <<'PY'
+import re, sys
+def statements(path):
+    s = open(path).read().replace("'amba-%s'" % sys.argv[3], "'MODULE_PATHNAME'")
+    s = re.sub(r"--[^\n]*", "", re.sub(r"/\*.*?\*/", "", s, flags=re.S))
+    return sorted(" ".join(x.split()) for x in s.split(";") if x.strip())
+sys.exit(statements(sys.argv[1]) != statements(sys.argv[2]))
+PY
 }
 
 place() {
   [ -d "$STAGE" ] || { echo "no package in $STAGE: run $0 install" >&2; exit 1; }
   local extdir
   extdir=$("$PG_BIN/pg_config" --sharedir)/extension
-  cp "$ROOT"/sql/amba--[0-9]*.sql "$STAGE/$extdir/"
-  find "$STAGE" -type f | while read -r f; do
+  cp "$ROOT"/sql/amba--[0-9]*.sql "$ROOT"/sql/amba--[0-9]*.control "$STAGE/$extdir/"
+  # Libraries first: a script placed is never without the library it names.
+  { find "$STAGE" -type f -name '*.so'; find "$STAGE" -type f ! -name '*.so'; } | while read -r f; do
     local dest=${f#"$STAGE"}
     mkdir -p "$(dirname "$dest")"
     cp "$f" "$dest.amba-new"

@@ -4,7 +4,8 @@
 #   2. #[pg_test]: every SQL function and error inside PostgreSQL (cargo pgrx test)
 #   3. SQL regression tests with expected output (pg_regress, tests/pg_regress)
 #   4. integration tests against a running server: concurrency, HTTP replay, RLS, upgrades,
-#      hardening, identities, daily results, SQL-level references, limits, crash, compose
+#      earlier releases served side by side (versions.rs), hardening, identities, daily
+#      results, SQL-level references, limits, crash, compose
 #   5. the MCP server over stdio against the same server
 #   6. the report page in headless Chromium (tests/browser)
 set -euo pipefail
@@ -26,6 +27,7 @@ mkdir -p "$PGRX_TEST_DATA" && chown postgres:postgres "$PGRX_TEST_DATA"
 # need the cluster started in step 3; they run in step 5.
 cargo pgrx test pg15 -p amba --runas postgres --pgdata "$PGRX_TEST_DATA"
 
+# (the first run also builds earlier releases' libraries from git: scripts/releases.sh)
 step "3/6 install into the local cluster; SQL regression tests"
 scripts/pg.sh start
 AMBA_PROFILE=debug scripts/pg.sh install

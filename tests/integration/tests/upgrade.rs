@@ -4,7 +4,9 @@
 //! 0.1.0 is installed from its frozen install script (sql/amba--0.1.0.sql, exactly as
 //! released) and filled the way 0.1.0 fills it: experiments, re-weighting, API keys and
 //! history through its SQL functions; assignments, exposures and events as its hot path
-//! wrote them (the 0.2.0 library serves only an updated schema, so they are inserted).
+//! wrote them, inserted so that each user holds a chosen variant at a chosen time. (0.1.0's
+//! own functions keep working with this package installed, served by its own library
+//! through the loader: tests/versions.rs.)
 
 use amba_integration_tests::Db;
 use postgres::Client;
