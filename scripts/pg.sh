@@ -35,8 +35,22 @@ max_wal_size = 8GB
 checkpoint_timeout = 30min
 CONF
   fi
+  # Settings the tests rely on (logical decoding, prepared transactions), in a file of their
+  # own so that a cluster made by an earlier version of this script gets them too.
+  local settings="wal_level = logical
+max_prepared_transactions = 10
+max_replication_slots = 10"
+  grep -qs "include_if_exists = 'amba.conf'" "$PGDATA/postgresql.conf" \
+    || echo "include_if_exists = 'amba.conf'" | as_pg tee -a "$PGDATA/postgresql.conf" >/dev/null
+  local changed=0
+  if [ "$(cat "$PGDATA/amba.conf" 2>/dev/null)" != "$settings" ]; then
+    echo "$settings" | as_pg tee "$PGDATA/amba.conf" >/dev/null
+    changed=1
+  fi
   if ! as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
     as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start >/dev/null
+  elif [ "$changed" = 1 ]; then
+    as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 -m fast restart >/dev/null
   fi
 }
 

@@ -52,10 +52,10 @@ def build(old_version: str, new_version: str, generated: str) -> str:
     )
     # Rust functions: every generated CREATE FUNCTION ... AS 'MODULE_PATHNAME' block whose
     # symbol the old version did not have.
-    old_symbols = set(re.findall(r"'MODULE_PATHNAME', '(\w+)'", old))
+    old_symbols = set(re.findall(r"'(?:MODULE_PATHNAME|amba-[^']+)', '(\w+)'", old))
     new_rust = [
         m.group(1)
-        for m in re.finditer(r"(CREATE  FUNCTION .*?AS 'MODULE_PATHNAME', '(\w+)';)", generated, flags=re.S)
+        for m in re.finditer(r"(CREATE  FUNCTION .*?AS '(?:MODULE_PATHNAME|amba-[^']+)', '(\w+)';)", generated, flags=re.S)
         if m.group(2) not in old_symbols
     ]
     section = lambda name: f"\n-- {name} " + "-" * (84 - len(name)) + "\n"

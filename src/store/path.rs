@@ -26,7 +26,19 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 /// `amba.direct_access`: whether the hot path may read and insert without the executor.
 pub static DIRECT_ACCESS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+thread_local! {
+    /// Whether this library defined `amba.direct_access` (another version's library, loaded
+    /// earlier in the backend during an upgrade, may have: then it is read by name).
+    static DEFINED_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
 pub fn define_settings() {
+    let existing =
+        unsafe { pg_sys::GetConfigOption(c"amba.direct_access".as_ptr(), true, false) };
+    if !existing.is_null() {
+        return;
+    }
+    DEFINED_HERE.with(|d| d.set(true));
     GucRegistry::define_bool_guc(
         c"amba.direct_access",
         c"Lets amba's hot path read and insert its rows without the executor where that is equivalent.",
@@ -68,9 +80,18 @@ impl Path {
     }
 }
 
+/// `amba.direct_access` as set now.
+fn direct_access() -> bool {
+    if DEFINED_HERE.with(Cell::get) {
+        return DIRECT_ACCESS.get();
+    }
+    let value = unsafe { pg_sys::GetConfigOption(c"amba.direct_access".as_ptr(), true, false) };
+    !value.is_null() && unsafe { CStr::from_ptr(value) }.to_bytes() == b"on"
+}
+
 fn direct_allowed() -> bool {
     unsafe {
-        DIRECT_ACCESS.get()
+        direct_access()
             && pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32
             && !pg_sys::IsInParallelMode()
             && no_hook_must_see_writes()
