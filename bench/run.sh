@@ -81,7 +81,7 @@ fi
 cp "$BUILD" "$LIBDIR/.amba_bench.so.tmp" && mv -f "$LIBDIR/.amba_bench.so.tmp" "$LIBDIR/amba_bench.so"
 SO_MD5=$(md5sum < "$LIBDIR/amba_bench.so")
 pin_build() {
-  psql_db -c "UPDATE pg_catalog.pg_proc SET probin = '\$libdir/amba_bench' WHERE probin IN ('amba', '\$libdir/amba')"
+  psql_db -c "UPDATE pg_catalog.pg_proc SET probin = '\$libdir/amba_bench' WHERE probin IN ('amba', '\$libdir/amba') OR probin ~ '^(\\\$libdir/)?amba-[0-9.]+\$'"
 }
 fresh_db() { bash "$ROOT/scripts/pg.sh" fresh-db "$DB" > /dev/null; pin_build; }
 
