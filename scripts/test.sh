@@ -19,6 +19,7 @@ step() { echo; echo "==== $*"; }
 
 step "1/6 core: unit tests and reference fixtures"
 cargo test -p amba-core
+bash scripts/fixtures/check.sh
 
 step "2/6 #[pg_test] tests"
 PGRX_TEST_DATA=/var/tmp/amba-pgrx-test

@@ -94,3 +94,46 @@ impl Drop for Db {
         ));
     }
 }
+
+/// The backend process id of a connection (for pg_stat_activity and pg_blocking_pids).
+pub fn backend_pid(c: &mut postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0)
+}
+
+/// Waits until backend `pid` waits on a heavyweight lock held by backend `holder` (a bounded
+/// poll of pg_stat_activity and pg_blocking_pids, seen from `observer`): proof that the
+/// interleaving a test forces really happened. `running` tells whether the waiting call is
+/// still in flight; a call that finished without ever waiting fails the test at once.
+/// Returns the wait event (`advisory` for amba's user and experiment locks,
+/// `transactionid` for a row another transaction has not committed yet).
+pub fn wait_until_blocked_by(
+    observer: &mut postgres::Client,
+    pid: i32,
+    holder: i32,
+    what: &str,
+    running: impl Fn() -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let row = observer
+            .query_one(
+                "SELECT coalesce(a.wait_event_type = 'Lock' AND $2 = ANY (pg_blocking_pids(a.pid)), false),
+                        coalesce(a.wait_event, '')
+                   FROM pg_stat_activity a WHERE a.pid = $1",
+                &[&pid, &holder],
+            )
+            .unwrap();
+        if row.get::<_, bool>(0) {
+            return row.get(1);
+        }
+        assert!(
+            running(),
+            "{what}: finished without waiting for the other transaction (backend {holder})"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: backend {pid} never waited for backend {holder}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

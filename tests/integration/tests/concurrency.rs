@@ -7,7 +7,7 @@
 //! backend is known to wait on a lock by polling pg_stat_activity), and the checks are
 //! invariants that hold whatever the scheduler did.
 
-use amba_integration_tests::{connect, unique};
+use amba_integration_tests::{connect, unique, wait_until_blocked_by};
 use postgres::Client;
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Barrier};
@@ -164,13 +164,89 @@ fn assert_assignments_follow_their_weight_version(key: &str) {
     );
 }
 
+/// The race is forced before it is let loose: all sixteen connections are seen (in
+/// pg_stat_activity / pg_blocking_pids) waiting on one uncommitted first assignment of the
+/// same user, which then commits — each of them returns the committed row, a variant
+/// bucketing would not give that user — or rolls back — they are released together and
+/// race for the user's own variant: one row, and all sixteen return it. Then the
+/// free-for-all over 400 users, whose invariants hold whatever the scheduler did.
 #[test]
 fn sixteen_connections_racing_first_assignments_store_one_row_per_user() {
+    let variants = r#"[{"key":"control","weight":1},{"key":"treatment","weight":1},{"key":"third","weight":1}]"#;
+    // The forced part, on an experiment of its own (its committed row breaks the rule).
+    let key = unique("it_race_forced");
+    create(&key, variants);
+    let mut observer = connect();
+    let eid: i64 = observer
+        .query_one("SELECT id FROM amba.experiments WHERE key = $1", &[&key])
+        .unwrap()
+        .get(0);
+    for commit in [true, false] {
+        let user = unique("held");
+        let own: String = observer
+            .query_one("SELECT amba_peek($1, $2)", &[&key, &user])
+            .unwrap()
+            .get(0);
+        let planted = if own == "control" {
+            "treatment"
+        } else {
+            "control"
+        };
+        let mut holder = connect();
+        let holder_pid = pid(&mut holder);
+        let mut tx = holder.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version) VALUES ($1, $2, $3, 1)",
+            &[&eid, &user, &planted],
+        )
+        .unwrap();
+        let waiters: Vec<(i32, thread::JoinHandle<String>)> = (0..CONNECTIONS)
+            .map(|_| {
+                let mut client = connect();
+                let waiter_pid = pid(&mut client);
+                let (key, user) = (key.clone(), user.clone());
+                let handle = thread::spawn(move || {
+                    client
+                        .query_one("SELECT amba_assign($1, $2)", &[&key, &user])
+                        .unwrap()
+                        .get(0)
+                });
+                (waiter_pid, handle)
+            })
+            .collect();
+        for (waiter_pid, handle) in &waiters {
+            let event = wait_until_blocked_by(
+                &mut observer,
+                *waiter_pid,
+                holder_pid,
+                "a first assignment meeting an uncommitted one",
+                || !handle.is_finished(),
+            );
+            assert_eq!(event, "transactionid");
+        }
+        if commit {
+            tx.commit().unwrap();
+        } else {
+            tx.rollback().unwrap();
+        }
+        let want = if commit { planted } else { own.as_str() };
+        for (_, handle) in waiters {
+            assert_eq!(handle.join().unwrap(), want, "committed: {commit}");
+        }
+        let rows: Vec<String> = observer
+            .query(
+                "SELECT variant FROM amba.assignments WHERE experiment_id = $1 AND user_id = $2",
+                &[&eid, &user],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(rows, [want], "one row, committed: {commit}");
+    }
+
     let key = unique("it_race");
-    create(
-        &key,
-        r#"[{"key":"control","weight":1},{"key":"treatment","weight":1},{"key":"third","weight":1}]"#,
-    );
+    create(&key, variants);
     let users = user_ids("user", USERS);
     let results = race(&key, &users, CONNECTIONS);
     assert_one_row_and_one_variant_per_user(&key, &results, USERS);

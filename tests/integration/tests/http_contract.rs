@@ -1,9 +1,13 @@
 //! The HTTP contract (SPEC §4 and §5), verified without PostgREST.
 //!
 //! There is no PostgREST binary on the test machine, so `request()` replays in SQL what
-//! PostgREST 12 does for one HTTP request (read from its source, v12.2: `Plan.hs`
-//! `callReadPlan`/`findProc`, `Query.hs` `setPgLocals`/`runPreReq`, `QueryBuilder.hs`
-//! `callPlanToQuery`, `Error.hs` `mapSQLtoHTTP`):
+//! PostgREST 12 does for one HTTP request, read from its source and docs at v12.2.12 (the
+//! version docker/docker-compose.yml runs; tag commit
+//! cd3cf9ed978c8892e3ac460cb4d0b8c621d4c98f of github.com/PostgREST/postgrest):
+//! src/PostgREST/Plan.hs `callReadPlan`/`findProc`/`negotiateContent`, Query.hs
+//! `setPgLocals`/`runPreReq`, Query/QueryBuilder.hs `callPlanToQuery`, Error.hs
+//! `pgErrorStatus` (and docs/references/errors.rst), MediaType.hs `toContentType`,
+//! Response.hs `overrideStatusHeaders`; each rule below cites its source:
 //!
 //! 1. plan, before touching a transaction: route on the percent-decoded path
 //!    (`/rpc/<fn>` or `/<view>`), find the function in the schema cache by name *and* by the
@@ -21,7 +25,10 @@
 //!    PostgREST does (scalar → the value, SETOF scalar → array, TABLE → array of objects);
 //! 6. COMMIT, or ROLLBACK on error; an error becomes PostgREST's status and JSON body
 //!    (`RAISE SQLSTATE 'PGRST'` → the status in its detail, the body from its message;
-//!    other SQLSTATEs by PostgREST's table).
+//!    other SQLSTATEs by PostgREST's table, `sqlstate_status`); `exchange()` also gives the
+//!    response headers: Content-Type from the negotiated media type (a media type
+//!    handler's own type, e.g. `text/html` for the report), and what the function set in
+//!    `response.headers` / `response.status`.
 //!
 //! The role comes from the JWT's `role` claim (PostgREST's default `jwt-role-claim-key`),
 //! `amba_anon` without a JWT; the JWT itself is taken as already verified.
@@ -32,7 +39,7 @@
 use amba_integration_tests::{connect, connect_as};
 use postgres::Client;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use std::sync::{Once, OnceLock};
 
@@ -254,16 +261,108 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// The body and status PostgREST sends for a failed statement (`Error.hs`).
+// Where each rule of the replay comes from: PostgREST v12.2.12 (the image
+// docker/docker-compose.yml runs), github.com/PostgREST/postgrest at tag v12.2.12 =
+// commit cd3cf9ed978c8892e3ac460cb4d0b8c621d4c98f. Paths below are in that tree.
+
+/// The HTTP status PostgREST gives a failed statement's SQLSTATE: the table "HTTP Status
+/// Codes" of docs/references/errors.rst, as implemented by `pgErrorStatus` in
+/// src/PostgREST/Error.hs (which adds the 21000 and 42883 special cases the table omits).
+/// `authed`: whether the request carried a JWT.
+fn sqlstate_status(code: &str, message: &str, authed: bool) -> u16 {
+    match code {
+        // errors.rst: 08* → 503 (pg connection err).
+        c if c.starts_with("08") => 503,
+        // 09* → 500 (triggered action exception).
+        c if c.starts_with("09") => 500,
+        // 0L* → 403 (invalid grantor); 0P* → 403 (invalid role specification).
+        c if c.starts_with("0L") || c.starts_with("0P") => 403,
+        // 23503 → 409 (foreign key violation); 23505 → 409 (uniqueness violation).
+        "23503" | "23505" => 409,
+        // 25006 → 405 (read only sql transaction): a writing function called with GET.
+        "25006" => 405,
+        // Error.hs only: 21000 → 400 when the message ends "requires a WHERE clause"
+        // (pg-safeupdate), else 500.
+        "21000" if message.ends_with("requires a WHERE clause") => 400,
+        "21000" => 500,
+        // 25* → 500, 2D* → 500, 38* → 500, 39* → 500 (transaction state/termination,
+        // external routines).
+        c if c.starts_with("25")
+            || c.starts_with("2D")
+            || c.starts_with("38")
+            || c.starts_with("39") =>
+        {
+            500
+        }
+        // 28* → 403 (invalid auth specification).
+        c if c.starts_with("28") => 403,
+        // 3B* → 500 (savepoint exception); 40* → 500 (transaction rollback).
+        c if c.starts_with("3B") || c.starts_with("40") => 500,
+        // 53400 → 500 (config limit exceeded); 53* → 503 (insufficient resources).
+        "53400" => 500,
+        c if c.starts_with("53") => 503,
+        // 54* → 500 (too complex); 55* → 500 (object not in prerequisite state).
+        c if c.starts_with("54") || c.starts_with("55") => 500,
+        // Error.hs only: 57P01 → 503 (terminating connection by administrator command);
+        // errors.rst: 57* → 500, 58* → 500, F0* → 500, HV* → 500.
+        "57P01" => 503,
+        c if c.starts_with("57")
+            || c.starts_with("58")
+            || c.starts_with("F0")
+            || c.starts_with("HV") =>
+        {
+            500
+        }
+        // P0001 → 400 (default code for "raise"); P0* → 500; XX* → 500.
+        "P0001" => 400,
+        c if c.starts_with("P0") || c.starts_with("XX") => 500,
+        // 42883 → 404 (undefined function), Error.hs: 406 when the message begins
+        // "function xmlagg(" (text/xml without a handler).
+        "42883" if message.starts_with("function xmlagg(") => 406,
+        "42883" => 404,
+        // 42P01 → 404 (undefined table): also how v12 answers a relation that is not
+        // there (test/spec/Feature/ConcurrentSpec.hs, GET /fakefake → 404 42P01).
+        "42P01" => 404,
+        // 42P17 → 500 (infinite recursion).
+        "42P17" => 500,
+        // 42501 → 403 if authenticated, else 401 (insufficient privileges).
+        "42501" if authed => 403,
+        "42501" => 401,
+        // Error.hs: PTxyz → HTTP xyz ("RAISE sqlstate 'PT402'" in errors.rst).
+        c if c.starts_with("PT") => c[2..].parse().unwrap_or(500),
+        // other → 400. This includes 22023 whatever its message: in v12 a JWT role that
+        // does not exist (`role "x" does not exist`) is a 400 (issue #3601); 401 only from
+        // v14.0 on (commit 8390df0fa585067f3902b1d522bcc8fb6e749636, PR #4081).
+        _ => 400,
+    }
+}
+
+/// The body and status PostgREST sends for a failed statement (src/PostgREST/Error.hs:
+/// `instance PgrstError PgError`, `instance JSON.ToJSON SQL.CommandError`).
 fn error_response(err: &postgres::Error, authed: bool) -> (u16, Value) {
+    let (status, body, _) = error_response_with_headers(err, authed);
+    (status, body)
+}
+
+/// As `error_response`, with the response headers besides Content-Type (lower-case names).
+fn error_response_with_headers(
+    err: &postgres::Error,
+    authed: bool,
+) -> (u16, Value, Vec<(String, String)>) {
     let Some(db) = err.as_db_error() else {
+        // A connection failure: PGRST000, 503 (errors.rst, "Group 0 - Connection").
         return (
             503,
             json!({ "code": "PGRST000", "message": err.to_string(), "details": null, "hint": null }),
+            vec![],
         );
     };
     let code = db.code().code();
     if code == "PGRST" {
+        // errors.rst "Add HTTP Headers with RAISE": the message is a JSON object with code,
+        // message, details, hint; the detail one with status and headers (Error.hs
+        // `parseRaisePGRST`; a message that does not parse would be 500 PGRST121 — amba
+        // must never send one, so the harness fails instead).
         let msg: Value = serde_json::from_str(db.message()).unwrap_or_else(|e| {
             panic!(
                 "RAISE SQLSTATE 'PGRST' message is not JSON ({e}): {}",
@@ -291,51 +390,118 @@ fn error_response(err: &postgres::Error, authed: bool) -> (u16, Value) {
             "details": msg.get("details").cloned().unwrap_or(Value::Null),
             "hint": msg.get("hint").cloned().unwrap_or(Value::Null),
         });
-        return (status, body);
+        let headers = detail["headers"]
+            .as_object()
+            .expect("headers is an object")
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_lowercase(),
+                    v.as_str().expect("header values are text").to_string(),
+                )
+            })
+            .collect();
+        return (status, body, headers);
     }
     let message = db.message();
-    let status = match code {
-        c if c.starts_with("08") => 503,
-        c if c.starts_with("09") => 500,
-        c if c.starts_with("0L") || c.starts_with("0P") => 403,
-        "23503" | "23505" => 409,
-        "25006" => 405,
-        "21000" if message.ends_with("requires a WHERE clause") => 400,
-        "21000" => 500,
-        "22023" if message.starts_with("role") && message.ends_with("does not exist") => 401,
-        "22023" => 400,
-        c if c.starts_with("25")
-            || c.starts_with("2D")
-            || c.starts_with("38")
-            || c.starts_with("39") =>
-        {
-            500
-        }
-        c if c.starts_with("28") => 403,
-        c if c.starts_with("3B") || c.starts_with("40") => 500,
-        "53400" => 500,
-        c if c.starts_with("53") => 503,
-        c if c.starts_with("54") || c.starts_with("55") => 500,
-        "57P01" => 503,
-        c if c.starts_with("57")
-            || c.starts_with("58")
-            || c.starts_with("F0")
-            || c.starts_with("HV") =>
-        {
-            500
-        }
-        "P0001" => 400,
-        c if c.starts_with("P0") || c.starts_with("XX") => 500,
-        "42883" => 404,
-        "42P01" => 404,
-        "42P17" => 500,
-        "42501" if authed => 403,
-        "42501" => 401,
-        _ => 400,
+    let status = sqlstate_status(code, message, authed);
+    // Error.hs `headers err`: a 401 carries `WWW-Authenticate: Bearer`.
+    let headers = if status == 401 {
+        vec![("www-authenticate".to_string(), "Bearer".to_string())]
+    } else {
+        vec![]
     };
     (
         status,
         json!({ "code": code, "message": message, "details": db.detail(), "hint": db.hint() }),
+        headers,
+    )
+}
+
+/// `Content-Type` for a media type (src/PostgREST/MediaType.hs `toContentType`): the
+/// builtin types get `; charset=utf-8`; a handler's own type (`MTOther`, e.g. a domain
+/// named "text/html") and application/octet-stream are sent as they are
+/// (test/spec/Feature/Query/CustomMediaSpec.hs: `Accept: text/html` on a function returning
+/// the domain "text/html" → `Content-Type: text/html`).
+fn content_type(media_type: &str) -> String {
+    const BUILTIN: [&str; 7] = [
+        "application/json",
+        "application/geo+json",
+        "text/csv",
+        "text/plain",
+        "text/xml",
+        "application/openapi+json",
+        "application/x-www-form-urlencoded",
+    ];
+    if BUILTIN.contains(&media_type) {
+        format!("{media_type}; charset=utf-8")
+    } else {
+        media_type.to_string()
+    }
+}
+
+/// The Accept header as PostgREST reads it (src/PostgREST/ApiRequest.hs: `parseHttpAccept`,
+/// i.e. ordered by quality, most preferred first; no header is `*/*`).
+fn accepted(headers: &Value) -> Vec<String> {
+    let Some(accept) = headers
+        .as_object()
+        .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("accept")))
+        .and_then(|(_, v)| v.as_str())
+    else {
+        return vec!["*/*".to_string()];
+    };
+    let mut types: Vec<(f64, String)> = accept
+        .split(',')
+        .filter_map(|part| {
+            let mut fields = part.split(';').map(str::trim);
+            let media = fields.next()?.to_ascii_lowercase();
+            let q = fields
+                .filter_map(|f| f.strip_prefix("q="))
+                .find_map(|q| q.parse::<f64>().ok())
+                .unwrap_or(1.0);
+            (!media.is_empty() && q > 0.0).then_some((q, media))
+        })
+        .collect();
+    // A stable sort: equal qualities keep the order they were sent in.
+    types.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap());
+    types.into_iter().map(|(_, m)| m).collect()
+}
+
+/// One HTTP response as PostgREST would send it.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    /// Header names lower-cased; Content-Type is always there.
+    headers: BTreeMap<String, String>,
+    /// JSON responses parsed; a media type handler's body as a JSON string.
+    body: Value,
+}
+
+impl Response {
+    fn content_type(&self) -> &str {
+        &self.headers["content-type"]
+    }
+}
+
+/// An error response: JSON, `application/json; charset=utf-8` (Error.hs
+/// `errorResponseFor`), plus the error's own headers.
+fn error_exchange(status: u16, body: Value, extra: Vec<(String, String)>) -> Response {
+    let mut headers = BTreeMap::new();
+    headers.insert("content-type".to_string(), content_type("application/json"));
+    // A RAISE's headers are added to PostgREST's own (and may replace Content-Type).
+    headers.extend(extra);
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn pgrst_error(status: u16, code: &str, message: &str, details: Value) -> Response {
+    error_exchange(
+        status,
+        json!({ "code": code, "message": message, "details": details, "hint": null }),
+        vec![],
     )
 }
 
@@ -344,6 +510,8 @@ struct Plan {
     sql: String,
     /// The body is the function's value as is (a media type handler matched Accept).
     raw: bool,
+    /// The negotiated media type (its Content-Type by `content_type`).
+    media_type: String,
     read_only: bool,
     hoisted: Vec<(String, String)>,
 }
@@ -357,6 +525,18 @@ fn request(
     jwt_claims: Option<Value>,
     body: Value,
 ) -> (u16, Value) {
+    let r = exchange(method, path, headers, jwt_claims, body);
+    (r.status, r.body)
+}
+
+/// `request` with the response's headers.
+fn exchange(
+    method: &str,
+    path: &str,
+    headers: Value,
+    jwt_claims: Option<Value>,
+    body: Value,
+) -> Response {
     ensure_roles();
     let mut db = connect_as("authenticator");
     let authed = jwt_claims.is_some();
@@ -384,13 +564,11 @@ fn request(
             Value::Null => {}
             other => panic!("this harness sends JSON objects only, not {other}"),
         },
-        other => {
-            return (
-                405,
-                json!({ "code": "PGRST117", "message": format!("Unsupported HTTP method: {other}"), "details": null, "hint": null }),
-            )
-        }
+        // Other verbs are refused below, once the path is resolved (ApiRequest.hs
+        // resolves the resource first, then `getAction`).
+        _ => {}
     }
+    let accepts = accepted(&headers);
     let plan = match segments
         .iter()
         .map(String::as_str)
@@ -398,22 +576,46 @@ fn request(
         .as_slice()
     {
         ["rpc", name] => {
+            // ApiRequest.hs `getAction`: a function takes GET and POST (HEAD and OPTIONS
+            // too, not replayed here); any other verb is 405 PGRST101 (Error.hs
+            // `InvalidRpcMethod`).
+            match method {
+                "GET" | "POST" => {}
+                "HEAD" | "OPTIONS" => panic!("this harness does not replay {method}"),
+                other => {
+                    return pgrst_error(
+                        405,
+                        "PGRST101",
+                        &format!("Cannot use the {other} method on RPC"),
+                        Value::Null,
+                    )
+                }
+            }
             let keys: BTreeSet<String> = args.keys().cloned().collect();
             let Some(r) = find_routine(&routines(&mut db, name), &keys) else {
+                // Error.hs `toJSON (NoRpc ...)`: 404 PGRST202, before any SQL runs.
                 let listed = keys.iter().cloned().collect::<Vec<_>>().join(", ");
                 let shown = if keys.is_empty() {
                     " without parameters".to_string()
                 } else {
                     format!("({listed})")
                 };
-                return (
+                let searched = if keys.is_empty() {
+                    " without parameters".to_string()
+                } else {
+                    let s = if keys.len() > 1 { "s" } else { "" };
+                    format!(" with parameter{s} {listed}")
+                };
+                let json_body = if method == "POST" {
+                    " or with a single unnamed json/jsonb parameter"
+                } else {
+                    ""
+                };
+                return pgrst_error(
                     404,
-                    json!({
-                        "code": "PGRST202",
-                        "message": format!("Could not find the function {SCHEMA}.{name}{shown} in the schema cache"),
-                        "details": format!("Searched for the function {SCHEMA}.{name} with parameters {listed}, but no matches were found in the schema cache."),
-                        "hint": null,
-                    }),
+                    "PGRST202",
+                    &format!("Could not find the function {SCHEMA}.{name}{shown} in the schema cache"),
+                    json!(format!("Searched for the function {SCHEMA}.{name}{searched}{json_body}, but no matches were found in the schema cache.")),
                 );
             };
             let given: Vec<&(String, String, bool)> = r
@@ -448,14 +650,42 @@ fn request(
             } else {
                 "pgrst_call.*"
             };
-            // PostgREST's media type handlers: a function returning a domain named after
-            // the Accept header's media type answers with that value as the body.
-            let accept = headers
-                .as_object()
-                .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("accept")))
-                .and_then(|(_, v)| v.as_str())
-                .unwrap_or("application/json");
-            let raw = scalar && r.returns_type == format!("{SCHEMA}.\"{accept}\"");
+            // Media type handlers (src/PostgREST/Plan.hs `negotiateContent`): the first
+            // accepted media type that has a handler wins. A function returning a domain
+            // named after a media type (docs/references/api/media_type_handlers.rst,
+            // "Handler Function") handles that type, its value sent as is; the builtin
+            // JSON handler takes application/json and */*. None → 406 PGRST107 "None of
+            // these media types are available: ..." (CustomMediaSpec.hs; errors.rst's
+            // table says 415 for PGRST107, the code and its tests say 406).
+            let domain = r
+                .returns_type
+                .strip_prefix(&format!("{SCHEMA}.\""))
+                .and_then(|t| t.strip_suffix('"'))
+                .map(str::to_string);
+            let picked = accepts.iter().find_map(|m| {
+                if scalar && domain.as_deref() == Some(m.as_str()) {
+                    Some((true, m.clone()))
+                } else if m == "application/json" || m == "*/*" {
+                    Some((false, "application/json".to_string()))
+                } else {
+                    None
+                }
+            });
+            let Some((raw, media_type)) = picked else {
+                assert!(
+                    !accepts.iter().any(|m| m == "text/csv"),
+                    "this harness does not replay text/csv"
+                );
+                return pgrst_error(
+                    406,
+                    "PGRST107",
+                    &format!(
+                        "None of these media types are available: {}",
+                        accepts.join(", ")
+                    ),
+                    Value::Null,
+                );
+            };
             let agg = match (scalar, r.returns_set) {
                 _ if raw => "coalesce(string_agg(_postgrest_t.pgrst_scalar::text, ''), '')",
                 (true, false) => "coalesce((json_agg(_postgrest_t.pgrst_scalar)->0)::text, 'null')",
@@ -464,43 +694,61 @@ fn request(
             };
             Plan {
                 raw,
+                media_type,
                 sql: format!("SELECT {agg} FROM (SELECT {select} {from}) _postgrest_t"),
+                // Plan.hs `callReadPlan`: GET, or a STABLE/IMMUTABLE function, is SQL.Read.
                 read_only: method == "GET" || !r.volatile,
                 hoisted: r.hoisted,
             }
         }
         [relation] => {
-            let exists = db
-                .query_one(
-                    "SELECT count(*) FROM pg_class WHERE relnamespace = $1::text::regnamespace AND relname = $2
-                        AND relkind IN ('r', 'v', 'm', 'f', 'p')",
-                    &[&SCHEMA, relation],
-                )
-                .unwrap()
-                .get::<_, i64>(0)
-                > 0;
-            if !exists {
-                return (
-                    404,
-                    json!({ "code": "PGRST205", "message": format!("Could not find the table '{SCHEMA}.{relation}' in the schema cache"), "details": null, "hint": null }),
+            // v12 does not look the relation up while planning: the query runs (after the
+            // pre-request) and a missing relation is 42P01 → 404 (ConcurrentSpec.hs).
+            // ApiRequest.hs `getAction`: a relation takes GET, HEAD, POST, PUT, PATCH,
+            // DELETE and OPTIONS (only GET is replayed here); any other verb is 405
+            // PGRST117 (Error.hs `UnsupportedMethod`; ErrorSpec.hs, CONNECT → 405).
+            match method {
+                "GET" => {}
+                "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => {
+                    panic!("this harness reads relations only, not {method}")
+                }
+                other => {
+                    return pgrst_error(
+                        405,
+                        "PGRST117",
+                        &format!("Unsupported HTTP method: {other}"),
+                        Value::Null,
+                    )
+                }
+            }
+            assert!(args.is_empty(), "this harness applies no filters");
+            if !accepts
+                .iter()
+                .any(|m| m == "application/json" || m == "*/*")
+            {
+                return pgrst_error(
+                    406,
+                    "PGRST107",
+                    &format!(
+                        "None of these media types are available: {}",
+                        accepts.join(", ")
+                    ),
+                    Value::Null,
                 );
             }
-            assert_eq!(method, "GET", "this harness reads relations only");
-            assert!(args.is_empty(), "this harness applies no filters");
             let target = format!("{}.{}", quote_ident(SCHEMA), quote_ident(relation));
             Plan {
                 raw: false,
+                media_type: "application/json".to_string(),
                 sql: format!("SELECT coalesce(json_agg(_postgrest_t), '[]')::text FROM (SELECT {target}.* FROM {target}) _postgrest_t"),
                 read_only: true,
                 hoisted: vec![],
             }
         }
-        _ => {
-            return (
-                404,
-                json!({ "code": "PGRST125", "message": "Invalid path specified in request URL", "details": null, "hint": null }),
-            )
-        }
+        // src/PostgREST/ApiRequest.hs `getResource`: any other path is `NotFound`, 404 with
+        // the body `{}` in v12 (Error.hs `toJSON NotFound = JSON.object []`; PGRST125 comes
+        // with v13, commit fdc26d52fc468feda60a7fbe42b9b2c921601c76).
+        _ => return error_exchange(404, json!({}), vec![]),
     };
 
     // -- The transaction --
@@ -533,7 +781,7 @@ fn request(
         "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
     };
     db.batch_execute(begin).unwrap();
-    let outcome = (|| -> Result<String, postgres::Error> {
+    let outcome = (|| -> Result<(String, Option<String>, Option<String>), postgres::Error> {
         let mut set_sql =
             "SELECT set_config('search_path', $1, true), set_config('role', $2, true), \
              set_config('request.jwt.claims', $3, true), set_config('request.method', $4, true), \
@@ -573,17 +821,56 @@ fn request(
         } else {
             db.query_one(plan.sql.as_str(), &[])?
         };
-        Ok(row.get::<_, String>(0))
+        // src/PostgREST/Query/Statements.hs: the same statement reads
+        // nullif(current_setting('response.headers', true), '') and 'response.status'.
+        let gucs = db.query_one(
+            "SELECT nullif(current_setting('response.headers', true), ''),
+                    nullif(current_setting('response.status', true), '')",
+            &[],
+        )?;
+        Ok((row.get::<_, String>(0), gucs.get(0), gucs.get(1)))
     })();
     match outcome {
-        Ok(text) => match db.batch_execute("COMMIT") {
-            Ok(()) if plan.raw => (200, Value::String(text)),
-            Ok(()) => (200, serde_json::from_str(&text).expect("the body is JSON")),
-            Err(e) => error_response(&e, authed),
+        Ok((text, guc_headers, guc_status)) => match db.batch_execute("COMMIT") {
+            Ok(()) => {
+                let mut headers = BTreeMap::new();
+                headers.insert("content-type".to_string(), content_type(&plan.media_type));
+                // src/PostgREST/Response.hs `overrideStatusHeaders`: response.status
+                // replaces the status; response.headers (a JSON array of one-key objects,
+                // Response/GucHeader.hs) are kept, PostgREST's own only where the function
+                // set none of that name (`addHeadersIfNotIncluded`).
+                let mut status = 200;
+                if let Some(s) = guc_status {
+                    status = s.parse().expect("response.status is a status code");
+                }
+                if let Some(h) = guc_headers {
+                    let list: Vec<Map<String, Value>> =
+                        serde_json::from_str(&h).expect("response.headers is a JSON array");
+                    for one in list {
+                        let (k, v) = one.into_iter().next().expect("one key per object");
+                        headers.insert(k.to_ascii_lowercase(), v.as_str().unwrap().to_string());
+                    }
+                }
+                let body = if plan.raw {
+                    Value::String(text)
+                } else {
+                    serde_json::from_str(&text).expect("the body is JSON")
+                };
+                Response {
+                    status,
+                    headers,
+                    body,
+                }
+            }
+            Err(e) => {
+                let (status, body, extra) = error_response_with_headers(&e, authed);
+                error_exchange(status, body, extra)
+            }
         },
         Err(e) => {
             db.batch_execute("ROLLBACK").unwrap();
-            error_response(&e, authed)
+            let (status, body, extra) = error_response_with_headers(&e, authed);
+            error_exchange(status, body, extra)
         }
     }
 }
@@ -1441,13 +1728,21 @@ fn error_403_forbidden_for_client_keys_and_roles_on_admin_endpoints() {
     );
     assert_eq!(resp.0, 403, "{resp:?}");
     assert_eq!(resp.1["code"], "42501");
+    // A role that does not exist: set_config('role') fails with 22023, which PostgREST
+    // v12.2.12 maps to 400 (Error.hs `pgErrorStatus`: no 22023 case, "other → 400";
+    // PostgREST issue #3601). From v14.0 it is 401 (commit 8390df0f, PR #4081).
     let resp = post(
         "/rpc/assign",
         client_headers(),
         Some(json!({ "role": unique("no_such_role") })),
         json!({ "experiment_key": exp }),
     );
-    assert_eq!(resp.0, 401, "{resp:?}");
+    assert_eq!(resp.0, 400, "{resp:?}");
+    assert_eq!(resp.1["code"], "22023", "{resp:?}");
+    assert!(
+        resp.1["message"].as_str().unwrap().starts_with("role "),
+        "{resp:?}"
+    );
 }
 
 #[test]
@@ -1924,11 +2219,97 @@ fn harness_matches_postgrest_routing() {
         404,
         "PGRST202",
     );
-    // Unknown relation.
+    // Unknown relation: v12 runs the query, 42P01 → 404 (ConcurrentSpec.hs).
     assert_error(
         &get("/assignments", client_headers(), client_jwt("u")),
         404,
-        "PGRST205",
+        "42P01",
+    );
+    // A path that is neither /<relation> nor /rpc/<function>: 404 with an empty object
+    // (ApiRequest.hs `getResource` → NotFound; ErrorSpec.hs "gives 404 on a single nested
+    // route").
+    assert_eq!(
+        get("/rpc/assign/more", client_headers(), client_jwt("u")),
+        (404, json!({}))
+    );
+    // Content types (MediaType.hs `toContentType`, Error.hs `errorResponseFor`): JSON
+    // bodies and every error are `application/json; charset=utf-8`.
+    let listed = exchange(
+        "GET",
+        "/rpc/experiments_list",
+        admin_headers(),
+        admin_jwt(),
+        Value::Null,
+    );
+    assert_eq!(
+        (listed.status, listed.content_type()),
+        (200, "application/json; charset=utf-8")
+    );
+    let refused = exchange("GET", "/rpc/experiments_list", json!({}), None, Value::Null);
+    assert_eq!(
+        (refused.status, refused.content_type()),
+        (401, "application/json; charset=utf-8")
+    );
+    // A RAISE SQLSTATE 'PGRST' (amba's own errors) carries only the headers it names; a
+    // 401 from an SQLSTATE (42501 without a JWT) adds `WWW-Authenticate: Bearer`.
+    assert_eq!(refused.headers.get("www-authenticate"), None);
+    assert_eq!(
+        error_response_with_headers(
+            &{
+                let mut c = connect();
+                let mut tx = c.transaction().unwrap();
+                tx.batch_execute("SET LOCAL ROLE amba_anon").unwrap();
+                tx.query("SELECT * FROM amba.experiments", &[]).unwrap_err()
+            },
+            false
+        )
+        .2,
+        [("www-authenticate".to_string(), "Bearer".to_string())]
+    );
+    // Accept: the first acceptable type wins; nothing acceptable is 406 PGRST107.
+    let mut xml = admin_headers();
+    xml["Accept"] = json!("text/xml");
+    let resp = exchange(
+        "GET",
+        "/rpc/experiments_list",
+        xml,
+        admin_jwt(),
+        Value::Null,
+    );
+    assert_eq!((resp.status, &resp.body["code"]), (406, &json!("PGRST107")));
+    let mut prefers_json = admin_headers();
+    prefers_json["Accept"] = json!("text/xml;q=0.5, application/json");
+    let resp = exchange(
+        "GET",
+        "/rpc/experiments_list",
+        prefers_json,
+        admin_jwt(),
+        Value::Null,
+    );
+    assert_eq!(resp.status, 200);
+    // Verbs: a function takes GET and POST only (405 PGRST101); a verb PostgREST does not
+    // know is 405 PGRST117.
+    let resp = exchange(
+        "PUT",
+        "/rpc/assign",
+        client_headers(),
+        client_jwt("u"),
+        Value::Null,
+    );
+    assert_eq!((resp.status, &resp.body["code"]), (405, &json!("PGRST101")));
+    let resp = exchange(
+        "CONNECT",
+        "/my_assignments",
+        client_headers(),
+        client_jwt("u"),
+        Value::Null,
+    );
+    assert_eq!((resp.status, &resp.body["code"]), (405, &json!("PGRST117")));
+    // PTxyz SQLSTATEs are status xyz (errors.rst "RAISE errors with HTTP Status Codes").
+    assert_eq!(sqlstate_status("PT402", "", true), 402);
+    assert_eq!(
+        sqlstate_status("22023", "role \"x\" does not exist", true),
+        400
     );
     // PGRST error bodies carry exactly PostgREST's four keys.
     let resp = get("/my_assignments", json!({}), None);
@@ -2183,21 +2564,69 @@ fn admin_metric_daily_and_report_endpoints() {
     );
     let mut html_headers = admin_headers();
     html_headers["Accept"] = json!("text/html");
-    let report = get(
-        &format!(
-            "/rpc/experiments_report?experiment_key={}&conversion_event=purchase",
-            url(&key)
-        ),
+    let report_path = format!(
+        "/rpc/experiments_report?experiment_key={}&conversion_event=purchase",
+        url(&key)
+    );
+    let report = exchange(
+        "GET",
+        &report_path,
         html_headers.clone(),
         admin_jwt(),
+        Value::Null,
     );
-    assert_eq!(report.0, 200);
-    let page = report.1.as_str().expect("an HTML body, not JSON");
+    assert_eq!(report.status, 200);
+    // The function returns the domain amba_api."text/html" (sql/report.sql): PostgREST's
+    // handler for that media type sends the value as is, `Content-Type: text/html` without
+    // a charset (MediaType.hs `toContentType`, MTOther), and the function sets no
+    // response.headers that would replace it.
+    assert_eq!(report.content_type(), "text/html");
+    let page = report.body.as_str().expect("an HTML body, not JSON");
     assert!(
         page.starts_with("<!DOCTYPE html>") && page.contains(&key),
         "{}",
         &page[..page.len().min(200)]
     );
+    // What a browser sends when the URL is opened: text/html is its first choice.
+    let mut browser = admin_headers();
+    browser["Accept"] = json!(
+        "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+    );
+    // (The page says when it was generated: bodies are compared by their start.)
+    let is_page = |body: &Value| {
+        body.as_str()
+            .is_some_and(|p| p.starts_with("<!DOCTYPE html>") && p.contains(&key))
+    };
+    let opened = exchange("GET", &report_path, browser, admin_jwt(), Value::Null);
+    assert_eq!((opened.status, opened.content_type()), (200, "text/html"));
+    assert!(is_page(&opened.body), "{opened:?}");
+    // Without Accept (*/*) the builtin JSON handler answers: the page as a JSON string.
+    let as_json = exchange(
+        "GET",
+        &report_path,
+        admin_headers(),
+        admin_jwt(),
+        Value::Null,
+    );
+    assert_eq!(
+        (as_json.status, as_json.content_type()),
+        (200, "application/json; charset=utf-8")
+    );
+    assert!(is_page(&as_json.body), "{as_json:?}");
+    // The JSON endpoints never answer text/html: 406 PGRST107.
+    let refused = exchange(
+        "GET",
+        &format!(
+            "/rpc/experiments_results_daily?experiment_key={}&conversion_event=purchase",
+            url(&key)
+        ),
+        html_headers.clone(),
+        admin_jwt(),
+        Value::Null,
+    );
+    assert_eq!(refused.status, 406, "{refused:?}");
+    assert_eq!(refused.body["code"], "PGRST107");
+    assert_eq!(refused.content_type(), "application/json; charset=utf-8");
     for path in [
         "/rpc/experiments_metric_results?experiment_key=no-such-exp&event=purchase",
         "/rpc/experiments_results_daily?experiment_key=no-such-exp&conversion_event=purchase",

@@ -1,9 +1,16 @@
 //! Who is in the experiment (SPEC §3d): overrides, peek, aliases — at the SQL level, and
 //! aliasing raced against assign and track from many connections.
+//!
+//! User ids are chosen by their bucket (`pick_id`, `amba_peek`) wherever an expectation
+//! depends on a variant, so every run checks the same thing. The races that matter are
+//! forced: one transaction holds (an alias, or an assign and a track, left uncommitted),
+//! the other call is seen waiting for it in pg_stat_activity/pg_blocking_pids, and only
+//! then does the first commit; both orders are shown.
 
-use amba_integration_tests::{connect, unique};
-use postgres::Client;
+use amba_integration_tests::{backend_pid, connect, unique, wait_until_blocked_by};
+use postgres::{Client, GenericClient};
 use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
 
 fn create(c: &mut Client, key: &str, status: &str) {
     c.execute(
@@ -225,7 +232,7 @@ fn peek_tells_the_variant_without_enrolling() {
 }
 
 fn assignment(
-    c: &mut Client,
+    c: &mut impl GenericClient,
     key: &str,
     user: &str,
 ) -> Option<(String, String, i32, Option<String>)> {
@@ -240,14 +247,64 @@ fn assignment(
     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
 }
 
+/// What `amba_peek` says for a user (on an active experiment: the variant bucketing gives
+/// a new user).
+fn peek(c: &mut Client, key: &str, user: &str) -> Option<String> {
+    c.query_one("SELECT amba_peek($1, $2)", &[&key, &user])
+        .unwrap()
+        .get(0)
+}
+
+/// The first of `{prefix}-0`, `{prefix}-1`, ... for which `want` holds: tests choose their
+/// ids by bucket so that each expectation holds on every run, not half of them.
+fn pick_id(
+    c: &mut Client,
+    prefix: &str,
+    mut want: impl FnMut(&mut Client, &str) -> bool,
+) -> String {
+    for i in 0..10_000 {
+        let id = format!("{prefix}-{i}");
+        if want(c, &id) {
+            return id;
+        }
+    }
+    panic!("no id {prefix}-* fits");
+}
+
+/// An id whose variant in `key` (active, not yet seen) is `variant`.
+fn id_with_variant(c: &mut Client, key: &str, prefix: &str, variant: &str) -> String {
+    pick_id(c, prefix, |c, id| {
+        peek(c, key, id).as_deref() == Some(variant)
+    })
+}
+
+fn other(variant: &str) -> &'static str {
+    if variant == "a" {
+        "b"
+    } else {
+        "a"
+    }
+}
+
 #[test]
 fn alias_moves_history_keeps_first_touch_and_redirects_later_calls() {
     let mut c = connect();
     let (k1, k2) = (unique("alias_only_anon"), unique("alias_both"));
-    create(&mut c, &k1, "active");
-    create(&mut c, &k2, "active");
-    let (anon, user) = (unique("anon"), unique("member"));
-    // k1: only the anonymous id has an assignment (exposed); k2: both, anonymous first.
+    let (k3, k4) = (unique("alias_new_exp"), unique("alias_user_first"));
+    for k in [&k1, &k2, &k3, &k4] {
+        create(&mut c, k, "active");
+    }
+    // Ids chosen so that every expectation below tells the cases apart: in k2 and k4 the
+    // two ids' variants differ (the surviving row shows whose it is), and in k3 the user's
+    // own variant is "a" (so the override "b" set below is not what bucketing gives).
+    let anon = unique("anon");
+    let user = pick_id(&mut c, &unique("member"), |c, id| {
+        peek(c, &k2, &anon) != peek(c, &k2, id)
+            && peek(c, &k4, &anon) != peek(c, &k4, id)
+            && peek(c, &k3, id).as_deref() == Some("a")
+    });
+    // k1: only the anonymous id has an assignment (exposed); k2: both, anonymous first;
+    // k4: both, the user first.
     c.query_one("SELECT amba_assign($1, $2)", &[&k1, &anon])
         .unwrap();
     c.query_one("SELECT amba_expose($1, $2)", &[&k1, &anon])
@@ -260,6 +317,14 @@ fn alias_moves_history_keeps_first_touch_and_redirects_later_calls() {
         .unwrap();
     c.query_one("SELECT amba_expose($1, $2)", &[&k2, &user])
         .unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&k4, &user])
+        .unwrap();
+    c.query_one("SELECT amba_expose($1, $2)", &[&k4, &user])
+        .unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&k4, &anon])
+        .unwrap();
+    c.query_one("SELECT amba_expose($1, $2)", &[&k4, &anon])
+        .unwrap();
     for i in 0..3 {
         c.query_one(
             "SELECT amba_track($1, 'buy', occurred_at => now() + $2 * interval '1 second')",
@@ -269,6 +334,9 @@ fn alias_moves_history_keeps_first_touch_and_redirects_later_calls() {
     }
     let k1_anon = assignment(&mut c, &k1, &anon).unwrap();
     let k2_anon = assignment(&mut c, &k2, &anon).unwrap();
+    let k4_user = assignment(&mut c, &k4, &user).unwrap();
+    assert!(k2_anon.1 < assignment(&mut c, &k2, &user).unwrap().1);
+    assert!(k4_user.1 < assignment(&mut c, &k4, &anon).unwrap().1);
 
     let out: serde_json::Value = serde_json::from_str(
         &c.query_one("SELECT (amba_alias($1, $2))::text", &[&anon, &user])
@@ -278,7 +346,7 @@ fn alias_moves_history_keeps_first_touch_and_redirects_later_calls() {
     .unwrap();
     assert_eq!(
         out,
-        serde_json::json!({"user_id": user, "moved": 1, "conflicts": 1, "events": 3})
+        serde_json::json!({"user_id": user, "moved": 1, "conflicts": 2, "events": 3})
     );
     assert_eq!(
         assignment(&mut c, &k1, &user),
@@ -290,8 +358,16 @@ fn alias_moves_history_keeps_first_touch_and_redirects_later_calls() {
         Some(k2_anon),
         "first touch kept (the anonymous one was earlier)"
     );
-    assert_eq!(assignment(&mut c, &k1, &anon), None);
-    assert_eq!(assignment(&mut c, &k2, &anon), None);
+    // The contract's rule (sql/api.sql, amba._alias): the earlier assignment wins, whoever
+    // holds it. Without `s.assigned_at < t.assigned_at` the anonymous one would win here.
+    assert_eq!(
+        assignment(&mut c, &k4, &user),
+        Some(k4_user),
+        "first touch kept (the user's was earlier)"
+    );
+    for k in [&k1, &k2, &k4] {
+        assert_eq!(assignment(&mut c, k, &anon), None);
+    }
     let events: i64 = c
         .query_one(
             "SELECT count(*) FROM amba.events WHERE user_id = $1 AND event = 'buy'",
@@ -302,6 +378,7 @@ fn alias_moves_history_keeps_first_touch_and_redirects_later_calls() {
     assert_eq!(events, 3);
     // Each person once in results.
     assert_eq!(assigned_counts(&mut c, &k2).iter().sum::<i64>(), 1);
+    assert_eq!(assigned_counts(&mut c, &k4).iter().sum::<i64>(), 1);
     // Later calls with the anonymous id act on the user.
     let v: String = c
         .query_one("SELECT amba_assign($1, $2)", &[&k1, &anon])
@@ -318,10 +395,11 @@ fn alias_moves_history_keeps_first_touch_and_redirects_later_calls() {
         .unwrap()
         .get(0);
     assert_eq!(events, 4);
-    let k3 = unique("alias_new_exp");
-    create(&mut c, &k3, "active");
-    c.query_one("SELECT amba_assign($1, $2)", &[&k3, &anon])
-        .unwrap();
+    let v: String = c
+        .query_one("SELECT amba_assign($1, $2)", &[&k3, &anon])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "a", "the user's bucket, not the anonymous id's");
     assert!(assignment(&mut c, &k3, &user).is_some() && assignment(&mut c, &k3, &anon).is_none());
     let peek: Option<String> = c
         .query_one("SELECT amba_peek($1, $2)", &[&k3, &anon])
@@ -331,6 +409,7 @@ fn alias_moves_history_keeps_first_touch_and_redirects_later_calls() {
     c.query_one("SELECT amba_expose($1, $2)", &[&k3, &anon])
         .unwrap();
     assert!(assignment(&mut c, &k3, &user).unwrap().3.is_some());
+    // The user's stored variant in k3 is "a" (chosen above): "b" can only be the override.
     c.execute("SELECT amba_set_override($1, $2, 'b')", &[&k3, &anon])
         .unwrap();
     let listed: String = c
@@ -392,9 +471,41 @@ fn aliasing_raced_against_assign_and_track_never_loses_or_duplicates_a_row() {
     let key = unique("alias_race");
     create(&mut c, &key, "active");
     let prefix = unique("race");
+    // The two ids of a pair get different variants, so a surviving row shows whose it is.
     let pairs: Vec<(String, String)> = (0..PAIRS)
-        .map(|i| (format!("{prefix}-anon-{i}"), format!("{prefix}-user-{i}")))
+        .map(|i| {
+            let anon = format!("{prefix}-anon-{i}");
+            let want = peek(&mut c, &key, &anon);
+            let user = pick_id(&mut c, &format!("{prefix}-user-{i}"), |c, id| {
+                peek(c, &key, id) != want
+            });
+            (anon, user)
+        })
         .collect();
+    // Before the race, by pair number mod 4: 0 nothing; 1 the anonymous id assigned; 2 the
+    // anonymous id, then the user; 3 the user, then the anonymous id. So at least 3/4 of
+    // the aliases find an anonymous assignment to move or merge, at least half of them a
+    // conflict, and the winner of each conflict is known (the earlier row, whoever holds
+    // it): the race cannot pass by never interleaving.
+    let mut before = Vec::new();
+    for (i, (anon, user)) in pairs.iter().enumerate() {
+        let order: &[&String] = match i % 4 {
+            0 => &[],
+            1 => &[anon],
+            2 => &[anon, user],
+            _ => &[user, anon],
+        };
+        for id in order {
+            c.query_one("SELECT amba_assign($1, $2)", &[&key, id])
+                .unwrap();
+        }
+        let winner = match i % 4 {
+            0 => None,
+            1 | 2 => assignment(&mut c, &key, anon),
+            _ => assignment(&mut c, &key, user),
+        };
+        before.push(winner.map(|(variant, at, ..)| (variant, at)));
+    }
     // Every thread walks all pairs (from its own offset): assign the anonymous id, track for
     // it, assign the user, alias the pair; the calls of different threads interleave.
     let barrier = Arc::new(Barrier::new(THREADS));
@@ -463,13 +574,22 @@ fn aliasing_raced_against_assign_and_track_never_loses_or_duplicates_a_row() {
     let events: i64 = c.query_one("SELECT count(*) FROM amba.events WHERE event = 'race' AND user_id LIKE $1 || '-user-%'", &[&prefix]).unwrap().get(0);
     let stray: i64 = c.query_one("SELECT count(*) FROM amba.events WHERE event = 'race' AND user_id LIKE $1 || '-anon-%'", &[&prefix]).unwrap().get(0);
     assert_eq!((events, stray), (tracked as i64, 0));
-    // Each alias moved or merged each anonymous assignment exactly once: the anonymous
-    // assignments made before the alias (moved or in conflict) plus those made after (on
-    // the user directly) account for all of them.
+    // Each anonymous assignment that existed when its pair was first aliased was moved or
+    // merged exactly once (later aliases of the pair are no-ops, later calls act on the
+    // user): at least the 45 made before the race, at most one per pair; at least the 30
+    // conflicts set up before the race.
     assert!(
-        moved_total + conflicts_total <= PAIRS as i64,
+        (PAIRS as i64 * 3 / 4..=PAIRS as i64).contains(&(moved_total + conflicts_total))
+            && conflicts_total >= PAIRS as i64 / 2,
         "moved {moved_total} + conflicts {conflicts_total}"
     );
+    // The earlier assignment survived each conflict, under the user id.
+    for ((_, user), want) in pairs.iter().zip(&before) {
+        let got = assignment(&mut c, &key, user).map(|(variant, at, ..)| (variant, at));
+        if want.is_some() {
+            assert_eq!(&got, want, "{user}: the earlier assignment survives");
+        }
+    }
     assert_eq!(
         assigned_counts(&mut c, &key).iter().sum::<i64>(),
         PAIRS as i64
@@ -513,4 +633,298 @@ fn a_bulk_statement_of_many_new_users_does_not_exhaust_the_lock_table() {
         .unwrap()
         .get(0);
     assert!(held <= 257, "{held} advisory locks held by one transaction");
+}
+
+fn events_of(c: &mut Client, event: &str) -> Vec<String> {
+    c.query(
+        "SELECT user_id FROM amba.events WHERE event = $1 ORDER BY user_id",
+        &[&event],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn alias_result(c: &mut impl GenericClient, anon: &str, user: &str) -> serde_json::Value {
+    let text: String = c
+        .query_one("SELECT (amba_alias($1, $2))::text", &[&anon, &user])
+        .unwrap()
+        .get(0);
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Runs `sql` (one text column, one row) on a connection of its own in a thread: that
+/// backend's pid and the thread.
+fn call_in_thread(sql: &'static str, args: Vec<String>) -> (i32, JoinHandle<String>) {
+    let mut c = connect();
+    let pid = backend_pid(&mut c);
+    let handle = std::thread::spawn(move || {
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = args
+            .iter()
+            .map(|a| a as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        c.query_one(sql, &params).unwrap().get::<_, String>(0)
+    });
+    (pid, handle)
+}
+
+/// Planted bug this catches: `amba_track` not taking the caller's user lock in the hot path
+/// (src/assign.rs, `locks::user(user_id, false)` in `track`): the event would be appended
+/// under the anonymous id while the alias is in flight, after the alias had moved that id's
+/// events, and stay there. Also shows the first outcome of the alias race: the alias
+/// commits first, and assign, expose and track for the anonymous id, which waited for it,
+/// act as the user.
+#[test]
+fn an_alias_in_flight_holds_off_assign_expose_and_track_for_its_anonymous_id_which_then_act_as_the_user(
+) {
+    let mut c = connect();
+    let key = unique("alias_first");
+    create(&mut c, &key, "active");
+    let event = unique("alias_first_ev");
+    let user = unique("alias_first_user");
+    let theirs: String = c
+        .query_one("SELECT amba_assign($1, $2)", &[&key, &user])
+        .unwrap()
+        .get(0);
+    // An anonymous id whose own bucket gives the other variant: acting as itself it would
+    // get (and store) that one.
+    let anon = id_with_variant(&mut c, &key, &unique("alias_first_anon"), other(&theirs));
+
+    let mut aliasing = connect();
+    let alias_pid = backend_pid(&mut aliasing);
+    let mut tx = aliasing.transaction().unwrap();
+    let out = alias_result(&mut tx, &anon, &user);
+    assert_eq!(
+        out,
+        serde_json::json!({"user_id": user, "moved": 0, "conflicts": 0, "events": 0})
+    );
+    let (track_pid, tracking) = call_in_thread(
+        "SELECT amba_track($1, $2)::text",
+        vec![anon.clone(), event.clone()],
+    );
+    let (assign_pid, assigning) = call_in_thread(
+        "SELECT amba_assign($1, $2)",
+        vec![key.clone(), anon.clone()],
+    );
+    let (expose_pid, exposing) = call_in_thread(
+        "SELECT amba_expose($1, $2)",
+        vec![key.clone(), anon.clone()],
+    );
+    for (pid, handle, what) in [
+        (track_pid, &tracking, "amba_track for the anonymous id"),
+        (assign_pid, &assigning, "amba_assign for the anonymous id"),
+        (expose_pid, &exposing, "amba_expose for the anonymous id"),
+    ] {
+        let waits_on =
+            wait_until_blocked_by(&mut c, pid, alias_pid, what, || !handle.is_finished());
+        assert_eq!(waits_on, "advisory", "{what} waits on the user lock");
+    }
+    tx.commit().unwrap();
+    tracking.join().unwrap();
+    assert_eq!(
+        assigning.join().unwrap(),
+        theirs,
+        "assign acted as the user"
+    );
+    assert_eq!(exposing.join().unwrap(), theirs, "expose acted as the user");
+    assert_eq!(
+        events_of(&mut c, &event),
+        [user.clone()],
+        "the event tracked during the alias is the user's"
+    );
+    assert_eq!(assignment(&mut c, &key, &anon), None);
+    let (variant, _, _, exposed) = assignment(&mut c, &key, &user).unwrap();
+    assert_eq!(variant, theirs);
+    assert!(exposed.is_some(), "the exposure is the user's");
+}
+
+/// The second outcome of the alias race: an assign and a track for the anonymous id commit
+/// first, the alias waits for them and then moves their rows. Where both ids hold an
+/// assignment the earlier one stays (sql/api.sql, `amba._alias`: `s.assigned_at <
+/// t.assigned_at`), shown in both orders. Planted bugs this catches: dropping that condition
+/// (the anonymous assignment would always win: fails the user-first case), or reversing it
+/// (fails the anonymous-first case); an alias not waiting for calls in flight (the track's
+/// event would stay under the anonymous id).
+#[test]
+fn calls_in_flight_hold_off_an_alias_which_then_moves_their_rows_and_the_earlier_assignment_wins() {
+    let mut c = connect();
+    let key = unique("calls_first");
+    create(&mut c, &key, "active");
+    for user_first in [true, false] {
+        let event = unique("calls_first_ev");
+        let anon = unique("calls_first_anon");
+        let anons = peek(&mut c, &key, &anon);
+        let user = pick_id(&mut c, &unique("calls_first_user"), |c, id| {
+            peek(c, &key, id) != anons
+        });
+        let users_row = user_first.then(|| {
+            c.query_one("SELECT amba_assign($1, $2)", &[&key, &user])
+                .unwrap();
+            assignment(&mut c, &key, &user).unwrap()
+        });
+
+        let mut calling = connect();
+        let calls_pid = backend_pid(&mut calling);
+        let mut tx = calling.transaction().unwrap();
+        tx.query_one("SELECT amba_assign($1, $2)", &[&key, &anon])
+            .unwrap();
+        tx.query_one("SELECT amba_track($1, $2)", &[&anon, &event])
+            .unwrap();
+        let anons_row = assignment(&mut tx, &key, &anon).unwrap();
+        let users_row = users_row.unwrap_or_else(|| {
+            // The user's first assignment comes after the anonymous one's (a later
+            // transaction start), while that one is still uncommitted.
+            c.query_one("SELECT amba_assign($1, $2)", &[&key, &user])
+                .unwrap();
+            assignment(&mut c, &key, &user).unwrap()
+        });
+        assert_ne!(anons_row.0, users_row.0, "the ids were picked to differ");
+        assert_eq!(anons_row.1 < users_row.1, !user_first);
+
+        let (alias_pid, aliasing) = call_in_thread(
+            "SELECT (amba_alias($1, $2))::text",
+            vec![anon.clone(), user.clone()],
+        );
+        let waits_on = wait_until_blocked_by(
+            &mut c,
+            alias_pid,
+            calls_pid,
+            "amba_alias during an assign and a track",
+            || !aliasing.is_finished(),
+        );
+        assert_eq!(waits_on, "advisory", "the alias waits on the user lock");
+        tx.commit().unwrap();
+        let out: serde_json::Value = serde_json::from_str(&aliasing.join().unwrap()).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"user_id": user, "moved": 0, "conflicts": 1, "events": 1}),
+            "user first: {user_first}"
+        );
+        let winner = if user_first { &users_row } else { &anons_row };
+        assert_eq!(
+            assignment(&mut c, &key, &user).map(|(v, at, w, _)| (v, at, w)),
+            Some((winner.0.clone(), winner.1.clone(), winner.2)),
+            "the earlier assignment survives (user first: {user_first})"
+        );
+        assert_eq!(assignment(&mut c, &key, &anon), None);
+        assert_eq!(events_of(&mut c, &event), [user.clone()]);
+        assert_eq!(
+            assigned_counts(&mut c, &key).iter().sum::<i64>(),
+            if user_first { 1 } else { 2 }
+        );
+    }
+}
+
+/// Planted bug this catches: overrides no longer following aliases (the alias half of the
+/// definition's override map, `JOIN amba.aliases` in src/store/experiments.rs LOAD_SQL):
+/// the anonymous id would get the user's stored variant instead of the user's override.
+/// The ids are chosen so that neither id's bucket nor the stored variant is the override.
+#[test]
+fn an_override_for_the_user_applies_to_its_aliases_on_assign_peek_and_expose() {
+    let mut c = connect();
+    // Override set before the alias, and after it.
+    let (before, after) = (unique("ovr_alias_before"), unique("ovr_alias_after"));
+    create(&mut c, &before, "active");
+    create(&mut c, &after, "active");
+    let both_a = |c: &mut Client, id: &str| {
+        peek(c, &before, id).as_deref() == Some("a") && peek(c, &after, id).as_deref() == Some("a")
+    };
+    let user = pick_id(&mut c, &unique("ovr_alias_user"), both_a);
+    let anon = pick_id(&mut c, &unique("ovr_alias_anon"), both_a);
+    for k in [&before, &after] {
+        let v: String = c
+            .query_one("SELECT amba_assign($1, $2)", &[k, &user])
+            .unwrap()
+            .get(0);
+        assert_eq!(v, "a");
+    }
+    c.execute("SELECT amba_set_override($1, $2, 'b')", &[&before, &user])
+        .unwrap();
+    alias_result(&mut c, &anon, &user);
+    c.execute("SELECT amba_set_override($1, $2, 'b')", &[&after, &user])
+        .unwrap();
+    for k in [&before, &after] {
+        for f in ["amba_assign", "amba_peek", "amba_expose"] {
+            let v: Option<String> = c
+                .query_one(&format!("SELECT {f}($1, $2)"), &[k, &anon])
+                .unwrap()
+                .get(0);
+            assert_eq!(v.as_deref(), Some("b"), "{f} for the alias in {k}");
+        }
+        assert_eq!(
+            assignment(&mut c, k, &user).map(|a| (a.0, a.3)),
+            Some(("a".to_string(), None)),
+            "the stored row is untouched and the override exposed nobody"
+        );
+        assert_eq!(assignment(&mut c, k, &anon), None);
+    }
+    // Cleared: the alias gets the user's stored variant again.
+    c.execute("SELECT amba_clear_override($1, $2)", &[&after, &user])
+        .unwrap();
+    let v: String = c
+        .query_one("SELECT amba_assign($1, $2)", &[&after, &anon])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "a");
+}
+
+/// Planted bug this catches: the hot path forgetting aliases when the experiment is not
+/// active (src/assign.rs `assign`: the `if who != user_id` lookup of the user's assignment
+/// before EXPERIMENT_INACTIVE): an aliased id whose user is assigned would be refused
+/// instead of getting the user's variant. Shown for an alias made before any call of the
+/// anonymous id, and for one that moved the anonymous id's assignment to the user.
+#[test]
+fn an_aliased_id_on_a_paused_experiment_gets_its_users_variant_not_inactive() {
+    let mut c = connect();
+    let key = unique("paused_alias");
+    create(&mut c, &key, "active");
+    // The user assigned before the alias.
+    let user = unique("paused_alias_user");
+    let theirs: String = c
+        .query_one("SELECT amba_assign($1, $2)", &[&key, &user])
+        .unwrap()
+        .get(0);
+    let anon = id_with_variant(&mut c, &key, &unique("paused_alias_anon"), other(&theirs));
+    alias_result(&mut c, &anon, &user);
+    // The anonymous id assigned before the alias, moved to a user never seen before.
+    let (anon2, user2) = (unique("paused_alias_anon2"), unique("paused_alias_user2"));
+    let moved: String = c
+        .query_one("SELECT amba_assign($1, $2)", &[&key, &anon2])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        alias_result(&mut c, &anon2, &user2)["moved"],
+        serde_json::json!(1)
+    );
+    c.execute(
+        "SELECT amba_update_experiment($1, status => 'paused')",
+        &[&key],
+    )
+    .unwrap();
+    for (anon, want) in [(&anon, &theirs), (&anon2, &moved)] {
+        let v: String = c
+            .query_one("SELECT amba_assign($1, $2)", &[&key, anon])
+            .unwrap()
+            .get(0);
+        assert_eq!(&v, want, "amba_assign for {anon} on the paused experiment");
+        let p: Option<String> = c
+            .query_one("SELECT amba_peek($1, $2)", &[&key, anon])
+            .unwrap()
+            .get(0);
+        assert_eq!(p.as_ref(), Some(want), "amba_peek for {anon}");
+    }
+    assert_eq!(
+        assignment(&mut c, &key, &anon),
+        None,
+        "nothing written for the alias"
+    );
+    // An id nobody assigned is refused, as always on a paused experiment.
+    let (state, msg) = err(c
+        .query_one("SELECT amba_assign($1, $2)", &[&key, &unique("paused_new")])
+        .unwrap_err());
+    assert!(
+        state == "55000" && msg.starts_with("EXPERIMENT_INACTIVE:"),
+        "{state} {msg}"
+    );
 }
