@@ -26,10 +26,10 @@ DECLARE
         'amba_bucket(text, text)', 'amba_experiment_history(text)'];
 BEGIN
     FOREACH signature IN ARRAY analyst_signatures || ARRAY[
-        'amba_create_experiment(text, jsonb, text, text, text)',
-        'amba_update_experiment(text, jsonb, text, text, text)',
+        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision)',
+        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision)',
         'amba_delete_experiment(text)',
-        'amba_assign(text, text)', 'amba_expose(text, text)', 'amba_peek(text, text)',
+        'amba_assign(text, text, jsonb)', 'amba_expose(text, text)', 'amba_peek(text, text, jsonb)',
         'amba_track(text, text, jsonb, timestamptz)',
         'amba_set_override(text, text, text)', 'amba_clear_override(text, text)',
         'amba_list_overrides(text)', 'amba_alias(text, text)',
@@ -75,33 +75,33 @@ GRANT SELECT ON amba.experiments, amba.weight_versions, amba.overrides, amba.ali
 GRANT SELECT, INSERT ON amba.assignments, amba.exposures TO amba_owner;
 GRANT INSERT ON amba.events TO amba_owner;
 GRANT EXECUTE ON FUNCTION
-    amba._assign(text, text), amba._expose(text, text), amba._peek(text, text),
+    amba._assign(text, text, jsonb), amba._expose(text, text), amba._peek(text, text, jsonb),
     amba._track(text, text, jsonb, timestamptz),
     amba._client_user_id(), amba._jwt_sub(), amba._request_user_id(), amba._decoded_request_path(),
     amba._http_error(integer, text, text), amba._http_rethrow(text, text), amba._http_status(text),
     amba._propagate_request_settings()
 TO amba_owner;
 ALTER FUNCTION amba_api.pre_request() OWNER TO amba_owner;
-ALTER FUNCTION amba_api.assign(text) OWNER TO amba_owner;
+ALTER FUNCTION amba_api.assign(text, jsonb) OWNER TO amba_owner;
 ALTER FUNCTION amba_api.expose(text) OWNER TO amba_owner;
 ALTER FUNCTION amba_api.track(text, jsonb) OWNER TO amba_owner;
-ALTER FUNCTION amba_api.peek(text) OWNER TO amba_owner;
+ALTER FUNCTION amba_api.peek(text, jsonb) OWNER TO amba_owner;
 
 ----------------------------------------------------------------------------------------
 -- The PostgREST surface
 ----------------------------------------------------------------------------------------
 GRANT EXECUTE ON FUNCTION amba_api.pre_request() TO PUBLIC;
-GRANT EXECUTE ON FUNCTION amba_api.assign(text), amba_api.expose(text), amba_api.track(text, jsonb),
-    amba_api.peek(text)
+GRANT EXECUTE ON FUNCTION amba_api.assign(text, jsonb), amba_api.expose(text), amba_api.track(text, jsonb),
+    amba_api.peek(text, jsonb)
 TO amba_client;
 GRANT SELECT ON amba_api.my_assignments TO amba_client;
 ALTER FUNCTION amba._my_assignments() OWNER TO amba_owner;
 GRANT EXECUTE ON FUNCTION amba._my_assignments() TO amba_client;
 GRANT EXECUTE ON FUNCTION
-    amba_api.experiments_create(text, jsonb, text, text, text),
+    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision),
     amba_api.experiments_list(),
     amba_api.experiments_get(text),
-    amba_api.experiments_update(text, jsonb, text, text, text),
+    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision),
     amba_api.experiments_delete(text),
     amba_api.experiments_results(text, text, double precision),
     amba_api.experiments_metric_results(text, text, text, double precision, double precision, double precision, integer),

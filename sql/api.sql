@@ -18,6 +18,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
                      FROM unnest(e.variant_keys, e.weights) WITH ORDINALITY AS v(k, w, i)),
         'weight_version', e.weight_version,
         'bucketing_version', e.bucketing_version,
+        'targeting', e.targeting,
+        'coverage', e.coverage,
         'created_at', e.created_at,
         'updated_at', e.updated_at)
 $fn$;
@@ -71,7 +73,8 @@ $fn$;
 -- Experiments
 ----------------------------------------------------------------------------------------
 CREATE FUNCTION amba._create_experiment(
-    experiment_key text, variants jsonb, name text, description text, status text
+    experiment_key text, variants jsonb, name text, description text, status text,
+    targeting jsonb, coverage double precision
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -84,10 +87,15 @@ BEGIN
     SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(_create_experiment.variants);
     PERFORM amba._check_status(_create_experiment.status);
     PERFORM amba._check_texts(_create_experiment.name, _create_experiment.description);
+    PERFORM amba._check_coverage(_create_experiment.coverage);
+    PERFORM amba._normalize_targeting(_create_experiment.targeting);
 
-    INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights)
+    INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights,
+                                       targeting, coverage)
     VALUES (_create_experiment.experiment_key, _create_experiment.name,
-            _create_experiment.description, _create_experiment.status, new_keys, new_weights)
+            _create_experiment.description, _create_experiment.status, new_keys, new_weights,
+            amba._normalize_targeting(_create_experiment.targeting),
+            coalesce(_create_experiment.coverage, 1))
     ON CONFLICT (key) DO NOTHING
     RETURNING e.* INTO created;
     IF created.id IS NULL THEN
@@ -104,7 +112,8 @@ END
 $fn$;
 
 CREATE FUNCTION amba._update_experiment(
-    experiment_key text, variants jsonb, status text, name text, description text
+    experiment_key text, variants jsonb, status text, name text, description text,
+    targeting jsonb, coverage double precision
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -124,6 +133,9 @@ BEGIN
         PERFORM amba._check_status(_update_experiment.status);
     END IF;
     PERFORM amba._check_texts(_update_experiment.name, _update_experiment.description);
+    PERFORM amba._check_coverage(_update_experiment.coverage);
+    -- Validated before anything is read or written; '{}' removes the condition.
+    PERFORM amba._normalize_targeting(_update_experiment.targeting);
     IF _update_experiment.variants IS NOT NULL THEN
         SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(_update_experiment.variants);
     END IF;
@@ -176,6 +188,9 @@ BEGIN
         variant_keys = coalesce(new_keys, e.variant_keys),
         weights = coalesce(new_weights, e.weights),
         weight_version = new_version,
+        targeting = CASE WHEN _update_experiment.targeting IS NULL THEN e.targeting
+                         ELSE amba._normalize_targeting(_update_experiment.targeting) END,
+        coverage = coalesce(_update_experiment.coverage, e.coverage),
         revision = e.revision + 1,
         updated_at = now()
      WHERE e.id = current_row.id
@@ -536,15 +551,17 @@ $fn$;
 ----------------------------------------------------------------------------------------
 CREATE FUNCTION @extschema@.amba_create_experiment(
     experiment_key text, variants jsonb, name text DEFAULT NULL,
-    description text DEFAULT NULL, status text DEFAULT 'active') RETURNS jsonb
+    description text DEFAULT NULL, status text DEFAULT 'active',
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5) $fn$;
+AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7) $fn$;
 
 CREATE FUNCTION @extschema@.amba_update_experiment(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
-    name text DEFAULT NULL, description text DEFAULT NULL) RETURNS jsonb
+    name text DEFAULT NULL, description text DEFAULT NULL,
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5) $fn$;
+AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7) $fn$;
 
 CREATE FUNCTION @extschema@.amba_delete_experiment(experiment_key text) RETURNS boolean
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp

@@ -41,7 +41,11 @@ CREATE TABLE amba.experiments (
     updated_at     timestamptz NOT NULL DEFAULT now(),
     -- The bucketing rule users are assigned with (amba_core::bucket::BUCKETING_VERSION).
     bucketing_version smallint NOT NULL DEFAULT 1,
-    CHECK (cardinality(variant_keys) >= 2 AND cardinality(variant_keys) = cardinality(weights))
+    CHECK (cardinality(variant_keys) >= 2 AND cardinality(variant_keys) = cardinality(weights)),
+    -- Who may be enrolled (SPEC §10): a GrowthBook condition on the attributes the app
+    -- passes (NULL: everyone), and the share of eligible users enrolled.
+    targeting      jsonb CHECK (jsonb_typeof(targeting) = 'object' AND targeting <> '{}'),
+    coverage       double precision NOT NULL DEFAULT 1 CHECK (coverage >= 0 AND coverage <= 1)
 );
 
 -- Every set of weights an experiment has had, so the sample-ratio test can compare each

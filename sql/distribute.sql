@@ -216,7 +216,7 @@ BEGIN
     END LOOP;
 
     -- The hot path runs on the worker that owns the user.
-    PERFORM create_distributed_function('@extschema@.amba_assign(text, text)', '$2',
+    PERFORM create_distributed_function('@extschema@.amba_assign(text, text, jsonb)', '$2',
                                         colocate_with => 'amba.assignments');
     PERFORM create_distributed_function('@extschema@.amba_expose(text, text)', '$2',
                                         colocate_with => 'amba.assignments');

@@ -131,19 +131,19 @@ COMMENT ON FUNCTION amba_api.pre_request() IS
 -- Client endpoints (SECURITY DEFINER, owned by amba_owner: the user id comes from the
 -- token, so the client role itself never gets rights on the tables) ---------------------
 
-CREATE FUNCTION amba_api.assign(experiment_key text) RETURNS json
+CREATE FUNCTION amba_api.assign(experiment_key text, attributes jsonb DEFAULT NULL) RETURNS json
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     user_id text := amba._client_user_id();
 BEGIN
     RETURN json_build_object('experiment_key', experiment_key,
-                             'variant', amba._assign(experiment_key, user_id));
+                             'variant', amba._assign(experiment_key, user_id, attributes));
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.assign(text) IS
-'Returns the session user''s sticky variant, assigning one on the first call. 404 EXPERIMENT_NOT_FOUND; 409 EXPERIMENT_INACTIVE for a new user when the experiment is not active.';
+COMMENT ON FUNCTION amba_api.assign(text, jsonb) IS
+'Returns the session user''s sticky variant, assigning one on the first call. attributes: an optional JSON object the experiment''s targeting is checked against; "variant": null when the user is not enrolled (targeting or coverage). 404 EXPERIMENT_NOT_FOUND; 409 EXPERIMENT_INACTIVE for a new user when the experiment is not active.';
 
 CREATE FUNCTION amba_api.expose(experiment_key text) RETURNS json
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
@@ -173,19 +173,19 @@ $fn$;
 COMMENT ON FUNCTION amba_api.track(text, jsonb) IS
 'Records an event (a conversion) for the session user, now. properties: a JSON object of at most 64 KiB, or null.';
 
-CREATE FUNCTION amba_api.peek(experiment_key text) RETURNS json
+CREATE FUNCTION amba_api.peek(experiment_key text, attributes jsonb DEFAULT NULL) RETURNS json
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     user_id text := amba._client_user_id();
 BEGIN
     RETURN json_build_object('experiment_key', experiment_key,
-                             'variant', amba._peek(experiment_key, user_id));
+                             'variant', amba._peek(experiment_key, user_id, attributes));
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.peek(text) IS
-'The session user''s variant without enrolling them: their override or assignment, else the variant they would get now (active experiments), else null. Writes nothing. 404 EXPERIMENT_NOT_FOUND.';
+COMMENT ON FUNCTION amba_api.peek(text, jsonb) IS
+'The session user''s variant without enrolling them: their override or assignment, else the variant they would get now (active experiments, if targeting and coverage enrol them with these attributes), else null. Writes nothing. 404 EXPERIMENT_NOT_FOUND.';
 
 -- The view reads through a SECURITY DEFINER function that takes the user from the token
 -- itself: on Citus (SPEC §9) the workers run a query's parts as the role that runs it,
@@ -209,16 +209,18 @@ COMMENT ON VIEW amba_api.my_assignments IS
 
 CREATE FUNCTION amba_api.experiments_create(
     experiment_key text, variants jsonb, name text DEFAULT NULL,
-    description text DEFAULT NULL, status text DEFAULT 'active') RETURNS jsonb
+    description text DEFAULT NULL, status text DEFAULT 'active',
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    RETURN amba._create_experiment(experiment_key, variants, name, description, status);
+    RETURN amba._create_experiment(experiment_key, variants, name, description, status,
+                                   targeting, coverage);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text) IS
-'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
+COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision) IS
+'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
 
 CREATE FUNCTION amba_api.experiments_list() RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
@@ -248,16 +250,18 @@ COMMENT ON FUNCTION amba_api.experiments_get(text) IS 'One experiment. 404 EXPER
 
 CREATE FUNCTION amba_api.experiments_update(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
-    name text DEFAULT NULL, description text DEFAULT NULL) RETURNS jsonb
+    name text DEFAULT NULL, description text DEFAULT NULL,
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    RETURN amba._update_experiment(experiment_key, variants, status, name, description);
+    RETURN amba._update_experiment(experiment_key, variants, status, name, description,
+                                   targeting, coverage);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text) IS
-'Re-weights, adds variants, changes status (draft, active, paused, ended) or renames. Existing assignments never change; a variant with assignments cannot be removed. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT.';
+COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision) IS
+'Re-weights, adds variants, changes status (draft, active, paused, ended), targeting ({} removes it) or coverage, or renames. Existing assignments never change; a variant with assignments cannot be removed. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT.';
 
 CREATE FUNCTION amba_api.experiments_delete(experiment_key text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$

@@ -1,7 +1,8 @@
 //! The hot path: `amba_assign`, `amba_expose`, `amba_peek`, `amba_track`, and the pure
-//! `amba_bucket`. This file holds the rules of SPEC §3 and §3d (see docs/SPEC.md):
-//! override first, then the stored assignment (sticky), then status, then bucketing;
-//! aliased ids act as their user. How rows are read and written — directly or through
+//! `amba_bucket`. This file holds the rules of SPEC §3, §3d and §10 (see docs/SPEC.md):
+//! override first, then the stored assignment (sticky, whatever the attributes are now),
+//! then status, then targeting and coverage (a user they leave out is not enrolled: NULL,
+//! nothing written), then bucketing; aliased ids act as their user. How rows are read and written — directly or through
 //! SQL — is `store`'s business, decided once per call (`store::Path`).
 //!
 //! A first assignment holds its experiment's advisory lock in shared mode (`locks.rs`): no
@@ -19,7 +20,54 @@ use crate::store::{self, experiments, Experiment, Path, Seen};
 use amba_core::{bucket, validate, ErrorCode};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use std::cell::OnceCell;
 use std::rc::Rc;
+
+/// The attributes the app passes about its user (SPEC §10): a JSON object, or NULL for
+/// `{}`. Checked on every call, parsed only when a rule looks inside (a new user of a
+/// targeted experiment).
+struct Attributes {
+    given: Option<JsonbDatum>,
+    parsed: OnceCell<serde_json::Value>,
+}
+
+impl Attributes {
+    fn new(given: Option<JsonbDatum>) -> Attributes {
+        if let Some(attributes) = &given {
+            let kind = attributes.kind();
+            if kind != "object" {
+                raise_code(
+                    ErrorCode::InvalidArgument,
+                    format!("attributes must be a JSON object or NULL, not {kind}"),
+                );
+            }
+        }
+        Attributes {
+            given,
+            parsed: OnceCell::new(),
+        }
+    }
+
+    fn value(&self) -> &serde_json::Value {
+        self.parsed.get_or_init(|| match &self.given {
+            Some(attributes) => attributes.to_value(),
+            None => serde_json::Value::Object(Default::default()),
+        })
+    }
+}
+
+/// Whether a user without an assignment (or override) may be enrolled now (SPEC §10):
+/// the targeting condition holds for their attributes, and their coverage bucket — a hash
+/// independent of the variant's — is below the coverage, so raising it adds users and
+/// removes nobody.
+fn enrolled(key: &str, exp: &Experiment, who: &str, attributes: &Attributes) -> bool {
+    if let Some(condition) = &exp.targeting {
+        if !condition.eval(attributes.value()) {
+            return false;
+        }
+    }
+    bucket::coverage_bucket(key, who) < exp.coverage
+}
 
 fn check_inputs<'a>(
     experiment_key: Option<&'a str>,
@@ -69,22 +117,27 @@ fn override_for(exp: &Experiment, user_id: &str) -> Option<String> {
     exp.overrides.get(user_id).cloned()
 }
 
-fn assign(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
+fn assign(
+    experiment_key: Option<&str>,
+    user_id: Option<&str>,
+    attributes: Option<JsonbDatum>,
+) -> Option<String> {
     let (key, user_id) = check_inputs(experiment_key, user_id);
+    let attributes = Attributes::new(attributes);
     let path = Path::for_call();
     let exp = find_experiment(path, key);
     if let Some(variant) = override_for(&exp, user_id) {
-        return variant;
+        return Some(variant);
     }
     if let Some(variant) = store::stored_variant(path, exp.id, user_id, Seen::Statement) {
-        return variant;
+        return Some(variant);
     }
     if !exp.is_active() {
         // Nothing to write; the alias target may hold an assignment, though.
         let who = store::alias_of(path, user_id);
         if who != user_id {
             if let Some(variant) = store::stored_variant(path, exp.id, &who, Seen::Latest) {
-                return variant;
+                return Some(variant);
             }
         }
         inactive(key, &exp);
@@ -95,16 +148,22 @@ fn assign(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
     let who = store::alias_of(path, user_id);
     if who != user_id {
         if let Some(variant) = store::stored_variant(path, exp.id, &who, Seen::Latest) {
-            return variant;
+            return Some(variant);
         }
     }
-    first_assignment(path, key, exp, &who)
+    first_assignment(path, key, exp, &who, &attributes)
 }
 
 /// A first assignment of `who` (the identity, after aliases), under the experiment's
 /// shared lock: no variant removal or delete can commit until this transaction ends, and
 /// one committed before the lock was granted is seen in the latest snapshot.
-fn first_assignment(path: Path, key: &str, mut exp: Rc<Experiment>, who: &str) -> String {
+fn first_assignment(
+    path: Path,
+    key: &str,
+    mut exp: Rc<Experiment>,
+    who: &str,
+    attributes: &Attributes,
+) -> Option<String> {
     locks::experiment_shared(exp.id);
     store::lock_experiment_across_nodes(path, exp.id);
     let user_bucket = bucket::bucket(key, who);
@@ -120,20 +179,23 @@ fn first_assignment(path: Path, key: &str, mut exp: Rc<Experiment>, who: &str) -
             continue;
         }
         if let Some(variant) = exp.overrides.get(who) {
-            return variant.clone();
+            return Some(variant.clone());
         }
         if !exp.is_active() {
             inactive(key, &exp);
+        }
+        if !enrolled(key, &exp, who, attributes) {
+            return None;
         }
         let index = bucket::pick(user_bucket, &exp.thresholds, &exp.weights)
             .expect("validated weights have a positive sum");
         let variant = &exp.variant_keys[index];
         if store::insert_assignment(path, &exp, who, variant) {
-            return variant.clone();
+            return Some(variant.clone());
         }
         // A concurrent first call for this user committed first: return what it stored.
         if let Some(variant) = store::stored_variant(path, exp.id, who, Seen::Latest) {
-            return variant;
+            return Some(variant);
         }
     }
     panic!("could not assign user to experiment {key:?}: the experiment kept changing");
@@ -164,9 +226,15 @@ fn expose(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
 }
 
 /// The variant without enrolling: override, stored assignment, the variant `amba_assign`
-/// would store now (active experiments), else NULL. Writes nothing, takes no lock.
-fn peek(experiment_key: Option<&str>, user_id: Option<&str>) -> Option<String> {
+/// would store now (active experiments, for users targeting and coverage enrol), else
+/// NULL. Writes nothing, takes no lock.
+fn peek(
+    experiment_key: Option<&str>,
+    user_id: Option<&str>,
+    attributes: Option<JsonbDatum>,
+) -> Option<String> {
     let (key, user_id) = check_inputs(experiment_key, user_id);
+    let attributes = Attributes::new(attributes);
     let path = Path::for_call();
     let exp = find_experiment(path, key);
     if let Some(variant) = override_for(&exp, user_id) {
@@ -176,6 +244,9 @@ fn peek(experiment_key: Option<&str>, user_id: Option<&str>) -> Option<String> {
     let stored = store::stored_variant(path, exp.id, &who, Seen::Statement);
     if stored.is_some() || !exp.is_active() {
         return stored;
+    }
+    if !enrolled(key, &exp, &who, &attributes) {
+        return None;
     }
     let index = bucket::pick(bucket::bucket(key, &who), &exp.thresholds, &exp.weights)?;
     Some(exp.variant_keys[index].clone())
@@ -220,10 +291,15 @@ fn track(
 }
 
 /// The user's sticky variant: the stored one, or a new one from the bucket and the
-/// current weights, stored before it is returned.
+/// current weights, stored before it is returned; NULL for a user targeting or coverage
+/// leaves out (nothing written).
 #[pg_extern(volatile, parallel_unsafe)]
-fn amba_assign(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
-    assign(experiment_key, user_id)
+fn amba_assign(
+    experiment_key: Option<&str>,
+    user_id: Option<&str>,
+    attributes: default!(Option<JsonbDatum>, "NULL"),
+) -> Option<String> {
+    assign(experiment_key, user_id, attributes)
 }
 
 /// Records that the user saw their variant (the first time is kept) and returns it.
@@ -232,10 +308,14 @@ fn amba_expose(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
     expose(experiment_key, user_id)
 }
 
-/// The user's variant without enrolling them (SPEC §3d).
+/// The user's variant without enrolling them (SPEC §3d, §10).
 #[pg_extern(stable, parallel_unsafe)]
-fn amba_peek(experiment_key: Option<&str>, user_id: Option<&str>) -> Option<String> {
-    peek(experiment_key, user_id)
+fn amba_peek(
+    experiment_key: Option<&str>,
+    user_id: Option<&str>,
+    attributes: default!(Option<JsonbDatum>, "NULL"),
+) -> Option<String> {
+    peek(experiment_key, user_id, attributes)
 }
 
 /// Appends one event and returns its `occurred_at` as stored (`now()` when NULL).
@@ -257,14 +337,35 @@ fn amba_bucket(experiment_key: Option<&str>, user_id: Option<&str>) -> f64 {
     bucket::bucket(key, user_id)
 }
 
+/// Whether `attributes` (a JSON object; NULL = `{}`) satisfy `condition` in GrowthBook's
+/// condition language (SPEC §10); NULL or `{}` matches everyone. Pure: reads no table.
+#[pg_extern(immutable, parallel_safe)]
+fn amba_eval_condition(condition: Option<pgrx::JsonB>, attributes: Option<pgrx::JsonB>) -> bool {
+    let attributes = match attributes {
+        Some(pgrx::JsonB(value)) => value,
+        None => serde_json::Value::Object(Default::default()),
+    };
+    amba_core::condition::check_attributes(&attributes).or_raise();
+    match condition {
+        Some(pgrx::JsonB(condition)) => {
+            amba_core::condition::compile(&condition).or_raise().eval(&attributes)
+        }
+        None => true,
+    }
+}
+
 /// The twins the HTTP surface calls (see the module comment).
 #[pg_schema]
 mod amba {
     use super::*;
 
     #[pg_extern(name = "_assign", volatile, parallel_unsafe)]
-    fn assign_internal(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
-        assign(experiment_key, user_id)
+    fn assign_internal(
+        experiment_key: Option<&str>,
+        user_id: Option<&str>,
+        attributes: Option<JsonbDatum>,
+    ) -> Option<String> {
+        assign(experiment_key, user_id, attributes)
     }
 
     #[pg_extern(name = "_expose", volatile, parallel_unsafe)]
@@ -273,8 +374,12 @@ mod amba {
     }
 
     #[pg_extern(name = "_peek", stable, parallel_unsafe)]
-    fn peek_internal(experiment_key: Option<&str>, user_id: Option<&str>) -> Option<String> {
-        peek(experiment_key, user_id)
+    fn peek_internal(
+        experiment_key: Option<&str>,
+        user_id: Option<&str>,
+        attributes: Option<JsonbDatum>,
+    ) -> Option<String> {
+        peek(experiment_key, user_id, attributes)
     }
 
     #[pg_extern(name = "_track", volatile, parallel_unsafe)]

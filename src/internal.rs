@@ -69,6 +69,30 @@ mod amba {
         validate::api_key_kind(kind).or_raise();
     }
 
+    /// Coverage (SPEC §10): NULL (unchanged / the default 1), or a number from 0 to 1.
+    #[pg_extern(name = "_check_coverage", immutable, parallel_safe)]
+    fn check_coverage(coverage: Option<f64>) {
+        if let Some(c) = coverage {
+            if !(c.is_finite() && (0.0..=1.0).contains(&c)) {
+                raise_code(
+                    ErrorCode::InvalidArgument,
+                    format!("coverage must be a number from 0 to 1, not {c}"),
+                );
+            }
+        }
+    }
+
+    /// A targeting condition (SPEC §10), checked once, when it is set: a JSON object in
+    /// GrowthBook's condition language (unknown operators, bad regular expressions and
+    /// oversized conditions are INVALID_ARGUMENT naming the path). Returns what is stored:
+    /// NULL for NULL or `{}` (everyone), else the condition as given.
+    #[pg_extern(name = "_normalize_targeting", immutable, parallel_safe)]
+    fn normalize_targeting(targeting: Option<JsonB>) -> Option<JsonB> {
+        let JsonB(value) = targeting?;
+        let condition = amba_core::condition::compile_named(&value, "targeting").or_raise();
+        (!condition.is_empty()).then_some(JsonB(value))
+    }
+
     /// Validates a variants array given as JSON text (so numbers beyond double precision,
     /// like 1e999, reach the validator instead of failing in a jsonb conversion) and returns
     /// it in canonical form: `[{"key": ..., "weight": ...}, ...]`.

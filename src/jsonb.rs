@@ -60,3 +60,18 @@ impl JsonbDatum {
         }
     }
 }
+
+impl JsonbDatum {
+    /// The value parsed into serde's form (its JSON text, parsed): only where a rule needs
+    /// to look inside, e.g. the attributes of a new user of a targeted experiment.
+    pub fn to_value(&self) -> serde_json::Value {
+        unsafe {
+            let text =
+                pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)])
+                    .expect("jsonb_out of a jsonb");
+            let value = serde_json::from_slice(text.to_bytes()).expect("jsonb text is JSON");
+            pg_sys::pfree(text.as_ptr().cast_mut().cast());
+            value
+        }
+    }
+}

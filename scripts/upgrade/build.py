@@ -50,20 +50,24 @@ def build(old_version: str, new_version: str, generated: str) -> str:
         f"-- Keeps all data. Install the {new_version} package, then run ALTER EXTENSION amba UPDATE.\n"
         f"\\echo Use \"ALTER EXTENSION amba UPDATE TO '{new_version}'\" to load this file. \\quit\n\n"
     )
-    # Rust functions: every generated CREATE FUNCTION ... AS 'MODULE_PATHNAME' block whose
-    # symbol the old version did not have.
+    # Rust functions: every generated CREATE FUNCTION ... AS '<library>', '<symbol>' block.
+    # Until 0.2.0 all versions shared one library name, and only the symbols the old version
+    # did not have were created. Since 0.3.0 each version has its own library
+    # (amba-<version>): every Rust function is created or re-pointed to it (CREATE OR
+    # REPLACE; a function whose arguments change is dropped first, by the delta).
     old_symbols = set(re.findall(r"'(?:MODULE_PATHNAME|amba-[^']+)', '(\w+)'", old))
+    own_library = "'MODULE_PATHNAME'" not in generated
     new_rust = [
-        m.group(1)
+        m.group(1).replace("CREATE  FUNCTION", "CREATE OR REPLACE FUNCTION", 1) if own_library else m.group(1)
         for m in re.finditer(r"(CREATE  FUNCTION .*?AS '(?:MODULE_PATHNAME|amba-[^']+)', '(\w+)';)", generated, flags=re.S)
-        if m.group(2) not in old_symbols
+        if own_library or m.group(2) not in old_symbols
     ]
     section = lambda name: f"\n-- {name} " + "-" * (84 - len(name)) + "\n"
     parts = [
         header,
         "-- Schema changes ------------------------------------------------------------------\n",
         delta_sql(ROOT / f"sql/upgrade/{old_version}--{new_version}.sql"),
-        "-- New Rust functions (from cargo pgrx schema) -------------------------------------\n",
+        "-- Rust functions (from cargo pgrx schema) -----------------------------------------\n" if own_library else "-- New Rust functions (from cargo pgrx schema) -------------------------------------\n",
         "\n\n".join(new_rust) + "\n\n",
         section("sql/api.sql")[1:],
         or_replace((ROOT / "sql/api.sql").read_text()),

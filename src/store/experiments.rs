@@ -10,6 +10,8 @@
 //! with it (setting or clearing one updates the experiment row).
 
 use super::access;
+use crate::errors::OrRaise;
+use amba_core::condition::Condition;
 use super::catalog::{self, Layout};
 use super::path::Path;
 use super::index_read::{self, RowVersion};
@@ -34,6 +36,10 @@ pub struct Experiment {
     /// user id (and every anonymous id aliased to it) → variant, for the experiment's
     /// overrides (SPEC §3d).
     pub overrides: HashMap<String, String>,
+    /// Who may be enrolled (SPEC §10): the condition, compiled once per definition (None:
+    /// everyone), and the share of eligible users enrolled.
+    pub targeting: Option<Condition>,
+    pub coverage: f64,
     /// The row version this definition was read from; None when it cannot be checked
     /// directly (distributed or altered tables: checked through SQL).
     version: Option<RowVersion>,
@@ -91,7 +97,8 @@ const LOAD_SQL: &str = "WITH o AS ( \
         WHERE o.experiment_id = (SELECT id FROM amba.experiments WHERE key = $1)) \
      SELECT e.id, e.status, e.variant_keys, e.weights, e.weight_version, \
        e.bucketing_version, e.ctid::text, e.xmin::text, \
-       ARRAY(SELECT o.id FROM o ORDER BY o.id), ARRAY(SELECT o.variant FROM o ORDER BY o.id) \
+       ARRAY(SELECT o.id FROM o ORDER BY o.id), ARRAY(SELECT o.variant FROM o ORDER BY o.id), \
+       e.targeting::text, e.coverage \
      FROM amba.experiments e WHERE e.key = $1";
 
 /// The experiment's row version, (tid, xmin), as text: compared when rows cannot be read
@@ -128,6 +135,12 @@ fn load(client: &SpiClient<'_>, key: &str, fresh: bool) -> Option<Rc<Experiment>
         let override_variants: Vec<String> = row.get(10).expect(get_err).unwrap_or_default();
         let tid_text: String = row.get(7).expect(get_err)?;
         let xmin_text: String = row.get(8).expect(get_err)?;
+        // Checked when it was set; compiled here once per definition.
+        let targeting_text: Option<String> = row.get(11).expect(get_err);
+        let targeting = targeting_text.map(|text| {
+            let value: serde_json::Value = serde_json::from_str(&text).expect("jsonb text is JSON");
+            amba_core::condition::compile_named(&value, "targeting").or_raise()
+        });
         // The SELECT holds amba.experiments locked: its storage cannot change before
         // this transaction ends, so the row came from the relfilenode read here.
         let version = match catalog::layout() {
@@ -147,6 +160,8 @@ fn load(client: &SpiClient<'_>, key: &str, fresh: bool) -> Option<Rc<Experiment>
             weight_version: row.get(5).expect(get_err)?,
             bucketing_version: row.get::<i16>(6).expect(get_err)? as i32,
             overrides: override_users.into_iter().zip(override_variants).collect(),
+            targeting,
+            coverage: row.get(12).expect(get_err)?,
             version,
             version_text: format!("{tid_text} {xmin_text}"),
         })

@@ -679,9 +679,9 @@ fn clients_cannot_call_the_sql_api_directly() {
         .map(|r| r.get(0))
         .collect();
     let want: BTreeSet<String> = [
-        "amba_api.assign(text)",
+        "amba_api.assign(text,jsonb)",
         "amba_api.expose(text)",
-        "amba_api.peek(text)",
+        "amba_api.peek(text,jsonb)",
         "amba_api.pre_request()",
         "amba_api.track(text,jsonb)",
     ]

@@ -1,0 +1,23 @@
+-- Schema changes of 0.3.0 (hand-written; scripts/upgrade/build.py puts them first in
+-- sql/amba--0.2.0--0.3.0.sql, then every Rust function of 0.3.0 — created, or re-pointed to
+-- the 0.3.0 library — and every hand-written function).
+-- Targeting and coverage (SPEC §10): who may be enrolled.
+ALTER TABLE amba.experiments
+    ADD COLUMN targeting jsonb CHECK (jsonb_typeof(targeting) = 'object' AND targeting <> '{}'),
+    ADD COLUMN coverage double precision NOT NULL DEFAULT 1 CHECK (coverage >= 0 AND coverage <= 1);
+
+-- Functions whose arguments change are dropped here and created again below (a new
+-- argument would otherwise add an overload beside the old function).
+DROP FUNCTION @extschema@.amba_assign(text, text);
+DROP FUNCTION @extschema@.amba_peek(text, text);
+DROP FUNCTION amba._assign(text, text);
+DROP FUNCTION amba._peek(text, text);
+DROP FUNCTION @extschema@.amba_create_experiment(text, jsonb, text, text, text);
+DROP FUNCTION @extschema@.amba_update_experiment(text, jsonb, text, text, text);
+DROP FUNCTION amba._create_experiment(text, jsonb, text, text, text);
+DROP FUNCTION amba._update_experiment(text, jsonb, text, text, text);
+DROP FUNCTION amba_api.assign(text);
+DROP FUNCTION amba_api.peek(text);
+DROP FUNCTION amba_api.experiments_create(text, jsonb, text, text, text);
+DROP FUNCTION amba_api.experiments_update(text, jsonb, text, text, text);
+
