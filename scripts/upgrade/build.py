@@ -35,7 +35,11 @@ def delta_sql(path: Path) -> str:
     return "".join(out)
 
 
-def or_replace(sql: str) -> str:
+def or_replace(sql: str, old: str = "") -> str:
+    # A domain the old version already has stays (there is no CREATE OR REPLACE DOMAIN).
+    for m in re.finditer(r"^CREATE DOMAIN ([^ ]+) [^;]*;\n", sql, flags=re.M):
+        if m.group(0) in old:
+            sql = sql.replace(m.group(0), "")
     sql = re.sub(r"^CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", sql, flags=re.M)
     sql = re.sub(r"^CREATE VIEW", "CREATE OR REPLACE VIEW", sql, flags=re.M)
     sql = re.sub(r"^CREATE SCHEMA amba_api;\n", "", sql, flags=re.M)
@@ -70,13 +74,13 @@ def build(old_version: str, new_version: str, generated: str) -> str:
         "-- Rust functions (from cargo pgrx schema) -----------------------------------------\n" if own_library else "-- New Rust functions (from cargo pgrx schema) -------------------------------------\n",
         "\n\n".join(new_rust) + "\n\n",
         section("sql/api.sql")[1:],
-        or_replace((ROOT / "sql/api.sql").read_text()),
+        or_replace((ROOT / "sql/api.sql").read_text(), old),
         section("sql/http.sql"),
-        or_replace((ROOT / "sql/http.sql").read_text()),
+        or_replace((ROOT / "sql/http.sql").read_text(), old),
         section("sql/report.sql"),
-        or_replace((ROOT / "sql/report.sql").read_text()),
+        or_replace((ROOT / "sql/report.sql").read_text(), old),
         section("sql/distribute.sql"),
-        or_replace((ROOT / "sql/distribute.sql").read_text()),
+        or_replace((ROOT / "sql/distribute.sql").read_text(), old),
         section("sql/access.sql"),
         (ROOT / "sql/access.sql").read_text(),
     ]

@@ -1,6 +1,17 @@
 -- Schema changes of 0.3.0 (hand-written; scripts/upgrade/build.py puts them first in
 -- sql/amba--0.2.0--0.3.0.sql, then every Rust function of 0.3.0 — created, or re-pointed to
 -- the 0.3.0 library — and every hand-written function).
+-- Policies are all created again by access.sql below.
+DO $drop_policies$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN SELECT policyname, tablename FROM pg_catalog.pg_policies WHERE schemaname = 'amba' LOOP
+        EXECUTE pg_catalog.format('DROP POLICY %I ON amba.%I', p.policyname, p.tablename);
+    END LOOP;
+END
+$drop_policies$;
+
 -- Targeting and coverage (SPEC §10): who may be enrolled.
 ALTER TABLE amba.experiments
     ADD COLUMN targeting jsonb CHECK (jsonb_typeof(targeting) = 'object' AND targeting <> '{}'),
