@@ -17,10 +17,14 @@
 
 pub mod bucket;
 pub mod columns;
+pub mod bandit;
 pub mod condition;
 pub mod distributions;
 pub mod error;
 pub mod metric;
+pub mod quantile;
+pub mod ratio;
+pub mod sequential;
 pub mod srm;
 pub mod stats;
 pub mod validate;
