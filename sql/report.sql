@@ -121,6 +121,16 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $f
        AND v <> 'Infinity'::double precision AND v <> '-Infinity'::double precision
 $fn$;
 
+-- The coverage (a share, 0 to 1) as a percentage with at most 2 decimals, trailing zeros
+-- dropped ("100%", "12.5%"); "< 0.01%" for a positive share that rounds to 0; '—' for NULL.
+CREATE FUNCTION amba._report_coverage(v double precision) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT CASE WHEN v IS NULL THEN '—'
+                WHEN NOT amba._report_finite(v) THEN v::text
+                WHEN v > 0 AND round((v * 100)::numeric, 2) = 0 THEN '< 0.01%'
+                ELSE trim_scale(round((v * 100)::numeric, 2))::text || '%' END
+$fn$;
+
 -- A variant weight for display: as given when it is short, else rounded to 4 decimals.
 CREATE FUNCTION amba._report_weight(w double precision) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $fn$
@@ -510,6 +520,8 @@ h2{font-size:16px;margin:0 0 4px}
 .hint{color:var(--muted);font-size:13px;margin:0 0 14px}
 .meta{display:flex;flex-wrap:wrap;gap:8px 18px;align-items:center;color:var(--muted);font-size:13px}
 .meta b{font-weight:600;color:var(--fg)}
+.meta.audience{margin-top:8px}
+.meta .targeting{max-width:100%;overflow-wrap:anywhere}
 code{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace;background:#e9edf3;
 color:#243040;padding:2px 6px;border-radius:4px;overflow-wrap:anywhere}
 .description{margin:14px 0 0;white-space:pre-wrap;overflow-wrap:anywhere;max-width:80ch}
@@ -622,6 +634,7 @@ DECLARE
     notice_html text := '';
     title text;
     status text;
+    coverage double precision;
     generated timestamp := now() AT TIME ZONE 'UTC'::text;
     verdict text;
     pill text;
@@ -663,6 +676,10 @@ BEGIN
 
     -- Header.
     title := nullif(btrim(exp_doc->>'name'), '');
+    -- An experiment jsonb without the key (before 0.3.0) means everyone is covered.
+    coverage := CASE WHEN jsonb_typeof(exp_doc->'coverage') = 'number'
+                     THEN (exp_doc->>'coverage')::double precision
+                     WHEN exp_doc->'coverage' IS NULL THEN 1 END;
     status := coalesce(exp_doc->>'status', 'unknown');
     head_html := '<section class="card header-card">'
         || CASE WHEN title IS NOT NULL
@@ -677,6 +694,16 @@ BEGIN
                   amba._report_esc(conversion_event))
         || format('<span>Created <b>%s</b></span><span>Updated <b>%s</b></span>',
                   amba._report_time(exp_doc->>'created_at'), amba._report_time(exp_doc->>'updated_at'))
+        || '</div>'
+        -- Who may be enrolled (SPEC §10): the targeting condition as JSON text, or everyone;
+        -- the coverage as a percentage (its exact value in data-value).
+        || '<div class="meta audience" id="audience">'
+        || CASE WHEN jsonb_typeof(exp_doc->'targeting') = 'object' AND exp_doc->'targeting' <> '{}'::jsonb
+                THEN format('<span class="targeting">Targeting <code data-field="targeting">%s</code></span>',
+                            amba._report_esc((exp_doc->'targeting')::text))
+                ELSE '<span class="targeting">Targeting <b data-field="targeting" data-everyone="">everyone</b></span>' END
+        || format('<span>Coverage <b data-field="coverage" data-value="%s">%s</b> of eligible users</span>',
+                  amba._report_val(coverage), amba._report_coverage(coverage))
         || '</div>'
         || CASE WHEN nullif(exp_doc->>'description', '') IS NOT NULL
                 THEN format('<p class="description" data-field="description">%s</p>',

@@ -190,14 +190,18 @@ Amba runs A/B experiments inside PostgreSQL. These tools change experiments and 
 overrides ({}) and read them and their statistics ({}). They call the database's amba_* SQL \
 functions and return exactly the JSON those return.
 
-An experiment has a key, an ordered list of weighted variants (the first is the control) \
-and a status: draft, active, paused or ended. Application code (not these tools) then \
-runs, per end user: amba_assign(experiment_key, user_id) -> the user's sticky variant key \
-(deterministic hash, persisted; only 'active' experiments assign new users); \
+An experiment has a key, an ordered list of weighted variants (the first is the control), \
+a status: draft, active, paused or ended, and optionally a targeting condition on user \
+attributes (GrowthBook's condition language) and a coverage (the share of eligible users \
+enrolled, 0 to 1). Application code (not these tools) then runs, per end user: \
+amba_assign(experiment_key, user_id [, attributes jsonb]) -> the user's sticky variant key \
+(deterministic hash, persisted; only 'active' experiments assign new users), or null when \
+the targeting or coverage leaves the user out (nothing stored; show the default); \
 amba_expose(experiment_key, user_id) when the user actually sees the variant; \
 amba_track(user_id, event [, properties jsonb]) for conversions and metric values (e.g. \
-{{\"amount\": 19.99}}). Over HTTP (PostgREST, schema amba_api) the same are POST /rpc/assign, \
-/rpc/expose, /rpc/track with the user's session token. Results count exposed users only; \
+{{\"amount\": 19.99}}). Over HTTP (PostgREST, schema amba_api) the same are POST /rpc/assign \
+(with an optional \"attributes\" object), /rpc/expose, /rpc/track with the user's session \
+token. Results count exposed users only; \
 users with an override (QA, demos) are left out of them.
 
 Errors come back as tool errors whose text starts with a code: {} (then the SQLSTATE), \
@@ -277,6 +281,40 @@ fn status_schema(doc: String) -> Value {
     })
 }
 
+const TARGETING_DOC: &str = "Who may be enrolled: a condition on the user attributes that the \
+application passes to amba_assign(experiment_key, user_id, attributes) (over HTTP, the \
+\"attributes\" object of POST /rpc/assign). GrowthBook's condition language: a JSON object \
+whose keys are attribute paths (dotted for nested attributes, e.g. \"app.version\") with a \
+value to equal or an object of operators: $eq $ne $lt $lte $gt $gte $in $nin $ini $nini $all \
+$alli $elemMatch $size $exists $type $regex $regexi $not, version comparisons $veq $vne $vlt \
+$vlte $vgt $vgte, and the logical keys $and $or $nor. Example: {\"country\": {\"$in\": \
+[\"US\", \"CA\"]}, \"plan\": \"pro\", \"app.version\": {\"$vgte\": \"2.4.0\"}}. Users for whom it \
+does not hold are not enrolled: amba_assign returns null (the application shows its default \
+experience) and nothing is stored. Users already assigned keep their variant whatever their \
+attributes are now. An unknown operator (also $inGroup / $notInGroup) or an invalid regular \
+expression is INVALID_ARGUMENT.";
+
+const COVERAGE_DOC: &str = "The share of eligible users (those the targeting lets in) who \
+are enrolled, 0 to 1 (0.1 = 10%); the others get null from amba_assign. Which users are \
+covered is a deterministic hash of (experiment_key, user_id), independent of the variant, so \
+raising coverage later adds users and removes nobody. Changes affect only users not yet \
+assigned.";
+
+fn targeting_schema(doc: String) -> Value {
+    json!({
+        "type": "object",
+        "description": doc,
+    })
+}
+
+fn coverage_schema(doc: String) -> Value {
+    json!({
+        "minimum": 0,
+        "maximum": 1,
+        "description": doc,
+    })
+}
+
 const CREATE_ARGS: &[Arg] = &[
     KEY,
     Arg {
@@ -302,6 +340,26 @@ const CREATE_ARGS: &[Arg] = &[
         kind: Kind::Text,
         required: false,
         schema: || status_schema(format!("Initial status, default 'active'. {STATUS_DOC}")),
+    },
+    Arg {
+        name: "targeting",
+        kind: Kind::Json,
+        required: false,
+        schema: || {
+            targeting_schema(format!(
+                "Optional; omitted = everyone (no condition). {TARGETING_DOC}"
+            ))
+        },
+    },
+    Arg {
+        name: "coverage",
+        kind: Kind::Number,
+        required: false,
+        schema: || {
+            coverage_schema(format!(
+                "Optional, default 1 (everyone eligible). {COVERAGE_DOC}"
+            ))
+        },
     },
 ];
 
@@ -336,6 +394,27 @@ const UPDATE_ARGS: &[Arg] = &[
         kind: Kind::Text,
         required: false,
         schema: || json!({"description": "Optional: the new description."}),
+    },
+    Arg {
+        name: "targeting",
+        kind: Kind::Json,
+        required: false,
+        schema: || {
+            targeting_schema(format!(
+                "Optional: the new condition, replacing the old one; {{}} removes it (everyone \
+                 is eligible again); omitted or null keeps it. {TARGETING_DOC}"
+            ))
+        },
+    },
+    Arg {
+        name: "coverage",
+        kind: Kind::Number,
+        required: false,
+        schema: || {
+            coverage_schema(format!(
+                "Optional: the new coverage; omitted or null keeps it. {COVERAGE_DOC}"
+            ))
+        },
     },
 ];
 
@@ -676,11 +755,19 @@ sticky variant: picked by a deterministic hash of (experiment_key, user_id) with
 proportional to the weights, stored, and never changed afterwards. The first variant is the \
 control. status defaults to 'active' (new users are assigned right away); use 'draft' to \
 prepare an experiment without assigning anyone yet.
+Who is enrolled: targeting (optional) is a condition in GrowthBook's condition language on \
+the attributes the application passes to amba_assign(experiment_key, user_id, attributes), \
+e.g. {\"country\": \"US\", \"plan\": {\"$in\": [\"pro\", \"team\"]}}; coverage (optional, 0 to 1, \
+default 1) enrols only that share of the users the targeting lets in. A user who is not \
+enrolled gets null from amba_assign (show the default experience), is not stored and is in \
+no result. Both can be changed later with amba_experiments_update.
 Returns the experiment as JSON: {key, name, description, status, variants: [{key, weight}], \
-created_at, updated_at}.
+targeting (the condition, or null for everyone), coverage, created_at, updated_at, ...}.
 Errors: EXPERIMENT_EXISTS when the key is taken (change it with amba_experiments_update \
 instead); INVALID_ARGUMENT for a bad key, fewer than two variants, duplicate or bad variant \
-keys, negative/non-numeric/non-finite weights or a zero sum, or an unknown status.",
+keys, negative/non-numeric/non-finite weights or a zero sum, an unknown status, a \
+targeting that is not a JSON object or has an unknown operator or an invalid regular \
+expression, or a coverage outside 0..1.",
         columns: &[],
         notes: "",
     },
@@ -694,7 +781,8 @@ keys, negative/non-numeric/non-finite weights or a zero sum, or an unknown statu
         legacy_wrapper: "experiments",
         doc: "\
 List every experiment. Returns a JSON array of experiment objects, each \
-{key, name, description, status, variants: [{key, weight}], created_at, updated_at} \
+{key, name, description, status, variants: [{key, weight}], targeting, coverage, \
+created_at, updated_at, ...} \
 (the same shape as amba_experiments_get); [] when there are none. Takes no arguments.",
         columns: &[],
         notes: "",
@@ -709,7 +797,10 @@ List every experiment. Returns a JSON array of experiment objects, each \
         legacy_wrapper: "experiment",
         doc: "\
 Read one experiment by key. Returns {key, name, description, status, \
-variants: [{key, weight}] (control first), created_at, updated_at}.
+variants: [{key, weight}] (control first), targeting, coverage, created_at, updated_at, \
+...}: targeting is the condition on user attributes that decides who may be enrolled \
+(GrowthBook's condition language; null = everyone), coverage the share of those users \
+enrolled (0 to 1; 1 = all).
 Errors: EXPERIMENT_NOT_FOUND when no experiment has this key.",
         columns: &[],
         notes: "",
@@ -717,7 +808,7 @@ Errors: EXPERIMENT_NOT_FOUND when no experiment has this key.",
     Spec {
         tool: "amba_experiments_update",
         function: "amba_update_experiment",
-        title: "Update an A/B experiment (re-weight, pause, rename)",
+        title: "Update an A/B experiment (re-weight, pause, retarget, rename)",
         args: UPDATE_ARGS,
         shape: Shape::Object,
         access: Access::Write {
@@ -733,11 +824,17 @@ affects users not yet assigned, existing assignments never move. New variants ma
 appended. A variant that already has assigned users (or an override) cannot be removed \
 (INVALID_ARGUMENT): set its weight to 0 instead so it gets no new users. The control must \
 stay first.
+targeting replaces the condition on user attributes (GrowthBook's condition language); {} \
+removes it so everyone is eligible. coverage (0 to 1) sets the share of eligible users \
+enrolled; raising it adds users, removes nobody. Like weights, both apply only to users not \
+yet assigned: assigned users keep their variant whatever their attributes.
 status: draft | active | paused | ended, any to any. Pausing (or ending) stops new \
 assignments: users already assigned keep getting their variant, new users get \
 EXPERIMENT_INACTIVE. Setting 'active' again resumes assigning.
-Returns the updated experiment {key, name, description, status, variants, created_at, \
-updated_at}. Errors: EXPERIMENT_NOT_FOUND, INVALID_ARGUMENT.",
+Returns the updated experiment {key, name, description, status, variants, targeting, \
+coverage, created_at, updated_at, ...}. Errors: EXPERIMENT_NOT_FOUND, INVALID_ARGUMENT (also \
+for a targeting that is not a JSON object, has an unknown operator or an invalid regular \
+expression, and a coverage outside 0..1; nothing is changed then).",
         columns: &[],
         notes: "",
     },

@@ -302,6 +302,8 @@ const TOOLS: &[ToolContract] = &[
             "name",
             "description",
             "status",
+            "targeting",
+            "coverage",
         ],
         &["experiment_key", "variants"],
         &[],
@@ -321,6 +323,8 @@ const TOOLS: &[ToolContract] = &[
             "status",
             "name",
             "description",
+            "targeting",
+            "coverage",
         ],
         &["experiment_key"],
         &[],
@@ -491,6 +495,28 @@ fn lists_every_tool_with_schemas() {
         property("amba_experiments_results", "alpha")["type"],
         "number"
     );
+    for tool in ["amba_experiments_create", "amba_experiments_update"] {
+        let targeting = property(tool, "targeting");
+        assert_eq!(targeting["type"], "object", "{tool}");
+        let text = targeting["description"].as_str().unwrap();
+        assert!(
+            text.contains("GrowthBook") && text.contains("amba_assign") && text.contains("$in"),
+            "{tool}: {text}"
+        );
+        let coverage = property(tool, "coverage");
+        assert_eq!(coverage["type"], "number", "{tool}");
+        assert_eq!(
+            (coverage["minimum"].clone(), coverage["maximum"].clone()),
+            (json!(0), json!(1)),
+            "{tool}"
+        );
+    }
+    assert!(
+        property("amba_experiments_update", "targeting")["description"]
+            .as_str()
+            .unwrap()
+            .contains("{} removes it")
+    );
     assert_eq!(
         property("amba_experiments_metric_results", "cuped_days")["type"],
         "integer"
@@ -509,6 +535,18 @@ fn lists_every_tool_with_schemas() {
         "{update}"
     );
     assert!(doc("amba_experiments_results").contains("0.001"));
+    for tool in [
+        "amba_experiments_create",
+        "amba_experiments_get",
+        "amba_experiments_list",
+        "amba_experiments_update",
+    ] {
+        let text = doc(tool);
+        assert!(
+            text.contains("targeting") && text.contains("coverage"),
+            "{tool} tells about targeting and coverage: {text}"
+        );
+    }
     for tool in [
         "amba_overrides_set",
         "amba_overrides_clear",
@@ -853,6 +891,149 @@ fn errors_carry_contract_codes() {
     let got = server.ok("amba_experiments_get", json!({"experiment_key": k}));
     assert_eq!(got["status"], "draft");
     assert_eq!(got["variants"], two);
+    assert!(server.alive());
+}
+
+/// SPEC §10 over MCP: create with targeting and coverage, get/list show them, the SQL
+/// functions enrol by them, update changes coverage and removes the condition with {},
+/// and invalid conditions or coverages are INVALID_ARGUMENT with nothing changed.
+#[test]
+fn targeting_and_coverage_round_trip() {
+    let k = key("targeting");
+    let bad = key("targeting_bad");
+    let _cleanup = Cleanup(vec![k.clone(), bad.clone()]);
+    let mut db = sql();
+    let mut server = Server::start();
+    let two = json!([{"key": "control", "weight": 1}, {"key": "treatment", "weight": 1}]);
+    let condition = json!({"country": {"$in": ["US", "CA"]}, "plan": "pro"});
+
+    // create: both stored and returned
+    let created = server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": k, "variants": two, "targeting": condition, "coverage": 0.5}),
+    );
+    assert_eq!(created["targeting"], condition, "{created}");
+    assert_eq!(created["coverage"].as_f64(), Some(0.5), "{created}");
+
+    // get and list: the same as SQL says
+    let got = server.ok("amba_experiments_get", json!({"experiment_key": k}));
+    let direct: String = db
+        .query_one("SELECT amba_get_experiment($1::text)::text", &[&k])
+        .unwrap()
+        .get(0);
+    assert_eq!(got, serde_json::from_str::<Value>(&direct).unwrap());
+    assert_eq!(got["targeting"], condition);
+    assert_eq!(got["coverage"].as_f64(), Some(0.5));
+    let listed = server.ok("amba_experiments_list", json!({}));
+    let mine: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["key"] == json!(k))
+        .collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["targeting"], condition);
+    assert_eq!(mine[0]["coverage"].as_f64(), Some(0.5));
+
+    // the application's amba_peek follows them: half of the matching users, no others
+    let user = |i: usize| format!("mcp{}-t-{i}", std::process::id());
+    let peek = |db: &mut Client, u: &str, attributes: &Value| -> Option<String> {
+        db.query_one(
+            "SELECT amba_peek($1::text, $2::text, $3::text::jsonb)",
+            &[&k, &u, &attributes.to_string()],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let matching = json!({"country": "CA", "plan": "pro"});
+    let other = json!({"country": "DE", "plan": "pro"});
+    let enrolled = (0..200)
+        .filter(|&i| peek(&mut db, &user(i), &matching).is_some())
+        .count();
+    assert!(
+        (50..150).contains(&enrolled),
+        "coverage 0.5 enrolled {enrolled} of 200"
+    );
+    assert!((0..50).all(|i| peek(&mut db, &user(i), &other).is_none()));
+
+    // update coverage only: the condition stays
+    let full = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "coverage": 1}),
+    );
+    assert_eq!(full["coverage"].as_f64(), Some(1.0));
+    assert_eq!(
+        full["targeting"], condition,
+        "omitted targeting is unchanged"
+    );
+    assert!((0..50).all(|i| peek(&mut db, &user(i), &matching).is_some()));
+    assert!((0..50).all(|i| peek(&mut db, &user(i), &other).is_none()));
+
+    // invalid conditions and coverages: INVALID_ARGUMENT from SQL (22023), nothing changed
+    for (targeting, coverage) in [
+        (json!({"country": {"$bogus": 1}}), None),
+        (json!({"email": {"$regex": "("}}), None),
+        (json!({"id": {"$inGroup": "beta"}}), None),
+        (json!([{"country": "US"}]), None),
+        (json!("{\"country\": \"US\"}"), None),
+        (Value::Null, Some(json!(1.5))),
+        (Value::Null, Some(json!(-0.1))),
+    ] {
+        let mut args = json!({"experiment_key": k});
+        if !targeting.is_null() {
+            args["targeting"] = targeting.clone();
+        }
+        if let Some(c) = &coverage {
+            args["coverage"] = c.clone();
+        }
+        let text = server.err("amba_experiments_update", args.clone(), "INVALID_ARGUMENT");
+        assert!(text.contains("SQLSTATE 22023"), "{args}: {text}");
+        let mut create = args.clone();
+        create["experiment_key"] = json!(bad);
+        create["variants"] = two.clone();
+        let text = server.err(
+            "amba_experiments_create",
+            create.clone(),
+            "INVALID_ARGUMENT",
+        );
+        assert!(text.contains("SQLSTATE 22023"), "{create}: {text}");
+    }
+    // a coverage that is not a number is caught before SQL
+    server.err(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "coverage": "0.5"}),
+        "INVALID_ARGUMENT",
+    );
+    server.err(
+        "amba_experiments_get",
+        json!({"experiment_key": bad}),
+        "EXPERIMENT_NOT_FOUND",
+    );
+    let unchanged = server.ok("amba_experiments_get", json!({"experiment_key": k}));
+    assert_eq!(unchanged["targeting"], condition);
+    assert_eq!(unchanged["coverage"].as_f64(), Some(1.0));
+    assert_eq!(unchanged["updated_at"], full["updated_at"]);
+
+    // {} removes the condition: everyone is eligible again
+    let everyone = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "targeting": {}}),
+    );
+    assert!(everyone["targeting"].is_null(), "{everyone}");
+    assert_eq!(everyone["coverage"].as_f64(), Some(1.0));
+    let got = server.ok("amba_experiments_get", json!({"experiment_key": k}));
+    assert!(got["targeting"].is_null(), "{got}");
+    assert!((0..50).all(|i| peek(&mut db, &user(i), &other).is_some()));
+
+    // create without them: no condition, full coverage
+    let plain = key("targeting_plain");
+    let _cleanup_plain = Cleanup(vec![plain.clone()]);
+    let created = server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": plain, "variants": two, "targeting": null}),
+    );
+    assert!(created["targeting"].is_null(), "{created}");
+    assert_eq!(created["coverage"].as_f64(), Some(1.0));
     assert!(server.alive());
 }
 

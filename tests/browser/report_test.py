@@ -9,8 +9,12 @@ Playwright, never a downloaded browser) and checks it the way a person would loo
   * the table's numbers (data-value) equal amba._results(key, event, 0.05), queried here,
     to 1e-12 relative, and the shown text is that number, formatted (percentages with 2
     decimals, p-values with 4 significant digits or "< 0.0001", "—" for NULL);
-  * user texts (name, description, key, event, variant keys) appear as text, equal to the
-    raw strings, and nothing was injected: only an allowlist of elements, no on* attribute;
+  * user texts (name, description, key, event, variant keys, the targeting condition)
+    appear as text, equal to the raw strings, and nothing was injected: only an allowlist
+    of elements, no on* attribute;
+  * the header tells who may be enrolled: the targeting condition as JSON text equal to
+    the experiment's ("everyone" without one) and the coverage as a percentage whose
+    data-value is the experiment's coverage;
   * the charts: one lift marker per non-control variant with a lift (its value exact), one
     lift-over-time panel per non-control variant whose points equal amba._results_daily;
     no chart and a notice when nobody is exposed;
@@ -167,6 +171,19 @@ def shown_ok(col, value, text):
     return True
 
 
+def coverage_shown_ok(value, text):
+    """A coverage share as a percentage with at most 2 decimals ("80%", "12.5%"), "< 0.01%"
+    for a positive share below that."""
+    text = text.strip()
+    if value is None:
+        return text == "—"
+    if 0 < value < 0.00005:
+        return text == "< 0.01%"
+    if not re.fullmatch(r"\d+(\.\d{1,2})?%", text) or re.fullmatch(r".*\.\d*0%", text):
+        return False
+    return abs(number_in(text) / 100 - value) <= 0.00005 * (1 + 1e-9) + 1e-15
+
+
 def run(args):
     c = Checks()
     html, experiment, results, daily = fetch(args.database_url, args.experiment, args.event)
@@ -245,6 +262,30 @@ def check_page(c, page, experiment, results, daily, args):
     c.check(field("key") == experiment["key"], "experiment key shown", repr(field("key")))
     c.check(field("event") == args.event, "conversion event shown as text", repr(field("event")))
     c.check(field("status") == experiment.get("status"), "status shown", repr(field("status")))
+
+    # --- Who may be enrolled (SPEC §10): the condition as JSON text (or "everyone"), the
+    # coverage as a percentage with its exact value.
+    targeting = experiment.get("targeting")
+    shown = field("targeting")
+    if targeting:
+        try:
+            parsed = json.loads(shown) if shown is not None else None
+        except ValueError:
+            parsed = None
+        c.check(parsed == targeting, "targeting condition shown as JSON text, equal to the experiment's",
+                f"{shown!r} vs {targeting!r}")
+    else:
+        c.check(shown == "everyone", "no targeting condition: shown as everyone", repr(shown))
+    coverage = experiment.get("coverage", 1)
+    cov = page.evaluate("(() => { const e = document.querySelector('[data-field=\"coverage\"]');"
+                        " return e && [e.getAttribute('data-value'), e.textContent]; })()")
+    c.check(cov is not None and same(parse_value(cov[0]), coverage), "coverage shown, exact value",
+            f"{cov!r} vs {coverage!r}")
+    c.check(cov is not None and coverage_shown_ok(coverage, cov[1]),
+            "coverage shown as a percentage", f"{coverage!r} shown as {cov and cov[1]!r}")
+    audience = page.evaluate("""() => { const a = document.getElementById('audience');
+        const h = document.querySelector('.header-card'); return !!(a && h && h.contains(a)); }""")
+    c.check(audience, "targeting and coverage are in the header")
     gen = page.evaluate("(() => { const t = document.querySelector('time[data-field=\"generated-at\"]');"
                         " return t && [t.getAttribute('datetime'), t.textContent]; })()")
     ok = False

@@ -56,7 +56,16 @@ LANGUAGE sql AS $$
     INSERT INTO report_standin.experiments VALUES (k, jsonb_build_object(
         'key', k, 'name', name, 'description', description, 'status', status,
         'variants', variants,
+        'targeting', NULL, 'coverage', 1,
         'created_at', '2026-03-02T09:15:00Z', 'updated_at', '2026-03-04T17:40:12Z'));
+$$;
+
+-- Targeting and coverage (SPEC §10), as the experiment jsonb carries them.
+CREATE FUNCTION report_standin.set_audience(k text, targeting jsonb, coverage float8) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE report_standin.experiments
+       SET doc = doc || jsonb_build_object('targeting', targeting, 'coverage', coverage)
+     WHERE key = k;
 $$;
 
 -- Daily counts: `rates` per variant, `skew` multiplies a variant's exposure share (SRM).
@@ -91,6 +100,8 @@ SELECT report_standin.add_experiment('checkout-redesign', 'Checkout redesign',
     '[{"key":"control","weight":50},{"key":"one-page","weight":25},{"key":"one-page-express","weight":25}]');
 SELECT report_standin.simulate('checkout-redesign', '2026-03-03', 30, 2400,
     ARRAY[0.100, 0.109, 0.097], NULL, 0.11);
+SELECT report_standin.set_audience('checkout-redesign',
+    '{"country": {"$in": ["US", "CA"]}, "app.version": {"$vgte": "2.4.0"}}', 0.8);
 
 SELECT report_standin.add_experiment('hostile.srm',
     '<script>alert(1)</script> "Pricing" & ''friends''',
@@ -100,6 +111,8 @@ SELECT report_standin.add_experiment('hostile.srm',
     '{"key":"\"><img src=x onerror=alert(1)>","weight":0},{"key":"o''brien&co","weight":0}]');
 SELECT report_standin.simulate('hostile.srm', '2026-04-10', 14, 1500,
     ARRAY[0.20, 0.22, 0.2, 0.2], ARRAY[1.12, 0.88], 0.22);
+SELECT report_standin.set_audience('hostile.srm',
+    '{"email": {"$regex": "</code><img src=x onerror=alert(4)>"}, "plan": "o''brien & <co>"}', 0.125);
 
 SELECT report_standin.add_experiment('empty-exp', 'Nobody exposed yet', NULL, 'draft',
     '[{"key":"control","weight":1},{"key":"treatment","weight":1}]');

@@ -2712,3 +2712,412 @@ fn client_keys_and_roles_get_403_on_every_0_2_0_admin_endpoint() {
         .get(0);
     assert_eq!(overrides, 0);
 }
+
+// ------------------------------------------------------------------------------------------
+// Targeting and coverage (SPEC §10)
+// ------------------------------------------------------------------------------------------
+
+/// Rows amba.assignments holds for (experiment key, user).
+fn stored_assignments(key: &str, user: &str) -> i64 {
+    connect()
+        .query_one(
+            "SELECT count(*) FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+              WHERE e.key = $1 AND a.user_id = $2",
+            &[&key, &user],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// `GET /rpc/peek` with the attributes as a query parameter (URL-encoded JSON text).
+fn peek_with(key: &str, user: &str, attributes: Option<&Value>) -> (u16, Value) {
+    let mut path = format!("/rpc/peek?experiment_key={}", url(key));
+    if let Some(a) = attributes {
+        path.push_str(&format!("&attributes={}", url(&a.to_string())));
+    }
+    get(&path, client_headers(), client_jwt(user))
+}
+
+/// `POST /rpc/peek` with the attributes as a JSON object in the body.
+fn peek_post(key: &str, user: &str, attributes: Option<&Value>) -> (u16, Value) {
+    let mut body = json!({ "experiment_key": key });
+    if let Some(a) = attributes {
+        body["attributes"] = a.clone();
+    }
+    post("/rpc/peek", client_headers(), client_jwt(user), body)
+}
+
+fn assign_with(key: &str, user: &str, attributes: Option<&Value>) -> (u16, Value) {
+    let mut body = json!({ "experiment_key": key });
+    if let Some(a) = attributes {
+        body["attributes"] = a.clone();
+    }
+    post("/rpc/assign", client_headers(), client_jwt(user), body)
+}
+
+#[test]
+fn client_assign_and_peek_follow_targeting_and_coverage() {
+    let key = unique("http_target");
+    let condition = json!({ "plan": "pro", "country": { "$in": ["US", "CA"] } });
+    let (status, created) = post(
+        "/rpc/experiments_create",
+        admin_headers(),
+        admin_jwt(),
+        json!({ "experiment_key": key, "variants": two_variants(), "targeting": condition }),
+    );
+    assert_eq!(status, 200, "{created}");
+    let matching = json!({ "plan": "pro", "country": "CA", "app": { "version": "3.1.0" } });
+    let other = json!({ "plan": "free", "country": "CA" });
+    let not_enrolled = json!({ "experiment_key": key, "variant": null });
+
+    // POST /rpc/assign: the variant when the condition holds, stored for the token's user.
+    let pro = unique("pro");
+    let (status, body) = assign_with(&key, &pro, Some(&matching));
+    assert_eq!(status, 200, "{body}");
+    let variant = body["variant"].as_str().expect("a variant").to_string();
+    assert_eq!(body, json!({ "experiment_key": key, "variant": variant }));
+    assert_eq!(stored_assignments(&key, &pro), 1);
+    // Sticky: later attributes do not matter any more.
+    assert_eq!(assign_with(&key, &pro, Some(&other)), (200, body.clone()));
+    assert_eq!(assign_with(&key, &pro, None), (200, body.clone()));
+
+    // Not matching (or no attributes: {}): 200 with "variant": null, nothing stored.
+    let free = unique("free");
+    assert_eq!(
+        assign_with(&key, &free, Some(&other)),
+        (200, not_enrolled.clone())
+    );
+    assert_eq!(assign_with(&key, &free, None), (200, not_enrolled.clone()));
+    assert_eq!(
+        assign_with(&key, &free, Some(&Value::Null)),
+        (200, not_enrolled.clone())
+    );
+    assert_eq!(
+        stored_assignments(&key, &free),
+        0,
+        "a user left out is not stored"
+    );
+    let (status, mine) = get("/my_assignments", client_headers(), client_jwt(&free));
+    assert_eq!(status, 200);
+    assert!(mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["experiment_key"] != key.as_str()));
+    // Not enrolled, so nothing to expose.
+    assert_error(
+        &post(
+            "/rpc/expose",
+            client_headers(),
+            client_jwt(&free),
+            json!({ "experiment_key": key }),
+        ),
+        404,
+        "ASSIGNMENT_REQUIRED",
+    );
+    // The attributes describe the caller only: naming another user in them changes nothing,
+    // and a user_id beside them is still no parameter.
+    assert_eq!(
+        assign_with(&key, &free, Some(&json!({ "id": pro, "user_id": pro }))),
+        (200, not_enrolled.clone())
+    );
+    assert_eq!(
+        post(
+            "/rpc/assign",
+            client_headers(),
+            client_jwt(&free),
+            json!({ "experiment_key": key, "attributes": matching, "user_id": pro }),
+        )
+        .0,
+        404
+    );
+    assert_eq!(stored_assignments(&key, &free), 0);
+
+    // /rpc/peek with attributes: the same answers, and nothing stored. (POST here: peek is
+    // STABLE, so PostgREST runs it read-only either way; GET is
+    // client_peek_by_get_takes_attributes_in_the_query_string.)
+    let peeker = unique("peeker");
+    let (status, peeked) = peek_post(&key, &peeker, Some(&matching));
+    assert_eq!(status, 200, "{peeked}");
+    let would = peeked["variant"].as_str().expect("a variant").to_string();
+    assert_eq!(
+        peek_post(&key, &peeker, Some(&other)),
+        (200, not_enrolled.clone())
+    );
+    assert_eq!(peek_post(&key, &peeker, None), (200, not_enrolled.clone()));
+    assert_eq!(stored_assignments(&key, &peeker), 0, "peek writes nothing");
+    // The peeked variant is the one assign then gives; the stored one wins over attributes.
+    assert_eq!(
+        assign_with(&key, &peeker, Some(&matching)).1["variant"],
+        would.as_str()
+    );
+    assert_eq!(
+        peek_post(&key, &peeker, Some(&other)).1["variant"],
+        would.as_str()
+    );
+
+    // Attributes that are not a JSON object: 400 INVALID_ARGUMENT, nothing stored.
+    let bad = unique("bad_attrs");
+    for attributes in [json!([1, 2]), json!("plan=pro"), json!(42), json!(true)] {
+        assert_error(
+            &assign_with(&key, &bad, Some(&attributes)),
+            400,
+            "INVALID_ARGUMENT",
+        );
+        assert_error(
+            &peek_post(&key, &bad, Some(&attributes)),
+            400,
+            "INVALID_ARGUMENT",
+        );
+    }
+    assert_eq!(stored_assignments(&key, &bad), 0);
+
+    // Coverage 0: nobody new is enrolled; the assigned keep their variants.
+    let (status, updated) = post(
+        "/rpc/experiments_update",
+        admin_headers(),
+        admin_jwt(),
+        json!({ "experiment_key": key, "coverage": 0 }),
+    );
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["coverage"].as_f64(), Some(0.0));
+    assert_eq!(updated["targeting"], condition);
+    let late = unique("late");
+    assert_eq!(
+        peek_post(&key, &late, Some(&matching)),
+        (200, not_enrolled.clone())
+    );
+    assert_eq!(
+        assign_with(&key, &late, Some(&matching)),
+        (200, not_enrolled.clone())
+    );
+    assert_eq!(stored_assignments(&key, &late), 0);
+    assert_eq!(
+        assign_with(&key, &pro, Some(&matching)),
+        (200, body.clone())
+    );
+
+    // Full coverage, condition removed: everyone is enrolled, attributes or not.
+    let (status, updated) = post(
+        "/rpc/experiments_update",
+        admin_headers(),
+        admin_jwt(),
+        json!({ "experiment_key": key, "coverage": 1, "targeting": {} }),
+    );
+    assert_eq!(status, 200, "{updated}");
+    assert!(updated["targeting"].is_null(), "{updated}");
+    let (status, body) = assign_with(&key, &late, Some(&other));
+    assert_eq!(status, 200);
+    assert!(body["variant"].is_string(), "{body}");
+    assert_eq!(stored_assignments(&key, &late), 1);
+    let (status, body) = peek_post(&key, &unique("anyone"), None);
+    assert_eq!(status, 200);
+    assert!(body["variant"].is_string(), "{body}");
+
+    // Still not a JSON object once the experiment has no condition left.
+    assert_error(
+        &assign_with(&key, &unique("bad_attrs"), Some(&json!([1, 2]))),
+        400,
+        "INVALID_ARGUMENT",
+    );
+}
+
+/// `GET /rpc/peek?experiment_key=..&attributes=<URL-encoded JSON object>`. PostgREST
+/// (v12.2.12 src/PostgREST/Plan/CallPlan.hs `jsonRpcParams`) turns every query parameter
+/// into a JSON *string* before `json_to_record`, so the function receives the attributes as
+/// a jsonb string holding the object's JSON text; SPEC §10 says GET /rpc/peek takes the
+/// attributes object all the same.
+#[test]
+fn client_peek_by_get_takes_attributes_in_the_query_string() {
+    let key = unique("http_target_get");
+    let (status, created) = post(
+        "/rpc/experiments_create",
+        admin_headers(),
+        admin_jwt(),
+        json!({ "experiment_key": key, "variants": two_variants(),
+                "targeting": { "plan": "pro", "age": { "$gte": 18 } } }),
+    );
+    assert_eq!(status, 200, "{created}");
+    let not_enrolled = json!({ "experiment_key": key, "variant": null });
+    let user = unique("get_peeker");
+    let matching = json!({ "plan": "pro", "age": 30 });
+    let (status, peeked) = peek_with(&key, &user, Some(&matching));
+    assert_eq!(status, 200, "{peeked}");
+    assert!(peeked["variant"].is_string(), "{peeked}");
+    assert_eq!(
+        peek_post(&key, &user, Some(&matching)),
+        (200, peeked.clone())
+    );
+    assert_eq!(
+        peek_with(&key, &user, Some(&json!({ "plan": "pro", "age": 17 }))),
+        (200, not_enrolled.clone())
+    );
+    assert_eq!(peek_with(&key, &user, None), (200, not_enrolled.clone()));
+    assert_error(
+        &peek_with(&key, &user, Some(&json!([1, 2]))),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_error(
+        &get(
+            &format!(
+                "/rpc/peek?experiment_key={}&attributes=plan%3Dpro",
+                url(&key)
+            ),
+            client_headers(),
+            client_jwt(&user),
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(stored_assignments(&key, &user), 0, "peek writes nothing");
+}
+
+#[test]
+fn admin_create_update_get_list_carry_targeting_and_coverage() {
+    let key = unique("http_target_admin");
+    let condition =
+        json!({ "$or": [{ "country": "US" }, { "email": { "$regex": "@example\\.com$" } }] });
+    let (status, created) = post(
+        "/rpc/experiments_create",
+        admin_headers(),
+        admin_jwt(),
+        json!({ "experiment_key": key, "variants": two_variants(), "targeting": condition,
+                "coverage": 0.25 }),
+    );
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["targeting"], condition);
+    assert_eq!(created["coverage"].as_f64(), Some(0.25));
+    let (status, got) = get(
+        &format!("/rpc/experiments_get?experiment_key={}", url(&key)),
+        admin_headers(),
+        admin_jwt(),
+    );
+    assert_eq!((status, &got), (200, &created));
+    let (_, list) = get("/rpc/experiments_list", admin_headers(), admin_jwt());
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == key.as_str())
+        .expect("listed")
+        .clone();
+    assert_eq!(listed, created);
+
+    // Without them: no condition (null), coverage 1.
+    let plain = unique("http_target_plain");
+    let (status, body) = admin_create(&plain, two_variants(), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body["targeting"].is_null(), "{body}");
+    assert_eq!(body["coverage"].as_f64(), Some(1.0));
+
+    // Update one, the other stays; {} removes the condition.
+    let update = |body: Value| {
+        post(
+            "/rpc/experiments_update",
+            admin_headers(),
+            admin_jwt(),
+            body,
+        )
+    };
+    let (status, updated) = update(json!({ "experiment_key": key, "coverage": 0.75 }));
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["coverage"].as_f64(), Some(0.75));
+    assert_eq!(updated["targeting"], condition);
+    let narrower = json!({ "country": "US" });
+    let (status, updated) = update(json!({ "experiment_key": key, "targeting": narrower }));
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["targeting"], narrower);
+    assert_eq!(updated["coverage"].as_f64(), Some(0.75));
+    let (status, updated) = update(json!({ "experiment_key": key, "targeting": {} }));
+    assert_eq!(status, 200, "{updated}");
+    assert!(updated["targeting"].is_null(), "{updated}");
+    assert_eq!(updated["coverage"].as_f64(), Some(0.75));
+    let (status, updated) =
+        update(json!({ "experiment_key": key, "targeting": narrower, "status": "paused" }));
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(
+        (updated["targeting"].clone(), updated["status"].clone()),
+        (narrower.clone(), json!("paused"))
+    );
+
+    // Invalid conditions and coverages: 400 INVALID_ARGUMENT, nothing created or changed.
+    let invalid_targeting = [
+        json!({ "country": { "$bogus": 1 } }),
+        json!({ "email": { "$regex": "(" } }),
+        json!({ "id": { "$inGroup": "beta" } }),
+        json!([{ "country": "US" }]),
+        json!("country=US"),
+    ];
+    let never = unique("http_target_never");
+    for targeting in &invalid_targeting {
+        assert_error(
+            &post(
+                "/rpc/experiments_create",
+                admin_headers(),
+                admin_jwt(),
+                json!({ "experiment_key": never, "variants": two_variants(), "targeting": targeting }),
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        );
+        assert_error(
+            &update(json!({ "experiment_key": key, "targeting": targeting })),
+            400,
+            "INVALID_ARGUMENT",
+        );
+    }
+    for coverage in [json!(-0.5), json!(1.5)] {
+        assert_error(
+            &post(
+                "/rpc/experiments_create",
+                admin_headers(),
+                admin_jwt(),
+                json!({ "experiment_key": never, "variants": two_variants(), "coverage": coverage }),
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        );
+        assert_error(
+            &update(json!({ "experiment_key": key, "coverage": coverage })),
+            400,
+            "INVALID_ARGUMENT",
+        );
+    }
+    assert_error(
+        &get(
+            &format!("/rpc/experiments_get?experiment_key={}", url(&never)),
+            admin_headers(),
+            admin_jwt(),
+        ),
+        404,
+        "EXPERIMENT_NOT_FOUND",
+    );
+    let (_, after) = get(
+        &format!("/rpc/experiments_get?experiment_key={}", url(&key)),
+        admin_headers(),
+        admin_jwt(),
+    );
+    assert_eq!(after, updated, "failed updates changed nothing");
+
+    // Clients may not set them.
+    assert_error(
+        &post(
+            "/rpc/experiments_update",
+            client_headers(),
+            client_jwt("u1"),
+            json!({ "experiment_key": key, "targeting": {} }),
+        ),
+        403,
+        "FORBIDDEN",
+    );
+    for k in [&key, &plain] {
+        let (status, _) = post(
+            "/rpc/experiments_delete",
+            admin_headers(),
+            admin_jwt(),
+            json!({ "experiment_key": k }),
+        );
+        assert_eq!(status, 200);
+    }
+}
