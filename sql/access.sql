@@ -23,11 +23,12 @@ DECLARE
         'amba_results(text, text, double precision)',
         'amba_metric_results(text, text, text, double precision, double precision, double precision, integer)',
         'amba_results_daily(text, text, double precision)', 'amba_report(text, text)',
-        'amba_bucket(text, text)', 'amba_experiment_history(text)'];
+        'amba_bucket(text, text)', 'amba_experiment_history(text)',
+        'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)'];
 BEGIN
     FOREACH signature IN ARRAY analyst_signatures || ARRAY[
-        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision)',
-        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision)',
+        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text)',
+        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text)',
         'amba_delete_experiment(text)',
         'amba_assign(text, text, jsonb)', 'amba_expose(text, text)', 'amba_peek(text, text, jsonb)',
         'amba_track(text, text, jsonb, timestamptz)',
@@ -61,7 +62,7 @@ GRANT EXECUTE ON FUNCTION
     amba._metric_results(text, text, text, double precision, double precision, double precision, integer),
     amba._results_daily(text, text, double precision), amba._report(text, text),
     amba._check_experiment_key(text), amba._experiment_json(amba.experiments),
-    amba._raise(text, text), amba._not_found(text)
+    amba._raise(text, text), amba._not_found(text), amba._list_layers()
 TO amba_analyst;
 
 -- Clients: their own assignments and exposures, read-only; everything else goes through
@@ -98,10 +99,11 @@ GRANT SELECT ON amba_api.my_assignments TO amba_client;
 ALTER FUNCTION amba._my_assignments() OWNER TO amba_owner;
 GRANT EXECUTE ON FUNCTION amba._my_assignments() TO amba_client;
 GRANT EXECUTE ON FUNCTION
-    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision),
+    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text),
     amba_api.experiments_list(),
+    amba_api.experiments_list_layers(),
     amba_api.experiments_get(text),
-    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision),
+    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text),
     amba_api.experiments_delete(text),
     amba_api.experiments_results(text, text, double precision),
     amba_api.experiments_metric_results(text, text, text, double precision, double precision, double precision, integer),

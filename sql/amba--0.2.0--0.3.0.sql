@@ -17,6 +17,16 @@ $drop_policies$;
 ALTER TABLE amba.experiments
     ADD COLUMN targeting jsonb CHECK (jsonb_typeof(targeting) = 'object' AND targeting <> '{}'),
     ADD COLUMN coverage double precision NOT NULL DEFAULT 1 CHECK (coverage >= 0 AND coverage <= 1);
+-- Layers and holdouts (SPEC §11).
+ALTER TABLE amba.experiments
+    ADD COLUMN layer text CHECK (layer ~ '^[A-Za-z0-9_.:-]{1,128}$'),
+    ADD COLUMN layer_share double precision CHECK (layer_share > 0 AND layer_share <= 1),
+    ADD COLUMN layer_start double precision CHECK (layer_start >= 0 AND layer_start < 1),
+    ADD CONSTRAINT experiments_layer_share_with_layer CHECK ((layer IS NULL) = (layer_share IS NULL)),
+    ADD COLUMN holdout_id bigint REFERENCES amba.experiments (id),
+    ADD CONSTRAINT experiments_not_own_holdout CHECK (holdout_id <> id);
+CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
+CREATE INDEX experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL;
 
 -- Functions whose arguments change are dropped here and created again below (a new
 -- argument would otherwise add an overload beside the old function).
@@ -66,6 +76,14 @@ CREATE OR REPLACE FUNCTION "amba_expose"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_expose_wrapper';
+
+CREATE OR REPLACE FUNCTION "amba_layer_bucket"(
+	"layer" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS double precision /* f64 */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'amba_layer_bucket_wrapper';
 
 CREATE OR REPLACE FUNCTION "amba_metric_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -162,6 +180,200 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_track_wrapper';
 
+CREATE OR REPLACE FUNCTION amba."_results_daily"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"day" date,  /* Date */
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"lift_cs_low" double precision,  /* Option < f64 > */
+	"lift_cs_high" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'results_daily_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_assign"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT, /* Option < & str > */
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'assign_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_peek"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT, /* Option < & str > */
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'peek_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"properties" jsonb, /* Option < JsonbDatum > */
+	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
+) RETURNS timestamp with time zone /* TimestampWithTimeZone */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'track_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_expose"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'expose_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'http_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_user_id"(
+	"user_id" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_user_id_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_texts_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_experiment_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'select_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_api_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_random_bytes"(
+	"n" INT /* i32 */
+) RETURNS bytea /* Vec < u8 > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'random_bytes_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_status"(
+	"status" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
+	"variants" TEXT /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_variants_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
+	"targeting" jsonb /* Option < JsonB > */
+) RETURNS jsonb /* Option < JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_targeting_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'exec_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
+	"old_keys" TEXT[], /* Vec < String > */
+	"new_keys" TEXT[], /* Vec < String > */
+	"assigned_removed" TEXT[] /* Vec < String > */
+) RETURNS void
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_update_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_track_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_coverage"(
+	"coverage" double precision /* Option < f64 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_coverage_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_raise"(
+	"code" TEXT, /* & str */
+	"detail" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'raise_error_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_lock_users"(
+	"a" TEXT, /* & str */
+	"b" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'lock_users_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'lock_experiment_wrapper';
+
 CREATE OR REPLACE FUNCTION amba."_results"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"conversion_event" TEXT, /* Option < & str > */
@@ -186,44 +398,6 @@ CREATE OR REPLACE FUNCTION amba."_results"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'results_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_results_daily"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"day" date,  /* Date */
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"lift_cs_low" double precision,  /* Option < f64 > */
-	"lift_cs_high" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'results_daily_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_lock_users"(
-	"a" TEXT, /* & str */
-	"b" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_users_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_experiment_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_metric_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -253,162 +427,6 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'metric_results_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_peek"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'peek_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_assign"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'assign_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_expose"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'expose_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT, /* Option < & str > */
-	"properties" jsonb, /* Option < JsonbDatum > */
-	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
-) RETURNS timestamp with time zone /* TimestampWithTimeZone */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'track_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
-	"targeting" jsonb /* Option < JsonB > */
-) RETURNS jsonb /* Option < JsonB > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_targeting_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
-	"experiment_key" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_experiment_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'http_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_raise"(
-	"code" TEXT, /* & str */
-	"detail" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'raise_error_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_random_bytes"(
-	"n" INT /* i32 */
-) RETURNS bytea /* Vec < u8 > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'random_bytes_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_track_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_coverage"(
-	"coverage" double precision /* Option < f64 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_coverage_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_user_id"(
-	"user_id" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_user_id_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
-	"variants" TEXT /* Option < & str > */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_variants_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'exec_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_texts_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
-	"old_keys" TEXT[], /* Vec < String > */
-	"new_keys" TEXT[], /* Vec < String > */
-	"assigned_removed" TEXT[] /* Vec < String > */
-) RETURNS void
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_update_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_api_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_status"(
-	"status" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'select_fresh_wrapper';
-
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
 -- aliases, audit trail, API keys). Each function is an internal in schema `amba`, which
@@ -432,6 +450,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
         'bucketing_version', e.bucketing_version,
         'targeting', e.targeting,
         'coverage', e.coverage,
+        'layer', CASE WHEN e.layer IS NOT NULL THEN jsonb_build_object(
+                     'key', e.layer, 'start', e.layer_start, 'end', e.layer_start + e.layer_share) END,
+        'holdout', (SELECT h.key FROM amba.experiments h WHERE h.id = e.holdout_id),
         'created_at', e.created_at,
         'updated_at', e.updated_at)
 $fn$;
@@ -476,6 +497,95 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
       FROM jsonb_array_elements(amba._normalize_variants(variants::text)) WITH ORDINALITY AS t(v, i)
 $fn$;
 
+-- Layers (SPEC §11) ----------------------------------------------------------------------
+-- The start of a range of width `share` in `layer`: the lowest free gap that fits, among the
+-- ranges of the layer's experiments that are not ended (other than `own_id`), read in the
+-- latest snapshot under the layer's lock (held to the end of the transaction), so two
+-- experiments placed at once never overlap, in any isolation level.
+CREATE OR REPLACE FUNCTION amba._place_in_layer(layer text, share double precision, own_id bigint)
+RETURNS double precision
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    taken text[];
+    range_text text;
+    range_start double precision;
+    free_from double precision := 0;
+BEGIN
+    -- 'ambl': the layers' advisory lock space (src/locks.rs has 'amba' and 'ambu').
+    PERFORM pg_advisory_xact_lock(1634558572, hashtext(_place_in_layer.layer));
+    taken := amba._select_fresh(
+        'SELECT x.layer_start::text || '' '' || (x.layer_start + x.layer_share)::text
+           FROM amba.experiments x
+          WHERE x.layer = $1 AND x.status <> ''ended'' AND x.layer_start IS NOT NULL
+            AND x.id <> $2::bigint
+          ORDER BY x.layer_start'::text,
+        ARRAY[_place_in_layer.layer, coalesce(_place_in_layer.own_id, 0)::text]);
+    FOREACH range_text IN ARRAY taken LOOP
+        range_start := split_part(range_text, ' ', 1)::double precision;
+        IF range_start - free_from >= _place_in_layer.share - 1e-12 THEN
+            RETURN free_from;
+        END IF;
+        free_from := greatest(free_from, split_part(range_text, ' ', 2)::double precision);
+    END LOOP;
+    IF 1 - free_from >= _place_in_layer.share - 1e-12 THEN
+        RETURN free_from;
+    END IF;
+    PERFORM amba._raise('INVALID_ARGUMENT'::text,
+        format('layer %s full: no free range of width %s among its experiments that are not ended',
+               to_json(_place_in_layer.layer), _place_in_layer.share));
+    RETURN NULL;
+END
+$fn$;
+
+-- A layer key is written like an experiment key; its share is in (0, 1] (default 1), and
+-- only with a layer.
+CREATE OR REPLACE FUNCTION amba._check_layer(layer text, layer_share double precision) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF _check_layer.layer IS NULL THEN
+        IF _check_layer.layer_share IS NOT NULL THEN
+            PERFORM amba._raise('INVALID_ARGUMENT'::text, 'layer_share needs a layer'::text);
+        END IF;
+        RETURN;
+    END IF;
+    IF _check_layer.layer !~ '^[A-Za-z0-9_.:-]{1,128}$' THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            'layer must be 1 to 128 characters of A-Z, a-z, 0-9, _ . : -'::text);
+    END IF;
+    IF _check_layer.layer_share IS NOT NULL
+       AND NOT (_check_layer.layer_share > 0 AND _check_layer.layer_share <= 1) THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('layer_share must be greater than 0 and at most 1, not %s', _check_layer.layer_share));
+    END IF;
+END
+$fn$;
+
+-- The holdout named by `holdout` for experiment `own_key` (SPEC §11): its id, after the
+-- rules: it exists, is not the experiment itself, and names no holdout itself.
+CREATE OR REPLACE FUNCTION amba._holdout_id(own_key text, holdout text) RETURNS bigint
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    found amba.experiments;
+BEGIN
+    IF _holdout_id.holdout IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF _holdout_id.holdout = _holdout_id.own_key THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text, 'an experiment cannot be its own holdout'::text);
+    END IF;
+    SELECT * INTO found FROM amba.experiments e WHERE e.key = _holdout_id.holdout;
+    IF found.id IS NULL THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('holdout %s: no such experiment', to_json(_holdout_id.holdout)));
+    END IF;
+    IF found.holdout_id IS NOT NULL THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('holdout %s names a holdout itself; a holdout cannot be held out', to_json(_holdout_id.holdout)));
+    END IF;
+    RETURN found.id;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION amba._not_found(experiment_key text) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT amba._raise('EXPERIMENT_NOT_FOUND'::text, format('experiment %s does not exist', to_json($1)))
@@ -486,7 +596,8 @@ $fn$;
 ----------------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION amba._create_experiment(
     experiment_key text, variants jsonb, name text, description text, status text,
-    targeting jsonb, coverage double precision
+    targeting jsonb, coverage double precision, layer text, layer_share double precision,
+    holdout text
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -494,6 +605,9 @@ DECLARE
     new_weights double precision[];
     created amba.experiments;
     result jsonb;
+    share double precision := _create_experiment.layer_share;
+    start_at double precision;
+    new_holdout_id bigint;
 BEGIN
     PERFORM amba._check_experiment_key(_create_experiment.experiment_key);
     SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(_create_experiment.variants);
@@ -501,13 +615,23 @@ BEGIN
     PERFORM amba._check_texts(_create_experiment.name, _create_experiment.description);
     PERFORM amba._check_coverage(_create_experiment.coverage);
     PERFORM amba._normalize_targeting(_create_experiment.targeting);
+    PERFORM amba._check_layer(_create_experiment.layer, share);
+    IF _create_experiment.layer IS NOT NULL THEN
+        share := coalesce(share, 1);
+    END IF;
+    new_holdout_id := amba._holdout_id(_create_experiment.experiment_key, _create_experiment.holdout);
+    IF _create_experiment.layer IS NOT NULL AND _create_experiment.status <> 'ended' THEN
+        start_at := amba._place_in_layer(_create_experiment.layer, share, NULL::bigint);
+    END IF;
 
     INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights,
-                                       targeting, coverage)
+                                       targeting, coverage, layer, layer_share, layer_start,
+                                       holdout_id)
     VALUES (_create_experiment.experiment_key, _create_experiment.name,
             _create_experiment.description, _create_experiment.status, new_keys, new_weights,
             amba._normalize_targeting(_create_experiment.targeting),
-            coalesce(_create_experiment.coverage, 1))
+            coalesce(_create_experiment.coverage, 1), _create_experiment.layer, share, start_at,
+            new_holdout_id)
     ON CONFLICT (key) DO NOTHING
     RETURNING e.* INTO created;
     IF created.id IS NULL THEN
@@ -525,7 +649,8 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION amba._update_experiment(
     experiment_key text, variants jsonb, status text, name text, description text,
-    targeting jsonb, coverage double precision
+    targeting jsonb, coverage double precision, layer text, layer_share double precision,
+    holdout text
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -539,6 +664,8 @@ DECLARE
     new_version integer;
     before jsonb;
     after jsonb;
+    start_at double precision;
+    new_holdout_id bigint;
 BEGIN
     PERFORM amba._check_experiment_key(_update_experiment.experiment_key);
     IF _update_experiment.status IS NOT NULL THEN
@@ -559,6 +686,32 @@ BEGIN
     END IF;
     before := amba._experiment_json(current_row);
     new_version := current_row.weight_version;
+    -- A layer and its share are chosen at create (SPEC §11).
+    IF (_update_experiment.layer IS NOT NULL AND _update_experiment.layer IS DISTINCT FROM current_row.layer)
+       OR (_update_experiment.layer_share IS NOT NULL
+           AND _update_experiment.layer_share IS DISTINCT FROM current_row.layer_share) THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            'layer and layer_share are set when the experiment is created and cannot change'::text);
+    END IF;
+    new_holdout_id := current_row.holdout_id;
+    IF _update_experiment.holdout IS NOT NULL THEN
+        -- '' removes the holdout.
+        new_holdout_id := amba._holdout_id(current_row.key, nullif(_update_experiment.holdout, ''));
+        IF new_holdout_id IS NOT NULL AND EXISTS (SELECT 1 FROM amba.experiments x WHERE x.holdout_id = current_row.id) THEN
+            PERFORM amba._raise('INVALID_ARGUMENT'::text,
+                format('experiment %s is a holdout of other experiments; a holdout cannot be held out',
+                       to_json(current_row.key)));
+        END IF;
+    END IF;
+    -- Ending frees the range; leaving 'ended' places the experiment again.
+    start_at := current_row.layer_start;
+    IF current_row.layer IS NOT NULL AND _update_experiment.status IS NOT NULL THEN
+        IF _update_experiment.status = 'ended' THEN
+            start_at := NULL;
+        ELSIF current_row.status = 'ended' OR current_row.layer_start IS NULL THEN
+            start_at := amba._place_in_layer(current_row.layer, current_row.layer_share, current_row.id);
+        END IF;
+    END IF;
 
     IF new_keys IS NOT NULL THEN
         removed := ARRAY(SELECT k FROM unnest(current_row.variant_keys) AS k WHERE k <> ALL (new_keys));
@@ -603,6 +756,8 @@ BEGIN
         targeting = CASE WHEN _update_experiment.targeting IS NULL THEN e.targeting
                          ELSE amba._normalize_targeting(_update_experiment.targeting) END,
         coverage = coalesce(_update_experiment.coverage, e.coverage),
+        layer_start = start_at,
+        holdout_id = new_holdout_id,
         revision = e.revision + 1,
         updated_at = now()
      WHERE e.id = current_row.id
@@ -625,6 +780,13 @@ BEGIN
     IF current_row.id IS NULL THEN
         RETURN false;
     END IF;
+    IF EXISTS (SELECT 1 FROM amba.experiments x WHERE x.holdout_id = current_row.id) THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('experiment %s is the holdout of %s; remove it from them first',
+                   to_json(current_row.key),
+                   (SELECT string_agg(to_json(x.key)::text, ', ' ORDER BY x.key)
+                      FROM amba.experiments x WHERE x.holdout_id = current_row.id)));
+    END IF;
     -- After first assignments in flight (the lock waits for them), delete their rows too:
     -- in the latest snapshot, cross-checked in REPEATABLE READ (a row this transaction
     -- could not see fails it cleanly with 40001 rather than being left behind).
@@ -644,6 +806,30 @@ BEGIN
     PERFORM amba._audit(current_row.key, 'delete'::text, amba._experiment_json(current_row), NULL::jsonb);
     RETURN true;
 END
+$fn$;
+
+-- Every layer's ranges in order, with the free gaps between them (experiment_key NULL):
+-- the experiments that are not ended, each [range_start, range_end).
+CREATE OR REPLACE FUNCTION amba._list_layers()
+RETURNS TABLE (layer text, experiment_key text, status text,
+               range_start double precision, range_end double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    WITH ranges AS (
+        SELECT e.layer, e.key, e.status, e.layer_start AS s, e.layer_start + e.layer_share AS t
+          FROM amba.experiments e
+         WHERE e.layer IS NOT NULL AND e.layer_start IS NOT NULL AND e.status <> 'ended'),
+    ordered AS (
+        SELECT r.*, coalesce(max(r.t) OVER (PARTITION BY r.layer ORDER BY r.s
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS free_from
+          FROM ranges r),
+    gaps AS (
+        SELECT o.layer, NULL::text AS key, NULL::text AS status, o.free_from AS s, o.s AS t
+          FROM ordered o WHERE o.s > o.free_from
+        UNION ALL
+        SELECT r.layer, NULL, NULL, max(r.t), 1 FROM ranges r GROUP BY r.layer HAVING max(r.t) < 1)
+    SELECT x.layer, x.key, x.status, x.s, x.t
+      FROM (SELECT r.layer, r.key, r.status, r.s, r.t FROM ranges r UNION ALL SELECT * FROM gaps) x
+     ORDER BY x.layer, x.s
 $fn$;
 
 CREATE OR REPLACE FUNCTION amba._get_experiment(experiment_key text) RETURNS jsonb
@@ -964,16 +1150,26 @@ $fn$;
 CREATE OR REPLACE FUNCTION @extschema@.amba_create_experiment(
     experiment_key text, variants jsonb, name text DEFAULT NULL,
     description text DEFAULT NULL, status text DEFAULT 'active',
-    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
+    layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
+    holdout text DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7) $fn$;
+AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) $fn$;
 
 CREATE OR REPLACE FUNCTION @extschema@.amba_update_experiment(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
     name text DEFAULT NULL, description text DEFAULT NULL,
-    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
+    layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
+    holdout text DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7) $fn$;
+AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) $fn$;
+
+CREATE OR REPLACE FUNCTION @extschema@.amba_list_layers()
+RETURNS TABLE (layer text, experiment_key text, status text,
+               range_start double precision, range_end double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT * FROM amba._list_layers() $fn$;
 
 CREATE OR REPLACE FUNCTION @extschema@.amba_delete_experiment(experiment_key text) RETURNS boolean
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
@@ -1198,6 +1394,17 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp A
 DECLARE
     user_id text := amba._client_user_id();
 BEGIN
+    -- GET /rpc/peek?attributes=...: PostgREST passes every query parameter as a JSON string
+    -- (v12 Plan/CallPlan.hs jsonRpcParams, then json_to_record), so the object arrives as a
+    -- jsonb string holding its JSON text. Read it; text that is not JSON stays a string,
+    -- which amba._peek rejects (INVALID_ARGUMENT).
+    IF jsonb_typeof(attributes) = 'string' THEN
+        BEGIN
+            attributes := (attributes #>> '{}')::jsonb;
+        EXCEPTION WHEN invalid_text_representation THEN
+            NULL;
+        END;
+    END IF;
     RETURN json_build_object('experiment_key', experiment_key,
                              'variant', amba._peek(experiment_key, user_id, attributes));
 EXCEPTION WHEN OTHERS THEN
@@ -1230,17 +1437,30 @@ COMMENT ON VIEW amba_api.my_assignments IS
 CREATE OR REPLACE FUNCTION amba_api.experiments_create(
     experiment_key text, variants jsonb, name text DEFAULT NULL,
     description text DEFAULT NULL, status text DEFAULT 'active',
-    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
+    layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
+    holdout text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._create_experiment(experiment_key, variants, name, description, status,
-                                   targeting, coverage);
+                                   targeting, coverage, layer, layer_share, holdout);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision) IS
-'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
+COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text) IS
+'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
+
+CREATE OR REPLACE FUNCTION amba_api.experiments_list_layers()
+RETURNS TABLE (layer text, experiment_key text, status text,
+               range_start double precision, range_end double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._list_layers();
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_list_layers() IS
+'Every layer''s ranges in order: the experiments that are not ended, each [range_start, range_end), and the free gaps (experiment_key null).';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_list() RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
@@ -1271,16 +1491,18 @@ COMMENT ON FUNCTION amba_api.experiments_get(text) IS 'One experiment. 404 EXPER
 CREATE OR REPLACE FUNCTION amba_api.experiments_update(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
     name text DEFAULT NULL, description text DEFAULT NULL,
-    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
+    layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
+    holdout text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._update_experiment(experiment_key, variants, status, name, description,
-                                   targeting, coverage);
+                                   targeting, coverage, layer, layer_share, holdout);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision) IS
+COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text) IS
 'Re-weights, adds variants, changes status (draft, active, paused, ended), targeting ({} removes it) or coverage, or renames. Existing assignments never change; a variant with assignments cannot be removed. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT.';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_delete(experiment_key text) RETURNS boolean
@@ -2626,11 +2848,12 @@ DECLARE
         'amba_results(text, text, double precision)',
         'amba_metric_results(text, text, text, double precision, double precision, double precision, integer)',
         'amba_results_daily(text, text, double precision)', 'amba_report(text, text)',
-        'amba_bucket(text, text)', 'amba_experiment_history(text)'];
+        'amba_bucket(text, text)', 'amba_experiment_history(text)',
+        'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)'];
 BEGIN
     FOREACH signature IN ARRAY analyst_signatures || ARRAY[
-        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision)',
-        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision)',
+        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text)',
+        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text)',
         'amba_delete_experiment(text)',
         'amba_assign(text, text, jsonb)', 'amba_expose(text, text)', 'amba_peek(text, text, jsonb)',
         'amba_track(text, text, jsonb, timestamptz)',
@@ -2664,7 +2887,7 @@ GRANT EXECUTE ON FUNCTION
     amba._metric_results(text, text, text, double precision, double precision, double precision, integer),
     amba._results_daily(text, text, double precision), amba._report(text, text),
     amba._check_experiment_key(text), amba._experiment_json(amba.experiments),
-    amba._raise(text, text), amba._not_found(text)
+    amba._raise(text, text), amba._not_found(text), amba._list_layers()
 TO amba_analyst;
 
 -- Clients: their own assignments and exposures, read-only; everything else goes through
@@ -2701,10 +2924,11 @@ GRANT SELECT ON amba_api.my_assignments TO amba_client;
 ALTER FUNCTION amba._my_assignments() OWNER TO amba_owner;
 GRANT EXECUTE ON FUNCTION amba._my_assignments() TO amba_client;
 GRANT EXECUTE ON FUNCTION
-    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision),
+    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text),
     amba_api.experiments_list(),
+    amba_api.experiments_list_layers(),
     amba_api.experiments_get(text),
-    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision),
+    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text),
     amba_api.experiments_delete(text),
     amba_api.experiments_results(text, text, double precision),
     amba_api.experiments_metric_results(text, text, text, double precision, double precision, double precision, integer),

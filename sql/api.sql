@@ -20,6 +20,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
         'bucketing_version', e.bucketing_version,
         'targeting', e.targeting,
         'coverage', e.coverage,
+        'layer', CASE WHEN e.layer IS NOT NULL THEN jsonb_build_object(
+                     'key', e.layer, 'start', e.layer_start, 'end', e.layer_start + e.layer_share) END,
+        'holdout', (SELECT h.key FROM amba.experiments h WHERE h.id = e.holdout_id),
         'created_at', e.created_at,
         'updated_at', e.updated_at)
 $fn$;
@@ -64,6 +67,95 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
       FROM jsonb_array_elements(amba._normalize_variants(variants::text)) WITH ORDINALITY AS t(v, i)
 $fn$;
 
+-- Layers (SPEC §11) ----------------------------------------------------------------------
+-- The start of a range of width `share` in `layer`: the lowest free gap that fits, among the
+-- ranges of the layer's experiments that are not ended (other than `own_id`), read in the
+-- latest snapshot under the layer's lock (held to the end of the transaction), so two
+-- experiments placed at once never overlap, in any isolation level.
+CREATE FUNCTION amba._place_in_layer(layer text, share double precision, own_id bigint)
+RETURNS double precision
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    taken text[];
+    range_text text;
+    range_start double precision;
+    free_from double precision := 0;
+BEGIN
+    -- 'ambl': the layers' advisory lock space (src/locks.rs has 'amba' and 'ambu').
+    PERFORM pg_advisory_xact_lock(1634558572, hashtext(_place_in_layer.layer));
+    taken := amba._select_fresh(
+        'SELECT x.layer_start::text || '' '' || (x.layer_start + x.layer_share)::text
+           FROM amba.experiments x
+          WHERE x.layer = $1 AND x.status <> ''ended'' AND x.layer_start IS NOT NULL
+            AND x.id <> $2::bigint
+          ORDER BY x.layer_start'::text,
+        ARRAY[_place_in_layer.layer, coalesce(_place_in_layer.own_id, 0)::text]);
+    FOREACH range_text IN ARRAY taken LOOP
+        range_start := split_part(range_text, ' ', 1)::double precision;
+        IF range_start - free_from >= _place_in_layer.share - 1e-12 THEN
+            RETURN free_from;
+        END IF;
+        free_from := greatest(free_from, split_part(range_text, ' ', 2)::double precision);
+    END LOOP;
+    IF 1 - free_from >= _place_in_layer.share - 1e-12 THEN
+        RETURN free_from;
+    END IF;
+    PERFORM amba._raise('INVALID_ARGUMENT'::text,
+        format('layer %s full: no free range of width %s among its experiments that are not ended',
+               to_json(_place_in_layer.layer), _place_in_layer.share));
+    RETURN NULL;
+END
+$fn$;
+
+-- A layer key is written like an experiment key; its share is in (0, 1] (default 1), and
+-- only with a layer.
+CREATE FUNCTION amba._check_layer(layer text, layer_share double precision) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF _check_layer.layer IS NULL THEN
+        IF _check_layer.layer_share IS NOT NULL THEN
+            PERFORM amba._raise('INVALID_ARGUMENT'::text, 'layer_share needs a layer'::text);
+        END IF;
+        RETURN;
+    END IF;
+    IF _check_layer.layer !~ '^[A-Za-z0-9_.:-]{1,128}$' THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            'layer must be 1 to 128 characters of A-Z, a-z, 0-9, _ . : -'::text);
+    END IF;
+    IF _check_layer.layer_share IS NOT NULL
+       AND NOT (_check_layer.layer_share > 0 AND _check_layer.layer_share <= 1) THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('layer_share must be greater than 0 and at most 1, not %s', _check_layer.layer_share));
+    END IF;
+END
+$fn$;
+
+-- The holdout named by `holdout` for experiment `own_key` (SPEC §11): its id, after the
+-- rules: it exists, is not the experiment itself, and names no holdout itself.
+CREATE FUNCTION amba._holdout_id(own_key text, holdout text) RETURNS bigint
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    found amba.experiments;
+BEGIN
+    IF _holdout_id.holdout IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF _holdout_id.holdout = _holdout_id.own_key THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text, 'an experiment cannot be its own holdout'::text);
+    END IF;
+    SELECT * INTO found FROM amba.experiments e WHERE e.key = _holdout_id.holdout;
+    IF found.id IS NULL THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('holdout %s: no such experiment', to_json(_holdout_id.holdout)));
+    END IF;
+    IF found.holdout_id IS NOT NULL THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('holdout %s names a holdout itself; a holdout cannot be held out', to_json(_holdout_id.holdout)));
+    END IF;
+    RETURN found.id;
+END
+$fn$;
+
 CREATE FUNCTION amba._not_found(experiment_key text) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT amba._raise('EXPERIMENT_NOT_FOUND'::text, format('experiment %s does not exist', to_json($1)))
@@ -74,7 +166,8 @@ $fn$;
 ----------------------------------------------------------------------------------------
 CREATE FUNCTION amba._create_experiment(
     experiment_key text, variants jsonb, name text, description text, status text,
-    targeting jsonb, coverage double precision
+    targeting jsonb, coverage double precision, layer text, layer_share double precision,
+    holdout text
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -82,6 +175,9 @@ DECLARE
     new_weights double precision[];
     created amba.experiments;
     result jsonb;
+    share double precision := _create_experiment.layer_share;
+    start_at double precision;
+    new_holdout_id bigint;
 BEGIN
     PERFORM amba._check_experiment_key(_create_experiment.experiment_key);
     SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(_create_experiment.variants);
@@ -89,13 +185,23 @@ BEGIN
     PERFORM amba._check_texts(_create_experiment.name, _create_experiment.description);
     PERFORM amba._check_coverage(_create_experiment.coverage);
     PERFORM amba._normalize_targeting(_create_experiment.targeting);
+    PERFORM amba._check_layer(_create_experiment.layer, share);
+    IF _create_experiment.layer IS NOT NULL THEN
+        share := coalesce(share, 1);
+    END IF;
+    new_holdout_id := amba._holdout_id(_create_experiment.experiment_key, _create_experiment.holdout);
+    IF _create_experiment.layer IS NOT NULL AND _create_experiment.status <> 'ended' THEN
+        start_at := amba._place_in_layer(_create_experiment.layer, share, NULL::bigint);
+    END IF;
 
     INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights,
-                                       targeting, coverage)
+                                       targeting, coverage, layer, layer_share, layer_start,
+                                       holdout_id)
     VALUES (_create_experiment.experiment_key, _create_experiment.name,
             _create_experiment.description, _create_experiment.status, new_keys, new_weights,
             amba._normalize_targeting(_create_experiment.targeting),
-            coalesce(_create_experiment.coverage, 1))
+            coalesce(_create_experiment.coverage, 1), _create_experiment.layer, share, start_at,
+            new_holdout_id)
     ON CONFLICT (key) DO NOTHING
     RETURNING e.* INTO created;
     IF created.id IS NULL THEN
@@ -113,7 +219,8 @@ $fn$;
 
 CREATE FUNCTION amba._update_experiment(
     experiment_key text, variants jsonb, status text, name text, description text,
-    targeting jsonb, coverage double precision
+    targeting jsonb, coverage double precision, layer text, layer_share double precision,
+    holdout text
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -127,6 +234,8 @@ DECLARE
     new_version integer;
     before jsonb;
     after jsonb;
+    start_at double precision;
+    new_holdout_id bigint;
 BEGIN
     PERFORM amba._check_experiment_key(_update_experiment.experiment_key);
     IF _update_experiment.status IS NOT NULL THEN
@@ -147,6 +256,32 @@ BEGIN
     END IF;
     before := amba._experiment_json(current_row);
     new_version := current_row.weight_version;
+    -- A layer and its share are chosen at create (SPEC §11).
+    IF (_update_experiment.layer IS NOT NULL AND _update_experiment.layer IS DISTINCT FROM current_row.layer)
+       OR (_update_experiment.layer_share IS NOT NULL
+           AND _update_experiment.layer_share IS DISTINCT FROM current_row.layer_share) THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            'layer and layer_share are set when the experiment is created and cannot change'::text);
+    END IF;
+    new_holdout_id := current_row.holdout_id;
+    IF _update_experiment.holdout IS NOT NULL THEN
+        -- '' removes the holdout.
+        new_holdout_id := amba._holdout_id(current_row.key, nullif(_update_experiment.holdout, ''));
+        IF new_holdout_id IS NOT NULL AND EXISTS (SELECT 1 FROM amba.experiments x WHERE x.holdout_id = current_row.id) THEN
+            PERFORM amba._raise('INVALID_ARGUMENT'::text,
+                format('experiment %s is a holdout of other experiments; a holdout cannot be held out',
+                       to_json(current_row.key)));
+        END IF;
+    END IF;
+    -- Ending frees the range; leaving 'ended' places the experiment again.
+    start_at := current_row.layer_start;
+    IF current_row.layer IS NOT NULL AND _update_experiment.status IS NOT NULL THEN
+        IF _update_experiment.status = 'ended' THEN
+            start_at := NULL;
+        ELSIF current_row.status = 'ended' OR current_row.layer_start IS NULL THEN
+            start_at := amba._place_in_layer(current_row.layer, current_row.layer_share, current_row.id);
+        END IF;
+    END IF;
 
     IF new_keys IS NOT NULL THEN
         removed := ARRAY(SELECT k FROM unnest(current_row.variant_keys) AS k WHERE k <> ALL (new_keys));
@@ -191,6 +326,8 @@ BEGIN
         targeting = CASE WHEN _update_experiment.targeting IS NULL THEN e.targeting
                          ELSE amba._normalize_targeting(_update_experiment.targeting) END,
         coverage = coalesce(_update_experiment.coverage, e.coverage),
+        layer_start = start_at,
+        holdout_id = new_holdout_id,
         revision = e.revision + 1,
         updated_at = now()
      WHERE e.id = current_row.id
@@ -213,6 +350,13 @@ BEGIN
     IF current_row.id IS NULL THEN
         RETURN false;
     END IF;
+    IF EXISTS (SELECT 1 FROM amba.experiments x WHERE x.holdout_id = current_row.id) THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            format('experiment %s is the holdout of %s; remove it from them first',
+                   to_json(current_row.key),
+                   (SELECT string_agg(to_json(x.key)::text, ', ' ORDER BY x.key)
+                      FROM amba.experiments x WHERE x.holdout_id = current_row.id)));
+    END IF;
     -- After first assignments in flight (the lock waits for them), delete their rows too:
     -- in the latest snapshot, cross-checked in REPEATABLE READ (a row this transaction
     -- could not see fails it cleanly with 40001 rather than being left behind).
@@ -232,6 +376,30 @@ BEGIN
     PERFORM amba._audit(current_row.key, 'delete'::text, amba._experiment_json(current_row), NULL::jsonb);
     RETURN true;
 END
+$fn$;
+
+-- Every layer's ranges in order, with the free gaps between them (experiment_key NULL):
+-- the experiments that are not ended, each [range_start, range_end).
+CREATE FUNCTION amba._list_layers()
+RETURNS TABLE (layer text, experiment_key text, status text,
+               range_start double precision, range_end double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    WITH ranges AS (
+        SELECT e.layer, e.key, e.status, e.layer_start AS s, e.layer_start + e.layer_share AS t
+          FROM amba.experiments e
+         WHERE e.layer IS NOT NULL AND e.layer_start IS NOT NULL AND e.status <> 'ended'),
+    ordered AS (
+        SELECT r.*, coalesce(max(r.t) OVER (PARTITION BY r.layer ORDER BY r.s
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS free_from
+          FROM ranges r),
+    gaps AS (
+        SELECT o.layer, NULL::text AS key, NULL::text AS status, o.free_from AS s, o.s AS t
+          FROM ordered o WHERE o.s > o.free_from
+        UNION ALL
+        SELECT r.layer, NULL, NULL, max(r.t), 1 FROM ranges r GROUP BY r.layer HAVING max(r.t) < 1)
+    SELECT x.layer, x.key, x.status, x.s, x.t
+      FROM (SELECT r.layer, r.key, r.status, r.s, r.t FROM ranges r UNION ALL SELECT * FROM gaps) x
+     ORDER BY x.layer, x.s
 $fn$;
 
 CREATE FUNCTION amba._get_experiment(experiment_key text) RETURNS jsonb
@@ -552,16 +720,26 @@ $fn$;
 CREATE FUNCTION @extschema@.amba_create_experiment(
     experiment_key text, variants jsonb, name text DEFAULT NULL,
     description text DEFAULT NULL, status text DEFAULT 'active',
-    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
+    layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
+    holdout text DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7) $fn$;
+AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) $fn$;
 
 CREATE FUNCTION @extschema@.amba_update_experiment(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
     name text DEFAULT NULL, description text DEFAULT NULL,
-    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
+    layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
+    holdout text DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7) $fn$;
+AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) $fn$;
+
+CREATE FUNCTION @extschema@.amba_list_layers()
+RETURNS TABLE (layer text, experiment_key text, status text,
+               range_start double precision, range_end double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT * FROM amba._list_layers() $fn$;
 
 CREATE FUNCTION @extschema@.amba_delete_experiment(experiment_key text) RETURNS boolean
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp

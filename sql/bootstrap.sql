@@ -45,8 +45,19 @@ CREATE TABLE amba.experiments (
     -- Who may be enrolled (SPEC §10): a GrowthBook condition on the attributes the app
     -- passes (NULL: everyone), and the share of eligible users enrolled.
     targeting      jsonb CHECK (jsonb_typeof(targeting) = 'object' AND targeting <> '{}'),
-    coverage       double precision NOT NULL DEFAULT 1 CHECK (coverage >= 0 AND coverage <= 1)
+    coverage       double precision NOT NULL DEFAULT 1 CHECK (coverage >= 0 AND coverage <= 1),
+    -- Layers (SPEC §11): experiments of one layer own disjoint ranges [start, start + share)
+    -- of the layer's unit interval; the start is placed by amba, NULL while ended.
+    layer          text CHECK (layer ~ '^[A-Za-z0-9_.:-]{1,128}$'),
+    layer_share    double precision CHECK (layer_share > 0 AND layer_share <= 1),
+    layer_start    double precision CHECK (layer_start >= 0 AND layer_start < 1),
+    CONSTRAINT experiments_layer_share_with_layer CHECK ((layer IS NULL) = (layer_share IS NULL)),
+    -- The holdout this experiment's users pass through first (SPEC §11).
+    holdout_id     bigint REFERENCES amba.experiments (id),
+    CONSTRAINT experiments_not_own_holdout CHECK (holdout_id <> id)
 );
+CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
+CREATE INDEX experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL;
 
 -- Every set of weights an experiment has had, so the sample-ratio test can compare each
 -- user with the weights in force when they were assigned.

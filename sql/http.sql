@@ -178,6 +178,17 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp A
 DECLARE
     user_id text := amba._client_user_id();
 BEGIN
+    -- GET /rpc/peek?attributes=...: PostgREST passes every query parameter as a JSON string
+    -- (v12 Plan/CallPlan.hs jsonRpcParams, then json_to_record), so the object arrives as a
+    -- jsonb string holding its JSON text. Read it; text that is not JSON stays a string,
+    -- which amba._peek rejects (INVALID_ARGUMENT).
+    IF jsonb_typeof(attributes) = 'string' THEN
+        BEGIN
+            attributes := (attributes #>> '{}')::jsonb;
+        EXCEPTION WHEN invalid_text_representation THEN
+            NULL;
+        END;
+    END IF;
     RETURN json_build_object('experiment_key', experiment_key,
                              'variant', amba._peek(experiment_key, user_id, attributes));
 EXCEPTION WHEN OTHERS THEN
@@ -210,17 +221,30 @@ COMMENT ON VIEW amba_api.my_assignments IS
 CREATE FUNCTION amba_api.experiments_create(
     experiment_key text, variants jsonb, name text DEFAULT NULL,
     description text DEFAULT NULL, status text DEFAULT 'active',
-    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
+    layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
+    holdout text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._create_experiment(experiment_key, variants, name, description, status,
-                                   targeting, coverage);
+                                   targeting, coverage, layer, layer_share, holdout);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision) IS
-'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
+COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text) IS
+'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
+
+CREATE FUNCTION amba_api.experiments_list_layers()
+RETURNS TABLE (layer text, experiment_key text, status text,
+               range_start double precision, range_end double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._list_layers();
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_list_layers() IS
+'Every layer''s ranges in order: the experiments that are not ended, each [range_start, range_end), and the free gaps (experiment_key null).';
 
 CREATE FUNCTION amba_api.experiments_list() RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
@@ -251,16 +275,18 @@ COMMENT ON FUNCTION amba_api.experiments_get(text) IS 'One experiment. 404 EXPER
 CREATE FUNCTION amba_api.experiments_update(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
     name text DEFAULT NULL, description text DEFAULT NULL,
-    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL) RETURNS jsonb
+    targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
+    layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
+    holdout text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._update_experiment(experiment_key, variants, status, name, description,
-                                   targeting, coverage);
+                                   targeting, coverage, layer, layer_share, holdout);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision) IS
+COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text) IS
 'Re-weights, adds variants, changes status (draft, active, paused, ended), targeting ({} removes it) or coverage, or renames. Existing assignments never change; a variant with assignments cannot be removed. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT.';
 
 CREATE FUNCTION amba_api.experiments_delete(experiment_key text) RETURNS boolean

@@ -56,17 +56,63 @@ impl Attributes {
     }
 }
 
-/// Whether a user without an assignment (or override) may be enrolled now (SPEC §10):
-/// the targeting condition holds for their attributes, and their coverage bucket — a hash
-/// independent of the variant's — is below the coverage, so raising it adds users and
-/// removes nobody.
+/// Whether a user without an assignment (or override) may be enrolled now (SPEC §10,
+/// §11): the targeting condition holds for their attributes, their layer bucket falls in
+/// the experiment's range of its layer, and their coverage bucket — a hash independent of
+/// the variant's — is below the coverage, so raising it adds users and removes nobody.
 fn enrolled(key: &str, exp: &Experiment, who: &str, attributes: &Attributes) -> bool {
     if let Some(condition) = &exp.targeting {
         if !condition.eval(attributes.value()) {
             return false;
         }
     }
+    if let Some(layer) = &exp.layer {
+        let Some((start, end)) = layer.range else {
+            return false;
+        };
+        let layer_bucket = bucket::layer_bucket(&layer.key, who);
+        if !(start <= layer_bucket && layer_bucket < end) {
+            return false;
+        }
+    }
     bucket::coverage_bucket(key, who) < exp.coverage
+}
+
+/// A user the experiment would enrol passes through its holdout first (SPEC §11): they
+/// are assigned (sticky) and exposed there, and held out — not enrolled — when that gives
+/// the holdout's control. A holdout that is not active holds no new user out.
+fn released_by_holdout(path: Path, holdout_key: &str, who: &str, attributes: &Attributes) -> bool {
+    let holdout = find_experiment(path, holdout_key);
+    let variant = match override_for(&holdout, who) {
+        Some(variant) => return variant != holdout.variant_keys[0],
+        None => match store::stored_variant(path, holdout.id, who, Seen::Statement) {
+            Some(variant) => Some(variant),
+            None if !holdout.is_active() => None,
+            None => first_assignment(path, holdout_key, holdout.clone(), who, attributes),
+        },
+    };
+    match variant {
+        Some(variant) => {
+            store::record_exposure(path, holdout.id, who);
+            variant != holdout.variant_keys[0]
+        }
+        None => true,
+    }
+}
+
+/// `released_by_holdout` without writing: what the holdout holds for the user, or would.
+fn peek_released_by_holdout(path: Path, holdout_key: &str, who: &str, attributes: &Attributes) -> bool {
+    let holdout = find_experiment(path, holdout_key);
+    let variant = override_for(&holdout, who)
+        .or_else(|| store::stored_variant(path, holdout.id, who, Seen::Statement))
+        .or_else(|| {
+            if !holdout.is_active() || !enrolled(holdout_key, &holdout, who, attributes) {
+                return None;
+            }
+            let index = bucket::pick(bucket::bucket(holdout_key, who), &holdout.thresholds, &holdout.weights)?;
+            Some(holdout.variant_keys[index].clone())
+        });
+    variant.is_none_or(|v| v != holdout.variant_keys[0])
 }
 
 fn check_inputs<'a>(
@@ -187,6 +233,11 @@ fn first_assignment(
         if !enrolled(key, &exp, who, attributes) {
             return None;
         }
+        if let Some(holdout) = &exp.holdout {
+            if !released_by_holdout(path, holdout, who, attributes) {
+                return None;
+            }
+        }
         let index = bucket::pick(user_bucket, &exp.thresholds, &exp.weights)
             .expect("validated weights have a positive sum");
         let variant = &exp.variant_keys[index];
@@ -247,6 +298,11 @@ fn peek(
     }
     if !enrolled(key, &exp, &who, &attributes) {
         return None;
+    }
+    if let Some(holdout) = &exp.holdout {
+        if !peek_released_by_holdout(path, holdout, &who, &attributes) {
+            return None;
+        }
     }
     let index = bucket::pick(bucket::bucket(key, &who), &exp.thresholds, &exp.weights)?;
     Some(exp.variant_keys[index].clone())
@@ -335,6 +391,17 @@ fn amba_track(
 fn amba_bucket(experiment_key: Option<&str>, user_id: Option<&str>) -> f64 {
     let (key, user_id) = check_inputs(experiment_key, user_id);
     bucket::bucket(key, user_id)
+}
+
+/// The user's bucket in a layer, [0, 1) (SPEC §11): they can be enrolled only in the
+/// layer's experiment whose range holds it. Reproducible from the published rule.
+#[pg_extern(immutable, parallel_safe)]
+fn amba_layer_bucket(layer: Option<&str>, user_id: Option<&str>) -> f64 {
+    validate::experiment_key(layer)
+        .map_err(|e| amba_core::CoreError::invalid(e.detail.replacen("experiment_key", "layer", 1)))
+        .or_raise();
+    validate::user_id(user_id).or_raise();
+    bucket::layer_bucket(layer.unwrap(), user_id.unwrap())
 }
 
 /// Whether `attributes` (a JSON object; NULL = `{}`) satisfy `condition` in GrowthBook's

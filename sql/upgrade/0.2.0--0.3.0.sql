@@ -16,6 +16,16 @@ $drop_policies$;
 ALTER TABLE amba.experiments
     ADD COLUMN targeting jsonb CHECK (jsonb_typeof(targeting) = 'object' AND targeting <> '{}'),
     ADD COLUMN coverage double precision NOT NULL DEFAULT 1 CHECK (coverage >= 0 AND coverage <= 1);
+-- Layers and holdouts (SPEC §11).
+ALTER TABLE amba.experiments
+    ADD COLUMN layer text CHECK (layer ~ '^[A-Za-z0-9_.:-]{1,128}$'),
+    ADD COLUMN layer_share double precision CHECK (layer_share > 0 AND layer_share <= 1),
+    ADD COLUMN layer_start double precision CHECK (layer_start >= 0 AND layer_start < 1),
+    ADD CONSTRAINT experiments_layer_share_with_layer CHECK ((layer IS NULL) = (layer_share IS NULL)),
+    ADD COLUMN holdout_id bigint REFERENCES amba.experiments (id),
+    ADD CONSTRAINT experiments_not_own_holdout CHECK (holdout_id <> id);
+CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
+CREATE INDEX experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL;
 
 -- Functions whose arguments change are dropped here and created again below (a new
 -- argument would otherwise add an overload beside the old function).

@@ -23,6 +23,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+/// An experiment's place in its layer.
+#[derive(Debug)]
+pub struct Layer {
+    pub key: String,
+    /// `[start, end)` of the layer's unit interval.
+    pub range: Option<(f64, f64)>,
+}
+
 #[derive(Debug)]
 pub struct Experiment {
     pub id: i64,
@@ -40,6 +48,11 @@ pub struct Experiment {
     /// everyone), and the share of eligible users enrolled.
     pub targeting: Option<Condition>,
     pub coverage: f64,
+    /// The experiment's layer and its range there (SPEC §11); the range is None while the
+    /// experiment is ended.
+    pub layer: Option<Layer>,
+    /// The key of the holdout its users pass through first (SPEC §11).
+    pub holdout: Option<String>,
     /// The row version this definition was read from; None when it cannot be checked
     /// directly (distributed or altered tables: checked through SQL).
     version: Option<RowVersion>,
@@ -98,7 +111,9 @@ const LOAD_SQL: &str = "WITH o AS ( \
      SELECT e.id, e.status, e.variant_keys, e.weights, e.weight_version, \
        e.bucketing_version, e.ctid::text, e.xmin::text, \
        ARRAY(SELECT o.id FROM o ORDER BY o.id), ARRAY(SELECT o.variant FROM o ORDER BY o.id), \
-       e.targeting::text, e.coverage \
+       e.targeting::text, e.coverage, \
+       e.layer, e.layer_start, e.layer_share, \
+       (SELECT h.key FROM amba.experiments h WHERE h.id = e.holdout_id) \
      FROM amba.experiments e WHERE e.key = $1";
 
 /// The experiment's row version, (tid, xmin), as text: compared when rows cannot be read
@@ -162,6 +177,15 @@ fn load(client: &SpiClient<'_>, key: &str, fresh: bool) -> Option<Rc<Experiment>
             overrides: override_users.into_iter().zip(override_variants).collect(),
             targeting,
             coverage: row.get(12).expect(get_err)?,
+            layer: row.get::<String>(13).expect(get_err).map(|key| Layer {
+                key,
+                range: row
+                    .get::<f64>(14)
+                    .expect(get_err)
+                    .zip(row.get::<f64>(15).expect(get_err))
+                    .map(|(start, share)| (start, start + share)),
+            }),
+            holdout: row.get(16).expect(get_err),
             version,
             version_text: format!("{tid_text} {xmin_text}"),
         })
