@@ -37,9 +37,15 @@ CONF
   fi
   # Settings the tests rely on (logical decoding, prepared transactions), in a file of their
   # own so that a cluster made by an earlier version of this script gets them too.
+  # pg_cron runs amba_check_guardrails() on a schedule (SPEC §12): preloaded, its metadata in
+  # database postgres, jobs run by background workers (no login needed).
   local settings="wal_level = logical
 max_prepared_transactions = 10
-max_replication_slots = 10"
+max_replication_slots = 10
+shared_preload_libraries = 'pg_cron'
+cron.database_name = 'postgres'
+cron.use_background_workers = on
+max_worker_processes = 32"
   grep -qs "include_if_exists = 'amba.conf'" "$PGDATA/postgresql.conf" \
     || echo "include_if_exists = 'amba.conf'" | as_pg tee -a "$PGDATA/postgresql.conf" >/dev/null
   local changed=0

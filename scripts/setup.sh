@@ -15,7 +15,9 @@ need_pkgs=()
 # downloaded one.
 # postgresql-15-pgaudit: the audit test (tests/integration/tests/maintenance.rs) runs a cluster
 # of its own with pgaudit preloaded, to show that amba's writes reach executor hooks.
-for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib postgresql-$PG_MAJOR-pgaudit libclang-dev clang sudo pkg-config python3 chromium; do
+# postgresql-15-cron: pg_cron, the scheduler the guardrail check runs under (SPEC §12); the
+# local cluster preloads it (scripts/pg.sh). amba itself never requires it.
+for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib postgresql-$PG_MAJOR-pgaudit postgresql-$PG_MAJOR-cron libclang-dev clang sudo pkg-config python3 chromium; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then
