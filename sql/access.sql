@@ -27,14 +27,15 @@ DECLARE
         'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)'];
 BEGIN
     FOREACH signature IN ARRAY analyst_signatures || ARRAY[
-        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text)',
-        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text)',
+        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb)',
+        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb)',
         'amba_delete_experiment(text)',
         'amba_assign(text, text, jsonb)', 'amba_expose(text, text)', 'amba_peek(text, text, jsonb)',
         'amba_track(text, text, jsonb, timestamptz)',
         'amba_set_override(text, text, text)', 'amba_clear_override(text, text)',
         'amba_list_overrides(text)', 'amba_alias(text, text)',
-        'amba_create_api_key(text, text)', 'amba_revoke_api_key(text)']
+        'amba_create_api_key(text, text)', 'amba_revoke_api_key(text)',
+        'amba_check_guardrails(text)']
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s.%s FROM PUBLIC', '@extschema@', signature);
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.%s TO amba_admin', '@extschema@', signature);
@@ -99,11 +100,12 @@ GRANT SELECT ON amba_api.my_assignments TO amba_client;
 ALTER FUNCTION amba._my_assignments() OWNER TO amba_owner;
 GRANT EXECUTE ON FUNCTION amba._my_assignments() TO amba_client;
 GRANT EXECUTE ON FUNCTION
-    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text),
+    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb),
     amba_api.experiments_list(),
     amba_api.experiments_list_layers(),
     amba_api.experiments_get(text),
-    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text),
+    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb),
+    amba_api.experiments_check_guardrails(text),
     amba_api.experiments_delete(text),
     amba_api.experiments_results(text, text, double precision),
     amba_api.experiments_metric_results(text, text, text, double precision, double precision, double precision, integer),

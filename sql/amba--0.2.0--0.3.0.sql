@@ -25,6 +25,12 @@ ALTER TABLE amba.experiments
     ADD CONSTRAINT experiments_layer_share_with_layer CHECK ((layer IS NULL) = (layer_share IS NULL)),
     ADD COLUMN holdout_id bigint REFERENCES amba.experiments (id),
     ADD CONSTRAINT experiments_not_own_holdout CHECK (holdout_id <> id);
+-- Guardrails (SPEC §12), and the audit actions of 0.3.0.
+ALTER TABLE amba.experiments ADD COLUMN guardrails jsonb CHECK (jsonb_typeof(guardrails) = 'array');
+ALTER TABLE amba.experiment_history DROP CONSTRAINT experiment_history_action_check;
+ALTER TABLE amba.experiment_history ADD CONSTRAINT experiment_history_action_check
+    CHECK (action IN ('create', 'update', 'delete', 'override_set', 'override_clear',
+                      'auto_pause', 'bandit_update'));
 CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
 CREATE INDEX experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL;
 
@@ -180,6 +186,162 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_track_wrapper';
 
+CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
+	"old_keys" TEXT[], /* Vec < String > */
+	"new_keys" TEXT[], /* Vec < String > */
+	"assigned_removed" TEXT[] /* Vec < String > */
+) RETURNS void
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_update_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_experiment_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_api_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_random_bytes"(
+	"n" INT /* i32 */
+) RETURNS bytea /* Vec < u8 > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'random_bytes_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
+	"variants" TEXT /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_variants_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_status"(
+	"status" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'http_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_user_id"(
+	"user_id" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_user_id_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_raise"(
+	"code" TEXT, /* & str */
+	"detail" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'raise_error_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'exec_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_track_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
+	"targeting" jsonb /* Option < JsonB > */
+) RETURNS jsonb /* Option < JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_targeting_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'select_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_coverage"(
+	"coverage" double precision /* Option < f64 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_coverage_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_texts_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"properties" jsonb, /* Option < JsonbDatum > */
+	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
+) RETURNS timestamp with time zone /* TimestampWithTimeZone */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'track_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_assign"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT, /* Option < & str > */
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'assign_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_peek"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT, /* Option < & str > */
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'peek_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_expose"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'expose_internal_wrapper';
+
 CREATE OR REPLACE FUNCTION amba."_results_daily"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"conversion_event" TEXT, /* Option < & str > */
@@ -202,177 +364,6 @@ CREATE OR REPLACE FUNCTION amba."_results_daily"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'results_daily_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_assign"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'assign_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_peek"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'peek_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT, /* Option < & str > */
-	"properties" jsonb, /* Option < JsonbDatum > */
-	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
-) RETURNS timestamp with time zone /* TimestampWithTimeZone */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'track_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_expose"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'expose_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'http_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_user_id"(
-	"user_id" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_user_id_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_texts_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
-	"experiment_key" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_experiment_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'select_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_api_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_random_bytes"(
-	"n" INT /* i32 */
-) RETURNS bytea /* Vec < u8 > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'random_bytes_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_status"(
-	"status" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
-	"variants" TEXT /* Option < & str > */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_variants_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
-	"targeting" jsonb /* Option < JsonB > */
-) RETURNS jsonb /* Option < JsonB > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_targeting_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'exec_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
-	"old_keys" TEXT[], /* Vec < String > */
-	"new_keys" TEXT[], /* Vec < String > */
-	"assigned_removed" TEXT[] /* Vec < String > */
-) RETURNS void
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_update_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_track_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_coverage"(
-	"coverage" double precision /* Option < f64 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_coverage_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_raise"(
-	"code" TEXT, /* & str */
-	"detail" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'raise_error_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_lock_users"(
-	"a" TEXT, /* & str */
-	"b" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_users_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_experiment_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -427,6 +418,44 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'metric_results_internal_wrapper';
 
+CREATE OR REPLACE FUNCTION amba."_lock_users"(
+	"a" TEXT, /* & str */
+	"b" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'lock_users_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'lock_experiment_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_guardrails"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"experiment_key" TEXT,  /* String */
+	"guardrail" INT,  /* i32 */
+	"variant" TEXT,  /* String */
+	"lift" double precision,  /* Option < f64 > */
+	"cs_low" double precision,  /* Option < f64 > */
+	"cs_high" double precision,  /* Option < f64 > */
+	"tripped" bool,  /* bool */
+	"paused" bool  /* bool */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_guardrails_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_guardrails"(
+	"guardrails" TEXT /* Option < & str > */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_guardrails_wrapper';
+
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
 -- aliases, audit trail, API keys). Each function is an internal in schema `amba`, which
@@ -453,6 +482,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
         'layer', CASE WHEN e.layer IS NOT NULL THEN jsonb_build_object(
                      'key', e.layer, 'start', e.layer_start, 'end', e.layer_start + e.layer_share) END,
         'holdout', (SELECT h.key FROM amba.experiments h WHERE h.id = e.holdout_id),
+        'guardrails', e.guardrails,
         'created_at', e.created_at,
         'updated_at', e.updated_at)
 $fn$;
@@ -597,7 +627,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION amba._create_experiment(
     experiment_key text, variants jsonb, name text, description text, status text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text
+    holdout text, guardrails jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -615,6 +645,7 @@ BEGIN
     PERFORM amba._check_texts(_create_experiment.name, _create_experiment.description);
     PERFORM amba._check_coverage(_create_experiment.coverage);
     PERFORM amba._normalize_targeting(_create_experiment.targeting);
+    PERFORM amba._normalize_guardrails(_create_experiment.guardrails::text);
     PERFORM amba._check_layer(_create_experiment.layer, share);
     IF _create_experiment.layer IS NOT NULL THEN
         share := coalesce(share, 1);
@@ -626,12 +657,12 @@ BEGIN
 
     INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights,
                                        targeting, coverage, layer, layer_share, layer_start,
-                                       holdout_id)
+                                       holdout_id, guardrails)
     VALUES (_create_experiment.experiment_key, _create_experiment.name,
             _create_experiment.description, _create_experiment.status, new_keys, new_weights,
             amba._normalize_targeting(_create_experiment.targeting),
             coalesce(_create_experiment.coverage, 1), _create_experiment.layer, share, start_at,
-            new_holdout_id)
+            new_holdout_id, amba._normalize_guardrails(_create_experiment.guardrails::text))
     ON CONFLICT (key) DO NOTHING
     RETURNING e.* INTO created;
     IF created.id IS NULL THEN
@@ -650,7 +681,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION amba._update_experiment(
     experiment_key text, variants jsonb, status text, name text, description text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text
+    holdout text, guardrails jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -675,6 +706,7 @@ BEGIN
     PERFORM amba._check_coverage(_update_experiment.coverage);
     -- Validated before anything is read or written; '{}' removes the condition.
     PERFORM amba._normalize_targeting(_update_experiment.targeting);
+    PERFORM amba._normalize_guardrails(_update_experiment.guardrails::text);
     IF _update_experiment.variants IS NOT NULL THEN
         SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(_update_experiment.variants);
     END IF;
@@ -758,6 +790,8 @@ BEGIN
         coverage = coalesce(_update_experiment.coverage, e.coverage),
         layer_start = start_at,
         holdout_id = new_holdout_id,
+        guardrails = CASE WHEN _update_experiment.guardrails IS NULL THEN e.guardrails
+                          ELSE amba._normalize_guardrails(_update_experiment.guardrails::text) END,
         revision = e.revision + 1,
         updated_at = now()
      WHERE e.id = current_row.id
@@ -830,6 +864,35 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT x.layer, x.key, x.status, x.s, x.t
       FROM (SELECT r.layer, r.key, r.status, r.s, r.t FROM ranges r UNION ALL SELECT * FROM gaps) x
      ORDER BY x.layer, x.s
+$fn$;
+
+-- Pauses an active experiment a guardrail tripped (SPEC §12), in the caller's transaction:
+-- status paused, an `auto_pause` audit row whose `after` is the experiment with the
+-- tripping rows under "tripped", and a notification on channel 'amba' per tripping row.
+-- False (nothing done) when it is no longer active.
+CREATE OR REPLACE FUNCTION amba._auto_pause(experiment_key text, tripped jsonb) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    current_row amba.experiments;
+    updated amba.experiments;
+    tripping jsonb;
+BEGIN
+    SELECT * INTO current_row FROM amba.experiments e
+     WHERE e.key = _auto_pause.experiment_key FOR UPDATE;
+    IF current_row.id IS NULL OR current_row.status <> 'active' THEN
+        RETURN false;
+    END IF;
+    UPDATE amba.experiments e SET status = 'paused', revision = e.revision + 1, updated_at = now()
+     WHERE e.id = current_row.id
+    RETURNING e.* INTO updated;
+    PERFORM amba._audit(updated.key, 'auto_pause'::text, amba._experiment_json(current_row),
+                        amba._experiment_json(updated) || jsonb_build_object('tripped', _auto_pause.tripped));
+    FOR tripping IN SELECT t FROM jsonb_array_elements(_auto_pause.tripped) AS t LOOP
+        PERFORM pg_notify('amba', (jsonb_build_object('type', 'auto_pause', 'experiment_key', updated.key)
+                                   || tripping)::text);
+    END LOOP;
+    RETURN true;
+END
 $fn$;
 
 CREATE OR REPLACE FUNCTION amba._get_experiment(experiment_key text) RETURNS jsonb
@@ -1152,18 +1215,28 @@ CREATE OR REPLACE FUNCTION @extschema@.amba_create_experiment(
     description text DEFAULT NULL, status text DEFAULT 'active',
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) $fn$;
+AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) $fn$;
 
 CREATE OR REPLACE FUNCTION @extschema@.amba_update_experiment(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
     name text DEFAULT NULL, description text DEFAULT NULL,
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) $fn$;
+AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) $fn$;
+
+-- Guardrails (SPEC §12): every active experiment's (or the named one's), judged, and the
+-- ones a guardrail trips paused. SQL, not PL/pgSQL: the argument and the first output
+-- column share a name.
+CREATE OR REPLACE FUNCTION @extschema@.amba_check_guardrails(experiment_key text DEFAULT NULL)
+RETURNS TABLE (experiment_key text, guardrail integer, variant text, lift double precision,
+               cs_low double precision, cs_high double precision, tripped boolean,
+               paused boolean)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT * FROM amba._check_guardrails($1) $fn$;
 
 CREATE OR REPLACE FUNCTION @extschema@.amba_list_layers()
 RETURNS TABLE (layer text, experiment_key text, status text,
@@ -1439,17 +1512,17 @@ CREATE OR REPLACE FUNCTION amba_api.experiments_create(
     description text DEFAULT NULL, status text DEFAULT 'active',
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._create_experiment(experiment_key, variants, name, description, status,
-                                   targeting, coverage, layer, layer_share, holdout);
+                                   targeting, coverage, layer, layer_share, holdout, guardrails);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text) IS
-'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
+COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb) IS
+'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. guardrails: [{"event","value_property","kind":"conversion"|"mean","bad":"decrease"|"increase","tolerance","alpha"}], checked by experiments_check_guardrails, which pauses the experiment when one trips. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_list_layers()
 RETURNS TABLE (layer text, experiment_key text, status text,
@@ -1461,6 +1534,15 @@ END
 $fn$;
 COMMENT ON FUNCTION amba_api.experiments_list_layers() IS
 'Every layer''s ranges in order: the experiments that are not ended, each [range_start, range_end), and the free gaps (experiment_key null).';
+
+CREATE OR REPLACE FUNCTION amba_api.experiments_check_guardrails(experiment_key text DEFAULT NULL)
+RETURNS TABLE (experiment_key text, guardrail integer, variant text, lift double precision,
+               cs_low double precision, cs_high double precision, tripped boolean,
+               paused boolean)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT * FROM amba._check_guardrails($1) $fn$;
+COMMENT ON FUNCTION amba_api.experiments_check_guardrails(text) IS
+'Judges the guardrails of every active experiment (or of experiment_key) with an always-valid interval of the relative lift, and pauses an experiment a guardrail trips (audit action auto_pause; NOTIFY amba). Rows: experiment_key, guardrail (index), variant, lift, cs_low, cs_high, tripped, paused (this call paused it). 404 EXPERIMENT_NOT_FOUND.';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_list() RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
@@ -1493,16 +1575,16 @@ CREATE OR REPLACE FUNCTION amba_api.experiments_update(
     name text DEFAULT NULL, description text DEFAULT NULL,
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._update_experiment(experiment_key, variants, status, name, description,
-                                   targeting, coverage, layer, layer_share, holdout);
+                                   targeting, coverage, layer, layer_share, holdout, guardrails);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text) IS
+COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb) IS
 'Re-weights, adds variants, changes status (draft, active, paused, ended), targeting ({} removes it) or coverage, or renames. Existing assignments never change; a variant with assignments cannot be removed. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT.';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_delete(experiment_key text) RETURNS boolean
@@ -2852,14 +2934,15 @@ DECLARE
         'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)'];
 BEGIN
     FOREACH signature IN ARRAY analyst_signatures || ARRAY[
-        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text)',
-        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text)',
+        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb)',
+        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb)',
         'amba_delete_experiment(text)',
         'amba_assign(text, text, jsonb)', 'amba_expose(text, text)', 'amba_peek(text, text, jsonb)',
         'amba_track(text, text, jsonb, timestamptz)',
         'amba_set_override(text, text, text)', 'amba_clear_override(text, text)',
         'amba_list_overrides(text)', 'amba_alias(text, text)',
-        'amba_create_api_key(text, text)', 'amba_revoke_api_key(text)']
+        'amba_create_api_key(text, text)', 'amba_revoke_api_key(text)',
+        'amba_check_guardrails(text)']
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s.%s FROM PUBLIC', '@extschema@', signature);
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.%s TO amba_admin', '@extschema@', signature);
@@ -2924,11 +3007,12 @@ GRANT SELECT ON amba_api.my_assignments TO amba_client;
 ALTER FUNCTION amba._my_assignments() OWNER TO amba_owner;
 GRANT EXECUTE ON FUNCTION amba._my_assignments() TO amba_client;
 GRANT EXECUTE ON FUNCTION
-    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text),
+    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb),
     amba_api.experiments_list(),
     amba_api.experiments_list_layers(),
     amba_api.experiments_get(text),
-    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text),
+    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb),
+    amba_api.experiments_check_guardrails(text),
     amba_api.experiments_delete(text),
     amba_api.experiments_results(text, text, double precision),
     amba_api.experiments_metric_results(text, text, text, double precision, double precision, double precision, integer),

@@ -23,6 +23,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
         'layer', CASE WHEN e.layer IS NOT NULL THEN jsonb_build_object(
                      'key', e.layer, 'start', e.layer_start, 'end', e.layer_start + e.layer_share) END,
         'holdout', (SELECT h.key FROM amba.experiments h WHERE h.id = e.holdout_id),
+        'guardrails', e.guardrails,
         'created_at', e.created_at,
         'updated_at', e.updated_at)
 $fn$;
@@ -167,7 +168,7 @@ $fn$;
 CREATE FUNCTION amba._create_experiment(
     experiment_key text, variants jsonb, name text, description text, status text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text
+    holdout text, guardrails jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -185,6 +186,7 @@ BEGIN
     PERFORM amba._check_texts(_create_experiment.name, _create_experiment.description);
     PERFORM amba._check_coverage(_create_experiment.coverage);
     PERFORM amba._normalize_targeting(_create_experiment.targeting);
+    PERFORM amba._normalize_guardrails(_create_experiment.guardrails::text);
     PERFORM amba._check_layer(_create_experiment.layer, share);
     IF _create_experiment.layer IS NOT NULL THEN
         share := coalesce(share, 1);
@@ -196,12 +198,12 @@ BEGIN
 
     INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights,
                                        targeting, coverage, layer, layer_share, layer_start,
-                                       holdout_id)
+                                       holdout_id, guardrails)
     VALUES (_create_experiment.experiment_key, _create_experiment.name,
             _create_experiment.description, _create_experiment.status, new_keys, new_weights,
             amba._normalize_targeting(_create_experiment.targeting),
             coalesce(_create_experiment.coverage, 1), _create_experiment.layer, share, start_at,
-            new_holdout_id)
+            new_holdout_id, amba._normalize_guardrails(_create_experiment.guardrails::text))
     ON CONFLICT (key) DO NOTHING
     RETURNING e.* INTO created;
     IF created.id IS NULL THEN
@@ -220,7 +222,7 @@ $fn$;
 CREATE FUNCTION amba._update_experiment(
     experiment_key text, variants jsonb, status text, name text, description text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text
+    holdout text, guardrails jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -245,6 +247,7 @@ BEGIN
     PERFORM amba._check_coverage(_update_experiment.coverage);
     -- Validated before anything is read or written; '{}' removes the condition.
     PERFORM amba._normalize_targeting(_update_experiment.targeting);
+    PERFORM amba._normalize_guardrails(_update_experiment.guardrails::text);
     IF _update_experiment.variants IS NOT NULL THEN
         SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(_update_experiment.variants);
     END IF;
@@ -328,6 +331,8 @@ BEGIN
         coverage = coalesce(_update_experiment.coverage, e.coverage),
         layer_start = start_at,
         holdout_id = new_holdout_id,
+        guardrails = CASE WHEN _update_experiment.guardrails IS NULL THEN e.guardrails
+                          ELSE amba._normalize_guardrails(_update_experiment.guardrails::text) END,
         revision = e.revision + 1,
         updated_at = now()
      WHERE e.id = current_row.id
@@ -400,6 +405,35 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT x.layer, x.key, x.status, x.s, x.t
       FROM (SELECT r.layer, r.key, r.status, r.s, r.t FROM ranges r UNION ALL SELECT * FROM gaps) x
      ORDER BY x.layer, x.s
+$fn$;
+
+-- Pauses an active experiment a guardrail tripped (SPEC §12), in the caller's transaction:
+-- status paused, an `auto_pause` audit row whose `after` is the experiment with the
+-- tripping rows under "tripped", and a notification on channel 'amba' per tripping row.
+-- False (nothing done) when it is no longer active.
+CREATE FUNCTION amba._auto_pause(experiment_key text, tripped jsonb) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    current_row amba.experiments;
+    updated amba.experiments;
+    tripping jsonb;
+BEGIN
+    SELECT * INTO current_row FROM amba.experiments e
+     WHERE e.key = _auto_pause.experiment_key FOR UPDATE;
+    IF current_row.id IS NULL OR current_row.status <> 'active' THEN
+        RETURN false;
+    END IF;
+    UPDATE amba.experiments e SET status = 'paused', revision = e.revision + 1, updated_at = now()
+     WHERE e.id = current_row.id
+    RETURNING e.* INTO updated;
+    PERFORM amba._audit(updated.key, 'auto_pause'::text, amba._experiment_json(current_row),
+                        amba._experiment_json(updated) || jsonb_build_object('tripped', _auto_pause.tripped));
+    FOR tripping IN SELECT t FROM jsonb_array_elements(_auto_pause.tripped) AS t LOOP
+        PERFORM pg_notify('amba', (jsonb_build_object('type', 'auto_pause', 'experiment_key', updated.key)
+                                   || tripping)::text);
+    END LOOP;
+    RETURN true;
+END
 $fn$;
 
 CREATE FUNCTION amba._get_experiment(experiment_key text) RETURNS jsonb
@@ -722,18 +756,28 @@ CREATE FUNCTION @extschema@.amba_create_experiment(
     description text DEFAULT NULL, status text DEFAULT 'active',
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) $fn$;
+AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) $fn$;
 
 CREATE FUNCTION @extschema@.amba_update_experiment(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
     name text DEFAULT NULL, description text DEFAULT NULL,
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) $fn$;
+AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) $fn$;
+
+-- Guardrails (SPEC §12): every active experiment's (or the named one's), judged, and the
+-- ones a guardrail trips paused. SQL, not PL/pgSQL: the argument and the first output
+-- column share a name.
+CREATE FUNCTION @extschema@.amba_check_guardrails(experiment_key text DEFAULT NULL)
+RETURNS TABLE (experiment_key text, guardrail integer, variant text, lift double precision,
+               cs_low double precision, cs_high double precision, tripped boolean,
+               paused boolean)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT * FROM amba._check_guardrails($1) $fn$;
 
 CREATE FUNCTION @extschema@.amba_list_layers()
 RETURNS TABLE (layer text, experiment_key text, status text,

@@ -54,7 +54,9 @@ CREATE TABLE amba.experiments (
     CONSTRAINT experiments_layer_share_with_layer CHECK ((layer IS NULL) = (layer_share IS NULL)),
     -- The holdout this experiment's users pass through first (SPEC §11).
     holdout_id     bigint REFERENCES amba.experiments (id),
-    CONSTRAINT experiments_not_own_holdout CHECK (holdout_id <> id)
+    CONSTRAINT experiments_not_own_holdout CHECK (holdout_id <> id),
+    -- Guardrails (SPEC §12): checked, with their defaults written out; NULL: none.
+    guardrails     jsonb CHECK (jsonb_typeof(guardrails) = 'array')
 );
 CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
 CREATE INDEX experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL;
@@ -114,7 +116,8 @@ CREATE TABLE amba.experiment_history (
     api_key_name   text,
     jwt_sub        text,
     action         text NOT NULL
-                   CHECK (action IN ('create', 'update', 'delete', 'override_set', 'override_clear')),
+                   CHECK (action IN ('create', 'update', 'delete', 'override_set', 'override_clear',
+                                     'auto_pause', 'bandit_update')),
     before         jsonb,
     after          jsonb
 );

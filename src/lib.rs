@@ -23,6 +23,7 @@ use pgrx::prelude::*;
 
 mod assign;
 mod errors;
+mod guardrails;
 mod internal;
 mod jsonb;
 mod locks;

@@ -24,6 +24,12 @@ ALTER TABLE amba.experiments
     ADD CONSTRAINT experiments_layer_share_with_layer CHECK ((layer IS NULL) = (layer_share IS NULL)),
     ADD COLUMN holdout_id bigint REFERENCES amba.experiments (id),
     ADD CONSTRAINT experiments_not_own_holdout CHECK (holdout_id <> id);
+-- Guardrails (SPEC §12), and the audit actions of 0.3.0.
+ALTER TABLE amba.experiments ADD COLUMN guardrails jsonb CHECK (jsonb_typeof(guardrails) = 'array');
+ALTER TABLE amba.experiment_history DROP CONSTRAINT experiment_history_action_check;
+ALTER TABLE amba.experiment_history ADD CONSTRAINT experiment_history_action_check
+    CHECK (action IN ('create', 'update', 'delete', 'override_set', 'override_clear',
+                      'auto_pause', 'bandit_update'));
 CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
 CREATE INDEX experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL;
 

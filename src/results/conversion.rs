@@ -127,7 +127,7 @@ impl ResultRow {
     }
 }
 
-fn results(
+pub(crate) fn results(
     experiment_key: Option<&str>,
     conversion_event: Option<&str>,
     alpha: Option<f64>,

@@ -149,7 +149,7 @@ impl MetricRow {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn metric_results(
+pub(crate) fn metric_results(
     experiment_key: Option<&str>,
     event: Option<&str>,
     value_property: Option<&str>,
@@ -186,6 +186,44 @@ fn metric_results(
         );
     }
 
+    let (variant_keys, arms) =
+        metric_arms(experiment_key, event, value_property, cap, cap_percentile, cuped_days);
+    let rows = metric::analyze_means(&arms, alpha, cuped_days.is_some());
+    variant_keys
+        .into_iter()
+        .zip(arms)
+        .zip(rows)
+        .enumerate()
+        .map(|(i, ((variant, arm), r))| MetricRow {
+            variant,
+            is_control: i == 0,
+            exposed_count: arm.n as i64,
+            mean: r.mean,
+            stddev: r.stddev,
+            delta: r.delta,
+            delta_ci_low: r.delta_ci_low,
+            delta_ci_high: r.delta_ci_high,
+            p_value: r.p_value,
+            p_value_holm: r.p_value_holm,
+            lift: r.lift,
+            lift_ci_low: r.lift_ci_low,
+            lift_ci_high: r.lift_ci_high,
+            cuped_theta: r.cuped_theta,
+        })
+        .collect()
+}
+
+/// The per-variant sums of Y (SPEC §3c) over exposed users, in variant order: what
+/// `amba_metric_results` and the guardrail check (SPEC §12) judge. Inputs checked by the
+/// caller.
+pub(crate) fn metric_arms(
+    experiment_key: Option<&str>,
+    event: &str,
+    value_property: Option<&str>,
+    cap: Option<f64>,
+    cap_percentile: Option<f64>,
+    cuped_days: Option<i32>,
+) -> (Vec<String>, Vec<MeanArm>) {
     let (variant_keys, sums) = Spi::connect(|client| {
         let exp = experiment_for_results(client, experiment_key);
         let mut sums: HashMap<String, MeanArm> = HashMap::new();
@@ -225,29 +263,7 @@ fn metric_results(
         .iter()
         .map(|k| sums.get(k).copied().unwrap_or_default())
         .collect();
-    let rows = metric::analyze_means(&arms, alpha, cuped_days.is_some());
-    variant_keys
-        .into_iter()
-        .zip(arms)
-        .zip(rows)
-        .enumerate()
-        .map(|(i, ((variant, arm), r))| MetricRow {
-            variant,
-            is_control: i == 0,
-            exposed_count: arm.n as i64,
-            mean: r.mean,
-            stddev: r.stddev,
-            delta: r.delta,
-            delta_ci_low: r.delta_ci_low,
-            delta_ci_high: r.delta_ci_high,
-            p_value: r.p_value,
-            p_value_holm: r.p_value_holm,
-            lift: r.lift,
-            lift_ci_low: r.lift_ci_low,
-            lift_ci_high: r.lift_ci_high,
-            cuped_theta: r.cuped_theta,
-        })
-        .collect()
+    (variant_keys, arms)
 }
 
 /// `amba_metric_results` and its twin `amba._metric_results` share one column list.
