@@ -24,11 +24,12 @@ DECLARE
         'amba_metric_results(text, text, text, double precision, double precision, double precision, integer)',
         'amba_results_daily(text, text, double precision)', 'amba_report(text, text)',
         'amba_bucket(text, text)', 'amba_experiment_history(text)',
-        'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)'];
+        'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)',
+        'amba_results_by(text, text, text, double precision)'];
 BEGIN
     FOREACH signature IN ARRAY analyst_signatures || ARRAY[
-        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb)',
-        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb)',
+        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[])',
+        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[])',
         'amba_delete_experiment(text)',
         'amba_assign(text, text, jsonb)', 'amba_expose(text, text)', 'amba_peek(text, text, jsonb)',
         'amba_track(text, text, jsonb, timestamptz)',
@@ -56,14 +57,16 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA amba TO amba_admin;
 
 -- Analysts: read experiments and results, never write; API keys stay hidden.
 GRANT SELECT ON amba.experiments, amba.weight_versions, amba.assignments, amba.exposures,
-                amba.events, amba.experiment_history, amba.overrides, amba.aliases TO amba_analyst;
+                amba.events, amba.experiment_history, amba.overrides, amba.aliases,
+                amba.assignment_dimensions TO amba_analyst;
 GRANT EXECUTE ON FUNCTION
     amba._get_experiment(text), amba._list_experiments(), amba._experiment_history(text),
     amba._results(text, text, double precision),
     amba._metric_results(text, text, text, double precision, double precision, double precision, integer),
     amba._results_daily(text, text, double precision), amba._report(text, text),
     amba._check_experiment_key(text), amba._experiment_json(amba.experiments),
-    amba._raise(text, text), amba._not_found(text), amba._list_layers()
+    amba._raise(text, text), amba._not_found(text), amba._list_layers(),
+    amba._results_by(text, text, text, double precision)
 TO amba_analyst;
 
 -- Clients: their own assignments and exposures, read-only; everything else goes through
@@ -74,7 +77,7 @@ GRANT EXECUTE ON FUNCTION amba._request_user_id(), amba._jwt_sub() TO amba_clien
 -- amba_owner owns the SECURITY DEFINER functions: it gets only what they do.
 GRANT SELECT ON amba.experiments, amba.weight_versions, amba.overrides, amba.aliases, amba.api_keys
     TO amba_owner;
-GRANT SELECT, INSERT ON amba.assignments, amba.exposures TO amba_owner;
+GRANT SELECT, INSERT ON amba.assignments, amba.exposures, amba.assignment_dimensions TO amba_owner;
 GRANT INSERT ON amba.events TO amba_owner;
 GRANT EXECUTE ON FUNCTION
     amba._assign(text, text, jsonb), amba._expose(text, text), amba._peek(text, text, jsonb),
@@ -100,14 +103,15 @@ GRANT SELECT ON amba_api.my_assignments TO amba_client;
 ALTER FUNCTION amba._my_assignments() OWNER TO amba_owner;
 GRANT EXECUTE ON FUNCTION amba._my_assignments() TO amba_client;
 GRANT EXECUTE ON FUNCTION
-    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb),
+    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]),
     amba_api.experiments_list(),
     amba_api.experiments_list_layers(),
     amba_api.experiments_get(text),
-    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb),
+    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]),
     amba_api.experiments_check_guardrails(text),
     amba_api.experiments_delete(text),
     amba_api.experiments_results(text, text, double precision),
+    amba_api.experiments_results_by(text, text, text, double precision),
     amba_api.experiments_metric_results(text, text, text, double precision, double precision, double precision, integer),
     amba_api.experiments_results_daily(text, text, double precision),
     amba_api.experiments_report(text, text),
@@ -125,7 +129,8 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['experiments', 'weight_versions', 'assignments', 'exposures',
-                             'events', 'experiment_history', 'api_keys', 'overrides', 'aliases']
+                             'events', 'experiment_history', 'api_keys', 'overrides', 'aliases',
+                             'assignment_dimensions']
     LOOP
         EXECUTE pg_catalog.format('ALTER TABLE amba.%I ENABLE ROW LEVEL SECURITY', t);
         IF t = 'experiment_history' THEN
@@ -138,10 +143,11 @@ BEGIN
         IF t <> 'api_keys' THEN
             EXECUTE pg_catalog.format('CREATE POLICY analyst_read ON amba.%I FOR SELECT TO amba_analyst USING (true)', t);
         END IF;
-        IF t IN ('experiments', 'weight_versions', 'assignments', 'exposures', 'overrides', 'aliases', 'api_keys') THEN
+        IF t IN ('experiments', 'weight_versions', 'assignments', 'exposures', 'overrides', 'aliases', 'api_keys',
+                 'assignment_dimensions') THEN
             EXECUTE pg_catalog.format('CREATE POLICY owner_read ON amba.%I FOR SELECT TO amba_owner USING (true)', t);
         END IF;
-        IF t IN ('assignments', 'exposures', 'events') THEN
+        IF t IN ('assignments', 'exposures', 'events', 'assignment_dimensions') THEN
             EXECUTE pg_catalog.format('CREATE POLICY owner_insert ON amba.%I FOR INSERT TO amba_owner WITH CHECK (true)', t);
         END IF;
     END LOOP;

@@ -31,6 +31,23 @@ ALTER TABLE amba.experiment_history DROP CONSTRAINT experiment_history_action_ch
 ALTER TABLE amba.experiment_history ADD CONSTRAINT experiment_history_action_check
     CHECK (action IN ('create', 'update', 'delete', 'override_set', 'override_clear',
                       'auto_pause', 'bandit_update'));
+-- Segments (SPEC §13).
+ALTER TABLE amba.experiments ADD COLUMN dimensions text[] CHECK (cardinality(dimensions) BETWEEN 1 AND 5);
+-- The segment values of an assignment (SPEC §13): the experiment's dimensions at the
+-- user's first amba_assign, from the attributes given, as text ({"country": "DE"}; an
+-- absent attribute is absent). Written once, never changed; only experiments with
+-- dimensions have rows here, so the others' assignments stay as they are. They follow the
+-- assignment (aliasing moves it; deleting it deletes them).
+CREATE TABLE amba.assignment_dimensions (
+    experiment_id    bigint NOT NULL,
+    user_id          text COLLATE "C" NOT NULL,
+    dimension_values jsonb NOT NULL CHECK (jsonb_typeof(dimension_values) = 'object'),
+    PRIMARY KEY (experiment_id, user_id),
+    FOREIGN KEY (experiment_id, user_id)
+        REFERENCES amba.assignments (experiment_id, user_id) ON DELETE CASCADE ON UPDATE CASCADE
+);
+
+SELECT pg_catalog.pg_extension_config_dump('amba.assignment_dimensions'::regclass, '');
 CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
 CREATE INDEX experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL;
 
@@ -153,6 +170,33 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_results_wrapper';
 
+CREATE OR REPLACE FUNCTION "amba_results_by"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"dimension" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"dimension_value" TEXT,  /* Option < String > */
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"assigned_count" bigint,  /* i64 */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"z_score" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"chance_to_win" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"srm_p_value" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'amba_results_by_wrapper';
+
 CREATE OR REPLACE FUNCTION "amba_results_daily"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"conversion_event" TEXT, /* Option < & str > */
@@ -186,125 +230,22 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_track_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
-	"old_keys" TEXT[], /* Vec < String > */
-	"new_keys" TEXT[], /* Vec < String > */
-	"assigned_removed" TEXT[] /* Vec < String > */
-) RETURNS void
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_update_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
-	"experiment_key" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_experiment_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_api_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_random_bytes"(
-	"n" INT /* i32 */
-) RETURNS bytea /* Vec < u8 > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'random_bytes_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
-	"variants" TEXT /* Option < & str > */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_variants_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_status"(
-	"status" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'http_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_user_id"(
-	"user_id" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_user_id_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_raise"(
-	"code" TEXT, /* & str */
-	"detail" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'raise_error_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'exec_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_track"(
+CREATE OR REPLACE FUNCTION amba."_assign"(
+	"experiment_key" TEXT, /* Option < & str > */
 	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_track_wrapper';
+AS 'amba-0.3.0', 'assign_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
-	"targeting" jsonb /* Option < JsonB > */
-) RETURNS jsonb /* Option < JsonB > */
-IMMUTABLE PARALLEL SAFE 
+CREATE OR REPLACE FUNCTION amba."_expose"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_targeting_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'select_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_coverage"(
-	"coverage" double precision /* Option < f64 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_coverage_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_texts_wrapper';
+AS 'amba-0.3.0', 'expose_internal_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_track"(
 	"user_id" TEXT, /* Option < & str > */
@@ -316,15 +257,6 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'track_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_assign"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'assign_internal_wrapper';
-
 CREATE OR REPLACE FUNCTION amba."_peek"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"user_id" TEXT, /* Option < & str > */
@@ -333,14 +265,6 @@ CREATE OR REPLACE FUNCTION amba."_peek"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'peek_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_expose"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'expose_internal_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_results_daily"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -364,6 +288,133 @@ CREATE OR REPLACE FUNCTION amba."_results_daily"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'results_daily_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_dimensions"(
+	"dimensions" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
+) RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_dimensions_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
+	"targeting" jsonb /* Option < JsonB > */
+) RETURNS jsonb /* Option < JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_targeting_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
+	"variants" TEXT /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_variants_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_raise"(
+	"code" TEXT, /* & str */
+	"detail" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'raise_error_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_status"(
+	"status" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_user_id"(
+	"user_id" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_user_id_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'exec_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_api_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_random_bytes"(
+	"n" INT /* i32 */
+) RETURNS bytea /* Vec < u8 > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'random_bytes_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'select_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_track_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
+	"old_keys" TEXT[], /* Vec < String > */
+	"new_keys" TEXT[], /* Vec < String > */
+	"assigned_removed" TEXT[] /* Vec < String > */
+) RETURNS void
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_update_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_coverage"(
+	"coverage" double precision /* Option < f64 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_coverage_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_experiment_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_texts_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'http_status_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -418,6 +469,13 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'metric_results_internal_wrapper';
 
+CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'lock_experiment_wrapper';
+
 CREATE OR REPLACE FUNCTION amba."_lock_users"(
 	"a" TEXT, /* & str */
 	"b" TEXT /* & str */
@@ -425,13 +483,6 @@ CREATE OR REPLACE FUNCTION amba."_lock_users"(
 STRICT VOLATILE 
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'lock_users_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_experiment_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_check_guardrails"(
 	"experiment_key" TEXT /* Option < & str > */
@@ -455,6 +506,33 @@ CREATE OR REPLACE FUNCTION amba."_normalize_guardrails"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'normalize_guardrails_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_results_by"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"dimension" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"dimension_value" TEXT,  /* Option < String > */
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"assigned_count" bigint,  /* i64 */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"z_score" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"chance_to_win" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"srm_p_value" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'results_by_internal_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
@@ -483,6 +561,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
                      'key', e.layer, 'start', e.layer_start, 'end', e.layer_start + e.layer_share) END,
         'holdout', (SELECT h.key FROM amba.experiments h WHERE h.id = e.holdout_id),
         'guardrails', e.guardrails,
+        'dimensions', to_jsonb(e.dimensions),
         'created_at', e.created_at,
         'updated_at', e.updated_at)
 $fn$;
@@ -627,7 +706,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION amba._create_experiment(
     experiment_key text, variants jsonb, name text, description text, status text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text, guardrails jsonb
+    holdout text, guardrails jsonb, dimensions text[]
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -646,6 +725,7 @@ BEGIN
     PERFORM amba._check_coverage(_create_experiment.coverage);
     PERFORM amba._normalize_targeting(_create_experiment.targeting);
     PERFORM amba._normalize_guardrails(_create_experiment.guardrails::text);
+    PERFORM amba._normalize_dimensions(_create_experiment.dimensions);
     PERFORM amba._check_layer(_create_experiment.layer, share);
     IF _create_experiment.layer IS NOT NULL THEN
         share := coalesce(share, 1);
@@ -657,12 +737,13 @@ BEGIN
 
     INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights,
                                        targeting, coverage, layer, layer_share, layer_start,
-                                       holdout_id, guardrails)
+                                       holdout_id, guardrails, dimensions)
     VALUES (_create_experiment.experiment_key, _create_experiment.name,
             _create_experiment.description, _create_experiment.status, new_keys, new_weights,
             amba._normalize_targeting(_create_experiment.targeting),
             coalesce(_create_experiment.coverage, 1), _create_experiment.layer, share, start_at,
-            new_holdout_id, amba._normalize_guardrails(_create_experiment.guardrails::text))
+            new_holdout_id, amba._normalize_guardrails(_create_experiment.guardrails::text),
+            amba._normalize_dimensions(_create_experiment.dimensions))
     ON CONFLICT (key) DO NOTHING
     RETURNING e.* INTO created;
     IF created.id IS NULL THEN
@@ -681,7 +762,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION amba._update_experiment(
     experiment_key text, variants jsonb, status text, name text, description text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text, guardrails jsonb
+    holdout text, guardrails jsonb, dimensions text[]
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -707,6 +788,7 @@ BEGIN
     -- Validated before anything is read or written; '{}' removes the condition.
     PERFORM amba._normalize_targeting(_update_experiment.targeting);
     PERFORM amba._normalize_guardrails(_update_experiment.guardrails::text);
+    PERFORM amba._normalize_dimensions(_update_experiment.dimensions);
     IF _update_experiment.variants IS NOT NULL THEN
         SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(_update_experiment.variants);
     END IF;
@@ -792,6 +874,8 @@ BEGIN
         holdout_id = new_holdout_id,
         guardrails = CASE WHEN _update_experiment.guardrails IS NULL THEN e.guardrails
                           ELSE amba._normalize_guardrails(_update_experiment.guardrails::text) END,
+        dimensions = CASE WHEN _update_experiment.dimensions IS NULL THEN e.dimensions
+                          ELSE amba._normalize_dimensions(_update_experiment.dimensions) END,
         revision = e.revision + 1,
         updated_at = now()
      WHERE e.id = current_row.id
@@ -1215,18 +1299,20 @@ CREATE OR REPLACE FUNCTION @extschema@.amba_create_experiment(
     description text DEFAULT NULL, status text DEFAULT 'active',
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
+    dimensions text[] DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) $fn$;
+AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) $fn$;
 
 CREATE OR REPLACE FUNCTION @extschema@.amba_update_experiment(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
     name text DEFAULT NULL, description text DEFAULT NULL,
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
+    dimensions text[] DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) $fn$;
+AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) $fn$;
 
 -- Guardrails (SPEC §12): every active experiment's (or the named one's), judged, and the
 -- ones a guardrail trips paused. SQL, not PL/pgSQL: the argument and the first output
@@ -1512,17 +1598,19 @@ CREATE OR REPLACE FUNCTION amba_api.experiments_create(
     description text DEFAULT NULL, status text DEFAULT 'active',
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
+    dimensions text[] DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._create_experiment(experiment_key, variants, name, description, status,
-                                   targeting, coverage, layer, layer_share, holdout, guardrails);
+                                   targeting, coverage, layer, layer_share, holdout, guardrails,
+                                   dimensions);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb) IS
-'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. guardrails: [{"event","value_property","kind":"conversion"|"mean","bad":"decrease"|"increase","tolerance","alpha"}], checked by experiments_check_guardrails, which pauses the experiment when one trips. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
+COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]) IS
+'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. guardrails: [{"event","value_property","kind":"conversion"|"mean","bad":"decrease"|"increase","tolerance","alpha"}], checked by experiments_check_guardrails, which pauses the experiment when one trips. dimensions: up to 5 attribute paths stored with each first assignment, for experiments_results_by. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_list_layers()
 RETURNS TABLE (layer text, experiment_key text, status text,
@@ -1575,16 +1663,18 @@ CREATE OR REPLACE FUNCTION amba_api.experiments_update(
     name text DEFAULT NULL, description text DEFAULT NULL,
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
+    dimensions text[] DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._update_experiment(experiment_key, variants, status, name, description,
-                                   targeting, coverage, layer, layer_share, holdout, guardrails);
+                                   targeting, coverage, layer, layer_share, holdout, guardrails,
+                                   dimensions);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb) IS
+COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]) IS
 'Re-weights, adds variants, changes status (draft, active, paused, ended), targeting ({} removes it) or coverage, or renames. Existing assignments never change; a variant with assignments cannot be removed. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT.';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_delete(experiment_key text) RETURNS boolean
@@ -1623,6 +1713,24 @@ END
 $fn$;
 COMMENT ON FUNCTION amba_api.experiments_results(text, text, double precision) IS
 'Per-variant results for a conversion event, control first: counts, conversion_rate, z_score and two-sided p_value against the control, relative lift with its (1 - alpha) interval, chance_to_win, Holm-adjusted p-value, always-valid sequential p-value, and the sample-ratio-mismatch p-value (below 0.001: do not trust the results). 404 EXPERIMENT_NOT_FOUND.';
+
+CREATE OR REPLACE FUNCTION amba_api.experiments_results_by(
+    experiment_key text, conversion_event text, dimension text, alpha double precision DEFAULT 0.05)
+RETURNS TABLE (dimension_value text, variant text, is_control boolean, assigned_count bigint,
+               exposed_count bigint, converted_count bigint, conversion_rate double precision,
+               z_score double precision, p_value double precision, lift double precision,
+               lift_ci_low double precision, lift_ci_high double precision,
+               chance_to_win double precision, p_value_holm double precision,
+               sequential_p_value double precision, srm_p_value double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._results_by(experiment_key, conversion_event, dimension, alpha);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_results_by(text, text, text, double precision) IS
+'experiments_results per value of one of the experiment''s dimensions (values ascending, users without the attribute last as null), every variant on each value; p_value_holm is adjusted over every comparison of the call. 400 INVALID_ARGUMENT for a dimension the experiment does not have; 404 EXPERIMENT_NOT_FOUND.';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_metric_results(
     experiment_key text, event text, value_property text DEFAULT NULL,
@@ -1838,6 +1946,16 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $f
                 WHEN NOT amba._report_finite(v) THEN v::text
                 WHEN v > 0 AND round((v * 100)::numeric, 2) = 0 THEN '< 0.01%'
                 ELSE trim_scale(round((v * 100)::numeric, 2))::text || '%' END
+$fn$;
+
+-- A position in a layer's unit interval (SPEC §11) for display: 2 decimals ("0.30"), or up
+-- to 4 (trailing zeros dropped, "0.125") when 2 would round it; '—' for NULL.
+CREATE OR REPLACE FUNCTION amba._report_pos(v double precision) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT CASE WHEN v IS NULL THEN '—'
+                WHEN NOT amba._report_finite(v) THEN v::text
+                WHEN round(v::numeric, 4) = round(v::numeric, 2) THEN round(v::numeric, 2)::text
+                ELSE trim_scale(round(v::numeric, 4))::text END
 $fn$;
 
 -- A variant weight for display: as given when it is short, else rounded to 4 decimals.
@@ -2230,7 +2348,7 @@ h2{font-size:16px;margin:0 0 4px}
 .meta{display:flex;flex-wrap:wrap;gap:8px 18px;align-items:center;color:var(--muted);font-size:13px}
 .meta b{font-weight:600;color:var(--fg)}
 .meta.audience{margin-top:8px}
-.meta .targeting{max-width:100%;overflow-wrap:anywhere}
+.meta .targeting,.meta .layer,.meta .holdout{max-width:100%;overflow-wrap:anywhere}
 code{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace;background:#e9edf3;
 color:#243040;padding:2px 6px;border-radius:4px;overflow-wrap:anywhere}
 .description{margin:14px 0 0;white-space:pre-wrap;overflow-wrap:anywhere;max-width:80ch}
@@ -2344,6 +2462,9 @@ DECLARE
     title text;
     status text;
     coverage double precision;
+    layer_doc jsonb;
+    layer_start double precision;
+    layer_end double precision;
     generated timestamp := now() AT TIME ZONE 'UTC'::text;
     verdict text;
     pill text;
@@ -2389,6 +2510,13 @@ BEGIN
     coverage := CASE WHEN jsonb_typeof(exp_doc->'coverage') = 'number'
                      THEN (exp_doc->>'coverage')::double precision
                      WHEN exp_doc->'coverage' IS NULL THEN 1 END;
+    -- The layer's range (SPEC §11): {key, start, end}; start and end are null while the
+    -- experiment is ended (its range is freed). No key (before 0.3.0) or null: no layer.
+    layer_doc := CASE WHEN jsonb_typeof(exp_doc->'layer') = 'object' THEN exp_doc->'layer' END;
+    layer_start := CASE WHEN jsonb_typeof(layer_doc->'start') = 'number'
+                        THEN (layer_doc->>'start')::double precision END;
+    layer_end := CASE WHEN jsonb_typeof(layer_doc->'end') = 'number'
+                      THEN (layer_doc->>'end')::double precision END;
     status := coalesce(exp_doc->>'status', 'unknown');
     head_html := '<section class="card header-card">'
         || CASE WHEN title IS NOT NULL
@@ -2404,15 +2532,36 @@ BEGIN
         || format('<span>Created <b>%s</b></span><span>Updated <b>%s</b></span>',
                   amba._report_time(exp_doc->>'created_at'), amba._report_time(exp_doc->>'updated_at'))
         || '</div>'
-        -- Who may be enrolled (SPEC §10): the targeting condition as JSON text, or everyone;
-        -- the coverage as a percentage (its exact value in data-value).
+        -- Who may be enrolled, in the order amba checks it (SPEC §10, §11): the targeting
+        -- condition as JSON text, or everyone; the layer with the experiment's range in it
+        -- (exact bounds in data-start/data-end); the coverage as a percentage (its exact
+        -- value in data-value); the holdout users pass through first.
         || '<div class="meta audience" id="audience">'
         || CASE WHEN jsonb_typeof(exp_doc->'targeting') = 'object' AND exp_doc->'targeting' <> '{}'::jsonb
                 THEN format('<span class="targeting">Targeting <code data-field="targeting">%s</code></span>',
                             amba._report_esc((exp_doc->'targeting')::text))
                 ELSE '<span class="targeting">Targeting <b data-field="targeting" data-everyone="">everyone</b></span>' END
+        || CASE WHEN layer_doc IS NULL
+                THEN '<span class="layer">Layer <b data-field="layer" data-none="">none</b></span>'
+                WHEN layer_start IS NULL OR layer_end IS NULL
+                THEN format('<span class="layer" title="Experiments of a layer never share a user; an ended '
+                            'experiment holds no range">Layer <code data-field="layer" data-layer-key="%1$s" '
+                            'data-start="" data-end="">%1$s</code> <i data-field="layer-freed">no range: freed '
+                            'while ended</i></span>',
+                            amba._report_esc(layer_doc->>'key'))
+                ELSE format('<span class="layer" title="Experiments of a layer never share a user: this one '
+                            'enrols only users whose layer bucket is in this range">Layer <code data-field="layer" '
+                            'data-layer-key="%s" data-start="%s" data-end="%s">%s [%s, %s)</code></span>',
+                            amba._report_esc(layer_doc->>'key'), amba._report_val(layer_start),
+                            amba._report_val(layer_end), amba._report_esc(layer_doc->>'key'),
+                            amba._report_pos(layer_start), amba._report_pos(layer_end)) END
         || format('<span>Coverage <b data-field="coverage" data-value="%s">%s</b> of eligible users</span>',
                   amba._report_val(coverage), amba._report_coverage(coverage))
+        || CASE WHEN jsonb_typeof(exp_doc->'holdout') = 'string'
+                THEN format('<span class="holdout" title="Users pass through this holdout experiment first; '
+                            'those in its control group are not enrolled here">Holdout <code data-field="holdout">%s</code></span>',
+                            amba._report_esc(exp_doc->>'holdout'))
+                ELSE '<span class="holdout">Holdout <b data-field="holdout" data-none="">none</b></span>' END
         || '</div>'
         || CASE WHEN nullif(exp_doc->>'description', '') IS NOT NULL
                 THEN format('<p class="description" data-field="description">%s</p>',
@@ -2644,7 +2793,8 @@ REVOKE ALL ON FUNCTION
     amba._report_p(double precision), amba._report_chance(double precision),
     amba._report_td(text, double precision, text, text),
     amba._report_sign_class(double precision, double precision), amba._report_time(text),
-    amba._report_finite(double precision),
+    amba._report_finite(double precision), amba._report_coverage(double precision),
+    amba._report_pos(double precision),
     amba._report_ticks(double precision, double precision, integer),
     amba._report_tick(double precision, double precision), amba._report_xy(double precision),
     amba._report_forest(jsonb, double precision),
@@ -2658,7 +2808,8 @@ GRANT EXECUTE ON FUNCTION
     amba._report_p(double precision), amba._report_chance(double precision),
     amba._report_td(text, double precision, text, text),
     amba._report_sign_class(double precision, double precision), amba._report_time(text),
-    amba._report_finite(double precision),
+    amba._report_finite(double precision), amba._report_coverage(double precision),
+    amba._report_pos(double precision),
     amba._report_ticks(double precision, double precision, integer),
     amba._report_tick(double precision, double precision), amba._report_xy(double precision),
     amba._report_forest(jsonb, double precision),
@@ -2931,11 +3082,12 @@ DECLARE
         'amba_metric_results(text, text, text, double precision, double precision, double precision, integer)',
         'amba_results_daily(text, text, double precision)', 'amba_report(text, text)',
         'amba_bucket(text, text)', 'amba_experiment_history(text)',
-        'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)'];
+        'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)',
+        'amba_results_by(text, text, text, double precision)'];
 BEGIN
     FOREACH signature IN ARRAY analyst_signatures || ARRAY[
-        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb)',
-        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb)',
+        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[])',
+        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[])',
         'amba_delete_experiment(text)',
         'amba_assign(text, text, jsonb)', 'amba_expose(text, text)', 'amba_peek(text, text, jsonb)',
         'amba_track(text, text, jsonb, timestamptz)',
@@ -2963,14 +3115,16 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA amba TO amba_admin;
 
 -- Analysts: read experiments and results, never write; API keys stay hidden.
 GRANT SELECT ON amba.experiments, amba.weight_versions, amba.assignments, amba.exposures,
-                amba.events, amba.experiment_history, amba.overrides, amba.aliases TO amba_analyst;
+                amba.events, amba.experiment_history, amba.overrides, amba.aliases,
+                amba.assignment_dimensions TO amba_analyst;
 GRANT EXECUTE ON FUNCTION
     amba._get_experiment(text), amba._list_experiments(), amba._experiment_history(text),
     amba._results(text, text, double precision),
     amba._metric_results(text, text, text, double precision, double precision, double precision, integer),
     amba._results_daily(text, text, double precision), amba._report(text, text),
     amba._check_experiment_key(text), amba._experiment_json(amba.experiments),
-    amba._raise(text, text), amba._not_found(text), amba._list_layers()
+    amba._raise(text, text), amba._not_found(text), amba._list_layers(),
+    amba._results_by(text, text, text, double precision)
 TO amba_analyst;
 
 -- Clients: their own assignments and exposures, read-only; everything else goes through
@@ -2981,7 +3135,7 @@ GRANT EXECUTE ON FUNCTION amba._request_user_id(), amba._jwt_sub() TO amba_clien
 -- amba_owner owns the SECURITY DEFINER functions: it gets only what they do.
 GRANT SELECT ON amba.experiments, amba.weight_versions, amba.overrides, amba.aliases, amba.api_keys
     TO amba_owner;
-GRANT SELECT, INSERT ON amba.assignments, amba.exposures TO amba_owner;
+GRANT SELECT, INSERT ON amba.assignments, amba.exposures, amba.assignment_dimensions TO amba_owner;
 GRANT INSERT ON amba.events TO amba_owner;
 GRANT EXECUTE ON FUNCTION
     amba._assign(text, text, jsonb), amba._expose(text, text), amba._peek(text, text, jsonb),
@@ -3007,14 +3161,15 @@ GRANT SELECT ON amba_api.my_assignments TO amba_client;
 ALTER FUNCTION amba._my_assignments() OWNER TO amba_owner;
 GRANT EXECUTE ON FUNCTION amba._my_assignments() TO amba_client;
 GRANT EXECUTE ON FUNCTION
-    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb),
+    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]),
     amba_api.experiments_list(),
     amba_api.experiments_list_layers(),
     amba_api.experiments_get(text),
-    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb),
+    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]),
     amba_api.experiments_check_guardrails(text),
     amba_api.experiments_delete(text),
     amba_api.experiments_results(text, text, double precision),
+    amba_api.experiments_results_by(text, text, text, double precision),
     amba_api.experiments_metric_results(text, text, text, double precision, double precision, double precision, integer),
     amba_api.experiments_results_daily(text, text, double precision),
     amba_api.experiments_report(text, text),
@@ -3032,7 +3187,8 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['experiments', 'weight_versions', 'assignments', 'exposures',
-                             'events', 'experiment_history', 'api_keys', 'overrides', 'aliases']
+                             'events', 'experiment_history', 'api_keys', 'overrides', 'aliases',
+                             'assignment_dimensions']
     LOOP
         EXECUTE pg_catalog.format('ALTER TABLE amba.%I ENABLE ROW LEVEL SECURITY', t);
         IF t = 'experiment_history' THEN
@@ -3045,10 +3201,11 @@ BEGIN
         IF t <> 'api_keys' THEN
             EXECUTE pg_catalog.format('CREATE POLICY analyst_read ON amba.%I FOR SELECT TO amba_analyst USING (true)', t);
         END IF;
-        IF t IN ('experiments', 'weight_versions', 'assignments', 'exposures', 'overrides', 'aliases', 'api_keys') THEN
+        IF t IN ('experiments', 'weight_versions', 'assignments', 'exposures', 'overrides', 'aliases', 'api_keys',
+                 'assignment_dimensions') THEN
             EXECUTE pg_catalog.format('CREATE POLICY owner_read ON amba.%I FOR SELECT TO amba_owner USING (true)', t);
         END IF;
-        IF t IN ('assignments', 'exposures', 'events') THEN
+        IF t IN ('assignments', 'exposures', 'events', 'assignment_dimensions') THEN
             EXECUTE pg_catalog.format('CREATE POLICY owner_insert ON amba.%I FOR INSERT TO amba_owner WITH CHECK (true)', t);
         END IF;
     END LOOP;

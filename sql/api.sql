@@ -24,6 +24,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
                      'key', e.layer, 'start', e.layer_start, 'end', e.layer_start + e.layer_share) END,
         'holdout', (SELECT h.key FROM amba.experiments h WHERE h.id = e.holdout_id),
         'guardrails', e.guardrails,
+        'dimensions', to_jsonb(e.dimensions),
         'created_at', e.created_at,
         'updated_at', e.updated_at)
 $fn$;
@@ -168,7 +169,7 @@ $fn$;
 CREATE FUNCTION amba._create_experiment(
     experiment_key text, variants jsonb, name text, description text, status text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text, guardrails jsonb
+    holdout text, guardrails jsonb, dimensions text[]
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -187,6 +188,7 @@ BEGIN
     PERFORM amba._check_coverage(_create_experiment.coverage);
     PERFORM amba._normalize_targeting(_create_experiment.targeting);
     PERFORM amba._normalize_guardrails(_create_experiment.guardrails::text);
+    PERFORM amba._normalize_dimensions(_create_experiment.dimensions);
     PERFORM amba._check_layer(_create_experiment.layer, share);
     IF _create_experiment.layer IS NOT NULL THEN
         share := coalesce(share, 1);
@@ -198,12 +200,13 @@ BEGIN
 
     INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights,
                                        targeting, coverage, layer, layer_share, layer_start,
-                                       holdout_id, guardrails)
+                                       holdout_id, guardrails, dimensions)
     VALUES (_create_experiment.experiment_key, _create_experiment.name,
             _create_experiment.description, _create_experiment.status, new_keys, new_weights,
             amba._normalize_targeting(_create_experiment.targeting),
             coalesce(_create_experiment.coverage, 1), _create_experiment.layer, share, start_at,
-            new_holdout_id, amba._normalize_guardrails(_create_experiment.guardrails::text))
+            new_holdout_id, amba._normalize_guardrails(_create_experiment.guardrails::text),
+            amba._normalize_dimensions(_create_experiment.dimensions))
     ON CONFLICT (key) DO NOTHING
     RETURNING e.* INTO created;
     IF created.id IS NULL THEN
@@ -222,7 +225,7 @@ $fn$;
 CREATE FUNCTION amba._update_experiment(
     experiment_key text, variants jsonb, status text, name text, description text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text, guardrails jsonb
+    holdout text, guardrails jsonb, dimensions text[]
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -248,6 +251,7 @@ BEGIN
     -- Validated before anything is read or written; '{}' removes the condition.
     PERFORM amba._normalize_targeting(_update_experiment.targeting);
     PERFORM amba._normalize_guardrails(_update_experiment.guardrails::text);
+    PERFORM amba._normalize_dimensions(_update_experiment.dimensions);
     IF _update_experiment.variants IS NOT NULL THEN
         SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(_update_experiment.variants);
     END IF;
@@ -333,6 +337,8 @@ BEGIN
         holdout_id = new_holdout_id,
         guardrails = CASE WHEN _update_experiment.guardrails IS NULL THEN e.guardrails
                           ELSE amba._normalize_guardrails(_update_experiment.guardrails::text) END,
+        dimensions = CASE WHEN _update_experiment.dimensions IS NULL THEN e.dimensions
+                          ELSE amba._normalize_dimensions(_update_experiment.dimensions) END,
         revision = e.revision + 1,
         updated_at = now()
      WHERE e.id = current_row.id
@@ -756,18 +762,20 @@ CREATE FUNCTION @extschema@.amba_create_experiment(
     description text DEFAULT NULL, status text DEFAULT 'active',
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
+    dimensions text[] DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) $fn$;
+AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) $fn$;
 
 CREATE FUNCTION @extschema@.amba_update_experiment(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
     name text DEFAULT NULL, description text DEFAULT NULL,
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
+    dimensions text[] DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) $fn$;
+AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) $fn$;
 
 -- Guardrails (SPEC §12): every active experiment's (or the named one's), judged, and the
 -- ones a guardrail trips paused. SQL, not PL/pgSQL: the argument and the first output

@@ -56,7 +56,10 @@ CREATE TABLE amba.experiments (
     holdout_id     bigint REFERENCES amba.experiments (id),
     CONSTRAINT experiments_not_own_holdout CHECK (holdout_id <> id),
     -- Guardrails (SPEC §12): checked, with their defaults written out; NULL: none.
-    guardrails     jsonb CHECK (jsonb_typeof(guardrails) = 'array')
+    guardrails     jsonb CHECK (jsonb_typeof(guardrails) = 'array'),
+    -- Segments (SPEC §13): attribute paths whose values are stored with each first
+    -- assignment made while they are set (amba.assignment_dimensions); NULL: none.
+    dimensions     text[] CHECK (cardinality(dimensions) BETWEEN 1 AND 5)
 );
 CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
 CREATE INDEX experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL;
@@ -92,6 +95,20 @@ CREATE TABLE amba.exposures (
     experiment_id bigint NOT NULL,
     user_id       text COLLATE "C" NOT NULL,
     exposed_at    timestamptz NOT NULL DEFAULT now(),   -- the first exposure
+    PRIMARY KEY (experiment_id, user_id),
+    FOREIGN KEY (experiment_id, user_id)
+        REFERENCES amba.assignments (experiment_id, user_id) ON DELETE CASCADE ON UPDATE CASCADE
+);
+
+-- The segment values of an assignment (SPEC §13): the experiment's dimensions at the
+-- user's first amba_assign, from the attributes given, as text ({"country": "DE"}; an
+-- absent attribute is absent). Written once, never changed; only experiments with
+-- dimensions have rows here, so the others' assignments stay as they are. They follow the
+-- assignment (aliasing moves it; deleting it deletes them).
+CREATE TABLE amba.assignment_dimensions (
+    experiment_id    bigint NOT NULL,
+    user_id          text COLLATE "C" NOT NULL,
+    dimension_values jsonb NOT NULL CHECK (jsonb_typeof(dimension_values) = 'object'),
     PRIMARY KEY (experiment_id, user_id),
     FOREIGN KEY (experiment_id, user_id)
         REFERENCES amba.assignments (experiment_id, user_id) ON DELETE CASCADE ON UPDATE CASCADE
@@ -158,7 +175,8 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['experiments', 'weight_versions', 'assignments', 'exposures',
-                             'events', 'experiment_history', 'api_keys', 'overrides', 'aliases']
+                             'events', 'experiment_history', 'api_keys', 'overrides', 'aliases',
+                             'assignment_dimensions']
     LOOP
         PERFORM pg_catalog.pg_extension_config_dump(pg_catalog.format('amba.%I', t)::regclass, '');
     END LOOP;

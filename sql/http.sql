@@ -223,17 +223,19 @@ CREATE FUNCTION amba_api.experiments_create(
     description text DEFAULT NULL, status text DEFAULT 'active',
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
+    dimensions text[] DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._create_experiment(experiment_key, variants, name, description, status,
-                                   targeting, coverage, layer, layer_share, holdout, guardrails);
+                                   targeting, coverage, layer, layer_share, holdout, guardrails,
+                                   dimensions);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb) IS
-'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. guardrails: [{"event","value_property","kind":"conversion"|"mean","bad":"decrease"|"increase","tolerance","alpha"}], checked by experiments_check_guardrails, which pauses the experiment when one trips. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
+COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]) IS
+'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. guardrails: [{"event","value_property","kind":"conversion"|"mean","bad":"decrease"|"increase","tolerance","alpha"}], checked by experiments_check_guardrails, which pauses the experiment when one trips. dimensions: up to 5 attribute paths stored with each first assignment, for experiments_results_by. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
 
 CREATE FUNCTION amba_api.experiments_list_layers()
 RETURNS TABLE (layer text, experiment_key text, status text,
@@ -286,16 +288,18 @@ CREATE FUNCTION amba_api.experiments_update(
     name text DEFAULT NULL, description text DEFAULT NULL,
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
-    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL) RETURNS jsonb
+    holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
+    dimensions text[] DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._update_experiment(experiment_key, variants, status, name, description,
-                                   targeting, coverage, layer, layer_share, holdout, guardrails);
+                                   targeting, coverage, layer, layer_share, holdout, guardrails,
+                                   dimensions);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb) IS
+COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]) IS
 'Re-weights, adds variants, changes status (draft, active, paused, ended), targeting ({} removes it) or coverage, or renames. Existing assignments never change; a variant with assignments cannot be removed. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT.';
 
 CREATE FUNCTION amba_api.experiments_delete(experiment_key text) RETURNS boolean
@@ -334,6 +338,24 @@ END
 $fn$;
 COMMENT ON FUNCTION amba_api.experiments_results(text, text, double precision) IS
 'Per-variant results for a conversion event, control first: counts, conversion_rate, z_score and two-sided p_value against the control, relative lift with its (1 - alpha) interval, chance_to_win, Holm-adjusted p-value, always-valid sequential p-value, and the sample-ratio-mismatch p-value (below 0.001: do not trust the results). 404 EXPERIMENT_NOT_FOUND.';
+
+CREATE FUNCTION amba_api.experiments_results_by(
+    experiment_key text, conversion_event text, dimension text, alpha double precision DEFAULT 0.05)
+RETURNS TABLE (dimension_value text, variant text, is_control boolean, assigned_count bigint,
+               exposed_count bigint, converted_count bigint, conversion_rate double precision,
+               z_score double precision, p_value double precision, lift double precision,
+               lift_ci_low double precision, lift_ci_high double precision,
+               chance_to_win double precision, p_value_holm double precision,
+               sequential_p_value double precision, srm_p_value double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._results_by(experiment_key, conversion_event, dimension, alpha);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_results_by(text, text, text, double precision) IS
+'experiments_results per value of one of the experiment''s dimensions (values ascending, users without the attribute last as null), every variant on each value; p_value_holm is adjusted over every comparison of the call. 400 INVALID_ARGUMENT for a dimension the experiment does not have; 404 EXPERIMENT_NOT_FOUND.';
 
 CREATE FUNCTION amba_api.experiments_metric_results(
     experiment_key text, event text, value_property text DEFAULT NULL,

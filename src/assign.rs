@@ -78,6 +78,28 @@ fn enrolled(key: &str, exp: &Experiment, who: &str, attributes: &Attributes) -> 
     bucket::coverage_bucket(key, who) < exp.coverage
 }
 
+/// The values of the experiment's dimensions in the attributes (SPEC §13), as text: a
+/// string as it is, any other JSON value as its JSON text; an absent attribute is left out.
+fn dimension_values(exp: &Experiment, attributes: &Attributes) -> serde_json::Value {
+    let mut values = serde_json::Map::new();
+    for path in &exp.dimensions {
+        let mut at = Some(attributes.value());
+        for part in path.split('.') {
+            at = at.and_then(|v| v.get(part));
+        }
+        match at {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(s)) => {
+                values.insert(path.clone(), serde_json::Value::String(s.clone()));
+            }
+            Some(other) => {
+                values.insert(path.clone(), serde_json::Value::String(other.to_string()));
+            }
+        }
+    }
+    serde_json::Value::Object(values)
+}
+
 /// A user the experiment would enrol passes through its holdout first (SPEC §11): they
 /// are assigned (sticky) and exposed there, and held out — not enrolled — when that gives
 /// the holdout's control. A holdout that is not active holds no new user out.
@@ -242,6 +264,9 @@ fn first_assignment(
             .expect("validated weights have a positive sum");
         let variant = &exp.variant_keys[index];
         if store::insert_assignment(path, &exp, who, variant) {
+            if !exp.dimensions.is_empty() {
+                store::insert_dimensions(exp.id, who, &dimension_values(&exp, attributes));
+            }
             return Some(variant.clone());
         }
         // A concurrent first call for this user committed first: return what it stored.

@@ -93,6 +93,37 @@ mod amba {
         (!condition.is_empty()).then_some(JsonB(value))
     }
 
+    /// Segment dimensions (SPEC §13): at most 5 distinct attribute paths (dotted, as in
+    /// conditions), each 1 to 128 characters without control characters. NULL for NULL or
+    /// an empty array (none).
+    #[pg_extern(name = "_normalize_dimensions", immutable, parallel_safe)]
+    fn normalize_dimensions(dimensions: Option<Vec<Option<String>>>) -> Option<Vec<String>> {
+        let dimensions = dimensions?;
+        if dimensions.len() > 5 {
+            raise_code(
+                ErrorCode::InvalidArgument,
+                format!("an experiment has at most 5 dimensions, got {}", dimensions.len()),
+            );
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for path in dimensions {
+            let Some(path) = path else {
+                raise_code(ErrorCode::InvalidArgument, "a dimension must not be NULL");
+            };
+            validate::event(Some(&path))
+                .map_err(|e| CoreError::invalid(e.detail.replacen("event", "a dimension", 1)))
+                .or_raise();
+            if seen.contains(&path) {
+                raise_code(
+                    ErrorCode::InvalidArgument,
+                    format!("dimension {path:?} is listed twice"),
+                );
+            }
+            seen.push(path);
+        }
+        (!seen.is_empty()).then_some(seen)
+    }
+
     /// Validates a variants array given as JSON text (so numbers beyond double precision,
     /// like 1e999, reach the validator instead of failing in a jsonb conversion) and returns
     /// it in canonical form: `[{"key": ..., "weight": ...}, ...]`.

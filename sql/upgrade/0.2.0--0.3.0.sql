@@ -30,6 +30,10 @@ ALTER TABLE amba.experiment_history DROP CONSTRAINT experiment_history_action_ch
 ALTER TABLE amba.experiment_history ADD CONSTRAINT experiment_history_action_check
     CHECK (action IN ('create', 'update', 'delete', 'override_set', 'override_clear',
                       'auto_pause', 'bandit_update'));
+-- Segments (SPEC §13).
+ALTER TABLE amba.experiments ADD COLUMN dimensions text[] CHECK (cardinality(dimensions) BETWEEN 1 AND 5);
+-- @bootstrap -- The segment values of an assignment .. -- Events are not tied to experiments
+SELECT pg_catalog.pg_extension_config_dump('amba.assignment_dimensions'::regclass, '');
 CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
 CREATE INDEX experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL;
 

@@ -9,7 +9,7 @@ use super::counting::{
     COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE,
 };
 use crate::errors::OrRaise;
-use amba_core::srm;
+use amba_core::srm::{self, WeightVersion};
 use amba_core::stats::{self, Arm};
 use amba_core::validate;
 use pgrx::prelude::*;
@@ -21,7 +21,7 @@ use std::collections::HashMap;
 /// The exposures are a subquery in user order: joined directly, the planner sorts them
 /// (their index order by (experiment_id, user_id) does not count as user order on the
 /// nullable side of an outer join).
-fn counts_sql(slice: UserSlice) -> String {
+pub(crate) fn counts_sql(slice: UserSlice) -> String {
     format!(
         "SELECT a.variant, a.weight_version, \
            count(*) AS assigned, \
@@ -43,10 +43,10 @@ fn counts_sql(slice: UserSlice) -> String {
 }
 
 #[derive(Default, Clone, Copy)]
-struct Counts {
-    assigned: i64,
-    exposed: i64,
-    converted: i64,
+pub(crate) struct Counts {
+    pub assigned: i64,
+    pub exposed: i64,
+    pub converted: i64,
 }
 
 /// One row of `amba_results`: a field per column, in column order
@@ -70,7 +70,7 @@ pub struct ResultRow {
 }
 
 /// A `ResultRow` as pgrx's `TableIterator` takes it: the fields in column order.
-type ResultTuple = (
+pub(crate) type ResultTuple = (
     String,
     bool,
     i64,
@@ -89,7 +89,7 @@ type ResultTuple = (
 );
 
 impl ResultRow {
-    fn into_tuple(self) -> ResultTuple {
+    pub(crate) fn into_tuple(self) -> ResultTuple {
         let ResultRow {
             variant,
             is_control,
@@ -167,9 +167,21 @@ pub(crate) fn results(
         )
     });
 
+    rows_from_counts(&variant_keys, &by_group, &versions, alpha)
+}
+
+/// The rows of `amba_results` from the counts per (variant, weight version): the
+/// statistics of SPEC §3/§3b and the SRM test at assignment-time weights. Shared with
+/// `amba_results_by`, which calls it once per dimension value.
+pub(crate) fn rows_from_counts(
+    variant_keys: &[String],
+    by_group: &[(String, i32, Counts)],
+    versions: &[WeightVersion],
+    alpha: f64,
+) -> Vec<ResultRow> {
     let mut per_key: HashMap<&str, Counts> = HashMap::new();
     let mut exposed_by_version: HashMap<i32, u64> = HashMap::new();
-    for (variant, version, c) in &by_group {
+    for (variant, version, c) in by_group {
         let total = per_key.entry(variant.as_str()).or_default();
         total.assigned += c.assigned;
         total.exposed += c.exposed;
@@ -187,10 +199,10 @@ pub(crate) fn results(
     let mut exposed_by_version: Vec<(i32, u64)> = exposed_by_version.into_iter().collect();
     exposed_by_version.sort();
     let srm = srm::srm_p_value_by_version(
-        &variant_keys,
+        variant_keys,
         &exposed_by_key,
         &exposed_by_version,
-        &versions,
+        versions,
     );
 
     let arms: Vec<Arm> = per_variant
@@ -199,7 +211,8 @@ pub(crate) fn results(
         .collect();
     let analysis = stats::analyze(&arms, alpha);
     variant_keys
-        .into_iter()
+        .iter()
+        .cloned()
         .zip(per_variant)
         .zip(analysis)
         .enumerate()

@@ -12,6 +12,7 @@
 //!   query in user-id slices with the plan that suits the experiment's size, the weight
 //!   versions, and the checks every results function starts with.
 
+mod by_dimension;
 pub(crate) mod conversion;
 pub(crate) mod counting;
 mod daily;

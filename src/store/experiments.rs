@@ -53,6 +53,8 @@ pub struct Experiment {
     pub layer: Option<Layer>,
     /// The key of the holdout its users pass through first (SPEC §11).
     pub holdout: Option<String>,
+    /// Attribute paths whose values are stored with each first assignment (SPEC §13).
+    pub dimensions: Vec<String>,
     /// The row version this definition was read from; None when it cannot be checked
     /// directly (distributed or altered tables: checked through SQL).
     version: Option<RowVersion>,
@@ -113,7 +115,8 @@ const LOAD_SQL: &str = "WITH o AS ( \
        ARRAY(SELECT o.id FROM o ORDER BY o.id), ARRAY(SELECT o.variant FROM o ORDER BY o.id), \
        e.targeting::text, e.coverage, \
        e.layer, e.layer_start, e.layer_share, \
-       (SELECT h.key FROM amba.experiments h WHERE h.id = e.holdout_id) \
+       (SELECT h.key FROM amba.experiments h WHERE h.id = e.holdout_id), \
+       e.dimensions \
      FROM amba.experiments e WHERE e.key = $1";
 
 /// The experiment's row version, (tid, xmin), as text: compared when rows cannot be read
@@ -186,6 +189,7 @@ fn load(client: &SpiClient<'_>, key: &str, fresh: bool) -> Option<Rc<Experiment>
                     .map(|(start, share)| (start, start + share)),
             }),
             holdout: row.get(16).expect(get_err),
+            dimensions: row.get::<Vec<String>>(17).expect(get_err).unwrap_or_default(),
             version,
             version_text: format!("{tid_text} {xmin_text}"),
         })

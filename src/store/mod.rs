@@ -82,6 +82,12 @@ pub fn insert_assignment(path: Path, exp: &Experiment, user_id: &str, variant: &
     sql::insert_assignment(exp.id, user_id, variant, exp.weight_version)
 }
 
+/// Stores the segment values of a first assignment just stored (SPEC §13): through SQL
+/// always (only experiments with dimensions pay for it).
+pub fn insert_dimensions(experiment_id: i64, user_id: &str, values: &serde_json::Value) {
+    sql::insert_dimensions(experiment_id, user_id, &values.to_string())
+}
+
 /// Records the first exposure of `user_id`'s assignment and returns its variant; None
 /// when the user has no assignment. Sees assignments committed since the statement began.
 pub fn record_exposure(path: Path, experiment_id: i64, user_id: &str) -> Option<String> {

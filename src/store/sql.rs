@@ -16,6 +16,7 @@ thread_local! {
     static EXPOSE_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static INSERT_EXPOSURE_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static TRACK_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static DIMENSIONS_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static SHARE_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static LOCAL_EXPERIMENTS: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
 }
@@ -44,6 +45,10 @@ const INSERT_EXPOSURE_SQL: &str =
 
 const TRACK_SQL: &str =
     "INSERT INTO amba.events (user_id, event, occurred_at, properties) VALUES ($1, $2, $3, $4)";
+
+const DIMENSIONS_SQL: &str =
+    "INSERT INTO amba.assignment_dimensions (experiment_id, user_id, dimension_values) \
+     VALUES ($1, $2, $3::text::jsonb) ON CONFLICT (experiment_id, user_id) DO NOTHING";
 
 const ALIAS_SQL: &str = "SELECT a.user_id FROM amba.aliases a WHERE a.anonymous_id = $1";
 
@@ -138,6 +143,17 @@ pub fn append_event(
                 properties.into(),
             ];
             client.select(plan, None, &args).expect("storing the event");
+        });
+    })
+}
+
+pub fn insert_dimensions(experiment_id: i64, user_id: &str, values: &str) {
+    let types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TEXTOID];
+    Spi::connect_mut(|client| {
+        with_plan(&DIMENSIONS_PLAN, client, DIMENSIONS_SQL, &types, true, |plan| {
+            client
+                .select(plan, None, &[experiment_id.into(), user_id.into(), values.into()])
+                .expect("storing the assignment's dimensions");
         });
     })
 }
