@@ -25,18 +25,18 @@ DECLARE
         'amba_results_daily(text, text, double precision)', 'amba_report(text, text)',
         'amba_bucket(text, text)', 'amba_experiment_history(text)',
         'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)',
-        'amba_results_by(text, text, text, double precision)'];
+        'amba_results_by(text, text, text, double precision)', 'amba_bandit_results(text)'];
 BEGIN
     FOREACH signature IN ARRAY analyst_signatures || ARRAY[
-        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[])',
-        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[])',
+        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb)',
+        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb)',
         'amba_delete_experiment(text)',
         'amba_assign(text, text, jsonb)', 'amba_expose(text, text)', 'amba_peek(text, text, jsonb)',
         'amba_track(text, text, jsonb, timestamptz)',
         'amba_set_override(text, text, text)', 'amba_clear_override(text, text)',
         'amba_list_overrides(text)', 'amba_alias(text, text)',
         'amba_create_api_key(text, text)', 'amba_revoke_api_key(text)',
-        'amba_check_guardrails(text)']
+        'amba_check_guardrails(text)', 'amba_bandit_update(text, bigint)']
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s.%s FROM PUBLIC', '@extschema@', signature);
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.%s TO amba_admin', '@extschema@', signature);
@@ -66,7 +66,7 @@ GRANT EXECUTE ON FUNCTION
     amba._results_daily(text, text, double precision), amba._report(text, text),
     amba._check_experiment_key(text), amba._experiment_json(amba.experiments),
     amba._raise(text, text), amba._not_found(text), amba._list_layers(),
-    amba._results_by(text, text, text, double precision)
+    amba._results_by(text, text, text, double precision), amba._bandit_results(text)
 TO amba_analyst;
 
 -- Clients: their own assignments and exposures, read-only; everything else goes through
@@ -103,12 +103,14 @@ GRANT SELECT ON amba_api.my_assignments TO amba_client;
 ALTER FUNCTION amba._my_assignments() OWNER TO amba_owner;
 GRANT EXECUTE ON FUNCTION amba._my_assignments() TO amba_client;
 GRANT EXECUTE ON FUNCTION
-    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]),
+    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb),
     amba_api.experiments_list(),
     amba_api.experiments_list_layers(),
     amba_api.experiments_get(text),
-    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]),
+    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb),
     amba_api.experiments_check_guardrails(text),
+    amba_api.experiments_bandit_update(text, bigint),
+    amba_api.experiments_bandit_results(text),
     amba_api.experiments_delete(text),
     amba_api.experiments_results(text, text, double precision),
     amba_api.experiments_results_by(text, text, text, double precision),

@@ -33,6 +33,8 @@ ALTER TABLE amba.experiment_history ADD CONSTRAINT experiment_history_action_che
                       'auto_pause', 'bandit_update'));
 -- Segments (SPEC §13).
 ALTER TABLE amba.experiments ADD COLUMN dimensions text[] CHECK (cardinality(dimensions) BETWEEN 1 AND 5);
+-- Bandits (SPEC §14).
+ALTER TABLE amba.experiments ADD COLUMN bandit jsonb CHECK (jsonb_typeof(bandit) = 'object');
 -- The segment values of an assignment (SPEC §13): the experiment's dimensions at the
 -- user's first amba_assign, from the attributes given, as text ({"country": "DE"}; an
 -- absent attribute is absent). Written once, never changed; only experiments with
@@ -75,6 +77,30 @@ CREATE OR REPLACE FUNCTION "amba_assign"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_assign_wrapper';
+
+CREATE OR REPLACE FUNCTION "amba_bandit_results"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"mean" double precision,  /* Option < f64 > */
+	"ci_low" double precision,  /* Option < f64 > */
+	"ci_high" double precision,  /* Option < f64 > */
+	"best_arm_probability" double precision,  /* Option < f64 > */
+	"weight" double precision  /* f64 */
+)
+STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'amba_bandit_results_wrapper';
+
+CREATE OR REPLACE FUNCTION "amba_bandit_update"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"seed" bigint DEFAULT NULL /* Option < i64 > */
+) RETURNS jsonb /* pgrx :: JsonB */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'amba_bandit_update_wrapper';
 
 CREATE OR REPLACE FUNCTION "amba_bucket"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -230,191 +256,20 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_track_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_assign"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'assign_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_expose"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'expose_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT, /* Option < & str > */
-	"properties" jsonb, /* Option < JsonbDatum > */
-	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
-) RETURNS timestamp with time zone /* TimestampWithTimeZone */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'track_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_peek"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'peek_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_results_daily"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"day" date,  /* Date */
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"lift_cs_low" double precision,  /* Option < f64 > */
-	"lift_cs_high" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'results_daily_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_dimensions"(
-	"dimensions" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
-) RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_dimensions_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
-	"targeting" jsonb /* Option < JsonB > */
-) RETURNS jsonb /* Option < JsonB > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_targeting_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
-	"variants" TEXT /* Option < & str > */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_variants_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_raise"(
-	"code" TEXT, /* & str */
-	"detail" TEXT /* & str */
+CREATE OR REPLACE FUNCTION amba."_lock_users"(
+	"a" TEXT, /* & str */
+	"b" TEXT /* & str */
 ) RETURNS void
 STRICT VOLATILE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'raise_error_wrapper';
+AS 'amba-0.3.0', 'lock_users_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_check_status"(
-	"status" TEXT /* Option < & str > */
+CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
 ) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_user_id"(
-	"user_id" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_user_id_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
 STRICT VOLATILE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'exec_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_api_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_random_bytes"(
-	"n" INT /* i32 */
-) RETURNS bytea /* Vec < u8 > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'random_bytes_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'select_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_track_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
-	"old_keys" TEXT[], /* Vec < String > */
-	"new_keys" TEXT[], /* Vec < String > */
-	"assigned_removed" TEXT[] /* Vec < String > */
-) RETURNS void
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_update_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_coverage"(
-	"coverage" double precision /* Option < f64 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_coverage_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
-	"experiment_key" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_experiment_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_texts_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'http_status_wrapper';
+AS 'amba-0.3.0', 'lock_experiment_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -440,6 +295,251 @@ CREATE OR REPLACE FUNCTION amba."_results"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'results_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_dimensions"(
+	"dimensions" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
+) RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_dimensions_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_texts_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_track_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_raise"(
+	"code" TEXT, /* & str */
+	"detail" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'raise_error_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_api_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'exec_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_status"(
+	"status" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_experiment_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
+	"variants" TEXT /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_variants_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
+	"old_keys" TEXT[], /* Vec < String > */
+	"new_keys" TEXT[], /* Vec < String > */
+	"assigned_removed" TEXT[] /* Vec < String > */
+) RETURNS void
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_update_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_user_id"(
+	"user_id" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_user_id_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'http_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'select_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_coverage"(
+	"coverage" double precision /* Option < f64 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_coverage_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
+	"targeting" jsonb /* Option < JsonB > */
+) RETURNS jsonb /* Option < JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_targeting_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_random_bytes"(
+	"n" INT /* i32 */
+) RETURNS bytea /* Vec < u8 > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'random_bytes_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_results_by"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"dimension" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"dimension_value" TEXT,  /* Option < String > */
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"assigned_count" bigint,  /* i64 */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"z_score" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"chance_to_win" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"srm_p_value" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'results_by_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_assign"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT, /* Option < & str > */
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'assign_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_peek"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT, /* Option < & str > */
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'peek_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"properties" jsonb, /* Option < JsonbDatum > */
+	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
+) RETURNS timestamp with time zone /* TimestampWithTimeZone */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'track_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_expose"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'expose_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_bandit"(
+	"bandit" TEXT, /* Option < & str > */
+	"weights" double precision[] /* :: std :: option :: Option < Vec < f64 > > */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_bandit_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_bandit_update"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"seed" bigint /* Option < i64 > */
+) RETURNS jsonb /* pgrx :: JsonB */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'bandit_update_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_bandit_results"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"mean" double precision,  /* Option < f64 > */
+	"ci_low" double precision,  /* Option < f64 > */
+	"ci_high" double precision,  /* Option < f64 > */
+	"best_arm_probability" double precision,  /* Option < f64 > */
+	"weight" double precision  /* f64 */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'bandit_results_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_results_daily"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"day" date,  /* Date */
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"lift_cs_low" double precision,  /* Option < f64 > */
+	"lift_cs_high" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'results_daily_internal_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_metric_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -469,21 +569,6 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'metric_results_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_experiment_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_lock_users"(
-	"a" TEXT, /* & str */
-	"b" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_users_wrapper';
-
 CREATE OR REPLACE FUNCTION amba."_check_guardrails"(
 	"experiment_key" TEXT /* Option < & str > */
 ) RETURNS TABLE (
@@ -506,33 +591,6 @@ CREATE OR REPLACE FUNCTION amba."_normalize_guardrails"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'normalize_guardrails_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_results_by"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"dimension" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"dimension_value" TEXT,  /* Option < String > */
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"assigned_count" bigint,  /* i64 */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"z_score" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"chance_to_win" double precision,  /* Option < f64 > */
-	"p_value_holm" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"srm_p_value" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'results_by_internal_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
@@ -562,6 +620,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
         'holdout', (SELECT h.key FROM amba.experiments h WHERE h.id = e.holdout_id),
         'guardrails', e.guardrails,
         'dimensions', to_jsonb(e.dimensions),
+        'bandit', e.bandit,
         'created_at', e.created_at,
         'updated_at', e.updated_at)
 $fn$;
@@ -706,7 +765,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION amba._create_experiment(
     experiment_key text, variants jsonb, name text, description text, status text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text, guardrails jsonb, dimensions text[]
+    holdout text, guardrails jsonb, dimensions text[], bandit jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -726,6 +785,7 @@ BEGIN
     PERFORM amba._normalize_targeting(_create_experiment.targeting);
     PERFORM amba._normalize_guardrails(_create_experiment.guardrails::text);
     PERFORM amba._normalize_dimensions(_create_experiment.dimensions);
+    PERFORM amba._normalize_bandit(_create_experiment.bandit::text, new_weights);
     PERFORM amba._check_layer(_create_experiment.layer, share);
     IF _create_experiment.layer IS NOT NULL THEN
         share := coalesce(share, 1);
@@ -737,13 +797,14 @@ BEGIN
 
     INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights,
                                        targeting, coverage, layer, layer_share, layer_start,
-                                       holdout_id, guardrails, dimensions)
+                                       holdout_id, guardrails, dimensions, bandit)
     VALUES (_create_experiment.experiment_key, _create_experiment.name,
             _create_experiment.description, _create_experiment.status, new_keys, new_weights,
             amba._normalize_targeting(_create_experiment.targeting),
             coalesce(_create_experiment.coverage, 1), _create_experiment.layer, share, start_at,
             new_holdout_id, amba._normalize_guardrails(_create_experiment.guardrails::text),
-            amba._normalize_dimensions(_create_experiment.dimensions))
+            amba._normalize_dimensions(_create_experiment.dimensions),
+            amba._normalize_bandit(_create_experiment.bandit::text, new_weights))
     ON CONFLICT (key) DO NOTHING
     RETURNING e.* INTO created;
     IF created.id IS NULL THEN
@@ -762,7 +823,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION amba._update_experiment(
     experiment_key text, variants jsonb, status text, name text, description text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text, guardrails jsonb, dimensions text[]
+    holdout text, guardrails jsonb, dimensions text[], bandit jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -876,6 +937,9 @@ BEGIN
                           ELSE amba._normalize_guardrails(_update_experiment.guardrails::text) END,
         dimensions = CASE WHEN _update_experiment.dimensions IS NULL THEN e.dimensions
                           ELSE amba._normalize_dimensions(_update_experiment.dimensions) END,
+        bandit = CASE WHEN _update_experiment.bandit IS NULL
+                      THEN amba._normalize_bandit(e.bandit::text, coalesce(new_weights, e.weights))
+                      ELSE amba._normalize_bandit(_update_experiment.bandit::text, coalesce(new_weights, e.weights)) END,
         revision = e.revision + 1,
         updated_at = now()
      WHERE e.id = current_row.id
@@ -976,6 +1040,28 @@ BEGIN
                                    || tripping)::text);
     END LOOP;
     RETURN true;
+END
+$fn$;
+
+-- A bandit's new weights (SPEC §14), as a new weight version: nobody assigned moves. The
+-- caller holds the experiment's row locked (concurrent updates take one version each).
+CREATE OR REPLACE FUNCTION amba._apply_bandit_weights(experiment_id bigint, weights double precision[],
+                                           result jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    current_row amba.experiments;
+    updated amba.experiments;
+BEGIN
+    SELECT * INTO current_row FROM amba.experiments e WHERE e.id = _apply_bandit_weights.experiment_id;
+    INSERT INTO amba.weight_versions (experiment_id, version, variant_keys, weights)
+    VALUES (current_row.id, current_row.weight_version + 1, current_row.variant_keys,
+            _apply_bandit_weights.weights);
+    UPDATE amba.experiments e SET weights = _apply_bandit_weights.weights,
+           weight_version = e.weight_version + 1, revision = e.revision + 1, updated_at = now()
+     WHERE e.id = current_row.id
+    RETURNING e.* INTO updated;
+    PERFORM amba._audit(updated.key, 'bandit_update'::text, amba._experiment_json(current_row),
+                        amba._experiment_json(updated) || jsonb_build_object('bandit_update', _apply_bandit_weights.result));
 END
 $fn$;
 
@@ -1300,9 +1386,9 @@ CREATE OR REPLACE FUNCTION @extschema@.amba_create_experiment(
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
     holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
-    dimensions text[] DEFAULT NULL) RETURNS jsonb
+    dimensions text[] DEFAULT NULL, bandit jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) $fn$;
+AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) $fn$;
 
 CREATE OR REPLACE FUNCTION @extschema@.amba_update_experiment(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
@@ -1310,9 +1396,9 @@ CREATE OR REPLACE FUNCTION @extschema@.amba_update_experiment(
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
     holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
-    dimensions text[] DEFAULT NULL) RETURNS jsonb
+    dimensions text[] DEFAULT NULL, bandit jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) $fn$;
+AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) $fn$;
 
 -- Guardrails (SPEC §12): every active experiment's (or the named one's), judged, and the
 -- ones a guardrail trips paused. SQL, not PL/pgSQL: the argument and the first output
@@ -1599,18 +1685,18 @@ CREATE OR REPLACE FUNCTION amba_api.experiments_create(
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
     holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
-    dimensions text[] DEFAULT NULL) RETURNS jsonb
+    dimensions text[] DEFAULT NULL, bandit jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._create_experiment(experiment_key, variants, name, description, status,
                                    targeting, coverage, layer, layer_share, holdout, guardrails,
-                                   dimensions);
+                                   dimensions, bandit);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]) IS
-'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. guardrails: [{"event","value_property","kind":"conversion"|"mean","bad":"decrease"|"increase","tolerance","alpha"}], checked by experiments_check_guardrails, which pauses the experiment when one trips. dimensions: up to 5 attribute paths stored with each first assignment, for experiments_results_by. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
+COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb) IS
+'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. guardrails: [{"event","value_property","kind":"conversion"|"mean","bad":"decrease"|"increase","tolerance","alpha"}], checked by experiments_check_guardrails, which pauses the experiment when one trips. dimensions: up to 5 attribute paths stored with each first assignment, for experiments_results_by. bandit: {"event","kind":"conversion"|"mean","value_property","min_weight","min_users"}: experiments_bandit_update moves traffic to the winner. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_list_layers()
 RETURNS TABLE (layer text, experiment_key text, status text,
@@ -1631,6 +1717,32 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $fn$ SELECT * FROM amba._check_guardrails($1) $fn$;
 COMMENT ON FUNCTION amba_api.experiments_check_guardrails(text) IS
 'Judges the guardrails of every active experiment (or of experiment_key) with an always-valid interval of the relative lift, and pauses an experiment a guardrail trips (audit action auto_pause; NOTIFY amba). Rows: experiment_key, guardrail (index), variant, lift, cs_low, cs_high, tripped, paused (this call paused it). 404 EXPERIMENT_NOT_FOUND.';
+
+CREATE OR REPLACE FUNCTION amba_api.experiments_bandit_update(experiment_key text, seed bigint DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN amba._bandit_update(experiment_key, seed);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_bandit_update(text, bigint) IS
+'Sets a bandit experiment''s new weights (top-two Thompson sampling on period-weighted estimates, with the floor min_weight) as a new weight version: nobody assigned moves. {"updated": false, "reason": ...} until every arm has min_users exposed users. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT when the experiment is not a bandit.';
+
+CREATE OR REPLACE FUNCTION amba_api.experiments_bandit_results(experiment_key text)
+RETURNS TABLE (variant text, is_control boolean, exposed_count bigint, mean double precision,
+               ci_low double precision, ci_high double precision,
+               best_arm_probability double precision, weight double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._bandit_results(experiment_key);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_bandit_results(text) IS
+'A bandit''s arms: exposed users, the period-weighted mean with its 95% posterior interval, the probability of being best, and the weight in force now (its share). 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT when the experiment is not a bandit.';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_list() RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
@@ -1664,17 +1776,17 @@ CREATE OR REPLACE FUNCTION amba_api.experiments_update(
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
     holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
-    dimensions text[] DEFAULT NULL) RETURNS jsonb
+    dimensions text[] DEFAULT NULL, bandit jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._update_experiment(experiment_key, variants, status, name, description,
                                    targeting, coverage, layer, layer_share, holdout, guardrails,
-                                   dimensions);
+                                   dimensions, bandit);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]) IS
+COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb) IS
 'Re-weights, adds variants, changes status (draft, active, paused, ended), targeting ({} removes it) or coverage, or renames. Existing assignments never change; a variant with assignments cannot be removed. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT.';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_delete(experiment_key text) RETURNS boolean
@@ -3083,18 +3195,18 @@ DECLARE
         'amba_results_daily(text, text, double precision)', 'amba_report(text, text)',
         'amba_bucket(text, text)', 'amba_experiment_history(text)',
         'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)',
-        'amba_results_by(text, text, text, double precision)'];
+        'amba_results_by(text, text, text, double precision)', 'amba_bandit_results(text)'];
 BEGIN
     FOREACH signature IN ARRAY analyst_signatures || ARRAY[
-        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[])',
-        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[])',
+        'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb)',
+        'amba_update_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb)',
         'amba_delete_experiment(text)',
         'amba_assign(text, text, jsonb)', 'amba_expose(text, text)', 'amba_peek(text, text, jsonb)',
         'amba_track(text, text, jsonb, timestamptz)',
         'amba_set_override(text, text, text)', 'amba_clear_override(text, text)',
         'amba_list_overrides(text)', 'amba_alias(text, text)',
         'amba_create_api_key(text, text)', 'amba_revoke_api_key(text)',
-        'amba_check_guardrails(text)']
+        'amba_check_guardrails(text)', 'amba_bandit_update(text, bigint)']
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s.%s FROM PUBLIC', '@extschema@', signature);
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.%s TO amba_admin', '@extschema@', signature);
@@ -3124,7 +3236,7 @@ GRANT EXECUTE ON FUNCTION
     amba._results_daily(text, text, double precision), amba._report(text, text),
     amba._check_experiment_key(text), amba._experiment_json(amba.experiments),
     amba._raise(text, text), amba._not_found(text), amba._list_layers(),
-    amba._results_by(text, text, text, double precision)
+    amba._results_by(text, text, text, double precision), amba._bandit_results(text)
 TO amba_analyst;
 
 -- Clients: their own assignments and exposures, read-only; everything else goes through
@@ -3161,12 +3273,14 @@ GRANT SELECT ON amba_api.my_assignments TO amba_client;
 ALTER FUNCTION amba._my_assignments() OWNER TO amba_owner;
 GRANT EXECUTE ON FUNCTION amba._my_assignments() TO amba_client;
 GRANT EXECUTE ON FUNCTION
-    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]),
+    amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb),
     amba_api.experiments_list(),
     amba_api.experiments_list_layers(),
     amba_api.experiments_get(text),
-    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]),
+    amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb),
     amba_api.experiments_check_guardrails(text),
+    amba_api.experiments_bandit_update(text, bigint),
+    amba_api.experiments_bandit_results(text),
     amba_api.experiments_delete(text),
     amba_api.experiments_results(text, text, double precision),
     amba_api.experiments_results_by(text, text, text, double precision),

@@ -25,6 +25,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
         'holdout', (SELECT h.key FROM amba.experiments h WHERE h.id = e.holdout_id),
         'guardrails', e.guardrails,
         'dimensions', to_jsonb(e.dimensions),
+        'bandit', e.bandit,
         'created_at', e.created_at,
         'updated_at', e.updated_at)
 $fn$;
@@ -169,7 +170,7 @@ $fn$;
 CREATE FUNCTION amba._create_experiment(
     experiment_key text, variants jsonb, name text, description text, status text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text, guardrails jsonb, dimensions text[]
+    holdout text, guardrails jsonb, dimensions text[], bandit jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -189,6 +190,7 @@ BEGIN
     PERFORM amba._normalize_targeting(_create_experiment.targeting);
     PERFORM amba._normalize_guardrails(_create_experiment.guardrails::text);
     PERFORM amba._normalize_dimensions(_create_experiment.dimensions);
+    PERFORM amba._normalize_bandit(_create_experiment.bandit::text, new_weights);
     PERFORM amba._check_layer(_create_experiment.layer, share);
     IF _create_experiment.layer IS NOT NULL THEN
         share := coalesce(share, 1);
@@ -200,13 +202,14 @@ BEGIN
 
     INSERT INTO amba.experiments AS e (key, name, description, status, variant_keys, weights,
                                        targeting, coverage, layer, layer_share, layer_start,
-                                       holdout_id, guardrails, dimensions)
+                                       holdout_id, guardrails, dimensions, bandit)
     VALUES (_create_experiment.experiment_key, _create_experiment.name,
             _create_experiment.description, _create_experiment.status, new_keys, new_weights,
             amba._normalize_targeting(_create_experiment.targeting),
             coalesce(_create_experiment.coverage, 1), _create_experiment.layer, share, start_at,
             new_holdout_id, amba._normalize_guardrails(_create_experiment.guardrails::text),
-            amba._normalize_dimensions(_create_experiment.dimensions))
+            amba._normalize_dimensions(_create_experiment.dimensions),
+            amba._normalize_bandit(_create_experiment.bandit::text, new_weights))
     ON CONFLICT (key) DO NOTHING
     RETURNING e.* INTO created;
     IF created.id IS NULL THEN
@@ -225,7 +228,7 @@ $fn$;
 CREATE FUNCTION amba._update_experiment(
     experiment_key text, variants jsonb, status text, name text, description text,
     targeting jsonb, coverage double precision, layer text, layer_share double precision,
-    holdout text, guardrails jsonb, dimensions text[]
+    holdout text, guardrails jsonb, dimensions text[], bandit jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -339,6 +342,9 @@ BEGIN
                           ELSE amba._normalize_guardrails(_update_experiment.guardrails::text) END,
         dimensions = CASE WHEN _update_experiment.dimensions IS NULL THEN e.dimensions
                           ELSE amba._normalize_dimensions(_update_experiment.dimensions) END,
+        bandit = CASE WHEN _update_experiment.bandit IS NULL
+                      THEN amba._normalize_bandit(e.bandit::text, coalesce(new_weights, e.weights))
+                      ELSE amba._normalize_bandit(_update_experiment.bandit::text, coalesce(new_weights, e.weights)) END,
         revision = e.revision + 1,
         updated_at = now()
      WHERE e.id = current_row.id
@@ -439,6 +445,28 @@ BEGIN
                                    || tripping)::text);
     END LOOP;
     RETURN true;
+END
+$fn$;
+
+-- A bandit's new weights (SPEC §14), as a new weight version: nobody assigned moves. The
+-- caller holds the experiment's row locked (concurrent updates take one version each).
+CREATE FUNCTION amba._apply_bandit_weights(experiment_id bigint, weights double precision[],
+                                           result jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    current_row amba.experiments;
+    updated amba.experiments;
+BEGIN
+    SELECT * INTO current_row FROM amba.experiments e WHERE e.id = _apply_bandit_weights.experiment_id;
+    INSERT INTO amba.weight_versions (experiment_id, version, variant_keys, weights)
+    VALUES (current_row.id, current_row.weight_version + 1, current_row.variant_keys,
+            _apply_bandit_weights.weights);
+    UPDATE amba.experiments e SET weights = _apply_bandit_weights.weights,
+           weight_version = e.weight_version + 1, revision = e.revision + 1, updated_at = now()
+     WHERE e.id = current_row.id
+    RETURNING e.* INTO updated;
+    PERFORM amba._audit(updated.key, 'bandit_update'::text, amba._experiment_json(current_row),
+                        amba._experiment_json(updated) || jsonb_build_object('bandit_update', _apply_bandit_weights.result));
 END
 $fn$;
 
@@ -763,9 +791,9 @@ CREATE FUNCTION @extschema@.amba_create_experiment(
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
     holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
-    dimensions text[] DEFAULT NULL) RETURNS jsonb
+    dimensions text[] DEFAULT NULL, bandit jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) $fn$;
+AS $fn$ SELECT amba._create_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) $fn$;
 
 CREATE FUNCTION @extschema@.amba_update_experiment(
     experiment_key text, variants jsonb DEFAULT NULL, status text DEFAULT NULL,
@@ -773,9 +801,9 @@ CREATE FUNCTION @extschema@.amba_update_experiment(
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
     holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
-    dimensions text[] DEFAULT NULL) RETURNS jsonb
+    dimensions text[] DEFAULT NULL, bandit jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) $fn$;
+AS $fn$ SELECT amba._update_experiment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) $fn$;
 
 -- Guardrails (SPEC §12): every active experiment's (or the named one's), judged, and the
 -- ones a guardrail trips paused. SQL, not PL/pgSQL: the argument and the first output

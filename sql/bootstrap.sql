@@ -59,7 +59,9 @@ CREATE TABLE amba.experiments (
     guardrails     jsonb CHECK (jsonb_typeof(guardrails) = 'array'),
     -- Segments (SPEC §13): attribute paths whose values are stored with each first
     -- assignment made while they are set (amba.assignment_dimensions); NULL: none.
-    dimensions     text[] CHECK (cardinality(dimensions) BETWEEN 1 AND 5)
+    dimensions     text[] CHECK (cardinality(dimensions) BETWEEN 1 AND 5),
+    -- A bandit (SPEC §14): the metric that steers the weights, and its floor and minimum.
+    bandit         jsonb CHECK (jsonb_typeof(bandit) = 'object')
 );
 CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
 CREATE INDEX experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL;

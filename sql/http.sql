@@ -224,18 +224,18 @@ CREATE FUNCTION amba_api.experiments_create(
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
     holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
-    dimensions text[] DEFAULT NULL) RETURNS jsonb
+    dimensions text[] DEFAULT NULL, bandit jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._create_experiment(experiment_key, variants, name, description, status,
                                    targeting, coverage, layer, layer_share, holdout, guardrails,
-                                   dimensions);
+                                   dimensions, bandit);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]) IS
-'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. guardrails: [{"event","value_property","kind":"conversion"|"mean","bad":"decrease"|"increase","tolerance","alpha"}], checked by experiments_check_guardrails, which pauses the experiment when one trips. dimensions: up to 5 attribute paths stored with each first assignment, for experiments_results_by. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
+COMMENT ON FUNCTION amba_api.experiments_create(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb) IS
+'Creates an experiment. variants: [{"key":"control","weight":50},{"key":"treatment","weight":50}], control first. targeting: a GrowthBook condition on user attributes (null: everyone); coverage: the share of eligible users enrolled, 0 to 1 (default 1). layer, layer_share: a layer of mutually exclusive experiments and this one''s share of it (placed by amba). holdout: the key of a holdout experiment users pass through first. guardrails: [{"event","value_property","kind":"conversion"|"mean","bad":"decrease"|"increase","tolerance","alpha"}], checked by experiments_check_guardrails, which pauses the experiment when one trips. dimensions: up to 5 attribute paths stored with each first assignment, for experiments_results_by. bandit: {"event","kind":"conversion"|"mean","value_property","min_weight","min_users"}: experiments_bandit_update moves traffic to the winner. 409 EXPERIMENT_EXISTS, 400 INVALID_ARGUMENT.';
 
 CREATE FUNCTION amba_api.experiments_list_layers()
 RETURNS TABLE (layer text, experiment_key text, status text,
@@ -256,6 +256,32 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $fn$ SELECT * FROM amba._check_guardrails($1) $fn$;
 COMMENT ON FUNCTION amba_api.experiments_check_guardrails(text) IS
 'Judges the guardrails of every active experiment (or of experiment_key) with an always-valid interval of the relative lift, and pauses an experiment a guardrail trips (audit action auto_pause; NOTIFY amba). Rows: experiment_key, guardrail (index), variant, lift, cs_low, cs_high, tripped, paused (this call paused it). 404 EXPERIMENT_NOT_FOUND.';
+
+CREATE FUNCTION amba_api.experiments_bandit_update(experiment_key text, seed bigint DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN amba._bandit_update(experiment_key, seed);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_bandit_update(text, bigint) IS
+'Sets a bandit experiment''s new weights (top-two Thompson sampling on period-weighted estimates, with the floor min_weight) as a new weight version: nobody assigned moves. {"updated": false, "reason": ...} until every arm has min_users exposed users. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT when the experiment is not a bandit.';
+
+CREATE FUNCTION amba_api.experiments_bandit_results(experiment_key text)
+RETURNS TABLE (variant text, is_control boolean, exposed_count bigint, mean double precision,
+               ci_low double precision, ci_high double precision,
+               best_arm_probability double precision, weight double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._bandit_results(experiment_key);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_bandit_results(text) IS
+'A bandit''s arms: exposed users, the period-weighted mean with its 95% posterior interval, the probability of being best, and the weight in force now (its share). 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT when the experiment is not a bandit.';
 
 CREATE FUNCTION amba_api.experiments_list() RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
@@ -289,17 +315,17 @@ CREATE FUNCTION amba_api.experiments_update(
     targeting jsonb DEFAULT NULL, coverage double precision DEFAULT NULL,
     layer text DEFAULT NULL, layer_share double precision DEFAULT NULL,
     holdout text DEFAULT NULL, guardrails jsonb DEFAULT NULL,
-    dimensions text[] DEFAULT NULL) RETURNS jsonb
+    dimensions text[] DEFAULT NULL, bandit jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     RETURN amba._update_experiment(experiment_key, variants, status, name, description,
                                    targeting, coverage, layer, layer_share, holdout, guardrails,
-                                   dimensions);
+                                   dimensions, bandit);
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
 $fn$;
-COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[]) IS
+COMMENT ON FUNCTION amba_api.experiments_update(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb) IS
 'Re-weights, adds variants, changes status (draft, active, paused, ended), targeting ({} removes it) or coverage, or renames. Existing assignments never change; a variant with assignments cannot be removed. 404 EXPERIMENT_NOT_FOUND, 400 INVALID_ARGUMENT.';
 
 CREATE FUNCTION amba_api.experiments_delete(experiment_key text) RETURNS boolean

@@ -22,6 +22,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod assign;
+mod bandit;
 mod errors;
 mod guardrails;
 mod internal;

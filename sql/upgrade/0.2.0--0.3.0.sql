@@ -32,6 +32,8 @@ ALTER TABLE amba.experiment_history ADD CONSTRAINT experiment_history_action_che
                       'auto_pause', 'bandit_update'));
 -- Segments (SPEC §13).
 ALTER TABLE amba.experiments ADD COLUMN dimensions text[] CHECK (cardinality(dimensions) BETWEEN 1 AND 5);
+-- Bandits (SPEC §14).
+ALTER TABLE amba.experiments ADD COLUMN bandit jsonb CHECK (jsonb_typeof(bandit) = 'object');
 -- @bootstrap -- The segment values of an assignment .. -- Events are not tied to experiments
 SELECT pg_catalog.pg_extension_config_dump('amba.assignment_dimensions'::regclass, '');
 CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
