@@ -25,7 +25,9 @@ DECLARE
         'amba_results_daily(text, text, double precision)', 'amba_report(text, text)',
         'amba_bucket(text, text)', 'amba_experiment_history(text)',
         'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)',
-        'amba_results_by(text, text, text, double precision)', 'amba_bandit_results(text)'];
+        'amba_results_by(text, text, text, double precision)', 'amba_bandit_results(text)',
+        'amba_ratio_results(text, text, text, text, text, double precision)',
+        'amba_quantile_results(text, text, text, double precision, double precision)'];
 BEGIN
     FOREACH signature IN ARRAY analyst_signatures || ARRAY[
         'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb)',
@@ -66,7 +68,9 @@ GRANT EXECUTE ON FUNCTION
     amba._results_daily(text, text, double precision), amba._report(text, text),
     amba._check_experiment_key(text), amba._experiment_json(amba.experiments),
     amba._raise(text, text), amba._not_found(text), amba._list_layers(),
-    amba._results_by(text, text, text, double precision), amba._bandit_results(text)
+    amba._results_by(text, text, text, double precision), amba._bandit_results(text),
+    amba._ratio_results(text, text, text, text, text, double precision),
+    amba._quantile_results(text, text, text, double precision, double precision)
 TO amba_analyst;
 
 -- Clients: their own assignments and exposures, read-only; everything else goes through
@@ -114,6 +118,8 @@ GRANT EXECUTE ON FUNCTION
     amba_api.experiments_delete(text),
     amba_api.experiments_results(text, text, double precision),
     amba_api.experiments_results_by(text, text, text, double precision),
+    amba_api.experiments_ratio_results(text, text, text, text, text, double precision),
+    amba_api.experiments_quantile_results(text, text, text, double precision, double precision),
     amba_api.experiments_metric_results(text, text, text, double precision, double precision, double precision, integer),
     amba_api.experiments_results_daily(text, text, double precision),
     amba_api.experiments_report(text, text),

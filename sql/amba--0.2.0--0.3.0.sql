@@ -171,6 +171,58 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_peek_wrapper';
 
+CREATE OR REPLACE FUNCTION "amba_quantile_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"value_property" TEXT, /* Option < & str > */
+	"quantile" double precision, /* Option < f64 > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"event_count" bigint,  /* i64 */
+	"quantile_value" double precision,  /* Option < f64 > */
+	"delta" double precision,  /* Option < f64 > */
+	"delta_ci_low" double precision,  /* Option < f64 > */
+	"delta_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'amba_quantile_results_wrapper';
+
+CREATE OR REPLACE FUNCTION "amba_ratio_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"numerator_event" TEXT, /* Option < & str > */
+	"numerator_property" TEXT, /* Option < & str > */
+	"denominator_event" TEXT, /* Option < & str > */
+	"denominator_property" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"numerator_sum" double precision,  /* f64 */
+	"denominator_sum" double precision,  /* f64 */
+	"ratio" double precision,  /* Option < f64 > */
+	"delta" double precision,  /* Option < f64 > */
+	"delta_ci_low" double precision,  /* Option < f64 > */
+	"delta_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'amba_ratio_results_wrapper';
+
 CREATE OR REPLACE FUNCTION "amba_results"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"conversion_event" TEXT, /* Option < & str > */
@@ -256,173 +308,6 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_track_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_lock_users"(
-	"a" TEXT, /* & str */
-	"b" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_users_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_experiment_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_results"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"assigned_count" bigint,  /* i64 */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"z_score" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"chance_to_win" double precision,  /* Option < f64 > */
-	"p_value_holm" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"srm_p_value" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'results_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_dimensions"(
-	"dimensions" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
-) RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_dimensions_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_texts_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_track_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_raise"(
-	"code" TEXT, /* & str */
-	"detail" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'raise_error_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_api_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'exec_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_status"(
-	"status" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
-	"experiment_key" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_experiment_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
-	"variants" TEXT /* Option < & str > */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_variants_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
-	"old_keys" TEXT[], /* Vec < String > */
-	"new_keys" TEXT[], /* Vec < String > */
-	"assigned_removed" TEXT[] /* Vec < String > */
-) RETURNS void
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_update_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_user_id"(
-	"user_id" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_user_id_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'http_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'select_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_coverage"(
-	"coverage" double precision /* Option < f64 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_coverage_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
-	"targeting" jsonb /* Option < JsonB > */
-) RETURNS jsonb /* Option < JsonB > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_targeting_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_random_bytes"(
-	"n" INT /* i32 */
-) RETURNS bytea /* Vec < u8 > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'random_bytes_wrapper';
-
 CREATE OR REPLACE FUNCTION amba."_results_by"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"conversion_event" TEXT, /* Option < & str > */
@@ -450,14 +335,37 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'results_by_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_assign"(
+CREATE OR REPLACE FUNCTION amba."_bandit_update"(
 	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
+	"seed" bigint /* Option < i64 > */
+) RETURNS jsonb /* pgrx :: JsonB */
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'assign_internal_wrapper';
+AS 'amba-0.3.0', 'bandit_update_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_bandit"(
+	"bandit" TEXT, /* Option < & str > */
+	"weights" double precision[] /* :: std :: option :: Option < Vec < f64 > > */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_bandit_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_bandit_results"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"mean" double precision,  /* Option < f64 > */
+	"ci_low" double precision,  /* Option < f64 > */
+	"ci_high" double precision,  /* Option < f64 > */
+	"best_arm_probability" double precision,  /* Option < f64 > */
+	"weight" double precision  /* f64 */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'bandit_results_internal_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_peek"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -467,6 +375,15 @@ CREATE OR REPLACE FUNCTION amba."_peek"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'peek_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_assign"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT, /* Option < & str > */
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'assign_internal_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_track"(
 	"user_id" TEXT, /* Option < & str > */
@@ -486,37 +403,207 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'expose_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_normalize_bandit"(
-	"bandit" TEXT, /* Option < & str > */
-	"weights" double precision[] /* :: std :: option :: Option < Vec < f64 > > */
-) RETURNS jsonb /* Option < pgrx :: JsonB > */
+CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'exec_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS void
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_bandit_wrapper';
+AS 'amba-0.3.0', 'check_experiment_key_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_bandit_update"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"seed" bigint /* Option < i64 > */
-) RETURNS jsonb /* pgrx :: JsonB */
-VOLATILE PARALLEL UNSAFE 
+CREATE OR REPLACE FUNCTION amba."_check_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'bandit_update_internal_wrapper';
+AS 'amba-0.3.0', 'check_track_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_bandit_results"(
-	"experiment_key" TEXT /* Option < & str > */
+CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
+	"old_keys" TEXT[], /* Vec < String > */
+	"new_keys" TEXT[], /* Vec < String > */
+	"assigned_removed" TEXT[] /* Vec < String > */
+) RETURNS void
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_update_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'http_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_random_bytes"(
+	"n" INT /* i32 */
+) RETURNS bytea /* Vec < u8 > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'random_bytes_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
+	"targeting" jsonb /* Option < JsonB > */
+) RETURNS jsonb /* Option < JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_targeting_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_raise"(
+	"code" TEXT, /* & str */
+	"detail" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'raise_error_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'select_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_coverage"(
+	"coverage" double precision /* Option < f64 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_coverage_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
+	"variants" TEXT /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_variants_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_texts_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_user_id"(
+	"user_id" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_user_id_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_status"(
+	"status" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_api_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_dimensions"(
+	"dimensions" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
+) RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_dimensions_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_quantile_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"value_property" TEXT, /* Option < & str > */
+	"quantile" double precision, /* Option < f64 > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
 ) RETURNS TABLE (
 	"variant" TEXT,  /* String */
 	"is_control" bool,  /* bool */
 	"exposed_count" bigint,  /* i64 */
-	"mean" double precision,  /* Option < f64 > */
-	"ci_low" double precision,  /* Option < f64 > */
-	"ci_high" double precision,  /* Option < f64 > */
-	"best_arm_probability" double precision,  /* Option < f64 > */
-	"weight" double precision  /* f64 */
+	"event_count" bigint,  /* i64 */
+	"quantile_value" double precision,  /* Option < f64 > */
+	"delta" double precision,  /* Option < f64 > */
+	"delta_ci_low" double precision,  /* Option < f64 > */
+	"delta_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision  /* Option < f64 > */
 )
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'bandit_results_internal_wrapper';
+AS 'amba-0.3.0', 'quantile_results_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_ratio_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"numerator_event" TEXT, /* Option < & str > */
+	"numerator_property" TEXT, /* Option < & str > */
+	"denominator_event" TEXT, /* Option < & str > */
+	"denominator_property" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"numerator_sum" double precision,  /* f64 */
+	"denominator_sum" double precision,  /* f64 */
+	"ratio" double precision,  /* Option < f64 > */
+	"delta" double precision,  /* Option < f64 > */
+	"delta_ci_low" double precision,  /* Option < f64 > */
+	"delta_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'ratio_results_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_guardrails"(
+	"guardrails" TEXT /* Option < & str > */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_guardrails_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_guardrails"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"experiment_key" TEXT,  /* String */
+	"guardrail" INT,  /* i32 */
+	"variant" TEXT,  /* String */
+	"lift" double precision,  /* Option < f64 > */
+	"cs_low" double precision,  /* Option < f64 > */
+	"cs_high" double precision,  /* Option < f64 > */
+	"tripped" bool,  /* bool */
+	"paused" bool  /* bool */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_guardrails_internal_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_results_daily"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -540,6 +627,31 @@ CREATE OR REPLACE FUNCTION amba."_results_daily"(
 STABLE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'results_daily_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"assigned_count" bigint,  /* i64 */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"z_score" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"chance_to_win" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"srm_p_value" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'results_internal_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_metric_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -569,28 +681,20 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'metric_results_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_check_guardrails"(
-	"experiment_key" TEXT /* Option < & str > */
-) RETURNS TABLE (
-	"experiment_key" TEXT,  /* String */
-	"guardrail" INT,  /* i32 */
-	"variant" TEXT,  /* String */
-	"lift" double precision,  /* Option < f64 > */
-	"cs_low" double precision,  /* Option < f64 > */
-	"cs_high" double precision,  /* Option < f64 > */
-	"tripped" bool,  /* bool */
-	"paused" bool  /* bool */
-)
-VOLATILE PARALLEL UNSAFE 
+CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_guardrails_internal_wrapper';
+AS 'amba-0.3.0', 'lock_experiment_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_normalize_guardrails"(
-	"guardrails" TEXT /* Option < & str > */
-) RETURNS jsonb /* Option < pgrx :: JsonB > */
-IMMUTABLE PARALLEL SAFE 
+CREATE OR REPLACE FUNCTION amba."_lock_users"(
+	"a" TEXT, /* & str */
+	"b" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_guardrails_wrapper';
+AS 'amba-0.3.0', 'lock_users_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
@@ -1825,6 +1929,46 @@ END
 $fn$;
 COMMENT ON FUNCTION amba_api.experiments_results(text, text, double precision) IS
 'Per-variant results for a conversion event, control first: counts, conversion_rate, z_score and two-sided p_value against the control, relative lift with its (1 - alpha) interval, chance_to_win, Holm-adjusted p-value, always-valid sequential p-value, and the sample-ratio-mismatch p-value (below 0.001: do not trust the results). 404 EXPERIMENT_NOT_FOUND.';
+
+CREATE OR REPLACE FUNCTION amba_api.experiments_ratio_results(
+    experiment_key text, numerator_event text, numerator_property text DEFAULT NULL,
+    denominator_event text DEFAULT NULL, denominator_property text DEFAULT NULL,
+    alpha double precision DEFAULT 0.05)
+RETURNS TABLE (variant text, is_control boolean, exposed_count bigint,
+               numerator_sum double precision, denominator_sum double precision,
+               ratio double precision, delta double precision, delta_ci_low double precision,
+               delta_ci_high double precision, p_value double precision,
+               p_value_holm double precision, lift double precision,
+               lift_ci_low double precision, lift_ci_high double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._ratio_results(experiment_key, numerator_event,
+        numerator_property, denominator_event, denominator_property, alpha);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_ratio_results(text, text, text, text, text, double precision) IS
+'A ratio metric per variant (sum of the numerator over the sum of the denominator per exposed user: a count of the event, or the sum of its property), against the control by the delta method: delta with its interval, p_value, Holm, relative lift with its interval. 400 INVALID_ARGUMENT, 404 EXPERIMENT_NOT_FOUND.';
+
+CREATE OR REPLACE FUNCTION amba_api.experiments_quantile_results(
+    experiment_key text, event text, value_property text, quantile double precision,
+    alpha double precision DEFAULT 0.05)
+RETURNS TABLE (variant text, is_control boolean, exposed_count bigint, event_count bigint,
+               quantile_value double precision, delta double precision,
+               delta_ci_low double precision, delta_ci_high double precision,
+               p_value double precision, p_value_holm double precision, lift double precision,
+               lift_ci_low double precision, lift_ci_high double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._quantile_results(experiment_key, event, value_property,
+        quantile, alpha);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_quantile_results(text, text, text, double precision, double precision) IS
+'A quantile (0 < quantile < 1, e.g. 0.9) of the event''s value_property per variant, against the control (gbstats'' clustered quantile test): delta with its interval, p_value, Holm, relative lift with its interval. 400 INVALID_ARGUMENT, 404 EXPERIMENT_NOT_FOUND.';
 
 CREATE OR REPLACE FUNCTION amba_api.experiments_results_by(
     experiment_key text, conversion_event text, dimension text, alpha double precision DEFAULT 0.05)
@@ -3195,7 +3339,9 @@ DECLARE
         'amba_results_daily(text, text, double precision)', 'amba_report(text, text)',
         'amba_bucket(text, text)', 'amba_experiment_history(text)',
         'amba_layer_bucket(text, text)', 'amba_list_layers()', 'amba_eval_condition(jsonb, jsonb)',
-        'amba_results_by(text, text, text, double precision)', 'amba_bandit_results(text)'];
+        'amba_results_by(text, text, text, double precision)', 'amba_bandit_results(text)',
+        'amba_ratio_results(text, text, text, text, text, double precision)',
+        'amba_quantile_results(text, text, text, double precision, double precision)'];
 BEGIN
     FOREACH signature IN ARRAY analyst_signatures || ARRAY[
         'amba_create_experiment(text, jsonb, text, text, text, jsonb, double precision, text, double precision, text, jsonb, text[], jsonb)',
@@ -3236,7 +3382,9 @@ GRANT EXECUTE ON FUNCTION
     amba._results_daily(text, text, double precision), amba._report(text, text),
     amba._check_experiment_key(text), amba._experiment_json(amba.experiments),
     amba._raise(text, text), amba._not_found(text), amba._list_layers(),
-    amba._results_by(text, text, text, double precision), amba._bandit_results(text)
+    amba._results_by(text, text, text, double precision), amba._bandit_results(text),
+    amba._ratio_results(text, text, text, text, text, double precision),
+    amba._quantile_results(text, text, text, double precision, double precision)
 TO amba_analyst;
 
 -- Clients: their own assignments and exposures, read-only; everything else goes through
@@ -3284,6 +3432,8 @@ GRANT EXECUTE ON FUNCTION
     amba_api.experiments_delete(text),
     amba_api.experiments_results(text, text, double precision),
     amba_api.experiments_results_by(text, text, text, double precision),
+    amba_api.experiments_ratio_results(text, text, text, text, text, double precision),
+    amba_api.experiments_quantile_results(text, text, text, double precision, double precision),
     amba_api.experiments_metric_results(text, text, text, double precision, double precision, double precision, integer),
     amba_api.experiments_results_daily(text, text, double precision),
     amba_api.experiments_report(text, text),

@@ -365,6 +365,46 @@ $fn$;
 COMMENT ON FUNCTION amba_api.experiments_results(text, text, double precision) IS
 'Per-variant results for a conversion event, control first: counts, conversion_rate, z_score and two-sided p_value against the control, relative lift with its (1 - alpha) interval, chance_to_win, Holm-adjusted p-value, always-valid sequential p-value, and the sample-ratio-mismatch p-value (below 0.001: do not trust the results). 404 EXPERIMENT_NOT_FOUND.';
 
+CREATE FUNCTION amba_api.experiments_ratio_results(
+    experiment_key text, numerator_event text, numerator_property text DEFAULT NULL,
+    denominator_event text DEFAULT NULL, denominator_property text DEFAULT NULL,
+    alpha double precision DEFAULT 0.05)
+RETURNS TABLE (variant text, is_control boolean, exposed_count bigint,
+               numerator_sum double precision, denominator_sum double precision,
+               ratio double precision, delta double precision, delta_ci_low double precision,
+               delta_ci_high double precision, p_value double precision,
+               p_value_holm double precision, lift double precision,
+               lift_ci_low double precision, lift_ci_high double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._ratio_results(experiment_key, numerator_event,
+        numerator_property, denominator_event, denominator_property, alpha);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_ratio_results(text, text, text, text, text, double precision) IS
+'A ratio metric per variant (sum of the numerator over the sum of the denominator per exposed user: a count of the event, or the sum of its property), against the control by the delta method: delta with its interval, p_value, Holm, relative lift with its interval. 400 INVALID_ARGUMENT, 404 EXPERIMENT_NOT_FOUND.';
+
+CREATE FUNCTION amba_api.experiments_quantile_results(
+    experiment_key text, event text, value_property text, quantile double precision,
+    alpha double precision DEFAULT 0.05)
+RETURNS TABLE (variant text, is_control boolean, exposed_count bigint, event_count bigint,
+               quantile_value double precision, delta double precision,
+               delta_ci_low double precision, delta_ci_high double precision,
+               p_value double precision, p_value_holm double precision, lift double precision,
+               lift_ci_low double precision, lift_ci_high double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._quantile_results(experiment_key, event, value_property,
+        quantile, alpha);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+COMMENT ON FUNCTION amba_api.experiments_quantile_results(text, text, text, double precision, double precision) IS
+'A quantile (0 < quantile < 1, e.g. 0.9) of the event''s value_property per variant, against the control (gbstats'' clustered quantile test): delta with its interval, p_value, Holm, relative lift with its interval. 400 INVALID_ARGUMENT, 404 EXPERIMENT_NOT_FOUND.';
+
 CREATE FUNCTION amba_api.experiments_results_by(
     experiment_key text, conversion_event text, dimension text, alpha double precision DEFAULT 0.05)
 RETURNS TABLE (dimension_value text, variant text, is_control boolean, assigned_count bigint,

@@ -17,3 +17,4 @@ pub(crate) mod conversion;
 pub(crate) mod counting;
 mod daily;
 pub(crate) mod metric;
+mod ratio;
