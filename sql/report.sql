@@ -131,6 +131,16 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $f
                 ELSE trim_scale(round((v * 100)::numeric, 2))::text || '%' END
 $fn$;
 
+-- A position in a layer's unit interval (SPEC §11) for display: 2 decimals ("0.30"), or up
+-- to 4 (trailing zeros dropped, "0.125") when 2 would round it; '—' for NULL.
+CREATE FUNCTION amba._report_pos(v double precision) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT CASE WHEN v IS NULL THEN '—'
+                WHEN NOT amba._report_finite(v) THEN v::text
+                WHEN round(v::numeric, 4) = round(v::numeric, 2) THEN round(v::numeric, 2)::text
+                ELSE trim_scale(round(v::numeric, 4))::text END
+$fn$;
+
 -- A variant weight for display: as given when it is short, else rounded to 4 decimals.
 CREATE FUNCTION amba._report_weight(w double precision) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $fn$
@@ -521,7 +531,7 @@ h2{font-size:16px;margin:0 0 4px}
 .meta{display:flex;flex-wrap:wrap;gap:8px 18px;align-items:center;color:var(--muted);font-size:13px}
 .meta b{font-weight:600;color:var(--fg)}
 .meta.audience{margin-top:8px}
-.meta .targeting{max-width:100%;overflow-wrap:anywhere}
+.meta .targeting,.meta .layer,.meta .holdout{max-width:100%;overflow-wrap:anywhere}
 code{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace;background:#e9edf3;
 color:#243040;padding:2px 6px;border-radius:4px;overflow-wrap:anywhere}
 .description{margin:14px 0 0;white-space:pre-wrap;overflow-wrap:anywhere;max-width:80ch}
@@ -635,6 +645,9 @@ DECLARE
     title text;
     status text;
     coverage double precision;
+    layer_doc jsonb;
+    layer_start double precision;
+    layer_end double precision;
     generated timestamp := now() AT TIME ZONE 'UTC'::text;
     verdict text;
     pill text;
@@ -680,6 +693,13 @@ BEGIN
     coverage := CASE WHEN jsonb_typeof(exp_doc->'coverage') = 'number'
                      THEN (exp_doc->>'coverage')::double precision
                      WHEN exp_doc->'coverage' IS NULL THEN 1 END;
+    -- The layer's range (SPEC §11): {key, start, end}; start and end are null while the
+    -- experiment is ended (its range is freed). No key (before 0.3.0) or null: no layer.
+    layer_doc := CASE WHEN jsonb_typeof(exp_doc->'layer') = 'object' THEN exp_doc->'layer' END;
+    layer_start := CASE WHEN jsonb_typeof(layer_doc->'start') = 'number'
+                        THEN (layer_doc->>'start')::double precision END;
+    layer_end := CASE WHEN jsonb_typeof(layer_doc->'end') = 'number'
+                      THEN (layer_doc->>'end')::double precision END;
     status := coalesce(exp_doc->>'status', 'unknown');
     head_html := '<section class="card header-card">'
         || CASE WHEN title IS NOT NULL
@@ -695,15 +715,36 @@ BEGIN
         || format('<span>Created <b>%s</b></span><span>Updated <b>%s</b></span>',
                   amba._report_time(exp_doc->>'created_at'), amba._report_time(exp_doc->>'updated_at'))
         || '</div>'
-        -- Who may be enrolled (SPEC §10): the targeting condition as JSON text, or everyone;
-        -- the coverage as a percentage (its exact value in data-value).
+        -- Who may be enrolled, in the order amba checks it (SPEC §10, §11): the targeting
+        -- condition as JSON text, or everyone; the layer with the experiment's range in it
+        -- (exact bounds in data-start/data-end); the coverage as a percentage (its exact
+        -- value in data-value); the holdout users pass through first.
         || '<div class="meta audience" id="audience">'
         || CASE WHEN jsonb_typeof(exp_doc->'targeting') = 'object' AND exp_doc->'targeting' <> '{}'::jsonb
                 THEN format('<span class="targeting">Targeting <code data-field="targeting">%s</code></span>',
                             amba._report_esc((exp_doc->'targeting')::text))
                 ELSE '<span class="targeting">Targeting <b data-field="targeting" data-everyone="">everyone</b></span>' END
+        || CASE WHEN layer_doc IS NULL
+                THEN '<span class="layer">Layer <b data-field="layer" data-none="">none</b></span>'
+                WHEN layer_start IS NULL OR layer_end IS NULL
+                THEN format('<span class="layer" title="Experiments of a layer never share a user; an ended '
+                            'experiment holds no range">Layer <code data-field="layer" data-layer-key="%1$s" '
+                            'data-start="" data-end="">%1$s</code> <i data-field="layer-freed">no range: freed '
+                            'while ended</i></span>',
+                            amba._report_esc(layer_doc->>'key'))
+                ELSE format('<span class="layer" title="Experiments of a layer never share a user: this one '
+                            'enrols only users whose layer bucket is in this range">Layer <code data-field="layer" '
+                            'data-layer-key="%s" data-start="%s" data-end="%s">%s [%s, %s)</code></span>',
+                            amba._report_esc(layer_doc->>'key'), amba._report_val(layer_start),
+                            amba._report_val(layer_end), amba._report_esc(layer_doc->>'key'),
+                            amba._report_pos(layer_start), amba._report_pos(layer_end)) END
         || format('<span>Coverage <b data-field="coverage" data-value="%s">%s</b> of eligible users</span>',
                   amba._report_val(coverage), amba._report_coverage(coverage))
+        || CASE WHEN jsonb_typeof(exp_doc->'holdout') = 'string'
+                THEN format('<span class="holdout" title="Users pass through this holdout experiment first; '
+                            'those in its control group are not enrolled here">Holdout <code data-field="holdout">%s</code></span>',
+                            amba._report_esc(exp_doc->>'holdout'))
+                ELSE '<span class="holdout">Holdout <b data-field="holdout" data-none="">none</b></span>' END
         || '</div>'
         || CASE WHEN nullif(exp_doc->>'description', '') IS NOT NULL
                 THEN format('<p class="description" data-field="description">%s</p>',
@@ -936,7 +977,8 @@ REVOKE ALL ON FUNCTION
     amba._report_p(double precision), amba._report_chance(double precision),
     amba._report_td(text, double precision, text, text),
     amba._report_sign_class(double precision, double precision), amba._report_time(text),
-    amba._report_finite(double precision),
+    amba._report_finite(double precision), amba._report_coverage(double precision),
+    amba._report_pos(double precision),
     amba._report_ticks(double precision, double precision, integer),
     amba._report_tick(double precision, double precision), amba._report_xy(double precision),
     amba._report_forest(jsonb, double precision),
@@ -950,7 +992,8 @@ GRANT EXECUTE ON FUNCTION
     amba._report_p(double precision), amba._report_chance(double precision),
     amba._report_td(text, double precision, text, text),
     amba._report_sign_class(double precision, double precision), amba._report_time(text),
-    amba._report_finite(double precision),
+    amba._report_finite(double precision), amba._report_coverage(double precision),
+    amba._report_pos(double precision),
     amba._report_ticks(double precision, double precision, integer),
     amba._report_tick(double precision, double precision), amba._report_xy(double precision),
     amba._report_forest(jsonb, double precision),

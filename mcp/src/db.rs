@@ -247,9 +247,9 @@ fn map_error(e: &tokio_postgres::Error, lost: bool) -> ToolError {
             let mut hint = db.hint().map(str::to_string);
             if sqlstate == "42883" && message.contains("amba_") && hint.is_none() {
                 hint = Some(
-                    "is the amba extension in this database up to date? targeting and \
-                     coverage need amba 0.3.0, the other tools amba 0.2.0: ALTER EXTENSION \
-                     amba UPDATE"
+                    "is the amba extension in this database up to date? targeting, \
+                     coverage, layers and holdouts (and amba_layers_list) need amba 0.3.0, \
+                     the other tools amba 0.2.0: ALTER EXTENSION amba UPDATE"
                         .to_string(),
                 );
             }

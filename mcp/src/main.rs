@@ -463,6 +463,28 @@ mod tests {
             "SELECT \"App-1\".amba_clear_override(experiment_key => $1::text, user_id => $2::text)"
         );
         assert_eq!(
+            sql(
+                "amba_experiments_create",
+                json!({"experiment_key": "k", "variants": [], "layer": "checkout",
+                       "layer_share": 0.3, "holdout": "q4"})
+            ),
+            "SELECT \"App-1\".amba_create_experiment(experiment_key => $1::text, \
+             variants => $2::text::jsonb, layer => $3::text, \
+             layer_share => $4::double precision, holdout => $5::text)::text"
+        );
+        assert_eq!(
+            sql(
+                "amba_experiments_update",
+                json!({"experiment_key": "k", "holdout": ""})
+            ),
+            "SELECT \"App-1\".amba_update_experiment(experiment_key => $1::text, \
+             holdout => $2::text)::text"
+        );
+        assert_eq!(
+            sql("amba_layers_list", json!({})),
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_list_layers() AS r"
+        );
+        assert_eq!(
             sql("amba_overrides_list", json!({"experiment_key": "k"})),
             "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_list_overrides(\
              experiment_key => $1::text) AS r"
@@ -537,6 +559,17 @@ mod tests {
         let m = err_of(
             "amba_experiments_metric_results",
             json!({"experiment_key": "k", "event": "e", "cap": "100"}),
+        );
+        assert!(m.contains("must be a number"), "{m}");
+        // layer and layer_share are chosen at create: update does not take them.
+        let m = err_of(
+            "amba_experiments_update",
+            json!({"experiment_key": "k", "layer": "checkout"}),
+        );
+        assert!(m.contains("unknown argument \"layer\""), "{m}");
+        let m = err_of(
+            "amba_experiments_create",
+            json!({"experiment_key": "k", "variants": [], "layer_share": "0.3"}),
         );
         assert!(m.contains("must be a number"), "{m}");
         let m = err_of(

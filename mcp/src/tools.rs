@@ -192,11 +192,15 @@ functions and return exactly the JSON those return.
 
 An experiment has a key, an ordered list of weighted variants (the first is the control), \
 a status: draft, active, paused or ended, and optionally a targeting condition on user \
-attributes (GrowthBook's condition language) and a coverage (the share of eligible users \
-enrolled, 0 to 1). Application code (not these tools) then runs, per end user: \
+attributes (GrowthBook's condition language), a coverage (the share of eligible users \
+enrolled, 0 to 1), a layer with a layer_share (experiments of one layer are mutually \
+exclusive: each owns a range of the layer's users, see amba_layers_list) and a holdout (an \
+experiment whose control holds users out of every experiment that names it). Application \
+code (not these tools) then runs, per end user: \
 amba_assign(experiment_key, user_id [, attributes jsonb]) -> the user's sticky variant key \
 (deterministic hash, persisted; only 'active' experiments assign new users), or null when \
-the targeting or coverage leaves the user out (nothing stored; show the default); \
+the targeting, layer, coverage or holdout leaves the user out (nothing stored; show the \
+default); \
 amba_expose(experiment_key, user_id) when the user actually sees the variant; \
 amba_track(user_id, event [, properties jsonb]) for conversions and metric values (e.g. \
 {{\"amount\": 19.99}}). Over HTTP (PostgREST, schema amba_api) the same are POST /rpc/assign \
@@ -315,6 +319,44 @@ fn coverage_schema(doc: String) -> Value {
     })
 }
 
+const LAYER_DOC: &str = "A layer makes experiments mutually exclusive: experiments in the same \
+layer never share a user. Each owns a fixed range [start, start + layer_share) of the layer's \
+unit interval; a user's position in the layer is a deterministic hash of (layer, user_id), and \
+they can be enrolled only in the experiment whose range holds it (users elsewhere in the layer \
+get null from amba_assign). amba places the experiment at create in the lowest free gap of \
+the layer that fits; INVALID_ARGUMENT (\"layer full\") when none does. Ranges are held by the \
+layer's experiments that are not ended: ending (or deleting) an experiment frees its range for \
+later experiments (its users keep their variants), re-activating it places it again; draft \
+and paused experiments keep theirs. The range is in the experiment JSON as \
+\"layer\": {\"key\", \"start\", \"end\"}; amba_layers_list shows every layer's ranges and free \
+gaps. layer and layer_share are chosen at create and cannot change.";
+
+const HOLDOUT_DOC: &str = "A holdout is an ordinary experiment whose first variant (control) \
+is the held-out group, e.g. variants [{\"key\": \"holdout\", \"weight\": 5}, {\"key\": \
+\"general\", \"weight\": 95}]. An experiment that names it sends every user it would enrol \
+(after its targeting, layer and coverage) through the holdout first: the user is assigned and \
+exposed there (sticky), and gets null from this experiment when that gives the holdout's \
+control. amba_experiments_results on the holdout then compares everyone held out with \
+everyone released, across all the experiments that name it (the total effect of a set of \
+launches). The named experiment must exist, must not name a holdout itself, and cannot be the \
+experiment itself; a named holdout cannot be deleted (each INVALID_ARGUMENT).";
+
+fn layer_schema(doc: String) -> Value {
+    json!({
+        "minLength": 1,
+        "maxLength": 128,
+        "pattern": "^[A-Za-z0-9_.:-]+$",
+        "description": doc,
+    })
+}
+
+fn holdout_schema(doc: String) -> Value {
+    json!({
+        "maxLength": 128,
+        "description": doc,
+    })
+}
+
 const CREATE_ARGS: &[Arg] = &[
     KEY,
     Arg {
@@ -358,6 +400,43 @@ const CREATE_ARGS: &[Arg] = &[
         schema: || {
             coverage_schema(format!(
                 "Optional, default 1 (everyone eligible). {COVERAGE_DOC}"
+            ))
+        },
+    },
+    Arg {
+        name: "layer",
+        kind: Kind::Text,
+        required: false,
+        schema: || {
+            layer_schema(format!(
+                "Optional: the key of the layer to put the experiment in (1-128 characters of \
+                 A-Z a-z 0-9 _ . : -, e.g. \"checkout\"); omitted = no layer. {LAYER_DOC}"
+            ))
+        },
+    },
+    Arg {
+        name: "layer_share",
+        kind: Kind::Number,
+        required: false,
+        schema: || {
+            json!({
+                "exclusiveMinimum": 0,
+                "maximum": 1,
+                "description": "Optional, only with layer: the width of the experiment's range \
+                    in the layer, 0 < layer_share <= 1 (default 1, the whole layer), e.g. 0.3 \
+                    for 30% of the layer's users. Placed in the lowest free gap that fits; \
+                    INVALID_ARGUMENT when none does (the layer is full) or without a layer.",
+            })
+        },
+    },
+    Arg {
+        name: "holdout",
+        kind: Kind::Text,
+        required: false,
+        schema: || {
+            holdout_schema(format!(
+                "Optional: the key of a holdout experiment this experiment's users pass \
+                 through first; omitted = none. {HOLDOUT_DOC}"
             ))
         },
     },
@@ -413,6 +492,19 @@ const UPDATE_ARGS: &[Arg] = &[
         schema: || {
             coverage_schema(format!(
                 "Optional: the new coverage; omitted or null keeps it. {COVERAGE_DOC}"
+            ))
+        },
+    },
+    Arg {
+        name: "holdout",
+        kind: Kind::Text,
+        required: false,
+        schema: || {
+            holdout_schema(format!(
+                "Optional: the key of the holdout experiment to name instead of the current \
+                 one; \"\" (empty string) removes the holdout; omitted or null keeps it. Users \
+                 already assigned keep their variant; users the old holdout held out were \
+                 never assigned here, so they may be enrolled afterwards. {HOLDOUT_DOC}"
             ))
         },
     },
@@ -734,6 +826,24 @@ const OVERRIDE_COLUMNS: &[Columns] = &[
     },
 ];
 
+const LAYER_COLUMNS: &[Columns] = &[
+    Columns {
+        names: &["layer"],
+        doc: "the layer's key; rows are ordered by layer, then range_start.",
+    },
+    Columns {
+        names: &["experiment_key", "status"],
+        doc: "the experiment that owns the range and its status (draft, active or paused: \
+              ended experiments hold no range); both null on a free gap, where a new \
+              experiment of the layer can go.",
+    },
+    Columns {
+        names: &["range_start", "range_end"],
+        doc: "the range [range_start, range_end) of the layer's unit interval: the users \
+              whose layer bucket falls in it can be enrolled in that experiment only.",
+    },
+];
+
 // ---------------------------------------------------------------------------------------
 // The tools
 
@@ -761,13 +871,26 @@ e.g. {\"country\": \"US\", \"plan\": {\"$in\": [\"pro\", \"team\"]}}; coverage (
 default 1) enrols only that share of the users the targeting lets in. A user who is not \
 enrolled gets null from amba_assign (show the default experience), is not stored and is in \
 no result. Both can be changed later with amba_experiments_update.
+Mutually exclusive experiments: give them the same layer (optional) and each a layer_share \
+(0 < share <= 1, default 1): experiments of one layer never share a user. amba places each \
+in the lowest free gap of the layer that fits, as a range [start, start + layer_share); an \
+ended (or deleted) experiment frees its range for later ones. layer and layer_share are set \
+here only; amba_layers_list shows the ranges and free gaps.
+Holdout: holdout (optional) names another experiment whose first variant (control) is a \
+held-out group, e.g. [{\"key\": \"holdout\", \"weight\": 5}, {\"key\": \"general\", \"weight\": 95}]: \
+users pass through it first and get null here when it holds them out; its results compare \
+everyone held out with everyone released, over all the experiments that name it.
 Returns the experiment as JSON: {key, name, description, status, variants: [{key, weight}], \
-targeting (the condition, or null for everyone), coverage, created_at, updated_at, ...}.
+targeting (the condition, or null for everyone), coverage, layer ({key, start, end}: the \
+range it was given, or null without a layer), holdout (the holdout's key or null), \
+created_at, updated_at, ...}.
 Errors: EXPERIMENT_EXISTS when the key is taken (change it with amba_experiments_update \
 instead); INVALID_ARGUMENT for a bad key, fewer than two variants, duplicate or bad variant \
 keys, negative/non-numeric/non-finite weights or a zero sum, an unknown status, a \
 targeting that is not a JSON object or has an unknown operator or an invalid regular \
-expression, or a coverage outside 0..1.",
+expression, a coverage outside 0..1, a bad layer key, a layer_share outside (0, 1] or \
+without a layer, a full layer (no free gap of that width), or a holdout that does not \
+exist, names a holdout itself or is the experiment itself.",
         columns: &[],
         notes: "",
     },
@@ -781,9 +904,10 @@ expression, or a coverage outside 0..1.",
         legacy_wrapper: "experiments",
         doc: "\
 List every experiment. Returns a JSON array of experiment objects, each \
-{key, name, description, status, variants: [{key, weight}], targeting, coverage, \
-created_at, updated_at, ...} \
-(the same shape as amba_experiments_get); [] when there are none. Takes no arguments.",
+{key, name, description, status, variants: [{key, weight}], targeting, coverage, layer \
+({key, start, end} or null), holdout (key or null), created_at, updated_at, ...} \
+(the same shape as amba_experiments_get); [] when there are none. Takes no arguments. For \
+the layers' ranges and free gaps, see amba_layers_list.",
         columns: &[],
         notes: "",
     },
@@ -797,10 +921,15 @@ created_at, updated_at, ...} \
         legacy_wrapper: "experiment",
         doc: "\
 Read one experiment by key. Returns {key, name, description, status, \
-variants: [{key, weight}] (control first), targeting, coverage, created_at, updated_at, \
-...}: targeting is the condition on user attributes that decides who may be enrolled \
+variants: [{key, weight}] (control first), targeting, coverage, layer, holdout, \
+created_at, updated_at, ...}: targeting is the condition on user attributes that decides \
+who may be enrolled \
 (GrowthBook's condition language; null = everyone), coverage the share of those users \
 enrolled (0 to 1; 1 = all).
+layer is null, or {key, start, end}: the experiment's range [start, end) in its layer of \
+mutually exclusive experiments (start and end are null while it is ended: its range is \
+freed, and re-activating it places it again). holdout is the key of the holdout experiment \
+its users pass through first, or null.
 Errors: EXPERIMENT_NOT_FOUND when no experiment has this key.",
         columns: &[],
         notes: "",
@@ -808,7 +937,7 @@ Errors: EXPERIMENT_NOT_FOUND when no experiment has this key.",
     Spec {
         tool: "amba_experiments_update",
         function: "amba_update_experiment",
-        title: "Update an A/B experiment (re-weight, pause, retarget, rename)",
+        title: "Update an A/B experiment (re-weight, pause, retarget, hold out, rename)",
         args: UPDATE_ARGS,
         shape: Shape::Object,
         access: Access::Write {
@@ -828,13 +957,20 @@ targeting replaces the condition on user attributes (GrowthBook's condition lang
 removes it so everyone is eligible. coverage (0 to 1) sets the share of eligible users \
 enrolled; raising it adds users, removes nobody. Like weights, both apply only to users not \
 yet assigned: assigned users keep their variant whatever their attributes.
+holdout names the holdout experiment users pass through first (\"\" removes it). The layer \
+and layer_share are chosen at create and cannot change here.
 status: draft | active | paused | ended, any to any. Pausing (or ending) stops new \
 assignments: users already assigned keep getting their variant, new users get \
-EXPERIMENT_INACTIVE. Setting 'active' again resumes assigning.
+EXPERIMENT_INACTIVE. Setting 'active' again resumes assigning. In a layer, ending frees the \
+experiment's range for other experiments, and leaving 'ended' places it again in the lowest \
+free gap (INVALID_ARGUMENT when the layer is full by then); draft and paused keep the range.
 Returns the updated experiment {key, name, description, status, variants, targeting, \
-coverage, created_at, updated_at, ...}. Errors: EXPERIMENT_NOT_FOUND, INVALID_ARGUMENT (also \
-for a targeting that is not a JSON object, has an unknown operator or an invalid regular \
-expression, and a coverage outside 0..1; nothing is changed then).",
+coverage, layer, holdout, created_at, updated_at, ...}. Errors: EXPERIMENT_NOT_FOUND, \
+INVALID_ARGUMENT (also for a targeting that is not a JSON object, has an unknown operator or \
+an invalid regular expression, a coverage outside 0..1, a holdout that does not exist, names \
+a holdout itself or is the experiment itself, naming a holdout for an experiment that other \
+experiments use as their holdout, and re-activating in a full layer; nothing is changed \
+then).",
         columns: &[],
         notes: "",
     },
@@ -853,10 +989,35 @@ expression, and a coverage outside 0..1; nothing is changed then).",
 Permanently delete an experiment together with all its assignments and exposures (tracked \
 events are not tied to an experiment and stay; the audit trail stays readable in SQL with \
 amba_experiment_history). To stop an experiment but keep its results, set status 'ended' \
-with amba_experiments_update instead.
-Returns true. Errors: EXPERIMENT_NOT_FOUND when no experiment has this key.",
+with amba_experiments_update instead. Deleting an experiment of a layer frees its range.
+Returns true. Errors: EXPERIMENT_NOT_FOUND when no experiment has this key; \
+INVALID_ARGUMENT when other experiments name it as their holdout (remove it from them \
+first: amba_experiments_update with holdout \"\").",
         columns: &[],
         notes: "",
+    },
+    Spec {
+        tool: "amba_layers_list",
+        function: "amba_list_layers",
+        title: "List the layers of mutually exclusive experiments",
+        args: &[],
+        shape: Shape::Rows,
+        access: Access::Read,
+        legacy_wrapper: "layers",
+        doc: "\
+Every layer and how it is divided. Experiments in one layer never share a user: each owns a \
+range [range_start, range_end) of the layer's unit interval (a user's place in it is a \
+deterministic hash of (layer, user_id)), and a new experiment of the layer (\
+amba_experiments_create with layer and layer_share) goes into the lowest free gap that fits \
+(INVALID_ARGUMENT \"layer full\" when none does). Only experiments that are not ended hold a \
+range; ending or deleting one frees it. Returns a JSON array of rows, one per range and one \
+per free gap, ordered by layer then range_start; [] when no layer has an experiment that \
+is not ended. Takes no arguments.",
+        columns: LAYER_COLUMNS,
+        notes: "\
+Reading it: the free gaps (experiment_key null) are where the next experiments of a layer \
+fit; a layer without a gap is full until one of its experiments ends. A layer with no \
+experiment that is not ended has no rows.",
     },
     Spec {
         tool: "amba_experiments_results",

@@ -283,6 +283,13 @@ const DAILY_COLUMNS: &[&str] = &[
     "lift_cs_high",
 ];
 const OVERRIDE_COLUMNS: &[&str] = &["user_id", "variant", "set_at"];
+const LAYER_COLUMNS: &[&str] = &[
+    "layer",
+    "experiment_key",
+    "status",
+    "range_start",
+    "range_end",
+];
 
 /// A tool of SPEC §7: (name, arguments in SQL order, required arguments,
 /// columns of a table result).
@@ -304,6 +311,9 @@ const TOOLS: &[ToolContract] = &[
             "status",
             "targeting",
             "coverage",
+            "layer",
+            "layer_share",
+            "holdout",
         ],
         &["experiment_key", "variants"],
         &[],
@@ -325,6 +335,7 @@ const TOOLS: &[ToolContract] = &[
             "description",
             "targeting",
             "coverage",
+            "holdout",
         ],
         &["experiment_key"],
         &[],
@@ -335,6 +346,7 @@ const TOOLS: &[ToolContract] = &[
         &["experiment_key"],
         &[],
     ),
+    ("amba_layers_list", &[], &[], LAYER_COLUMNS),
     (
         "amba_experiments_results",
         &["experiment_key", "conversion_event", "alpha"],
@@ -517,6 +529,41 @@ fn lists_every_tool_with_schemas() {
             .unwrap()
             .contains("{} removes it")
     );
+    // Layers and holdouts (SPEC §11): layer and layer_share at create only, holdout both.
+    let layer = property("amba_experiments_create", "layer");
+    assert_eq!(layer["type"], "string");
+    assert_eq!(layer["pattern"], "^[A-Za-z0-9_.:-]+$");
+    let text = layer["description"].as_str().unwrap();
+    assert!(
+        text.contains("mutually exclusive")
+            && text.contains("lowest free gap")
+            && text.contains("ended")
+            && text.contains("INVALID_ARGUMENT"),
+        "{text}"
+    );
+    let share = property("amba_experiments_create", "layer_share");
+    assert_eq!(share["type"], "number");
+    assert_eq!(
+        (share["exclusiveMinimum"].clone(), share["maximum"].clone()),
+        (json!(0), json!(1))
+    );
+    for tool in ["amba_experiments_create", "amba_experiments_update"] {
+        let holdout = property(tool, "holdout");
+        assert_eq!(holdout["type"], "string", "{tool}");
+        let text = holdout["description"].as_str().unwrap();
+        assert!(
+            text.contains("control") && text.contains("held out") && text.contains("deleted"),
+            "{tool}: {text}"
+        );
+    }
+    assert!(
+        property("amba_experiments_update", "holdout")["description"]
+            .as_str()
+            .unwrap()
+            .contains("removes the holdout")
+    );
+    assert!(property("amba_experiments_update", "layer").is_null());
+    assert!(property("amba_experiments_update", "layer_share").is_null());
     assert_eq!(
         property("amba_experiments_metric_results", "cuped_days")["type"],
         "integer"
@@ -546,7 +593,27 @@ fn lists_every_tool_with_schemas() {
             text.contains("targeting") && text.contains("coverage"),
             "{tool} tells about targeting and coverage: {text}"
         );
+        assert!(
+            text.contains("layer") && text.contains("holdout"),
+            "{tool} tells about layers and holdouts: {text}"
+        );
     }
+    let layers = doc("amba_layers_list");
+    assert!(
+        layers.contains("never share a user")
+            && layers.contains("lowest free gap")
+            && layers.contains("ended")
+            && layers.contains("experiment_key null"),
+        "{layers}"
+    );
+    assert!(doc("amba_experiments_delete").contains("holdout"));
+    assert_eq!(
+        tools
+            .iter()
+            .find(|t| t["name"] == "amba_layers_list")
+            .unwrap()["annotations"]["readOnlyHint"],
+        true
+    );
     for tool in [
         "amba_overrides_set",
         "amba_overrides_clear",
@@ -1034,6 +1101,300 @@ fn targeting_and_coverage_round_trip() {
     );
     assert!(created["targeting"].is_null(), "{created}");
     assert_eq!(created["coverage"].as_f64(), Some(1.0));
+    assert!(server.alive());
+}
+
+/// `value` is a JSON number within 1e-9 of `x`.
+fn near(value: &Value, x: f64) -> bool {
+    value.as_f64().is_some_and(|v| (v - x).abs() < 1e-9)
+}
+
+/// The rows of amba_layers_list (a tool's result) for one layer, as
+/// (experiment_key, status, range_start, range_end).
+fn layer_rows(rows: &Value, layer: &str) -> Vec<(Value, Value, f64, f64)> {
+    rows.as_array()
+        .expect("an array of rows")
+        .iter()
+        .filter(|r| r["layer"] == json!(layer))
+        .map(|r| {
+            (
+                r["experiment_key"].clone(),
+                r["status"].clone(),
+                r["range_start"].as_f64().expect("range_start"),
+                r["range_end"].as_f64().expect("range_end"),
+            )
+        })
+        .collect()
+}
+
+#[track_caller]
+fn assert_ranges(got: &[(Value, Value, f64, f64)], want: &[(Option<&str>, f64, f64)]) {
+    let shown = format!("{got:?} vs {want:?}");
+    assert_eq!(got.len(), want.len(), "{shown}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.0, json!(w.0), "{shown}");
+        assert_eq!(g.1.is_null(), w.0.is_none(), "gaps have no status: {shown}");
+        assert!(
+            (g.2 - w.1).abs() < 1e-9 && (g.3 - w.2).abs() < 1e-9,
+            "{shown}"
+        );
+    }
+}
+
+/// SPEC §11 over MCP: two experiments in a layer get disjoint ranges in the lowest free gaps
+/// (get, list and amba_layers_list show them, and the free gap), a full layer is
+/// INVALID_ARGUMENT, ending frees a range for a later experiment; a holdout named at create
+/// holds users out (amba_peek), cannot be deleted while named, and "" removes it.
+#[test]
+fn layers_and_holdouts_round_trip() {
+    let holdout = key("holdout");
+    let a = key("layer_a");
+    let b = key("layer_b");
+    let c = key("layer_c");
+    let d = key("layer_d");
+    let layer = key("layer");
+    // The holdout last: it cannot be deleted while the others name it.
+    let _cleanup = Cleanup(vec![
+        a.clone(),
+        b.clone(),
+        c.clone(),
+        d.clone(),
+        holdout.clone(),
+    ]);
+    let mut db = sql();
+    let mut server = Server::start();
+    let two = json!([{"key": "control", "weight": 1}, {"key": "treatment", "weight": 1}]);
+
+    // The holdout: an ordinary experiment whose control is the held-out group.
+    let h = server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": holdout,
+               "variants": [{"key": "holdout", "weight": 50}, {"key": "general", "weight": 50}]}),
+    );
+    assert!(h["layer"].is_null() && h["holdout"].is_null(), "{h}");
+
+    // Two experiments in one layer: [0, 0.3) and [0.3, 0.8), the first held out.
+    let created_a = server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": a, "variants": two, "layer": layer, "layer_share": 0.3,
+               "holdout": holdout}),
+    );
+    assert_eq!(created_a["layer"]["key"], json!(layer), "{created_a}");
+    assert!(
+        near(&created_a["layer"]["start"], 0.0) && near(&created_a["layer"]["end"], 0.3),
+        "{created_a}"
+    );
+    assert_eq!(created_a["holdout"], json!(holdout));
+    let created_b = server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": b, "variants": two, "layer": layer, "layer_share": 0.5,
+               "holdout": null}),
+    );
+    assert!(
+        near(&created_b["layer"]["start"], 0.3) && near(&created_b["layer"]["end"], 0.8),
+        "{created_b}"
+    );
+    assert!(created_b["holdout"].is_null(), "{created_b}");
+
+    // get and list show the range and the holdout, as SQL does.
+    for (k, created) in [(&a, &created_a), (&b, &created_b)] {
+        let got = server.ok("amba_experiments_get", json!({"experiment_key": k}));
+        let direct: String = db
+            .query_one("SELECT amba_get_experiment($1::text)::text", &[k])
+            .unwrap()
+            .get(0);
+        assert_eq!(got, serde_json::from_str::<Value>(&direct).unwrap());
+        assert_eq!(&got, created);
+    }
+    let listed = server.ok("amba_experiments_list", json!({}));
+    for (k, created) in [(&a, &created_a), (&b, &created_b)] {
+        let mine: Vec<&Value> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["key"] == json!(k))
+            .collect();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0]["layer"], created["layer"]);
+        assert_eq!(mine[0]["holdout"], created["holdout"]);
+    }
+
+    // amba_layers_list: both ranges and the free gap, in the function's columns and order.
+    let (layers, text) = server.ok_text("amba_layers_list", json!({}));
+    assert_columns(&text, LAYER_COLUMNS);
+    assert_eq!(layers, sql_rows(&mut db, "amba_list_layers()", &[]));
+    assert_ranges(
+        &layer_rows(&layers, &layer),
+        &[
+            (Some(a.as_str()), 0.0, 0.3),
+            (Some(b.as_str()), 0.3, 0.8),
+            (None, 0.8, 1.0),
+        ],
+    );
+    assert!(layer_rows(&layers, &layer)[0].1 == json!("active"));
+
+    // Users: only the experiment whose range holds their layer bucket can enrol them, and
+    // the holdout's control keeps them out of the experiment that names it.
+    let mut held_out = 0;
+    let mut released = 0;
+    for i in 0..300 {
+        let u = format!("mcp{}-l-{i}", std::process::id());
+        let row = db
+            .query_one(
+                "SELECT amba_layer_bucket($1::text, $2::text), amba_peek($3::text, $2::text),
+                        amba_peek($4::text, $2::text), amba_peek($5::text, $2::text)",
+                &[&layer, &u, &a, &b, &holdout],
+            )
+            .unwrap();
+        let bucket: f64 = row.get(0);
+        let (in_a, in_b, in_h): (Option<String>, Option<String>, Option<String>) =
+            (row.get(1), row.get(2), row.get(3));
+        assert_eq!(
+            in_b.is_some(),
+            (0.3..0.8).contains(&bucket),
+            "{u}: bucket {bucket}"
+        );
+        if bucket < 0.3 {
+            let general = in_h.as_deref() == Some("general");
+            assert_eq!(in_a.is_some(), general, "{u}: holdout says {in_h:?}");
+            if general {
+                released += 1;
+            } else {
+                held_out += 1;
+            }
+        } else {
+            assert!(
+                in_a.is_none(),
+                "{u}: bucket {bucket} is outside {a}'s range"
+            );
+        }
+    }
+    assert!(
+        held_out > 5 && released > 5,
+        "{held_out} held out, {released} released"
+    );
+
+    // A full layer: no gap of 0.5 is left.
+    let text = server.err(
+        "amba_experiments_create",
+        json!({"experiment_key": c, "variants": two, "layer": layer, "layer_share": 0.5}),
+        "INVALID_ARGUMENT",
+    );
+    assert!(
+        text.contains("full") && text.contains("SQLSTATE 22023"),
+        "{text}"
+    );
+    // Bad layers and shares, from SQL.
+    for args in [
+        json!({"layer": layer, "layer_share": 0}),
+        json!({"layer": layer, "layer_share": 1.5}),
+        json!({"layer_share": 0.1}),
+        json!({"layer": "no spaces"}),
+        json!({"holdout": key("no_such_holdout")}),
+        json!({"holdout": c}),
+    ] {
+        let mut create = args.clone();
+        create["experiment_key"] = json!(c);
+        create["variants"] = two.clone();
+        let text = server.err("amba_experiments_create", create, "INVALID_ARGUMENT");
+        assert!(text.contains("SQLSTATE 22023"), "{args}: {text}");
+    }
+    server.err(
+        "amba_experiments_get",
+        json!({"experiment_key": c}),
+        "EXPERIMENT_NOT_FOUND",
+    );
+    // The layer is chosen at create: the update tool does not take it.
+    let text = server.err(
+        "amba_experiments_update",
+        json!({"experiment_key": a, "layer": layer}),
+        "INVALID_ARGUMENT",
+    );
+    assert!(text.contains("unknown argument \"layer\""), "{text}");
+
+    // Holdout rules: not itself, not a holdout that is itself held out.
+    for (k, named) in [(&a, &a), (&holdout, &holdout), (&holdout, &b)] {
+        let text = server.err(
+            "amba_experiments_update",
+            json!({"experiment_key": k, "holdout": named}),
+            "INVALID_ARGUMENT",
+        );
+        assert!(text.contains("SQLSTATE 22023"), "{k} {named}: {text}");
+    }
+    // A named holdout cannot be deleted.
+    let text = server.err(
+        "amba_experiments_delete",
+        json!({"experiment_key": holdout}),
+        "INVALID_ARGUMENT",
+    );
+    assert!(text.contains(&a), "the message names who uses it: {text}");
+    let still = server.ok("amba_experiments_get", json!({"experiment_key": holdout}));
+    assert_eq!(still["key"], json!(holdout));
+
+    // Ending frees the range; a later experiment takes the lowest free gap; re-activating
+    // the ended one finds the layer full and changes nothing.
+    let ended = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": a, "status": "ended"}),
+    );
+    assert_eq!(ended["layer"]["key"], json!(layer), "{ended}");
+    assert!(
+        ended["layer"]["start"].is_null() && ended["layer"]["end"].is_null(),
+        "{ended}"
+    );
+    assert_eq!(ended["holdout"], json!(holdout));
+    let layers = server.ok("amba_layers_list", json!({}));
+    assert_ranges(
+        &layer_rows(&layers, &layer),
+        &[
+            (None, 0.0, 0.3),
+            (Some(b.as_str()), 0.3, 0.8),
+            (None, 0.8, 1.0),
+        ],
+    );
+    let created_d = server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": d, "variants": two, "layer": layer, "layer_share": 0.25,
+               "status": "draft"}),
+    );
+    assert!(
+        near(&created_d["layer"]["start"], 0.0) && near(&created_d["layer"]["end"], 0.25),
+        "{created_d}"
+    );
+    let text = server.err(
+        "amba_experiments_update",
+        json!({"experiment_key": a, "status": "active"}),
+        "INVALID_ARGUMENT",
+    );
+    assert!(text.contains("full"), "{text}");
+    let layers = server.ok("amba_layers_list", json!({}));
+    assert_ranges(
+        &layer_rows(&layers, &layer),
+        &[
+            (Some(d.as_str()), 0.0, 0.25),
+            (None, 0.25, 0.3),
+            (Some(b.as_str()), 0.3, 0.8),
+            (None, 0.8, 1.0),
+        ],
+    );
+    assert_eq!(layer_rows(&layers, &layer)[0].1, json!("draft"));
+    let got = server.ok("amba_experiments_get", json!({"experiment_key": a}));
+    assert_eq!(got["status"], "ended");
+    assert_eq!(got["updated_at"], ended["updated_at"], "nothing changed");
+
+    // "" removes the holdout; then nobody names it and it can be deleted.
+    let released_a = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": a, "holdout": ""}),
+    );
+    assert!(released_a["holdout"].is_null(), "{released_a}");
+    assert_eq!(
+        server.ok(
+            "amba_experiments_delete",
+            json!({"experiment_key": holdout})
+        ),
+        json!(true)
+    );
     assert!(server.alive());
 }
 

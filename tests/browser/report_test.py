@@ -9,12 +9,15 @@ Playwright, never a downloaded browser) and checks it the way a person would loo
   * the table's numbers (data-value) equal amba._results(key, event, 0.05), queried here,
     to 1e-12 relative, and the shown text is that number, formatted (percentages with 2
     decimals, p-values with 4 significant digits or "< 0.0001", "—" for NULL);
-  * user texts (name, description, key, event, variant keys, the targeting condition)
-    appear as text, equal to the raw strings, and nothing was injected: only an allowlist
-    of elements, no on* attribute;
-  * the header tells who may be enrolled: the targeting condition as JSON text equal to
-    the experiment's ("everyone" without one) and the coverage as a percentage whose
-    data-value is the experiment's coverage;
+  * user texts (name, description, key, event, variant keys, the targeting condition, the
+    layer and holdout keys) appear as text, equal to the raw strings, and nothing was
+    injected: only an allowlist of elements, no on* attribute;
+  * the header tells who may be enrolled, in the order amba checks it: the targeting
+    condition as JSON text equal to the experiment's ("everyone" without one), the layer
+    with the experiment's range ("checkout [0.00, 0.30)", exact bounds in data-start /
+    data-end; "none" without a layer, the key and "freed" while ended), the coverage as a
+    percentage whose data-value is the experiment's coverage, and the holdout's key ("none"
+    without one);
   * the charts: one lift marker per non-control variant with a lift (its value exact), one
     lift-over-time panel per non-control variant whose points equal amba._results_daily;
     no chart and a notice when nobody is exposed;
@@ -184,6 +187,17 @@ def coverage_shown_ok(value, text):
     return abs(number_in(text) / 100 - value) <= 0.00005 * (1 + 1e-9) + 1e-15
 
 
+def pos_shown_ok(value, text):
+    """A position in a layer as 2 decimals ("0.30"), or up to 4 with no trailing zero
+    ("0.125") when 2 would round it."""
+    m = re.fullmatch(r"\d+\.(\d{2,4})", text)
+    if not m or value is None:
+        return False
+    if len(m.group(1)) > 2 and (m.group(1).endswith("0") or abs(round(value, 2) - value) < 0.00005):
+        return False
+    return abs(float(text) - value) <= 0.00005 * (1 + 1e-9) + 1e-15
+
+
 def run(args):
     c = Checks()
     html, experiment, results, daily = fetch(args.database_url, args.experiment, args.event)
@@ -286,6 +300,46 @@ def check_page(c, page, experiment, results, daily, args):
     audience = page.evaluate("""() => { const a = document.getElementById('audience');
         const h = document.querySelector('.header-card'); return !!(a && h && h.contains(a)); }""")
     c.check(audience, "targeting and coverage are in the header")
+
+    # --- Layer and holdout (SPEC §11), in the same line, after the targeting.
+    order = page.evaluate("""() => { const a = document.getElementById('audience');
+        return a && Array.from(a.querySelectorAll('[data-field]')).map(e => e.getAttribute('data-field'))
+                     .filter(f => f !== 'layer-freed'); }""")
+    c.check(order == ["targeting", "layer", "coverage", "holdout"],
+            "who may be enrolled, in amba's order: targeting, layer, coverage, holdout", repr(order))
+    layer = experiment.get("layer")
+    lay = page.evaluate("""() => { const e = document.querySelector('[data-field="layer"]');
+        const f = document.querySelector('[data-field="layer-freed"]');
+        return e && {text: e.textContent, key: e.getAttribute('data-layer-key'),
+                     start: e.getAttribute('data-start'), end: e.getAttribute('data-end'),
+                     none: e.hasAttribute('data-none'), freed: f && f.textContent}; }""")
+    if not layer:
+        c.check(lay is not None and lay["none"] and lay["text"] == "none" and not lay["freed"],
+                "no layer: shown as none", repr(lay))
+    elif layer.get("start") is None or layer.get("end") is None:
+        c.check(lay is not None and lay["key"] == layer["key"] and lay["text"] == layer["key"]
+                and lay["start"] == "" and lay["end"] == "" and bool(lay["freed"])
+                and "freed" in lay["freed"],
+                "ended: the layer's key shown as text, its range freed", f"{lay!r} vs {layer!r}")
+    else:
+        m = re.fullmatch(r"(.*) \[(\S+), (\S+)\)", lay["text"] if lay else "", re.S)
+        c.check(bool(m) and m.group(1) == layer["key"] and lay["key"] == layer["key"] and not lay["none"],
+                "layer key shown as text, exactly (and in data-layer-key)", f"{lay!r} vs {layer!r}")
+        c.check(lay is not None and same(parse_value(lay["start"]), layer["start"])
+                and same(parse_value(lay["end"]), layer["end"]),
+                "layer range: exact bounds in data-start / data-end", f"{lay!r} vs {layer!r}")
+        c.check(bool(m) and pos_shown_ok(layer["start"], m.group(2)) and pos_shown_ok(layer["end"], m.group(3)),
+                "layer range shown as [start, end) with 2 (up to 4) decimals",
+                f"{layer['start']!r}, {layer['end']!r} shown as {lay and lay['text']!r}")
+    holdout = experiment.get("holdout")
+    hold = page.evaluate("""() => { const e = document.querySelector('[data-field="holdout"]');
+        return e && {text: e.textContent, none: e.hasAttribute('data-none')}; }""")
+    if holdout:
+        c.check(hold is not None and not hold["none"] and hold["text"] == holdout,
+                "holdout key shown as text, exactly", f"{hold!r} vs {holdout!r}")
+    else:
+        c.check(hold is not None and hold["none"] and hold["text"] == "none",
+                "no holdout: shown as none", repr(hold))
     gen = page.evaluate("(() => { const t = document.querySelector('time[data-field=\"generated-at\"]');"
                         " return t && [t.getAttribute('datetime'), t.textContent]; })()")
     ok = False

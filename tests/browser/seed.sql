@@ -1,22 +1,29 @@
 -- Data for the browser test of the report page, on the real extension (tests/browser/run.sh):
+--   q4-holdout         a holdout (SPEC §11): control "holdout" 5%, "general" 95%; nobody
+--                      exposed, no layer, no holdout of its own
 --   checkout-redesign  3 variants over 21 days, a clear winner, a hostile description;
---                      targeting (country, app version) and 80% coverage
+--                      targeting (country, app version) and 80% coverage; layer "checkout"
+--                      [0, 0.3), held out by q4-holdout
 --   hostile.srm        hostile name, variant keys and targeting condition, 12.5% coverage,
 --                      and exposures lost in one variant (a sample-ratio mismatch the page
---                      must shout about)
---   empty-exp          nobody exposed; no targeting (everyone), full coverage
+--                      must shout about); layer "checkout" [0.3, 0.425)
+--   empty-exp          nobody exposed; no targeting (everyone), full coverage; created
+--                      ended in layer "checkout", so it holds no range; held out
 \set ON_ERROR_STOP 1
+SELECT amba_create_experiment('q4-holdout', '[{"key":"holdout","weight":5},{"key":"general","weight":95}]',
+    'Q4 launches holdout') IS NOT NULL AS created \gset
 SELECT amba_create_experiment('checkout-redesign',
     '[{"key":"control","weight":1},{"key":"one-page","weight":1},{"key":"express","weight":1}]',
     'One-page checkout', 'Does a shorter checkout sell more? <b>not bold</b> & "quoted"',
     targeting => '{"country": {"$in": ["US", "CA"]}, "app.version": {"$vgte": "2.4.0"}}',
-    coverage => 0.8) IS NOT NULL AS created \gset
+    coverage => 0.8, layer => 'checkout', layer_share => 0.3, holdout => 'q4-holdout') IS NOT NULL AS created \gset
 SELECT amba_create_experiment('hostile.srm',
     '[{"key":"control","weight":1},{"key":"x-onerror_alert.1","weight":1}]',
     '<script>alert(1)</script>"><img src=x onerror=alert(2)>', '''); DROP TABLE x; --',
     targeting => '{"email": {"$regex": "</code><img src=x onerror=alert(4)>"}, "plan": "o''brien & <co>"}',
-    coverage => 0.125) IS NOT NULL AS created \gset
-SELECT amba_create_experiment('empty-exp', '[{"key":"a","weight":1},{"key":"b","weight":1}]') IS NOT NULL AS created \gset
+    coverage => 0.125, layer => 'checkout', layer_share => 0.125) IS NOT NULL AS created \gset
+SELECT amba_create_experiment('empty-exp', '[{"key":"a","weight":1},{"key":"b","weight":1}]',
+    status => 'ended', layer => 'checkout', layer_share => 0.5, holdout => 'q4-holdout') IS NOT NULL AS created \gset
 
 -- Assignments with their bucketed variants, spread over 21 days; exposures a few minutes
 -- later; purchases after exposure with a per-variant rate.

@@ -18,6 +18,10 @@ SET client_min_messages = warning;
 DROP SCHEMA IF EXISTS amba_api CASCADE;
 DROP SCHEMA IF EXISTS amba CASCADE;
 DROP SCHEMA IF EXISTS report_standin CASCADE;
+-- sql/report.sql's public amba_report (loaded with @extschema@ = public): its SQL body does
+-- not depend on amba._report, so the CASCADE above leaves it behind; drop it so that
+-- loading again works.
+DROP FUNCTION IF EXISTS public.amba_report(text, text);
 CREATE SCHEMA amba;
 CREATE SCHEMA amba_api;
 CREATE SCHEMA report_standin;
@@ -56,7 +60,7 @@ LANGUAGE sql AS $$
     INSERT INTO report_standin.experiments VALUES (k, jsonb_build_object(
         'key', k, 'name', name, 'description', description, 'status', status,
         'variants', variants,
-        'targeting', NULL, 'coverage', 1,
+        'targeting', NULL, 'coverage', 1, 'layer', NULL, 'holdout', NULL,
         'created_at', '2026-03-02T09:15:00Z', 'updated_at', '2026-03-04T17:40:12Z'));
 $$;
 
@@ -65,6 +69,16 @@ CREATE FUNCTION report_standin.set_audience(k text, targeting jsonb, coverage fl
 LANGUAGE sql AS $$
     UPDATE report_standin.experiments
        SET doc = doc || jsonb_build_object('targeting', targeting, 'coverage', coverage)
+     WHERE key = k;
+$$;
+
+-- Layer and holdout (SPEC §11), as the experiment jsonb carries them: "layer" is
+-- {key, start, end} (start and end null while the experiment is ended) or null, "holdout"
+-- the holdout's key or null.
+CREATE FUNCTION report_standin.set_placement(k text, layer jsonb, holdout text) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE report_standin.experiments
+       SET doc = doc || jsonb_build_object('layer', layer, 'holdout', holdout)
      WHERE key = k;
 $$;
 
@@ -102,6 +116,8 @@ SELECT report_standin.simulate('checkout-redesign', '2026-03-03', 30, 2400,
     ARRAY[0.100, 0.109, 0.097], NULL, 0.11);
 SELECT report_standin.set_audience('checkout-redesign',
     '{"country": {"$in": ["US", "CA"]}, "app.version": {"$vgte": "2.4.0"}}', 0.8);
+SELECT report_standin.set_placement('checkout-redesign',
+    '{"key": "checkout", "start": 0, "end": 0.3}', 'q4-holdout');
 
 SELECT report_standin.add_experiment('hostile.srm',
     '<script>alert(1)</script> "Pricing" & ''friends''',
@@ -113,9 +129,15 @@ SELECT report_standin.simulate('hostile.srm', '2026-04-10', 14, 1500,
     ARRAY[0.20, 0.22, 0.2, 0.2], ARRAY[1.12, 0.88], 0.22);
 SELECT report_standin.set_audience('hostile.srm',
     '{"email": {"$regex": "</code><img src=x onerror=alert(4)>"}, "plan": "o''brien & <co>"}', 0.125);
+-- Hostile layer and holdout keys (the extension never lets such keys in; the page escapes
+-- them all the same) and a range that needs more than 2 decimals.
+SELECT report_standin.set_placement('hostile.srm',
+    '{"key": "</code><img src=x onerror=alert(5)> \"q\" & ''s''", "start": 0.125, "end": 0.4583333333333333}',
+    '"><svg onload=alert(6)></svg>&amp;');
 
 SELECT report_standin.add_experiment('empty-exp', 'Nobody exposed yet', NULL, 'draft',
     '[{"key":"control","weight":1},{"key":"treatment","weight":1}]');
+SELECT report_standin.set_placement('empty-exp', '{"key": "checkout", "start": 0.3, "end": 1}', NULL);
 
 SELECT report_standin.add_experiment('one-day', 'Launched today', 'A single day of data.',
     'active', '[{"key":"control","weight":50},{"key":"treatment","weight":50}]');
@@ -128,6 +150,9 @@ SELECT report_standin.add_experiment('long-90', 'Search ranking (90 days, 5 arms
     '{"key":"v3-bm25","weight":0},{"key":"v4-hybrid","weight":30}]');
 SELECT report_standin.simulate('long-90', '2026-01-01', 90, 3000,
     ARRAY[0.031, 0.0315, 0.034, 0.029, 0.0326], NULL, 0.44);
+-- Ended: its range in the layer is freed (start and end null); the holdout stays named.
+SELECT report_standin.set_placement('long-90', '{"key": "search", "start": null, "end": null}',
+    'q4-holdout');
 -- v3-bm25 ran for the first 14 days only (its weight was 15 then).
 UPDATE report_standin.daily SET new_assigned = round(3000 * 0.15), new_exposed = round(3000 * 0.14),
        new_converted = round(3000 * 0.14 * 0.029 * (0.8 + (day - date '2026-01-01') % 5 * 0.1))

@@ -2107,7 +2107,12 @@ fn get_endpoints_are_stable_and_post_endpoints_volatile() {
         .unwrap()
         .get(0)
     };
-    for f in ["experiments_list", "experiments_get", "experiments_results"] {
+    for f in [
+        "experiments_list",
+        "experiments_get",
+        "experiments_results",
+        "experiments_list_layers",
+    ] {
         assert_eq!(
             vol(&mut db, f),
             "s",
@@ -3120,4 +3125,375 @@ fn admin_create_update_get_list_carry_targeting_and_coverage() {
         );
         assert_eq!(status, 200);
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Layers and holdouts (SPEC §11)
+// ------------------------------------------------------------------------------------------
+
+/// A fresh user id whose layer bucket in `layer` and variant in the holdout `holdout` (as
+/// amba_peek tells it, without writing) satisfy `pick`.
+fn user_where(layer: &str, holdout: &str, pick: impl Fn(f64, &str) -> bool) -> String {
+    let mut db = connect();
+    for _ in 0..5000 {
+        let user = unique("lu");
+        let row = db
+            .query_one(
+                "SELECT amba_layer_bucket($1::text, $2::text), amba_peek($3::text, $2::text)",
+                &[&layer, &user, &holdout],
+            )
+            .unwrap();
+        let bucket: f64 = row.get(0);
+        let variant: String = row.get(1);
+        if pick(bucket, &variant) {
+            return user;
+        }
+    }
+    panic!("no user fits in 5000 tries");
+}
+
+/// The (variant, exposed) of `user`'s stored assignment in experiment `key`, if any.
+fn stored_variant(key: &str, user: &str) -> Option<(String, bool)> {
+    connect()
+        .query_opt(
+            "SELECT a.variant, EXISTS (SELECT 1 FROM amba.exposures x
+                                        WHERE x.experiment_id = a.experiment_id AND x.user_id = a.user_id)
+               FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+              WHERE e.key = $1 AND a.user_id = $2",
+            &[&key, &user],
+        )
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1)))
+}
+
+/// GET /rpc/experiments_list_layers, the rows of one layer as
+/// (experiment_key, status, range_start, range_end).
+fn listed_layer(layer: &str) -> Vec<(Value, Value, f64, f64)> {
+    let (status, rows) = get("/rpc/experiments_list_layers", admin_headers(), admin_jwt());
+    assert_eq!(status, 200, "{rows}");
+    rows.as_array()
+        .unwrap_or_else(|| panic!("an array of rows: {rows}"))
+        .iter()
+        .filter(|r| r["layer"] == layer)
+        .map(|r| {
+            let mut keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+            keys.sort();
+            assert_eq!(
+                keys,
+                [
+                    "experiment_key",
+                    "layer",
+                    "range_end",
+                    "range_start",
+                    "status"
+                ],
+                "{r}"
+            );
+            (
+                r["experiment_key"].clone(),
+                r["status"].clone(),
+                r["range_start"].as_f64().unwrap(),
+                r["range_end"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[track_caller]
+fn assert_layer(got: &[(Value, Value, f64, f64)], want: &[(Option<&str>, Option<&str>, f64, f64)]) {
+    let shown = format!("{got:?} vs {want:?}");
+    assert_eq!(got.len(), want.len(), "{shown}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!((&g.0, &g.1), (&json!(w.0), &json!(w.1)), "{shown}");
+        assert!(
+            (g.2 - w.2).abs() < 1e-9 && (g.3 - w.3).abs() < 1e-9,
+            "{shown}"
+        );
+    }
+}
+
+#[track_caller]
+fn assert_range(experiment: &Value, layer: &str, start: f64, end: f64) {
+    let range = &experiment["layer"];
+    assert_eq!(range["key"], layer, "{experiment}");
+    assert!(
+        (range["start"].as_f64().unwrap_or(f64::NAN) - start).abs() < 1e-9
+            && (range["end"].as_f64().unwrap_or(f64::NAN) - end).abs() < 1e-9,
+        "expected [{start}, {end}): {experiment}"
+    );
+}
+
+#[test]
+fn admin_layers_and_holdouts_and_client_assign_of_a_held_out_user() {
+    let holdout = unique("http_holdout");
+    let a = unique("http_layer_a");
+    let b = unique("http_layer_b");
+    let c = unique("http_layer_c");
+    let layer = unique("http_layer");
+    let create = |body: Value| {
+        post(
+            "/rpc/experiments_create",
+            admin_headers(),
+            admin_jwt(),
+            body,
+        )
+    };
+    let update = |body: Value| {
+        post(
+            "/rpc/experiments_update",
+            admin_headers(),
+            admin_jwt(),
+            body,
+        )
+    };
+    let get_experiment = |key: &str| {
+        get(
+            &format!("/rpc/experiments_get?experiment_key={}", url(key)),
+            admin_headers(),
+            admin_jwt(),
+        )
+    };
+
+    // The holdout: an ordinary experiment, control = held out.
+    let (status, h) = create(json!({ "experiment_key": holdout, "variants": [
+        { "key": "holdout", "weight": 50 }, { "key": "general", "weight": 50 }] }));
+    assert_eq!(status, 200, "{h}");
+    assert!(h["layer"].is_null() && h["holdout"].is_null(), "{h}");
+
+    // Two experiments of one layer: [0, 0.3) held out by the holdout, then [0.3, 0.8).
+    let (status, created_a) = create(json!({ "experiment_key": a, "variants": two_variants(),
+        "layer": layer, "layer_share": 0.3, "holdout": holdout }));
+    assert_eq!(status, 200, "{created_a}");
+    assert_range(&created_a, &layer, 0.0, 0.3);
+    assert_eq!(created_a["holdout"], holdout.as_str());
+    let (status, created_b) = create(json!({ "experiment_key": b, "variants": two_variants(),
+        "layer": layer, "layer_share": 0.5 }));
+    assert_eq!(status, 200, "{created_b}");
+    assert_range(&created_b, &layer, 0.3, 0.8);
+    assert!(created_b["holdout"].is_null(), "{created_b}");
+
+    // get and list show the range and the holdout.
+    assert_eq!(get_experiment(&a), (200, created_a.clone()));
+    assert_eq!(get_experiment(&b), (200, created_b.clone()));
+    let (_, list) = get("/rpc/experiments_list", admin_headers(), admin_jwt());
+    for created in [&created_a, &created_b] {
+        let listed = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["key"] == created["key"])
+            .expect("listed");
+        assert_eq!(listed, created);
+    }
+
+    // GET /rpc/experiments_list_layers: both ranges and the free gap, as amba_list_layers.
+    assert_layer(
+        &listed_layer(&layer),
+        &[
+            (Some(&a), Some("active"), 0.0, 0.3),
+            (Some(&b), Some("active"), 0.3, 0.8),
+            (None, None, 0.8, 1.0),
+        ],
+    );
+    let (_, rows) = get("/rpc/experiments_list_layers", admin_headers(), admin_jwt());
+    let direct: String = connect()
+        .query_one(
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM amba_list_layers() r",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, serde_json::from_str::<Value>(&direct).unwrap());
+    // POST answers the same (a STABLE function, read-only either way).
+    let (status, posted) = post(
+        "/rpc/experiments_list_layers",
+        admin_headers(),
+        admin_jwt(),
+        json!({}),
+    );
+    assert_eq!((status, &posted), (200, &rows));
+
+    // The layer is full for a share of 0.5: 400, nothing created.
+    let full = create(json!({ "experiment_key": c, "variants": two_variants(),
+        "layer": layer, "layer_share": 0.5 }));
+    assert_error(&full, 400, "INVALID_ARGUMENT");
+    assert!(
+        full.1["message"].as_str().unwrap().contains("full"),
+        "{full:?}"
+    );
+    assert_error(&get_experiment(&c), 404, "EXPERIMENT_NOT_FOUND");
+    // Bad layers, shares and holdouts: 400.
+    for body in [
+        json!({ "layer": layer, "layer_share": 0 }),
+        json!({ "layer_share": 0.1 }),
+        json!({ "layer": "not a key" }),
+        json!({ "holdout": unique("http_no_such_holdout") }),
+    ] {
+        let mut body = body;
+        body["experiment_key"] = json!(c);
+        body["variants"] = two_variants();
+        assert_error(&create(body), 400, "INVALID_ARGUMENT");
+    }
+    // The layer and the share are chosen at create.
+    assert_error(
+        &update(json!({ "experiment_key": a, "layer_share": 0.4 })),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_error(
+        &update(json!({ "experiment_key": a, "layer": unique("http_other_layer") })),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    // Holdout rules: not itself; a holdout is not held out.
+    assert_error(
+        &update(json!({ "experiment_key": a, "holdout": a })),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_error(
+        &update(json!({ "experiment_key": holdout, "holdout": b })),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    // A named holdout cannot be deleted.
+    assert_error(
+        &post(
+            "/rpc/experiments_delete",
+            admin_headers(),
+            admin_jwt(),
+            json!({ "experiment_key": holdout }),
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(get_experiment(&holdout).0, 200);
+    assert_eq!(
+        get_experiment(&a),
+        (200, created_a.clone()),
+        "nothing changed"
+    );
+
+    // Client assign. A user in a's range whom the holdout holds out: "variant": null, and
+    // they are assigned and exposed in the holdout (its control), not in a.
+    let held = user_where(&layer, &holdout, |bucket, v| bucket < 0.3 && v == "holdout");
+    let not_enrolled = json!({ "experiment_key": a, "variant": null });
+    assert_eq!(assign_with(&a, &held, None), (200, not_enrolled.clone()));
+    assert_eq!(stored_assignments(&a, &held), 0);
+    assert_eq!(
+        stored_variant(&holdout, &held),
+        Some(("holdout".to_string(), true))
+    );
+    assert_eq!(
+        assign_with(&a, &held, None),
+        (200, not_enrolled.clone()),
+        "sticky"
+    );
+    assert_eq!(peek_with(&a, &held, None), (200, not_enrolled.clone()));
+    assert_error(
+        &post(
+            "/rpc/expose",
+            client_headers(),
+            client_jwt(&held),
+            json!({ "experiment_key": a }),
+        ),
+        404,
+        "ASSIGNMENT_REQUIRED",
+    );
+    // A user in a's range whom the holdout releases: a variant of a.
+    let released = user_where(&layer, &holdout, |bucket, v| bucket < 0.3 && v == "general");
+    let (status, body) = assign_with(&a, &released, None);
+    assert_eq!(status, 200, "{body}");
+    let variant = body["variant"].as_str().expect("a variant").to_string();
+    assert_eq!(stored_variant(&a, &released).map(|v| v.0), Some(variant));
+    assert_eq!(
+        stored_variant(&holdout, &released),
+        Some(("general".to_string(), true))
+    );
+    // A user in b's range: null from a (never reaches the holdout), a variant from b.
+    let in_b = user_where(&layer, &holdout, |bucket, _| (0.3..0.8).contains(&bucket));
+    assert_eq!(assign_with(&a, &in_b, None), (200, not_enrolled.clone()));
+    assert_eq!(stored_variant(&holdout, &in_b), None);
+    let (status, body) = assign_with(&b, &in_b, None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body["variant"].is_string(), "{body}");
+    assert_eq!(
+        assign_with(&b, &held, None),
+        (200, json!({ "experiment_key": b, "variant": null })),
+        "exclusive: a's user is not b's"
+    );
+
+    // Ending b frees its range; c takes the lowest free gap; re-activating b finds the
+    // layer full (400, b stays ended).
+    let (status, ended) = update(json!({ "experiment_key": b, "status": "ended" }));
+    assert_eq!(status, 200, "{ended}");
+    assert!(
+        ended["layer"]["start"].is_null() && ended["layer"]["end"].is_null(),
+        "{ended}"
+    );
+    assert_layer(
+        &listed_layer(&layer),
+        &[(Some(&a), Some("active"), 0.0, 0.3), (None, None, 0.3, 1.0)],
+    );
+    let (status, created_c) = create(json!({ "experiment_key": c, "variants": two_variants(),
+        "layer": layer, "layer_share": 0.5, "status": "draft" }));
+    assert_eq!(status, 200, "{created_c}");
+    assert_range(&created_c, &layer, 0.3, 0.8);
+    assert_error(
+        &update(json!({ "experiment_key": b, "status": "active" })),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(get_experiment(&b).1["status"], "ended");
+    assert_layer(
+        &listed_layer(&layer),
+        &[
+            (Some(&a), Some("active"), 0.0, 0.3),
+            (Some(&c), Some("draft"), 0.3, 0.8),
+            (None, None, 0.8, 1.0),
+        ],
+    );
+
+    // Clients may neither list layers nor set a holdout.
+    for (headers, jwt) in [
+        (client_headers(), admin_jwt()),
+        (admin_headers(), client_jwt("u1")),
+        (client_headers(), client_jwt("u1")),
+    ] {
+        assert_error(
+            &get("/rpc/experiments_list_layers", headers.clone(), jwt.clone()),
+            403,
+            "FORBIDDEN",
+        );
+        assert_error(
+            &post(
+                "/rpc/experiments_update",
+                headers,
+                jwt,
+                json!({ "experiment_key": a, "holdout": "" }),
+            ),
+            403,
+            "FORBIDDEN",
+        );
+    }
+
+    // "" removes the holdout: the user it held out (never assigned in a) can be enrolled
+    // now, and the holdout, named by nobody, can be deleted.
+    let (status, updated) = update(json!({ "experiment_key": a, "holdout": "" }));
+    assert_eq!(status, 200, "{updated}");
+    assert!(updated["holdout"].is_null(), "{updated}");
+    assert_range(&updated, &layer, 0.0, 0.3);
+    let (status, body) = assign_with(&a, &held, None);
+    assert_eq!(status, 200);
+    assert!(body["variant"].is_string(), "{body}");
+    for k in [&a, &b, &c, &holdout] {
+        let resp = post(
+            "/rpc/experiments_delete",
+            admin_headers(),
+            admin_jwt(),
+            json!({ "experiment_key": k }),
+        );
+        assert_eq!(resp, (200, json!(true)), "{k}");
+    }
+    assert!(listed_layer(&layer).is_empty());
 }
