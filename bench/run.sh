@@ -2,7 +2,8 @@
 # Amba benchmarks: the hot path against the raw-SQL floor, and amba_results at scale.
 #
 #   bash bench/run.sh              build + install the release build, then everything
-#   bash bench/run.sh throughput   only the pgbench cases (new, returning, expose, track)
+#   bash bench/run.sh throughput   only the pgbench cases (new, returning, expose, track;
+#                                  new_targeted, returning_targeted when BENCH_CASES names them)
 #   bash bench/run.sh results      only amba_results at scale
 #
 # Each pgbench case runs alternately with its baseline (the same table work in one
@@ -16,7 +17,13 @@
 #   BENCH_IDENTITIES="100000 1000"   aliases in the database and overrides on the benchmark
 #                           experiment while it runs (CONTRACT 3d: the hot path must not
 #                           slow down for them); "0 0" for none
-#   BENCH_CASES="new returning expose track"
+#   BENCH_CASES="new returning expose track"   also available, not in the default list:
+#                           new_targeted, returning_targeted (CONTRACT 10: amba_assign on an
+#                           experiment with a five-clause targeting condition the attributes
+#                           satisfy, against the same call on an identical experiment without
+#                           one — there the "raw" side is that untargeted amba_assign, target
+#                           >= 0.80); e.g. BENCH_CASES="new_targeted returning_targeted"
+#                           BENCH_CLIENTS="4 16" bash bench/run.sh throughput
 #   BENCH_COMMIT="off"      synchronous_commit of the benchmark sessions: `off` measures
 #                           CPU cost (the strict comparison), `on` the durable default
 #                           (each transaction waits for its WAL flush)
@@ -158,17 +165,68 @@ case_args() {
       psql_db -v slot=$EXPOSE_SLOT -v clients="$CLIENTS" -v pool=$EXPOSE_POOL -f "$BENCH/expose_pool.sql" > /dev/null
       ARGS="-D p=x${EXPOSE_SLOT}_ -D n=0 -D expose_pool=$EXPOSE_POOL" ;;
     track) ARGS="" ;;
+    new_targeted) ARGS="-D p=t${RUN}_" ;;
+    returning_targeted) ARGS="-D returning=$RETURNING" ;;
+    *) echo "unknown case $1 in BENCH_CASES" >&2; exit 2 ;;
   esac
 }
-script_of() { case $1 in new) echo assign_new ;; returning) echo assign_returning ;; expose) echo expose ;; track) echo track ;; esac; }
-target_of() { case $1 in new) echo 0.85 ;; returning) echo 0.85 ;; expose) echo 0.90 ;; track) echo 0.90 ;; esac; }
+script_of() {
+  case $1 in
+    new) echo assign_new ;; returning) echo assign_returning ;; expose) echo expose ;; track) echo track ;;
+    new_targeted) echo assign_new_targeted ;; returning_targeted) echo assign_returning_targeted ;;
+  esac
+}
+target_of() {
+  case $1 in
+    new) echo 0.85 ;; returning) echo 0.85 ;; expose) echo 0.90 ;; track) echo 0.90 ;;
+    new_targeted) echo 0.80 ;; returning_targeted) echo 0.80 ;;
+  esac
+}
 label_of() {
   case $1 in
     new) echo "new user: amba_assign vs insert on conflict + read back" ;;
     returning) echo "returning user: amba_assign vs primary-key select" ;;
     expose) echo "exposure: amba_expose vs lookup + insert on conflict" ;;
     track) echo "event: amba_track vs insert" ;;
+    new_targeted) echo "new user: amba_assign, 5-clause targeting vs none" ;;
+    returning_targeted) echo "returning user: amba_assign, 5-clause targeting vs none" ;;
   esac
+}
+
+# setup_targeted OVERRIDES: the experiments of the *_targeted cases (CONTRACT 10), alike
+# but for targeting: `bench_t5` with a condition of five clauses (the attributes in
+# bench/pgbench/*targeted*.sql satisfy it), `bench_t0` with none. Each gets the returning
+# users r1 .. r$RETURNING (with the variant amba_assign would pick) and the same overrides
+# as `bench` (bench/identities.sql).
+setup_targeted() {
+  psql_db -v returning=$RETURNING -v overrides="$1" > /dev/null <<'SQL'
+\set ON_ERROR_STOP 1
+SELECT amba_create_experiment(k,
+    '[{"key": "control", "weight": 50}, {"key": "treatment", "weight": 50}]',
+    targeting => CASE WHEN k = 'bench_t5' THEN
+        '{"country": "DE", "platform": {"$in": ["ios", "android"]}, "version": {"$vgte": "17.0.0"},
+          "logged_in": true, "age": {"$gte": 18}}'::jsonb END) IS NOT NULL AS created
+  FROM unnest(ARRAY['bench_t5', 'bench_t0']) AS k;
+INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version)
+SELECT e.id, s.u, CASE WHEN amba_bucket(e.key, s.u) < 0.5 THEN 'control' ELSE 'treatment' END, 1
+  FROM amba.experiments e, (SELECT 'r' || g AS u FROM generate_series(1, :returning) g) s
+ WHERE e.key IN ('bench_t5', 'bench_t0');
+INSERT INTO amba.overrides (experiment_id, user_id, variant)
+SELECT e.id, 'qa' || g, 'treatment' FROM amba.experiments e, generate_series(1, :overrides) g
+ WHERE e.key IN ('bench_t5', 'bench_t0');
+UPDATE amba.experiments SET revision = revision + 1 WHERE key IN ('bench_t5', 'bench_t0');
+-- The condition must hold for the benchmark's attributes, or the targeted side would
+-- measure a NULL answer instead of an enrolment (false: division by zero, psql stops).
+SELECT 1 / amba_eval_condition(targeting,
+    '{"country": "DE", "platform": "ios", "version": "17.2.0", "logged_in": true, "age": 30}')::int
+    AS attributes_match
+  FROM amba.experiments WHERE key = 'bench_t5' AND targeting IS NOT NULL;
+SELECT 1 / count(*)::int AS targeted FROM amba.experiments WHERE key = 'bench_t5' AND targeting IS NOT NULL;
+VACUUM ANALYZE amba.experiments;
+VACUUM ANALYZE amba.assignments;
+VACUUM ANALYZE amba.overrides;
+CHECKPOINT;
+SQL
 }
 
 throughput() {
@@ -177,6 +235,11 @@ throughput() {
   psql_db -v returning=$RETURNING -f "$BENCH/setup.sql" > /dev/null
   read -r n_aliases n_overrides <<< "$IDENTITIES"
   psql_db -v aliases="$n_aliases" -v overrides="$n_overrides" -f "$BENCH/identities.sql" > /dev/null
+  case " $CASES " in
+    *" new_targeted "*|*" returning_targeted "*)
+      echo "setting up the targeted experiments: $RETURNING returning users each"
+      setup_targeted "$n_overrides" ;;
+  esac
   EID=$(psql_db -Atc "SELECT id FROM amba.experiments WHERE key = 'bench'")
   EXPOSE_SLOT=0
   local results=$OUT/throughput.tsv
