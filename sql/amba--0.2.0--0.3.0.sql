@@ -335,6 +335,77 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'results_by_internal_wrapper';
 
+CREATE OR REPLACE FUNCTION amba."_results_daily"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"day" date,  /* Date */
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"lift_cs_low" double precision,  /* Option < f64 > */
+	"lift_cs_high" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'results_daily_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_guardrails"(
+	"guardrails" TEXT /* Option < & str > */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_guardrails_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_guardrails"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"experiment_key" TEXT,  /* String */
+	"guardrail" INT,  /* i32 */
+	"variant" TEXT,  /* String */
+	"lift" double precision,  /* Option < f64 > */
+	"cs_low" double precision,  /* Option < f64 > */
+	"cs_high" double precision,  /* Option < f64 > */
+	"tripped" bool,  /* bool */
+	"paused" bool  /* bool */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_guardrails_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"assigned_count" bigint,  /* i64 */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"z_score" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"chance_to_win" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"srm_p_value" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'results_internal_wrapper';
+
 CREATE OR REPLACE FUNCTION amba."_bandit_update"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"seed" bigint /* Option < i64 > */
@@ -367,168 +438,20 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'bandit_results_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_peek"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'peek_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_assign"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'assign_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT, /* Option < & str > */
-	"properties" jsonb, /* Option < JsonbDatum > */
-	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
-) RETURNS timestamp with time zone /* TimestampWithTimeZone */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'track_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_expose"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'expose_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'exec_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
-	"experiment_key" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_experiment_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_track_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
-	"old_keys" TEXT[], /* Vec < String > */
-	"new_keys" TEXT[], /* Vec < String > */
-	"assigned_removed" TEXT[] /* Vec < String > */
-) RETURNS void
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_update_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'http_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_random_bytes"(
-	"n" INT /* i32 */
-) RETURNS bytea /* Vec < u8 > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'random_bytes_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
-	"targeting" jsonb /* Option < JsonB > */
-) RETURNS jsonb /* Option < JsonB > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_targeting_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_raise"(
-	"code" TEXT, /* & str */
-	"detail" TEXT /* & str */
+CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
 ) RETURNS void
 STRICT VOLATILE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'raise_error_wrapper';
+AS 'amba-0.3.0', 'lock_experiment_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
+CREATE OR REPLACE FUNCTION amba."_lock_users"(
+	"a" TEXT, /* & str */
+	"b" TEXT /* & str */
+) RETURNS void
 STRICT VOLATILE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'select_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_coverage"(
-	"coverage" double precision /* Option < f64 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_coverage_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
-	"variants" TEXT /* Option < & str > */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_variants_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_texts_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_user_id"(
-	"user_id" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_user_id_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_status"(
-	"status" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_api_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_dimensions"(
-	"dimensions" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
-) RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_dimensions_wrapper';
+AS 'amba-0.3.0', 'lock_users_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_quantile_results"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -582,77 +505,6 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'ratio_results_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_normalize_guardrails"(
-	"guardrails" TEXT /* Option < & str > */
-) RETURNS jsonb /* Option < pgrx :: JsonB > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_guardrails_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_guardrails"(
-	"experiment_key" TEXT /* Option < & str > */
-) RETURNS TABLE (
-	"experiment_key" TEXT,  /* String */
-	"guardrail" INT,  /* i32 */
-	"variant" TEXT,  /* String */
-	"lift" double precision,  /* Option < f64 > */
-	"cs_low" double precision,  /* Option < f64 > */
-	"cs_high" double precision,  /* Option < f64 > */
-	"tripped" bool,  /* bool */
-	"paused" bool  /* bool */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_guardrails_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_results_daily"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"day" date,  /* Date */
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"lift_cs_low" double precision,  /* Option < f64 > */
-	"lift_cs_high" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'results_daily_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_results"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"assigned_count" bigint,  /* i64 */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"z_score" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"chance_to_win" double precision,  /* Option < f64 > */
-	"p_value_holm" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"srm_p_value" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'results_internal_wrapper';
-
 CREATE OR REPLACE FUNCTION amba."_metric_results"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"event" TEXT, /* Option < & str > */
@@ -681,20 +533,168 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'metric_results_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
-STRICT VOLATILE 
+CREATE OR REPLACE FUNCTION amba."_assign"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT, /* Option < & str > */
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_experiment_wrapper';
+AS 'amba-0.3.0', 'assign_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_lock_users"(
-	"a" TEXT, /* & str */
-	"b" TEXT /* & str */
+CREATE OR REPLACE FUNCTION amba."_expose"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'expose_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"properties" jsonb, /* Option < JsonbDatum > */
+	"occurred_at" timestamp with time zone /* Option < TimestampWithTimeZone > */
+) RETURNS timestamp with time zone /* TimestampWithTimeZone */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'track_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_peek"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT, /* Option < & str > */
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'peek_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_dimensions"(
+	"dimensions" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
+) RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_dimensions_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_status"(
+	"status" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_user_id"(
+	"user_id" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_user_id_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_raise"(
+	"code" TEXT, /* & str */
+	"detail" TEXT /* & str */
 ) RETURNS void
 STRICT VOLATILE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_users_wrapper';
+AS 'amba-0.3.0', 'raise_error_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'http_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
+	"variants" TEXT /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_variants_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_random_bytes"(
+	"n" INT /* i32 */
+) RETURNS bytea /* Vec < u8 > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'random_bytes_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
+	"old_keys" TEXT[], /* Vec < String > */
+	"new_keys" TEXT[], /* Vec < String > */
+	"assigned_removed" TEXT[] /* Vec < String > */
+) RETURNS void
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_update_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'exec_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_api_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_experiment_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
+	"targeting" jsonb /* Option < JsonB > */
+) RETURNS jsonb /* Option < JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_targeting_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'select_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_track_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_texts_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_coverage"(
+	"coverage" double precision /* Option < f64 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_coverage_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
