@@ -3,7 +3,8 @@
 #
 #   bash bench/run.sh              build + install the release build, then everything
 #   bash bench/run.sh throughput   only the pgbench cases (new, returning, expose, track;
-#                                  new_targeted, returning_targeted when BENCH_CASES names them)
+#                                  new_targeted, returning_targeted, new_layered,
+#                                  returning_layered when BENCH_CASES names them)
 #   bash bench/run.sh results      only amba_results at scale
 #
 # Each pgbench case runs alternately with its baseline (the same table work in one
@@ -23,7 +24,11 @@
 #                           satisfy, against the same call on an identical experiment without
 #                           one — there the "raw" side is that untargeted amba_assign, target
 #                           >= 0.80); e.g. BENCH_CASES="new_targeted returning_targeted"
-#                           BENCH_CLIENTS="4 16" bash bench/run.sh throughput
+#                           BENCH_CLIENTS="4 16" bash bench/run.sh throughput;
+#                           new_layered, returning_layered (CONTRACT 11: amba_assign on an
+#                           experiment with a layer (share 1) and a holdout holding 5% out,
+#                           against amba_assign on a plain experiment; targets >= 0.70 for
+#                           new users, >= 0.85 for returning ones)
 #   BENCH_COMMIT="off"      synchronous_commit of the benchmark sessions: `off` measures
 #                           CPU cost (the strict comparison), `on` the durable default
 #                           (each transaction waits for its WAL flush)
@@ -167,6 +172,8 @@ case_args() {
     track) ARGS="" ;;
     new_targeted) ARGS="-D p=t${RUN}_" ;;
     returning_targeted) ARGS="-D returning=$RETURNING" ;;
+    new_layered) ARGS="-D p=l${RUN}_" ;;
+    returning_layered) ARGS="-D returning=$RETURNING" ;;
     *) echo "unknown case $1 in BENCH_CASES" >&2; exit 2 ;;
   esac
 }
@@ -174,12 +181,14 @@ script_of() {
   case $1 in
     new) echo assign_new ;; returning) echo assign_returning ;; expose) echo expose ;; track) echo track ;;
     new_targeted) echo assign_new_targeted ;; returning_targeted) echo assign_returning_targeted ;;
+    new_layered) echo assign_new_layered ;; returning_layered) echo assign_returning_layered ;;
   esac
 }
 target_of() {
   case $1 in
     new) echo 0.85 ;; returning) echo 0.85 ;; expose) echo 0.90 ;; track) echo 0.90 ;;
     new_targeted) echo 0.80 ;; returning_targeted) echo 0.80 ;;
+    new_layered) echo 0.70 ;; returning_layered) echo 0.85 ;;
   esac
 }
 label_of() {
@@ -190,6 +199,8 @@ label_of() {
     track) echo "event: amba_track vs insert" ;;
     new_targeted) echo "new user: amba_assign, 5-clause targeting vs none" ;;
     returning_targeted) echo "returning user: amba_assign, 5-clause targeting vs none" ;;
+    new_layered) echo "new user: amba_assign, layer + 5% holdout vs plain" ;;
+    returning_layered) echo "returning user: amba_assign, layer + 5% holdout vs plain" ;;
   esac
 }
 
@@ -229,6 +240,53 @@ CHECKPOINT;
 SQL
 }
 
+# setup_layered OVERRIDES: the experiments of the *_layered cases (CONTRACT 11): the holdout
+# `bench_lh` (control "holdout" 5%, "general" 95%), `bench_l` owning all of layer
+# `bench_layer` (share 1) and naming `bench_lh`, and `bench_l0`, the same experiment plain
+# (no layer, no holdout). Both get the same overrides as `bench` (bench/identities.sql),
+# then the returning users r1 .. r$RETURNING through amba_assign itself, so the rows are
+# exactly what amba writes: on bench_l each is assigned and exposed in the holdout, and
+# assigned in bench_l unless held out.
+setup_layered() {
+  psql_db -v returning=$RETURNING -v overrides="$1" > /dev/null <<'SQL'
+\set ON_ERROR_STOP 1
+SELECT amba_create_experiment('bench_lh',
+    '[{"key": "holdout", "weight": 5}, {"key": "general", "weight": 95}]') IS NOT NULL AS created;
+SELECT amba_create_experiment(k,
+    '[{"key": "control", "weight": 50}, {"key": "treatment", "weight": 50}]',
+    layer => CASE WHEN k = 'bench_l' THEN 'bench_layer' END,
+    layer_share => CASE WHEN k = 'bench_l' THEN 1 END,
+    holdout => CASE WHEN k = 'bench_l' THEN 'bench_lh' END) IS NOT NULL AS created
+  FROM unnest(ARRAY['bench_l', 'bench_l0']) AS k;
+INSERT INTO amba.overrides (experiment_id, user_id, variant)
+SELECT e.id, 'qa' || g, 'treatment' FROM amba.experiments e, generate_series(1, :overrides) g
+ WHERE e.key IN ('bench_l', 'bench_l0');
+UPDATE amba.experiments SET revision = revision + 1 WHERE key IN ('bench_l', 'bench_l0');
+SELECT count(amba_assign(k, 'r' || g)) AS assigned
+  FROM unnest(ARRAY['bench_l', 'bench_l0']) AS k, generate_series(1, :returning) g;
+-- The layered side must measure what it claims (a failed check divides by zero, psql
+-- stops): bench_l owns the whole layer and names the holdout, everyone passed through
+-- the holdout, about 5% were held out, and bench_l0 is plain with everyone assigned.
+SELECT 1 / (layer_start = 0 AND layer_share = 1 AND holdout_id IS NOT NULL)::int AS layered
+  FROM amba.experiments WHERE key = 'bench_l';
+SELECT 1 / (layer IS NULL AND holdout_id IS NULL)::int AS plain
+  FROM amba.experiments WHERE key = 'bench_l0';
+SELECT 1 / (count(*) = :returning)::int AS through_the_holdout,
+       1 / (count(*) FILTER (WHERE a.variant = 'holdout') BETWEEN :returning * 0.04 AND :returning * 0.06)::int
+           AS five_percent_held_out
+  FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id WHERE e.key = 'bench_lh';
+SELECT 1 / (count(*) = :returning)::int AS exposed_in_the_holdout
+  FROM amba.exposures x JOIN amba.experiments e ON e.id = x.experiment_id WHERE e.key = 'bench_lh';
+SELECT 1 / (count(*) = :returning)::int AS baseline_assigned
+  FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id WHERE e.key = 'bench_l0';
+VACUUM ANALYZE amba.experiments;
+VACUUM ANALYZE amba.assignments;
+VACUUM ANALYZE amba.exposures;
+VACUUM ANALYZE amba.overrides;
+CHECKPOINT;
+SQL
+}
+
 throughput() {
   echo "setting up $DB: $RETURNING returning users"
   fresh_db
@@ -239,6 +297,11 @@ throughput() {
     *" new_targeted "*|*" returning_targeted "*)
       echo "setting up the targeted experiments: $RETURNING returning users each"
       setup_targeted "$n_overrides" ;;
+  esac
+  case " $CASES " in
+    *" new_layered "*|*" returning_layered "*)
+      echo "setting up the layered experiments: $RETURNING returning users each, through amba_assign"
+      setup_layered "$n_overrides" ;;
   esac
   EID=$(psql_db -Atc "SELECT id FROM amba.experiments WHERE key = 'bench'")
   EXPOSE_SLOT=0
