@@ -6,6 +6,7 @@
 #                                  new_targeted, returning_targeted, new_layered,
 #                                  returning_layered when BENCH_CASES names them)
 #   bash bench/run.sh results      only amba_results at scale
+#   bash bench/run.sh guardrails   only amba_check_guardrails at scale (not part of `all`)
 #
 # Each pgbench case runs alternately with its baseline (the same table work in one
 # hand-written statement), ROUNDS times, in one go; the summary gives the median tps of
@@ -454,11 +455,52 @@ results() {
   say "(plans at $largest users: $OUT/results-plans.txt)"
 }
 
+# --- guardrails at scale ----------------------------------------------------------------
+# amba_check_guardrails() (CONTRACT 12) over 100 active experiments with three guardrails
+# each (two conversion, one mean) and 10,000 exposed users each, 1M in total
+# (bench/guardrails.sql; every tenth experiment is harmful and trips). Each call runs in a
+# transaction that is rolled back, so every run does the same work, pausing, auditing and
+# notifying included. BENCH_GUARDRAILS_REPS=3 timed runs after a warm-up; target: the
+# median under 10 s.
+guardrails() {
+  local reps=${BENCH_GUARDRAILS_REPS:-3}
+  echo "guardrails: generating 100 experiments x 10,000 exposed users"
+  fresh_db
+  psql_db -f "$BENCH/guardrails.sql" > "$OUT/guardrails-data.log"
+  local warm rows tripped paused
+  warm=$(psql_db -At -F ' ' -c "BEGIN" \
+    -c "SELECT count(*), count(*) FILTER (WHERE tripped), count(DISTINCT experiment_key) FILTER (WHERE paused) FROM amba_check_guardrails()" \
+    -c "ROLLBACK")
+  read -r rows tripped paused <<< "$warm"
+  if [ "$rows" != 300 ]; then
+    echo "amba_check_guardrails() returned $rows rows, not 300 (100 experiments x 3 guardrails)" >&2; exit 1
+  fi
+  local script=$OUT/guardrails-check.sql
+  {
+    echo '\timing on'
+    for i in $(seq "$reps"); do
+      echo 'BEGIN;'
+      echo '\echo @@check'
+      echo 'SELECT count(*) FROM amba_check_guardrails() \g /dev/null'
+      echo 'ROLLBACK;'
+    done
+  } > "$script"
+  psql_db -f "$script" > "$OUT/guardrails-check.log" 2>&1
+  local m
+  m=$(awk '/^@@check/ {on = 1} /^Time:/ && on {print $2; on = 0}' "$OUT/guardrails-check.log" | median)
+  say ""
+  say "amba_check_guardrails(): 100 active experiments x 3 guardrails (2 conversion, 1 mean), 1M exposed users,"
+  say "$(psql_db -At -c 'SELECT count(*) FROM amba.events') events; $rows rows, $tripped tripped, $paused experiments paused per call"
+  say "(each call rolled back); median of $reps runs: $(printf '%.0f' "$m") ms, target < 10000 ms:" \
+      "$(awk -v x="$m" 'BEGIN {print (x < 10000) ? "ok" : "ABOVE"}')"
+}
+
 case $WHAT in
   all) throughput; results ;;
   throughput) throughput ;;
   results) results ;;
-  *) echo "usage: $0 [all|throughput|results]" >&2; exit 2 ;;
+  guardrails) guardrails ;;
+  *) echo "usage: $0 [all|throughput|results|guardrails]" >&2; exit 2 ;;
 esac
 say ""
 say "done; summary in $SUMMARY"
