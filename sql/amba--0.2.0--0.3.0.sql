@@ -223,31 +223,6 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_ratio_results_wrapper';
 
-CREATE OR REPLACE FUNCTION "amba_results"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"conversion_event" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"assigned_count" bigint,  /* i64 */
-	"exposed_count" bigint,  /* i64 */
-	"converted_count" bigint,  /* i64 */
-	"conversion_rate" double precision,  /* Option < f64 > */
-	"z_score" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"chance_to_win" double precision,  /* Option < f64 > */
-	"p_value_holm" double precision,  /* Option < f64 > */
-	"sequential_p_value" double precision,  /* Option < f64 > */
-	"srm_p_value" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'amba_results_wrapper';
-
 CREATE OR REPLACE FUNCTION "amba_results_by"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"conversion_event" TEXT, /* Option < & str > */
@@ -298,6 +273,31 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_results_daily_wrapper';
 
+CREATE OR REPLACE FUNCTION "amba_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"conversion_event" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"assigned_count" bigint,  /* i64 */
+	"exposed_count" bigint,  /* i64 */
+	"converted_count" bigint,  /* i64 */
+	"conversion_rate" double precision,  /* Option < f64 > */
+	"z_score" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"chance_to_win" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"sequential_p_value" double precision,  /* Option < f64 > */
+	"srm_p_value" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'amba_results_wrapper';
+
 CREATE OR REPLACE FUNCTION "amba_track"(
 	"user_id" TEXT, /* Option < & str > */
 	"event" TEXT, /* Option < & str > */
@@ -307,6 +307,301 @@ CREATE OR REPLACE FUNCTION "amba_track"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_track_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_assign"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT, /* Option < & str > */
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'assign_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_bandit_results"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"mean" double precision,  /* Option < f64 > */
+	"ci_low" double precision,  /* Option < f64 > */
+	"ci_high" double precision,  /* Option < f64 > */
+	"best_arm_probability" double precision,  /* Option < f64 > */
+	"weight" double precision  /* f64 */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'bandit_results_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_bandit_update"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"seed" bigint /* Option < i64 > */
+) RETURNS jsonb /* pgrx :: JsonB */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'bandit_update_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_api_key"(
+	"name" TEXT, /* Option < & str > */
+	"kind" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_api_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_coverage"(
+	"coverage" double precision /* Option < f64 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_coverage_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_experiment_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_guardrails"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"experiment_key" TEXT,  /* String */
+	"guardrail" INT,  /* i32 */
+	"variant" TEXT,  /* String */
+	"lift" double precision,  /* Option < f64 > */
+	"cs_low" double precision,  /* Option < f64 > */
+	"cs_high" double precision,  /* Option < f64 > */
+	"tripped" bool,  /* bool */
+	"paused" bool  /* bool */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_guardrails_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_status"(
+	"status" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_texts"(
+	"name" TEXT, /* Option < & str > */
+	"description" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_texts_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_track"(
+	"user_id" TEXT, /* Option < & str > */
+	"event" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_track_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_user_id"(
+	"user_id" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_user_id_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
+	"variant" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_key_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
+	"old_keys" TEXT[], /* Vec < String > */
+	"new_keys" TEXT[], /* Vec < String > */
+	"assigned_removed" TEXT[] /* Vec < String > */
+) RETURNS void
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'check_variant_update_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'exec_fresh_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_expose"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'expose_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_http_status"(
+	"message" TEXT /* Option < & str > */
+) RETURNS INT /* Option < i32 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'http_status_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
+	"experiment_id" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'lock_experiment_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_lock_users"(
+	"a" TEXT, /* & str */
+	"b" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'lock_users_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_metric_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"value_property" TEXT DEFAULT NULL, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05, /* Option < f64 > */
+	"cap" double precision DEFAULT NULL, /* Option < f64 > */
+	"cap_percentile" double precision DEFAULT NULL, /* Option < f64 > */
+	"cuped_days" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"mean" double precision,  /* Option < f64 > */
+	"stddev" double precision,  /* Option < f64 > */
+	"delta" double precision,  /* Option < f64 > */
+	"delta_ci_low" double precision,  /* Option < f64 > */
+	"delta_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision,  /* Option < f64 > */
+	"cuped_theta" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'metric_results_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_bandit"(
+	"bandit" TEXT, /* Option < & str > */
+	"weights" double precision[] /* :: std :: option :: Option < Vec < f64 > > */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_bandit_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_dimensions"(
+	"dimensions" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
+) RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_dimensions_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_guardrails"(
+	"guardrails" TEXT /* Option < & str > */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_guardrails_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
+	"targeting" jsonb /* Option < JsonB > */
+) RETURNS jsonb /* Option < JsonB > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_targeting_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
+	"variants" TEXT /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'normalize_variants_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_peek"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"user_id" TEXT, /* Option < & str > */
+	"attributes" jsonb /* Option < JsonbDatum > */
+) RETURNS TEXT /* Option < String > */
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'peek_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_quantile_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"event" TEXT, /* Option < & str > */
+	"value_property" TEXT, /* Option < & str > */
+	"quantile" double precision, /* Option < f64 > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"event_count" bigint,  /* i64 */
+	"quantile_value" double precision,  /* Option < f64 > */
+	"delta" double precision,  /* Option < f64 > */
+	"delta_ci_low" double precision,  /* Option < f64 > */
+	"delta_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'quantile_results_internal_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_raise"(
+	"code" TEXT, /* & str */
+	"detail" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'raise_error_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_random_bytes"(
+	"n" INT /* i32 */
+) RETURNS bytea /* Vec < u8 > */
+STRICT VOLATILE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'random_bytes_wrapper';
+
+CREATE OR REPLACE FUNCTION amba."_ratio_results"(
+	"experiment_key" TEXT, /* Option < & str > */
+	"numerator_event" TEXT, /* Option < & str > */
+	"numerator_property" TEXT, /* Option < & str > */
+	"denominator_event" TEXT, /* Option < & str > */
+	"denominator_property" TEXT, /* Option < & str > */
+	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
+) RETURNS TABLE (
+	"variant" TEXT,  /* String */
+	"is_control" bool,  /* bool */
+	"exposed_count" bigint,  /* i64 */
+	"numerator_sum" double precision,  /* f64 */
+	"denominator_sum" double precision,  /* f64 */
+	"ratio" double precision,  /* Option < f64 > */
+	"delta" double precision,  /* Option < f64 > */
+	"delta_ci_low" double precision,  /* Option < f64 > */
+	"delta_ci_high" double precision,  /* Option < f64 > */
+	"p_value" double precision,  /* Option < f64 > */
+	"p_value_holm" double precision,  /* Option < f64 > */
+	"lift" double precision,  /* Option < f64 > */
+	"lift_ci_low" double precision,  /* Option < f64 > */
+	"lift_ci_high" double precision  /* Option < f64 > */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'ratio_results_internal_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_results_by"(
 	"experiment_key" TEXT, /* Option < & str > */
@@ -358,29 +653,6 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'results_daily_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_normalize_guardrails"(
-	"guardrails" TEXT /* Option < & str > */
-) RETURNS jsonb /* Option < pgrx :: JsonB > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_guardrails_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_guardrails"(
-	"experiment_key" TEXT /* Option < & str > */
-) RETURNS TABLE (
-	"experiment_key" TEXT,  /* String */
-	"guardrail" INT,  /* i32 */
-	"variant" TEXT,  /* String */
-	"lift" double precision,  /* Option < f64 > */
-	"cs_low" double precision,  /* Option < f64 > */
-	"cs_high" double precision,  /* Option < f64 > */
-	"tripped" bool,  /* bool */
-	"paused" bool  /* bool */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_guardrails_internal_wrapper';
-
 CREATE OR REPLACE FUNCTION amba."_results"(
 	"experiment_key" TEXT, /* Option < & str > */
 	"conversion_event" TEXT, /* Option < & str > */
@@ -406,149 +678,13 @@ STABLE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'results_internal_wrapper';
 
-CREATE OR REPLACE FUNCTION amba."_bandit_update"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"seed" bigint /* Option < i64 > */
-) RETURNS jsonb /* pgrx :: JsonB */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'bandit_update_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_bandit"(
-	"bandit" TEXT, /* Option < & str > */
-	"weights" double precision[] /* :: std :: option :: Option < Vec < f64 > > */
-) RETURNS jsonb /* Option < pgrx :: JsonB > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_bandit_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_bandit_results"(
-	"experiment_key" TEXT /* Option < & str > */
-) RETURNS TABLE (
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"exposed_count" bigint,  /* i64 */
-	"mean" double precision,  /* Option < f64 > */
-	"ci_low" double precision,  /* Option < f64 > */
-	"ci_high" double precision,  /* Option < f64 > */
-	"best_arm_probability" double precision,  /* Option < f64 > */
-	"weight" double precision  /* f64 */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'bandit_results_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_lock_experiment"(
-	"experiment_id" bigint /* i64 */
-) RETURNS void
+CREATE OR REPLACE FUNCTION amba."_select_fresh"(
+	"query" TEXT, /* & str */
+	"params" TEXT[] /* Vec < Option < String > > */
+) RETURNS TEXT[] /* Vec < Option < String > > */
 STRICT VOLATILE 
 LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_experiment_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_lock_users"(
-	"a" TEXT, /* & str */
-	"b" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'lock_users_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_quantile_results"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"event" TEXT, /* Option < & str > */
-	"value_property" TEXT, /* Option < & str > */
-	"quantile" double precision, /* Option < f64 > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"exposed_count" bigint,  /* i64 */
-	"event_count" bigint,  /* i64 */
-	"quantile_value" double precision,  /* Option < f64 > */
-	"delta" double precision,  /* Option < f64 > */
-	"delta_ci_low" double precision,  /* Option < f64 > */
-	"delta_ci_high" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"p_value_holm" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'quantile_results_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_ratio_results"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"numerator_event" TEXT, /* Option < & str > */
-	"numerator_property" TEXT, /* Option < & str > */
-	"denominator_event" TEXT, /* Option < & str > */
-	"denominator_property" TEXT, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05 /* Option < f64 > */
-) RETURNS TABLE (
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"exposed_count" bigint,  /* i64 */
-	"numerator_sum" double precision,  /* f64 */
-	"denominator_sum" double precision,  /* f64 */
-	"ratio" double precision,  /* Option < f64 > */
-	"delta" double precision,  /* Option < f64 > */
-	"delta_ci_low" double precision,  /* Option < f64 > */
-	"delta_ci_high" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"p_value_holm" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'ratio_results_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_metric_results"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"event" TEXT, /* Option < & str > */
-	"value_property" TEXT DEFAULT NULL, /* Option < & str > */
-	"alpha" double precision DEFAULT 0.05, /* Option < f64 > */
-	"cap" double precision DEFAULT NULL, /* Option < f64 > */
-	"cap_percentile" double precision DEFAULT NULL, /* Option < f64 > */
-	"cuped_days" INT DEFAULT NULL /* Option < i32 > */
-) RETURNS TABLE (
-	"variant" TEXT,  /* String */
-	"is_control" bool,  /* bool */
-	"exposed_count" bigint,  /* i64 */
-	"mean" double precision,  /* Option < f64 > */
-	"stddev" double precision,  /* Option < f64 > */
-	"delta" double precision,  /* Option < f64 > */
-	"delta_ci_low" double precision,  /* Option < f64 > */
-	"delta_ci_high" double precision,  /* Option < f64 > */
-	"p_value" double precision,  /* Option < f64 > */
-	"p_value_holm" double precision,  /* Option < f64 > */
-	"lift" double precision,  /* Option < f64 > */
-	"lift_ci_low" double precision,  /* Option < f64 > */
-	"lift_ci_high" double precision,  /* Option < f64 > */
-	"cuped_theta" double precision  /* Option < f64 > */
-)
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'metric_results_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_assign"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'assign_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_expose"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT /* Option < & str > */
-) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'expose_internal_wrapper';
+AS 'amba-0.3.0', 'select_fresh_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_track"(
 	"user_id" TEXT, /* Option < & str > */
@@ -559,142 +695,6 @@ CREATE OR REPLACE FUNCTION amba."_track"(
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'track_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_peek"(
-	"experiment_key" TEXT, /* Option < & str > */
-	"user_id" TEXT, /* Option < & str > */
-	"attributes" jsonb /* Option < JsonbDatum > */
-) RETURNS TEXT /* Option < String > */
-STABLE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'peek_internal_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_dimensions"(
-	"dimensions" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
-) RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_dimensions_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_status"(
-	"status" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_user_id"(
-	"user_id" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_user_id_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_raise"(
-	"code" TEXT, /* & str */
-	"detail" TEXT /* & str */
-) RETURNS void
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'raise_error_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_http_status"(
-	"message" TEXT /* Option < & str > */
-) RETURNS INT /* Option < i32 > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'http_status_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_variants"(
-	"variants" TEXT /* Option < & str > */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_variants_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_random_bytes"(
-	"n" INT /* i32 */
-) RETURNS bytea /* Vec < u8 > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'random_bytes_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_update"(
-	"old_keys" TEXT[], /* Vec < String > */
-	"new_keys" TEXT[], /* Vec < String > */
-	"assigned_removed" TEXT[] /* Vec < String > */
-) RETURNS void
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_update_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_exec_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'exec_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_api_key"(
-	"name" TEXT, /* Option < & str > */
-	"kind" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_api_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_variant_key"(
-	"variant" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_variant_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_experiment_key"(
-	"experiment_key" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_experiment_key_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
-	"targeting" jsonb /* Option < JsonB > */
-) RETURNS jsonb /* Option < JsonB > */
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'normalize_targeting_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_select_fresh"(
-	"query" TEXT, /* & str */
-	"params" TEXT[] /* Vec < Option < String > > */
-) RETURNS TEXT[] /* Vec < Option < String > > */
-STRICT VOLATILE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'select_fresh_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_track"(
-	"user_id" TEXT, /* Option < & str > */
-	"event" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_track_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_texts"(
-	"name" TEXT, /* Option < & str > */
-	"description" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_texts_wrapper';
-
-CREATE OR REPLACE FUNCTION amba."_check_coverage"(
-	"coverage" double precision /* Option < f64 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'amba-0.3.0', 'check_coverage_wrapper';
 
 -- sql/api.sql -------------------------------------------------------------------------
 -- Amba experiments: the SQL API that is not on the hot path (experiments, overrides,
@@ -794,12 +794,15 @@ BEGIN
         ARRAY[_place_in_layer.layer, coalesce(_place_in_layer.own_id, 0)::text]);
     FOREACH range_text IN ARRAY taken LOOP
         range_start := split_part(range_text, ' ', 1)::double precision;
-        IF range_start - free_from >= _place_in_layer.share - 1e-12 THEN
+        -- A gap between two ranges fits only if the range's computed end does not pass
+        -- the next start: ranges stay disjoint also in floating point.
+        IF free_from + _place_in_layer.share <= range_start THEN
             RETURN free_from;
         END IF;
         free_from := greatest(free_from, split_part(range_text, ' ', 2)::double precision);
     END LOOP;
-    IF 1 - free_from >= _place_in_layer.share - 1e-12 THEN
+    -- The last gap, up to 1 (rounding of the shares' sum tolerated: no user's bucket is 1).
+    IF free_from + _place_in_layer.share <= 1 + 1e-12 THEN
         RETURN free_from;
     END IF;
     PERFORM amba._raise('INVALID_ARGUMENT'::text,
@@ -835,7 +838,7 @@ $fn$;
 -- The holdout named by `holdout` for experiment `own_key` (SPEC §11): its id, after the
 -- rules: it exists, is not the experiment itself, and names no holdout itself.
 CREATE OR REPLACE FUNCTION amba._holdout_id(own_key text, holdout text) RETURNS bigint
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     found amba.experiments;
 BEGIN
@@ -845,7 +848,10 @@ BEGIN
     IF _holdout_id.holdout = _holdout_id.own_key THEN
         PERFORM amba._raise('INVALID_ARGUMENT'::text, 'an experiment cannot be its own holdout'::text);
     END IF;
-    SELECT * INTO found FROM amba.experiments e WHERE e.key = _holdout_id.holdout;
+    -- Share-locked, as a foreign key check locks its row: a concurrent update giving the
+    -- holdout a holdout of its own, or a delete, is waited for and then seen (READ
+    -- COMMITTED), or is a serialization failure (REPEATABLE READ).
+    SELECT * INTO found FROM amba.experiments e WHERE e.key = _holdout_id.holdout FOR SHARE;
     IF found.id IS NULL THEN
         PERFORM amba._raise('INVALID_ARGUMENT'::text,
             format('holdout %s: no such experiment', to_json(_holdout_id.holdout)));

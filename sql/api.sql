@@ -95,12 +95,15 @@ BEGIN
         ARRAY[_place_in_layer.layer, coalesce(_place_in_layer.own_id, 0)::text]);
     FOREACH range_text IN ARRAY taken LOOP
         range_start := split_part(range_text, ' ', 1)::double precision;
-        IF range_start - free_from >= _place_in_layer.share - 1e-12 THEN
+        -- A gap between two ranges fits only if the range's computed end does not pass
+        -- the next start: ranges stay disjoint also in floating point.
+        IF free_from + _place_in_layer.share <= range_start THEN
             RETURN free_from;
         END IF;
         free_from := greatest(free_from, split_part(range_text, ' ', 2)::double precision);
     END LOOP;
-    IF 1 - free_from >= _place_in_layer.share - 1e-12 THEN
+    -- The last gap, up to 1 (rounding of the shares' sum tolerated: no user's bucket is 1).
+    IF free_from + _place_in_layer.share <= 1 + 1e-12 THEN
         RETURN free_from;
     END IF;
     PERFORM amba._raise('INVALID_ARGUMENT'::text,
@@ -136,7 +139,7 @@ $fn$;
 -- The holdout named by `holdout` for experiment `own_key` (SPEC §11): its id, after the
 -- rules: it exists, is not the experiment itself, and names no holdout itself.
 CREATE FUNCTION amba._holdout_id(own_key text, holdout text) RETURNS bigint
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     found amba.experiments;
 BEGIN
@@ -146,7 +149,10 @@ BEGIN
     IF _holdout_id.holdout = _holdout_id.own_key THEN
         PERFORM amba._raise('INVALID_ARGUMENT'::text, 'an experiment cannot be its own holdout'::text);
     END IF;
-    SELECT * INTO found FROM amba.experiments e WHERE e.key = _holdout_id.holdout;
+    -- Share-locked, as a foreign key check locks its row: a concurrent update giving the
+    -- holdout a holdout of its own, or a delete, is waited for and then seen (READ
+    -- COMMITTED), or is a serialization failure (REPEATABLE READ).
+    SELECT * INTO found FROM amba.experiments e WHERE e.key = _holdout_id.holdout FOR SHARE;
     IF found.id IS NULL THEN
         PERFORM amba._raise('INVALID_ARGUMENT'::text,
             format('holdout %s: no such experiment', to_json(_holdout_id.holdout)));

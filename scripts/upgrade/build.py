@@ -61,9 +61,13 @@ def build(old_version: str, new_version: str, generated: str) -> str:
     # REPLACE; a function whose arguments change is dropped first, by the delta).
     old_symbols = set(re.findall(r"'(?:MODULE_PATHNAME|amba-[^']+)', '(\w+)'", old))
     own_library = "'MODULE_PATHNAME'" not in generated
+    # Sorted by symbol: cargo pgrx schema's order varies between builds, the script must not.
     new_rust = [
         m.group(1).replace("CREATE  FUNCTION", "CREATE OR REPLACE FUNCTION", 1) if own_library else m.group(1)
-        for m in re.finditer(r"(CREATE  FUNCTION .*?AS '(?:MODULE_PATHNAME|amba-[^']+)', '(\w+)';)", generated, flags=re.S)
+        for m in sorted(
+            re.finditer(r"(CREATE  FUNCTION .*?AS '(?:MODULE_PATHNAME|amba-[^']+)', '(\w+)';)", generated, flags=re.S),
+            key=lambda m: m.group(2),
+        )
         if own_library or m.group(2) not in old_symbols
     ]
     section = lambda name: f"\n-- {name} " + "-" * (84 - len(name)) + "\n"
