@@ -46,6 +46,28 @@ mod tests {
         );
     }
 
+    /// A test that changes amba's tables takes all of them first, without ever waiting
+    /// while it holds some (NOWAIT, retried): tests run side by side, and a schema change
+    /// that waited could close a deadlock with a test holding the tables in another order.
+    fn take_amba_tables() {
+        Spi::run(
+            "DO $$
+             DECLARE tables text := (SELECT string_agg(format('%I.%I', schemaname, tablename), ', ')
+                                       FROM pg_tables WHERE schemaname = 'amba');
+             BEGIN
+                 LOOP
+                     BEGIN
+                         EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', tables);
+                         RETURN;
+                     EXCEPTION WHEN lock_not_available THEN
+                         PERFORM pg_sleep(0.02);
+                     END;
+                 END LOOP;
+             END $$",
+        )
+        .unwrap();
+    }
+
     fn create(key: &str) {
         Spi::run(&format!("SELECT amba_create_experiment('{key}', {AB})")).unwrap();
     }
@@ -370,6 +392,7 @@ mod tests {
     /// through SPI once a table gains what the direct insert would not honour.
     #[pg_test]
     fn hot_path_inserts_go_direct_only_on_amba_own_tables() {
+        take_amba_tables();
         use crate::store::probe::{direct_assignment, direct_event};
         let now = TimestampWithTimeZone::try_from(unsafe {
             pgrx::pg_sys::GetCurrentTransactionStartTimestamp()
@@ -424,6 +447,7 @@ mod tests {
     /// once a table is not plain or when `amba.direct_access` is off.
     #[pg_test]
     fn path_is_direct_only_on_plain_tables_and_when_allowed() {
+        take_amba_tables();
         use crate::store::probe::{direct_assignment, direct_event, path_name};
         let now = TimestampWithTimeZone::try_from(unsafe {
             pgrx::pg_sys::GetCurrentTransactionStartTimestamp()
@@ -468,6 +492,7 @@ mod tests {
     /// path, which the executor routes: no direct read of a partitioned table.
     #[pg_test]
     fn partitioned_assignments_go_through_sql() {
+        take_amba_tables();
         setup();
         Spi::run(&format!("SELECT amba_create_experiment('p', {AB})")).unwrap();
         let before = text("SELECT amba_assign('p', 'u1')");
