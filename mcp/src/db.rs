@@ -17,7 +17,16 @@ pub enum Param {
     Json(String),
     Float(f64),
     Int(i32),
+    BigInt(i64),
+    /// A JSON array of strings, passed as `text[]`.
+    TextArray(Vec<String>),
+    /// SQL NULL as `text`: for a parameter without a SQL default whose NULL means
+    /// something (a ratio's property: count the events).
+    NullText,
 }
+
+/// The value of `Param::NullText`.
+static NULL_TEXT: Option<&str> = None;
 
 impl Param {
     /// The cast after the placeholder: the SQL function's exact argument type.
@@ -27,6 +36,9 @@ impl Param {
             Param::Json(_) => "::text::jsonb",
             Param::Float(_) => "::double precision",
             Param::Int(_) => "::integer",
+            Param::BigInt(_) => "::bigint",
+            Param::TextArray(_) => "::text[]",
+            Param::NullText => "::text",
         }
     }
 
@@ -35,6 +47,9 @@ impl Param {
             Param::Text(s) | Param::Json(s) => s,
             Param::Float(f) => f,
             Param::Int(i) => i,
+            Param::BigInt(i) => i,
+            Param::TextArray(items) => items,
+            Param::NullText => &NULL_TEXT,
         }
     }
 }
@@ -248,8 +263,10 @@ fn map_error(e: &tokio_postgres::Error, lost: bool) -> ToolError {
             if sqlstate == "42883" && message.contains("amba_") && hint.is_none() {
                 hint = Some(
                     "is the amba extension in this database up to date? targeting, \
-                     coverage, layers and holdouts (and amba_layers_list) need amba 0.3.0, \
-                     the other tools amba 0.2.0: ALTER EXTENSION amba UPDATE"
+                     coverage, layers, holdouts, guardrails, dimensions and bandits (and \
+                     amba_layers_list, amba_guardrails_check, the ratio, quantile, by-segment \
+                     and bandit tools) need amba 0.3.0, the other tools amba 0.2.0: ALTER \
+                     EXTENSION amba UPDATE"
                         .to_string(),
                 );
             }

@@ -106,13 +106,17 @@ fn bind(spec: &Spec, args: Option<&JsonObject>) -> Result<Vec<(&'static str, Par
                         arg.name, spec.tool
                     )));
                 }
+                // The SQL function has no default for it: NULL is passed by name.
+                if arg.kind == Kind::TextOrNull {
+                    bound.push((arg.name, Param::NullText));
+                }
                 continue;
             }
             Some(value) => value,
         };
         let param = match (arg.kind, value) {
-            (Kind::Text, Value::String(s)) => Param::Text(s.clone()),
-            (Kind::Text, other) => {
+            (Kind::Text | Kind::TextOrNull, Value::String(s)) => Param::Text(s.clone()),
+            (Kind::Text | Kind::TextOrNull, other) => {
                 return Err(ToolError::invalid_argument(format!(
                     "argument \"{}\" must be a string, not {}",
                     arg.name,
@@ -144,9 +148,41 @@ fn bind(spec: &Spec, args: Option<&JsonObject>) -> Result<Vec<(&'static str, Par
                     )))
                 }
             },
-            (Kind::Integer, other) => {
+            (Kind::BigInt, Value::Number(n)) => match big_integer(n) {
+                Ok(i) => Param::BigInt(i),
+                Err(why) => {
+                    return Err(ToolError::invalid_argument(format!(
+                        "argument \"{}\" {why}, not {n}",
+                        arg.name
+                    )))
+                }
+            },
+            (Kind::Integer | Kind::BigInt, other) => {
                 return Err(ToolError::invalid_argument(format!(
                     "argument \"{}\" must be a whole number, not {}",
+                    arg.name,
+                    type_name(other)
+                )))
+            }
+            (Kind::TextArray, Value::Array(items)) => {
+                let mut texts = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => texts.push(s.clone()),
+                        other => {
+                            return Err(ToolError::invalid_argument(format!(
+                                "argument \"{}\" must be an array of strings; item {i} is {}",
+                                arg.name,
+                                type_name(other)
+                            )))
+                        }
+                    }
+                }
+                Param::TextArray(texts)
+            }
+            (Kind::TextArray, other) => {
+                return Err(ToolError::invalid_argument(format!(
+                    "argument \"{}\" must be an array of strings, not {}",
                     arg.name,
                     type_name(other)
                 )))
@@ -170,6 +206,21 @@ fn integer(n: &serde_json::Number) -> Result<i32, &'static str> {
         return Err("is out of range for an integer");
     }
     Ok(whole as i32)
+}
+
+/// A JSON number without a fraction that fits a `bigint`.
+fn big_integer(n: &serde_json::Number) -> Result<i64, &'static str> {
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() != 0.0 => Err("must be a whole number"),
+        // 2^63 itself does not fit; every f64 below it that is whole does.
+        Some(f) if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) => {
+            Ok(f as i64)
+        }
+        _ => Err("is out of range for a bigint"),
+    }
 }
 
 /// The statement for `spec` with the supplied arguments in named notation, each cast to
@@ -485,6 +536,78 @@ mod tests {
             "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_list_layers() AS r"
         );
         assert_eq!(
+            sql(
+                "amba_experiments_create",
+                json!({"experiment_key": "k", "variants": [], "guardrails": [],
+                       "dimensions": ["country", "device.type"], "bandit": {}})
+            ),
+            "SELECT \"App-1\".amba_create_experiment(experiment_key => $1::text, \
+             variants => $2::text::jsonb, guardrails => $3::text::jsonb, \
+             dimensions => $4::text[], bandit => $5::text::jsonb)::text"
+        );
+        assert_eq!(
+            sql(
+                "amba_experiments_update",
+                json!({"experiment_key": "k", "dimensions": [], "guardrails": null})
+            ),
+            "SELECT \"App-1\".amba_update_experiment(experiment_key => $1::text, \
+             dimensions => $2::text[])::text"
+        );
+        assert_eq!(
+            sql("amba_guardrails_check", json!({})),
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_check_guardrails() AS r"
+        );
+        assert_eq!(
+            sql("amba_guardrails_check", json!({"experiment_key": "k"})),
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_check_guardrails(\
+             experiment_key => $1::text) AS r"
+        );
+        // The properties have no SQL default: omitted, they are passed as NULL.
+        assert_eq!(
+            sql(
+                "amba_experiments_ratio_results",
+                json!({"experiment_key": "k", "numerator_event": "buy",
+                       "numerator_property": "amount", "denominator_event": "visit"})
+            ),
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_ratio_results(\
+             experiment_key => $1::text, numerator_event => $2::text, \
+             numerator_property => $3::text, denominator_event => $4::text, \
+             denominator_property => $5::text) AS r"
+        );
+        assert_eq!(
+            sql(
+                "amba_experiments_quantile_results",
+                json!({"experiment_key": "k", "event": "load", "value_property": "ms",
+                       "quantile": 0.9, "alpha": 0.1})
+            ),
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_quantile_results(\
+             experiment_key => $1::text, event => $2::text, value_property => $3::text, \
+             quantile => $4::double precision, alpha => $5::double precision) AS r"
+        );
+        assert_eq!(
+            sql(
+                "amba_experiments_results_by",
+                json!({"experiment_key": "k", "conversion_event": "buy", "dimension": "country"})
+            ),
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_results_by(\
+             experiment_key => $1::text, conversion_event => $2::text, dimension => $3::text) AS r"
+        );
+        assert_eq!(
+            sql(
+                "amba_experiments_bandit_update",
+                json!({"experiment_key": "k", "seed": 42})
+            ),
+            "SELECT \"App-1\".amba_bandit_update(experiment_key => $1::text, seed => $2::bigint)::text"
+        );
+        assert_eq!(
+            sql(
+                "amba_experiments_bandit_results",
+                json!({"experiment_key": "k"})
+            ),
+            "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_bandit_results(\
+             experiment_key => $1::text) AS r"
+        );
+        assert_eq!(
             sql("amba_overrides_list", json!({"experiment_key": "k"})),
             "SELECT coalesce(json_agg(r), '[]'::json)::text FROM \"App-1\".amba_list_overrides(\
              experiment_key => $1::text) AS r"
@@ -513,6 +636,59 @@ mod tests {
                 &Param::Int(7)
             ]
         );
+    }
+
+    #[test]
+    fn new_kinds_carry_their_values() {
+        let params = |tool: &str, a: Value| -> Vec<Param> {
+            let spec = tools::spec(tool).unwrap();
+            bind(spec, Some(&args(a)))
+                .unwrap()
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect()
+        };
+        assert_eq!(
+            params(
+                "amba_experiments_ratio_results",
+                json!({"experiment_key": "k", "numerator_event": "buy",
+                       "denominator_event": "visit", "denominator_property": null})
+            ),
+            [
+                Param::Text("k".into()),
+                Param::Text("buy".into()),
+                Param::NullText,
+                Param::Text("visit".into()),
+                Param::NullText
+            ]
+        );
+        assert_eq!(
+            params(
+                "amba_experiments_create",
+                json!({"experiment_key": "k", "variants": [], "dimensions": ["a", "b.c"],
+                       "bandit": {"event": "buy", "kind": "conversion"}})
+            ),
+            [
+                Param::Text("k".into()),
+                Param::Json("[]".into()),
+                Param::TextArray(vec!["a".into(), "b.c".into()]),
+                Param::Json(r#"{"event":"buy","kind":"conversion"}"#.into())
+            ]
+        );
+        for (seed, want) in [
+            (json!(7), 7_i64),
+            (json!(-7.0), -7),
+            (json!(9_007_199_254_740_993_i64), 9_007_199_254_740_993),
+            (json!(i64::MIN), i64::MIN),
+        ] {
+            assert_eq!(
+                params(
+                    "amba_experiments_bandit_update",
+                    json!({"experiment_key": "k", "seed": seed})
+                ),
+                [Param::Text("k".into()), Param::BigInt(want)]
+            );
+        }
     }
 
     #[test]
@@ -572,6 +748,51 @@ mod tests {
             json!({"experiment_key": "k", "variants": [], "layer_share": "0.3"}),
         );
         assert!(m.contains("must be a number"), "{m}");
+        for (dimensions, why) in [
+            (
+                json!("country"),
+                "must be an array of strings, not a string",
+            ),
+            (json!(["country", 3]), "item 1 is a number"),
+            (json!([null]), "item 0 is null"),
+        ] {
+            let m = err_of(
+                "amba_experiments_update",
+                json!({"experiment_key": "k", "dimensions": dimensions}),
+            );
+            assert!(m.contains(why), "{m}");
+        }
+        for (seed, why) in [
+            (json!(1.5), "must be a whole number, not 1.5"),
+            (json!(1e19), "is out of range for a bigint"),
+            (json!(u64::MAX), "is out of range for a bigint"),
+            (json!("42"), "must be a whole number, not a string"),
+        ] {
+            let m = err_of(
+                "amba_experiments_bandit_update",
+                json!({"experiment_key": "k", "seed": seed}),
+            );
+            assert!(m.contains(why), "{m}");
+        }
+        let m = err_of(
+            "amba_experiments_ratio_results",
+            json!({"experiment_key": "k", "numerator_event": "a", "denominator_event": "b",
+                   "numerator_property": 5}),
+        );
+        assert!(m.contains("must be a string, not a number"), "{m}");
+        let m = err_of(
+            "amba_experiments_ratio_results",
+            json!({"experiment_key": "k", "numerator_event": "a"}),
+        );
+        assert!(
+            m.contains("missing required argument \"denominator_event\""),
+            "{m}"
+        );
+        let m = err_of(
+            "amba_experiments_quantile_results",
+            json!({"experiment_key": "k", "event": "a", "value_property": "v"}),
+        );
+        assert!(m.contains("missing required argument \"quantile\""), "{m}");
         let m = err_of(
             "amba_overrides_set",
             json!({"experiment_key": "k", "user_id": "u"}),

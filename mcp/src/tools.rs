@@ -20,15 +20,23 @@ pub enum Kind {
     Number,
     /// A JSON number without a fraction, passed as `integer`.
     Integer,
+    /// A JSON number without a fraction, passed as `bigint`.
+    BigInt,
+    /// A JSON array of strings, passed as `text[]`.
+    TextArray,
+    /// A JSON string passed as `text`, for a parameter the SQL function has no default for:
+    /// omitted (or null) passes NULL (e.g. a ratio's property: count the events).
+    TextOrNull,
 }
 
 impl Kind {
     /// The JSON Schema `type` of the argument; `None` for `Json`, whose schema says it.
     fn json_type(self) -> Option<&'static str> {
         match self {
-            Kind::Text => Some("string"),
+            Kind::Text | Kind::TextOrNull => Some("string"),
             Kind::Number => Some("number"),
-            Kind::Integer => Some("integer"),
+            Kind::Integer | Kind::BigInt => Some("integer"),
+            Kind::TextArray => Some("array"),
             Kind::Json => None,
         }
     }
@@ -195,7 +203,10 @@ a status: draft, active, paused or ended, and optionally a targeting condition o
 attributes (GrowthBook's condition language), a coverage (the share of eligible users \
 enrolled, 0 to 1), a layer with a layer_share (experiments of one layer are mutually \
 exclusive: each owns a range of the layer's users, see amba_layers_list) and a holdout (an \
-experiment whose control holds users out of every experiment that names it). Application \
+experiment whose control holds users out of every experiment that names it), guardrails \
+(metrics it must not harm: amba_guardrails_check pauses it automatically when one trips), \
+dimensions (user attributes stored at assignment, for amba_experiments_results_by) and bandit \
+settings (amba_experiments_bandit_update moves its traffic toward the winner). Application \
 code (not these tools) then runs, per end user: \
 amba_assign(experiment_key, user_id [, attributes jsonb]) -> the user's sticky variant key \
 (deterministic hash, persisted; only 'active' experiments assign new users), or null when \
@@ -357,6 +368,93 @@ fn holdout_schema(doc: String) -> Value {
     })
 }
 
+const GUARDRAILS_DOC: &str = "Guardrails: metrics the experiment must not harm, each judged \
+for every non-control variant against the control by amba_guardrails_check, which pauses the \
+experiment (status paused, audit action auto_pause) as soon as one trips. A JSON array of at \
+most 10 objects {\"event\": string, \"kind\": \"conversion\" | \"mean\", \"value_property\": \
+string or null, \"bad\": \"decrease\" | \"increase\", \"tolerance\": number >= 0 (default 0), \
+\"alpha\": 0 < alpha < 1 (default 0.05)}. kind conversion: the share of exposed users with the \
+event at or after their assignment; kind mean: per exposed user the number of events, or the \
+sum of the numeric property value_property. bad is the harmful direction of the relative lift; \
+tolerance the relative change accepted in that direction (0.02 = 2%). Each check uses an \
+always-valid confidence interval of the relative lift at the guardrail's alpha, so checking \
+every minute for months keeps false pauses at or below alpha: a guardrail trips when bad = \
+decrease and the whole interval is below -tolerance, or bad = increase and it is above \
++tolerance. Example: [{\"event\": \"app_error\", \"kind\": \"conversion\", \"bad\": \"increase\"}, \
+{\"event\": \"purchase\", \"kind\": \"mean\", \"value_property\": \"amount\", \"bad\": \
+\"decrease\", \"tolerance\": 0.02}]. Invalid (unknown field or kind, more than 10, a negative \
+tolerance, alpha outside (0, 1)) is INVALID_ARGUMENT, nothing written.";
+
+fn guardrails_schema(doc: String) -> Value {
+    json!({
+        "type": "array",
+        "maxItems": 10,
+        "description": doc,
+        "items": {
+            "type": "object",
+            "properties": {
+                "event": {"type": "string", "description": "The event the metric is made of."},
+                "kind": {"enum": ["conversion", "mean"], "description": "conversion: share of \
+                    users with the event; mean: events (or value_property summed) per user."},
+                "value_property": {"type": ["string", "null"], "description": "For kind mean: \
+                    the numeric property to sum per user; null counts the events."},
+                "bad": {"enum": ["decrease", "increase"], "description": "The harmful \
+                    direction."},
+                "tolerance": {"type": "number", "minimum": 0, "description": "Relative change \
+                    tolerated in the bad direction (default 0)."},
+                "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                          "description": "Significance level of the always-valid interval \
+                              (default 0.05)."}
+            },
+            "required": ["event", "kind", "bad"]
+        }
+    })
+}
+
+const DIMENSIONS_DOC: &str = "Segments to break results down by (amba_experiments_results_by): \
+up to 5 attribute paths, dotted for nested attributes as in targeting, e.g. [\"country\", \
+\"device.type\"]. The values of these attributes that the application passes to a user's first \
+amba_assign(experiment_key, user_id, attributes) are stored with the assignment (as text; a \
+missing attribute is the null group) and never change; a change of dimensions applies to \
+assignments made after it. Empty, duplicate or more than 5 paths are INVALID_ARGUMENT.";
+
+fn dimensions_schema(doc: String) -> Value {
+    json!({
+        "maxItems": 5,
+        "items": {"type": "string", "minLength": 1, "maxLength": 128},
+        "description": doc,
+    })
+}
+
+const BANDIT_DOC: &str = "Makes the experiment a multi-armed bandit, whose traffic follows the \
+winner: {\"event\": string, \"kind\": \"conversion\" | \"mean\", \"value_property\": string or \
+null, \"min_weight\": number (default 0.01), \"min_users\": whole number (default 100)}. A \
+user's value: kind conversion, 1 if they have the event at or after their assignment, else 0; \
+kind mean, the number of events or the sum of value_property. amba_experiments_bandit_update \
+(run it on a schedule, e.g. pg_cron) sets new weights by top-two Thompson sampling once every \
+variant has min_users exposed users; each variant keeps at least the floor min_weight (0 < \
+min_weight < 1/k for k variants), so none is ever switched off, and nobody already assigned \
+moves. Every variant needs a weight above 0. Invalid is INVALID_ARGUMENT.";
+
+fn bandit_schema(doc: String) -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "event": {"type": "string", "description": "The event that makes the value."},
+            "kind": {"enum": ["conversion", "mean"], "description": "conversion: 1 if the user \
+                has the event, else 0; mean: events (or value_property summed) per user."},
+            "value_property": {"type": ["string", "null"], "description": "For kind mean: \
+                the numeric property to sum; null counts the events."},
+            "min_weight": {"type": "number", "exclusiveMinimum": 0, "description": "The \
+                floor every variant's weight keeps, below 1/k (default 0.01)."},
+            "min_users": {"type": "integer", "minimum": 1, "description": "Exposed users every \
+                variant needs before the weights change (default 100)."}
+        },
+        "required": ["event", "kind"],
+        "description": doc,
+    })
+}
+
 const CREATE_ARGS: &[Arg] = &[
     KEY,
     Arg {
@@ -440,6 +538,29 @@ const CREATE_ARGS: &[Arg] = &[
             ))
         },
     },
+    Arg {
+        name: "guardrails",
+        kind: Kind::Json,
+        required: false,
+        schema: || guardrails_schema(format!("Optional; omitted = none. {GUARDRAILS_DOC}")),
+    },
+    Arg {
+        name: "dimensions",
+        kind: Kind::TextArray,
+        required: false,
+        schema: || dimensions_schema(format!("Optional; omitted = none. {DIMENSIONS_DOC}")),
+    },
+    Arg {
+        name: "bandit",
+        kind: Kind::Json,
+        required: false,
+        schema: || {
+            bandit_schema(format!(
+                "Optional; omitted = an ordinary experiment whose weights change only by \
+                 amba_experiments_update. {BANDIT_DOC}"
+            ))
+        },
+    },
 ];
 
 const UPDATE_ARGS: &[Arg] = &[
@@ -505,6 +626,40 @@ const UPDATE_ARGS: &[Arg] = &[
                  one; \"\" (empty string) removes the holdout; omitted or null keeps it. Users \
                  already assigned keep their variant; users the old holdout held out were \
                  never assigned here, so they may be enrolled afterwards. {HOLDOUT_DOC}"
+            ))
+        },
+    },
+    Arg {
+        name: "guardrails",
+        kind: Kind::Json,
+        required: false,
+        schema: || {
+            guardrails_schema(format!(
+                "Optional: the new complete list, replacing the old one; [] removes every \
+                 guardrail; omitted or null keeps them. {GUARDRAILS_DOC}"
+            ))
+        },
+    },
+    Arg {
+        name: "dimensions",
+        kind: Kind::TextArray,
+        required: false,
+        schema: || {
+            dimensions_schema(format!(
+                "Optional: the new list, replacing the old one; [] removes them; omitted or \
+                 null keeps them. Users already assigned keep the values stored for them. \
+                 {DIMENSIONS_DOC}"
+            ))
+        },
+    },
+    Arg {
+        name: "bandit",
+        kind: Kind::Json,
+        required: false,
+        schema: || {
+            bandit_schema(format!(
+                "Optional: the new settings, replacing the old ones; {{}} makes it an ordinary \
+                 experiment again; omitted or null keeps them. {BANDIT_DOC}"
             ))
         },
     },
@@ -644,6 +799,184 @@ const DAILY_ARGS: &[Arg] = &[
                 "sets the (1 - alpha) interval lift_ci and sequence lift_cs and tunes \
                  sequential_p_value. p_value does not depend on it.",
             )
+        },
+    },
+];
+
+const OPTIONAL_KEY: Arg = Arg {
+    name: "experiment_key",
+    kind: Kind::Text,
+    required: false,
+    schema: || {
+        json!({
+            "minLength": 1,
+            "maxLength": 128,
+            "pattern": "^[A-Za-z0-9_.:-]+$",
+            "description": "Optional: the experiment to check (reported whatever its status; \
+                paused only if active). Omitted: every active experiment that has guardrails.",
+        })
+    },
+};
+
+const GUARDRAILS_CHECK_ARGS: &[Arg] = &[OPTIONAL_KEY];
+
+fn property_schema(doc: &str) -> Value {
+    json!({
+        "minLength": 1,
+        "maxLength": 128,
+        "description": doc,
+    })
+}
+
+const RATIO_ARGS: &[Arg] = &[
+    KEY,
+    Arg {
+        name: "numerator_event",
+        kind: Kind::Text,
+        required: true,
+        schema: || {
+            property_schema(
+                "The event of the numerator, as the application passes it to amba_track \
+                 (e.g. \"purchase\" for revenue per session).",
+            )
+        },
+    },
+    Arg {
+        name: "numerator_property",
+        kind: Kind::TextOrNull,
+        required: false,
+        schema: || {
+            property_schema(
+                "Optional: the numeric property of numerator_event to sum per user (e.g. \
+                 \"amount\"); omitted or null: count the events.",
+            )
+        },
+    },
+    Arg {
+        name: "denominator_event",
+        kind: Kind::Text,
+        required: true,
+        schema: || {
+            property_schema(
+                "The event of the denominator (e.g. \"session_start\"); may be the same as \
+                 numerator_event (e.g. average order value: amount summed over purchases \
+                 counted).",
+            )
+        },
+    },
+    Arg {
+        name: "denominator_property",
+        kind: Kind::TextOrNull,
+        required: false,
+        schema: || {
+            property_schema(
+                "Optional: the numeric property of denominator_event to sum per user; \
+                 omitted or null: count the events.",
+            )
+        },
+    },
+    Arg {
+        name: "alpha",
+        kind: Kind::Number,
+        required: false,
+        schema: || {
+            alpha_schema(
+                "sets the (1 - alpha) intervals of delta and lift. p_value and p_value_holm \
+                 do not depend on it.",
+            )
+        },
+    },
+];
+
+const QUANTILE_ARGS: &[Arg] = &[
+    KEY,
+    Arg {
+        name: "event",
+        kind: Kind::Text,
+        required: true,
+        schema: || {
+            property_schema(
+                "The event whose values are compared, as the application passes it to \
+                 amba_track (e.g. \"page_load\").",
+            )
+        },
+    },
+    Arg {
+        name: "value_property",
+        kind: Kind::Text,
+        required: true,
+        schema: || {
+            property_schema(
+                "The numeric property of the event (e.g. \"ms\" or \"amount\"); events \
+                 without it as a JSON number are left out.",
+            )
+        },
+    },
+    Arg {
+        name: "quantile",
+        kind: Kind::Number,
+        required: true,
+        schema: || {
+            json!({
+                "exclusiveMinimum": 0,
+                "exclusiveMaximum": 1,
+                "description": "Which quantile, 0 < quantile < 1: 0.5 the median, 0.9 the \
+                    90th percentile (p90), 0.99 p99.",
+            })
+        },
+    },
+    Arg {
+        name: "alpha",
+        kind: Kind::Number,
+        required: false,
+        schema: || {
+            alpha_schema(
+                "sets the (1 - alpha) intervals of delta and lift. p_value and p_value_holm \
+                 do not depend on it.",
+            )
+        },
+    },
+];
+
+const RESULTS_BY_ARGS: &[Arg] = &[
+    KEY,
+    CONVERSION_EVENT,
+    Arg {
+        name: "dimension",
+        kind: Kind::Text,
+        required: true,
+        schema: || {
+            property_schema(
+                "One of the experiment's dimensions (the attribute paths given as dimensions \
+                 to amba_experiments_create or amba_experiments_update, e.g. \"country\"); \
+                 any other is INVALID_ARGUMENT.",
+            )
+        },
+    },
+    Arg {
+        name: "alpha",
+        kind: Kind::Number,
+        required: false,
+        schema: || {
+            alpha_schema(
+                "sets the (1 - alpha) interval of lift and tunes sequential_p_value. \
+                 p_value, p_value_holm and chance_to_win do not depend on it.",
+            )
+        },
+    },
+];
+
+const BANDIT_UPDATE_ARGS: &[Arg] = &[
+    KEY,
+    Arg {
+        name: "seed",
+        kind: Kind::BigInt,
+        required: false,
+        schema: || {
+            json!({
+                "description": "Optional: a seed for reproducible sampling. The weights are \
+                    computed exactly (no random draws), so today it changes nothing.",
+            })
         },
     },
 ];
@@ -841,6 +1174,162 @@ const LAYER_COLUMNS: &[Columns] = &[
         names: &["range_start", "range_end"],
         doc: "the range [range_start, range_end) of the layer's unit interval: the users \
               whose layer bucket falls in it can be enrolled in that experiment only.",
+    },
+];
+
+const GUARDRAIL_COLUMNS: &[Columns] = &[
+    Columns {
+        names: &["experiment_key"],
+        doc: "the experiment checked; rows come per experiment, guardrail, then variant.",
+    },
+    Columns {
+        names: &["guardrail"],
+        doc: "the guardrail's index in the experiment's guardrails array, from 0.",
+    },
+    Columns {
+        names: &["variant"],
+        doc: "the non-control variant compared with the control.",
+    },
+    Columns {
+        names: &["lift"],
+        doc: "relative lift of the guardrail metric over the control (0.05 = +5%); null \
+              with too little data.",
+    },
+    Columns {
+        names: &["cs_low", "cs_high"],
+        doc: "the always-valid (1 - alpha) confidence interval of the lift at the \
+              guardrail's alpha: valid however often it is checked. Null with too little data \
+              (a null interval never trips).",
+    },
+    Columns {
+        names: &["tripped"],
+        doc: "true when the interval lies entirely on the bad side: bad = decrease and \
+              cs_high < -tolerance, or bad = increase and cs_low > tolerance.",
+    },
+    Columns {
+        names: &["paused"],
+        doc: "true on every row of an experiment that this call paused (it was active and a \
+              guardrail tripped); false when it was already paused, ended or draft, or \
+              nothing tripped.",
+    },
+];
+
+const DELTA_COLUMNS: &[Columns] = &[
+    Columns {
+        names: &["delta", "delta_ci_low", "delta_ci_high"],
+        doc: "absolute difference from the control (variant - control) and its two-sided \
+              (1 - alpha) interval.",
+    },
+    Columns {
+        names: &["p_value"],
+        doc: "two-sided p-value of delta.",
+    },
+    HOLM,
+    Columns {
+        names: &["lift", "lift_ci_low", "lift_ci_high"],
+        doc: "relative difference, delta / control value (0.05 = +5%), and its (1 - alpha) \
+              interval.",
+    },
+];
+
+const RATIO_COLUMNS: &[Columns] = &[
+    VARIANT,
+    Columns {
+        names: &["exposed_count"],
+        doc: "n, the exposed users of the variant (overridden users left out).",
+    },
+    Columns {
+        names: &["numerator_sum", "denominator_sum"],
+        doc: "the numerator and the denominator summed over the variant's exposed users \
+              (events counted, or the property summed, at or after each user's assignment).",
+    },
+    Columns {
+        names: &["ratio"],
+        doc: "numerator_sum / denominator_sum; null when denominator_sum = 0.",
+    },
+    DELTA_COLUMNS[0],
+    DELTA_COLUMNS[1],
+    DELTA_COLUMNS[2],
+    DELTA_COLUMNS[3],
+];
+
+const QUANTILE_COLUMNS: &[Columns] = &[
+    VARIANT,
+    Columns {
+        names: &["exposed_count"],
+        doc: "the exposed users of the variant, the clusters of the test (users without \
+              such events count as empty clusters).",
+    },
+    Columns {
+        names: &["event_count"],
+        doc: "the variant's counted events carrying value_property as a JSON number.",
+    },
+    Columns {
+        names: &["quantile_value"],
+        doc: "the quantile of those values (PostgreSQL's percentile_disc); null without \
+              events.",
+    },
+    DELTA_COLUMNS[0],
+    DELTA_COLUMNS[1],
+    DELTA_COLUMNS[2],
+    DELTA_COLUMNS[3],
+];
+
+const BANDIT_COLUMNS: &[Columns] = &[
+    VARIANT,
+    Columns {
+        names: &["exposed_count"],
+        doc: "the exposed users of the arm (overridden users left out).",
+    },
+    Columns {
+        names: &["mean"],
+        doc: "the period-weighted estimate of the arm's value (a conversion rate for kind \
+              conversion): each weight version's users weighted by that period's share of \
+              all users, so changing weights cannot bias it (Simpson's paradox); it is the \
+              posterior mean (Gaussian prior N(0, 10^4)); null before any data.",
+    },
+    Columns {
+        names: &["ci_low", "ci_high"],
+        doc: "the 95% posterior interval of mean.",
+    },
+    Columns {
+        names: &["best_arm_probability"],
+        doc: "the posterior probability that this arm is the best (computed exactly, no \
+              draws).",
+    },
+    Columns {
+        names: &["weight"],
+        doc: "the arm's share of new users now (the weight version in force, normalised to \
+              sum to 1).",
+    },
+];
+
+const RESULTS_BY_COLUMNS: &[Columns] = &[
+    Columns {
+        names: &["dimension_value"],
+        doc: "the segment: the value of the dimension's attribute stored at the user's first \
+              assignment, as text; null for users without that attribute (that group comes \
+              last; the others ascending).",
+    },
+    RESULTS_COLUMNS[0],
+    RESULTS_COLUMNS[1],
+    RESULTS_COLUMNS[2],
+    RESULTS_COLUMNS[3],
+    RESULTS_COLUMNS[4],
+    RESULTS_COLUMNS[5],
+    RESULTS_COLUMNS[6],
+    RESULTS_COLUMNS[7],
+    Columns {
+        names: &["p_value_holm"],
+        doc: "p_value adjusted (Holm) over every comparison of the call: all segments times \
+              all non-control variants. Use it, not p_value, before calling any one segment \
+              a winner: with many segments some p-values are small by chance.",
+    },
+    RESULTS_COLUMNS[9],
+    Columns {
+        names: &["srm_p_value"],
+        doc: "the sample-ratio-mismatch test within the segment (the same on the segment's \
+              rows); below 0.001 the segment's split is skewed.",
     },
 ];
 
@@ -1089,6 +1578,158 @@ The statistics are null on the control rows and on days with too little data (as
 amba_experiments_results). Use it to chart the lift over time with its always-valid band, \
 and to see when an effect appeared or whether it faded.
 Errors: EXPERIMENT_NOT_FOUND; INVALID_ARGUMENT for a bad conversion_event or alpha.",
+    },
+    Spec {
+        tool: "amba_experiments_ratio_results",
+        function: "amba_ratio_results",
+        title: "A/B experiment results for a ratio metric (per session, per order)",
+        args: RATIO_ARGS,
+        shape: Shape::Rows,
+        access: Access::Read,
+        legacy_wrapper: "results",
+        doc: "\
+Statistics of a ratio metric, whose unit is not the user: revenue per session, clicks per \
+page view, average order value (amount summed over purchases counted). Per exposed user M = \
+the numerator (count of numerator_event at or after assignment, or the sum of \
+numerator_property) and D likewise for the denominator; the variant's ratio is ΣM / ΣD. Each \
+variant is compared with the control by the delta method (gbstats' RatioStatistic with its \
+two-sided t-test), which accounts for one user contributing many units: treating sessions or \
+orders as independent would make intervals too narrow. Returns a JSON array with one row per \
+variant, in variant order, the control first.",
+        columns: RATIO_COLUMNS,
+        notes: "\
+The comparison columns are null on the control row and where the test has no answer (a \
+denominator_sum of 0, fewer than 2 users on a side, zero variance).
+Reading it: the variant moves the ratio when p_value < alpha (p_value_holm with several \
+variants); [lift_ci_low, lift_ci_high] is the plausible relative change.
+Errors: EXPERIMENT_NOT_FOUND; INVALID_ARGUMENT for a bad event or property name or alpha.",
+    },
+    Spec {
+        tool: "amba_experiments_quantile_results",
+        function: "amba_quantile_results",
+        title: "A/B experiment results for a quantile (p50, p90, p99)",
+        args: QUANTILE_ARGS,
+        shape: Shape::Rows,
+        access: Access::Read,
+        legacy_wrapper: "results",
+        doc: "\
+Compares a quantile of an event's values between each variant and the control: the median, \
+p90 or p99 of page load time, of order value..., where a mean would hide what happens in the \
+tail. Over the variant's counted events (exposed users, at or after their assignment) that \
+carry value_property as a JSON number. The test is gbstats' clustered quantile test \
+(QuantileClusteredStatistic with a two-sided t-test): an interval for the quantile from the \
+order statistics, with the variance clustered by user because one user contributes many \
+events. Returns a JSON array with one row per variant, in variant order, the control first.",
+        columns: QUANTILE_COLUMNS,
+        notes: "\
+The comparison columns are null on the control row and where the test has no answer (too few \
+events, zero variance with fewer than 1000 events).
+Reading it: a negative delta of p90 load time is the tail getting faster; the variant differs \
+when p_value < alpha (p_value_holm with several variants).
+Errors: EXPERIMENT_NOT_FOUND; INVALID_ARGUMENT for a bad event or value_property, a quantile \
+outside (0, 1) or alpha outside (0, 1).",
+    },
+    Spec {
+        tool: "amba_experiments_results_by",
+        function: "amba_results_by",
+        title: "A/B experiment results by segment (country, device, plan)",
+        args: RESULTS_BY_ARGS,
+        shape: Shape::Rows,
+        access: Access::Read,
+        legacy_wrapper: "results",
+        doc: "\
+The results of amba_experiments_results for a conversion event, broken down by one of the \
+experiment's dimensions (attributes stored at each user's first assignment; see dimensions \
+on amba_experiments_create): one row per (segment value, variant), values ascending with the \
+null group (users without the attribute) last, every variant under each value, control \
+first. Holm over the call: p_value_holm is adjusted over every comparison of the call (all \
+values times all non-control variants), because looking at many segments finds some small \
+p-values by chance.",
+        columns: RESULTS_BY_COLUMNS,
+        notes: "\
+Reading it: treat a segment that differs from the overall result as a hypothesis for a new \
+experiment unless its p_value_holm < alpha. Users assigned before the dimension was added are \
+in the null group.
+Errors: EXPERIMENT_NOT_FOUND; INVALID_ARGUMENT for a dimension that is not one of the \
+experiment's, a bad conversion_event or alpha.",
+    },
+    Spec {
+        tool: "amba_guardrails_check",
+        function: "amba_check_guardrails",
+        title: "Check guardrails and pause harmful experiments",
+        args: GUARDRAILS_CHECK_ARGS,
+        shape: Shape::Rows,
+        access: Access::Write {
+            destructive: true,
+            idempotent: true,
+        },
+        legacy_wrapper: "guardrails",
+        doc: "\
+Judge the guardrails (see guardrails on amba_experiments_create) of one experiment, or of \
+every active experiment that has some, and auto pause any active experiment where one trips. \
+For each guardrail and each non-control variant it computes the relative lift of the \
+guardrail metric over the control and its always-valid confidence interval (a confidence \
+sequence at the guardrail's alpha, valid however often it is looked at, so checking every \
+minute for months keeps false pauses at or below alpha). A guardrail trips when the whole \
+interval lies on the bad side beyond the tolerance. Auto pause: in the same transaction the \
+experiment's status becomes paused (users already assigned keep their variant, new users get \
+EXPERIMENT_INACTIVE), the audit trail gets an auto_pause row listing the tripping rows, and a \
+NOTIFY on channel amba is sent per tripping row. Paused, ended and draft experiments are \
+reported but left alone; a repeated call changes nothing more. Resume with \
+amba_experiments_update status active. The database can run it every minute with pg_cron: \
+SELECT amba_check_guardrails(). Returns a JSON array of rows, [] when there is nothing to \
+check.",
+        columns: GUARDRAIL_COLUMNS,
+        notes: "\
+Errors: EXPERIMENT_NOT_FOUND for an unknown experiment_key; INVALID_ARGUMENT for a malformed \
+one. Needs the rights of amba_admin (it may pause experiments).",
+    },
+    Spec {
+        tool: "amba_experiments_bandit_update",
+        function: "amba_bandit_update",
+        title: "Move a bandit experiment's traffic toward the winner",
+        args: BANDIT_UPDATE_ARGS,
+        shape: Shape::Object,
+        access: Access::Write {
+            destructive: true,
+            idempotent: false,
+        },
+        legacy_wrapper: "bandit",
+        doc: "\
+Set new weights for a bandit experiment (one created with bandit settings) from the data so \
+far. Each arm's value is estimated period by period (a period is a weight version), so \
+earlier weight changes cannot bias it, with a Gaussian posterior. The new weights are \
+top-two Thompson sampling computed exactly: w_i = (P(arm i is best) + P(arm i is second \
+best)) / 2, then the floor: p_i = min_weight + (1 - k * min_weight) * w_i for k arms, so no \
+arm ever gets 0 and the control stays first. Nothing changes until every arm has min_users \
+exposed users: then it returns {\"updated\": false, \"reason\": \"...\"} (not an error). \
+Otherwise it stores the weights as a new weight version (sticky: nobody already assigned \
+moves; new users get the new split), writes an audit row (action bandit_update) and returns \
+{\"updated\": true, \"weights\": [...], \"best_arm_probabilities\": [...]} in variant order. \
+Run it on a schedule (e.g. pg_cron, every hour).",
+        columns: &[],
+        notes: "\
+Errors: EXPERIMENT_NOT_FOUND; INVALID_ARGUMENT when the experiment is not a bandit.",
+    },
+    Spec {
+        tool: "amba_experiments_bandit_results",
+        function: "amba_bandit_results",
+        title: "A bandit experiment's arms: estimates and weights",
+        args: &[KEY],
+        shape: Shape::Rows,
+        access: Access::Read,
+        legacy_wrapper: "results",
+        doc: "\
+The state of a bandit experiment: one row per arm (variant), in variant order, the control \
+first, with the period-weighted estimate of its value, its 95% posterior interval, the \
+probability that it is the best arm, and the weight it gets now.",
+        columns: BANDIT_COLUMNS,
+        notes: "\
+Reading it: best_arm_probability near 1 for one arm means the bandit has found the winner; \
+the weights then approach that arm's share with the floor min_weight left to the others. \
+amba_experiments_results still works on a bandit, but its z-test pools users across weight \
+versions (not period-weighted); use these estimates for the bandit's arms.
+Errors: EXPERIMENT_NOT_FOUND; INVALID_ARGUMENT when the experiment is not a bandit.",
     },
     Spec {
         tool: "amba_overrides_set",

@@ -283,6 +283,76 @@ const DAILY_COLUMNS: &[&str] = &[
     "lift_cs_high",
 ];
 const OVERRIDE_COLUMNS: &[&str] = &["user_id", "variant", "set_at"];
+// SPEC §12-§14 (0.3.0).
+const GUARDRAIL_COLUMNS: &[&str] = &[
+    "experiment_key",
+    "guardrail",
+    "variant",
+    "lift",
+    "cs_low",
+    "cs_high",
+    "tripped",
+    "paused",
+];
+const RATIO_COLUMNS: &[&str] = &[
+    "variant",
+    "is_control",
+    "exposed_count",
+    "numerator_sum",
+    "denominator_sum",
+    "ratio",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "p_value",
+    "p_value_holm",
+    "lift",
+    "lift_ci_low",
+    "lift_ci_high",
+];
+const QUANTILE_COLUMNS: &[&str] = &[
+    "variant",
+    "is_control",
+    "exposed_count",
+    "event_count",
+    "quantile_value",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "p_value",
+    "p_value_holm",
+    "lift",
+    "lift_ci_low",
+    "lift_ci_high",
+];
+const RESULTS_BY_COLUMNS: &[&str] = &[
+    "dimension_value",
+    "variant",
+    "is_control",
+    "assigned_count",
+    "exposed_count",
+    "converted_count",
+    "conversion_rate",
+    "z_score",
+    "p_value",
+    "lift",
+    "lift_ci_low",
+    "lift_ci_high",
+    "chance_to_win",
+    "p_value_holm",
+    "sequential_p_value",
+    "srm_p_value",
+];
+const BANDIT_COLUMNS: &[&str] = &[
+    "variant",
+    "is_control",
+    "exposed_count",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "best_arm_probability",
+    "weight",
+];
 const LAYER_COLUMNS: &[&str] = &[
     "layer",
     "experiment_key",
@@ -314,6 +384,9 @@ const TOOLS: &[ToolContract] = &[
             "layer",
             "layer_share",
             "holdout",
+            "guardrails",
+            "dimensions",
+            "bandit",
         ],
         &["experiment_key", "variants"],
         &[],
@@ -336,6 +409,9 @@ const TOOLS: &[ToolContract] = &[
             "targeting",
             "coverage",
             "holdout",
+            "guardrails",
+            "dimensions",
+            "bandit",
         ],
         &["experiment_key"],
         &[],
@@ -372,6 +448,55 @@ const TOOLS: &[ToolContract] = &[
         &["experiment_key", "conversion_event", "alpha"],
         &["experiment_key", "conversion_event"],
         DAILY_COLUMNS,
+    ),
+    (
+        "amba_experiments_ratio_results",
+        &[
+            "experiment_key",
+            "numerator_event",
+            "numerator_property",
+            "denominator_event",
+            "denominator_property",
+            "alpha",
+        ],
+        &["experiment_key", "numerator_event", "denominator_event"],
+        RATIO_COLUMNS,
+    ),
+    (
+        "amba_experiments_quantile_results",
+        &[
+            "experiment_key",
+            "event",
+            "value_property",
+            "quantile",
+            "alpha",
+        ],
+        &["experiment_key", "event", "value_property", "quantile"],
+        QUANTILE_COLUMNS,
+    ),
+    (
+        "amba_experiments_results_by",
+        &["experiment_key", "conversion_event", "dimension", "alpha"],
+        &["experiment_key", "conversion_event", "dimension"],
+        RESULTS_BY_COLUMNS,
+    ),
+    (
+        "amba_guardrails_check",
+        &["experiment_key"],
+        &[],
+        GUARDRAIL_COLUMNS,
+    ),
+    (
+        "amba_experiments_bandit_update",
+        &["experiment_key", "seed"],
+        &["experiment_key"],
+        &[],
+    ),
+    (
+        "amba_experiments_bandit_results",
+        &["experiment_key"],
+        &["experiment_key"],
+        BANDIT_COLUMNS,
     ),
     (
         "amba_overrides_set",
@@ -607,6 +732,93 @@ fn lists_every_tool_with_schemas() {
         "{layers}"
     );
     assert!(doc("amba_experiments_delete").contains("holdout"));
+    // Guardrails, dimensions and bandits (SPEC §12-§14) on create and update.
+    for tool in ["amba_experiments_create", "amba_experiments_update"] {
+        let guardrails = property(tool, "guardrails");
+        assert_eq!(guardrails["type"], "array", "{tool}");
+        assert_eq!(guardrails["maxItems"], 10, "{tool}");
+        assert_eq!(
+            guardrails["items"]["properties"]["bad"]["enum"],
+            json!(["decrease", "increase"]),
+            "{tool}"
+        );
+        let text = guardrails["description"].as_str().unwrap();
+        assert!(
+            text.contains("always-valid")
+                && text.contains("amba_guardrails_check")
+                && text.contains("tolerance")
+                && text.contains("paused"),
+            "{tool}: {text}"
+        );
+        let dimensions = property(tool, "dimensions");
+        assert_eq!(dimensions["type"], "array", "{tool}");
+        assert_eq!(dimensions["items"]["type"], "string", "{tool}");
+        assert_eq!(dimensions["maxItems"], 5, "{tool}");
+        assert!(dimensions["description"]
+            .as_str()
+            .unwrap()
+            .contains("amba_experiments_results_by"));
+        let bandit = property(tool, "bandit");
+        assert_eq!(bandit["type"], "object", "{tool}");
+        let text = bandit["description"].as_str().unwrap();
+        assert!(
+            text.contains("top-two Thompson")
+                && text.contains("min_weight")
+                && text.contains("min_users"),
+            "{tool}: {text}"
+        );
+    }
+    assert!(
+        property("amba_experiments_update", "guardrails")["description"]
+            .as_str()
+            .unwrap()
+            .contains("[] removes")
+    );
+    assert!(property("amba_experiments_update", "bandit")["description"]
+        .as_str()
+        .unwrap()
+        .contains("{} makes it an ordinary"));
+    assert_eq!(
+        property("amba_experiments_bandit_update", "seed")["type"],
+        "integer"
+    );
+    assert_eq!(
+        property("amba_experiments_quantile_results", "quantile")["type"],
+        "number"
+    );
+    let guardrails = doc("amba_guardrails_check");
+    assert!(
+        guardrails.contains("always-valid")
+            && guardrails.contains("auto pause")
+            && guardrails.contains("auto_pause")
+            && guardrails.contains("pg_cron"),
+        "{guardrails}"
+    );
+    assert!(doc("amba_experiments_ratio_results").contains("delta method"));
+    assert!(doc("amba_experiments_quantile_results").contains("quantile test"));
+    assert!(doc("amba_experiments_results_by").contains("Holm over the call"));
+    let bandit = doc("amba_experiments_bandit_update");
+    assert!(
+        bandit.contains("top-two Thompson")
+            && bandit.contains("floor")
+            && bandit.contains("min_users"),
+        "{bandit}"
+    );
+    let annotations = |tool: &str| -> Value {
+        tools.iter().find(|t| t["name"] == tool).unwrap()["annotations"].clone()
+    };
+    for tool in [
+        "amba_experiments_ratio_results",
+        "amba_experiments_quantile_results",
+        "amba_experiments_results_by",
+        "amba_experiments_bandit_results",
+    ] {
+        assert_eq!(annotations(tool)["readOnlyHint"], true, "{tool}");
+    }
+    // The check and the bandit update write (a pause, a weight version).
+    for tool in ["amba_guardrails_check", "amba_experiments_bandit_update"] {
+        assert_eq!(annotations(tool)["readOnlyHint"], false, "{tool}");
+    }
     assert_eq!(
         tools
             .iter()
@@ -620,6 +832,12 @@ fn lists_every_tool_with_schemas() {
         "amba_overrides_list",
         "amba_experiments_metric_results",
         "amba_experiments_results_daily",
+        "amba_experiments_ratio_results",
+        "amba_experiments_quantile_results",
+        "amba_experiments_results_by",
+        "amba_guardrails_check",
+        "amba_experiments_bandit_update",
+        "amba_experiments_bandit_results",
     ] {
         assert!(doc(tool).contains("EXPERIMENT_NOT_FOUND"), "{tool}");
     }
@@ -2286,4 +2504,749 @@ fn works_with_the_extension_in_a_schema_that_needs_quoting() {
     );
     drop(server);
     drop(db);
+}
+
+// ---------------------------------------------------------------------------------------
+// 0.3.0: guardrails (SPEC §12), ratio / quantile / by-segment results (§13), bandits (§14)
+
+/// Assigns (with `attributes(i)`), exposes and tracks `n` users of `k` in one transaction:
+/// `events(i, variant)` gives each user's events as (name, properties). Returns each user
+/// with their variant.
+fn seed_users(
+    db: &mut Client,
+    k: &str,
+    n: usize,
+    attributes: impl Fn(usize) -> Value,
+    events: impl Fn(usize, &str) -> Vec<(String, Value)>,
+) -> Vec<(String, String)> {
+    let mut tx = db.transaction().unwrap();
+    let users = (0..n)
+        .map(|i| {
+            let u = format!("{k}-user-{i}");
+            let attrs = attributes(i).to_string();
+            let v: String = tx
+                .query_one(
+                    "SELECT amba_assign($1::text, $2::text, $3::text::jsonb)",
+                    &[&k, &u, &attrs],
+                )
+                .unwrap()
+                .get(0);
+            tx.execute("SELECT amba_expose($1::text, $2::text)", &[&k, &u])
+                .unwrap();
+            for (event, properties) in events(i, &v) {
+                let properties = properties.to_string();
+                tx.execute(
+                    "SELECT amba_track($1::text, $2::text, $3::text::jsonb)",
+                    &[&u, &event, &properties],
+                )
+                .unwrap();
+            }
+            (u, v)
+        })
+        .collect();
+    tx.commit().unwrap();
+    users
+}
+
+/// The experiment's audit rows with `action`, oldest first (their `after` jsonb).
+fn history(db: &mut Client, k: &str, action: &str) -> Vec<Value> {
+    db.query(
+        "SELECT after::text FROM amba_experiment_history($1::text) WHERE action = $2",
+        &[&k, &action],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| serde_json::from_str(&r.get::<_, String>(0)).unwrap())
+    .collect()
+}
+
+fn get_experiment_sql(db: &mut Client, k: &str) -> Value {
+    let text: String = db
+        .query_one("SELECT amba_get_experiment($1::text)::text", &[&k])
+        .unwrap()
+        .get(0);
+    serde_json::from_str(&text).unwrap()
+}
+
+/// SPEC §12 over MCP: create and update carry guardrails; amba_guardrails_check reports a
+/// row per guardrail and non-control variant, pauses an active experiment once when one
+/// trips (auto_pause audit row listing the tripping rows), and a second check changes
+/// nothing (its rows equal SQL amba_check_guardrails').
+#[test]
+fn guardrails_check_pauses_once() {
+    let k = key("guardrails");
+    let bad = key("guardrails_bad");
+    let missing = key("guardrails_never_created");
+    let _cleanup = Cleanup(vec![k.clone(), bad.clone()]);
+    let errors = format!("app_error_{}", std::process::id());
+    let purchase = format!("purchase_{}", std::process::id());
+    let mut db = sql();
+    let mut server = Server::start();
+    let two = json!([{"key": "control", "weight": 1}, {"key": "treatment", "weight": 1}]);
+
+    let guardrails = json!([
+        {"event": errors, "kind": "conversion", "bad": "increase"},
+        {"event": purchase, "kind": "mean", "value_property": "amount", "bad": "decrease",
+         "tolerance": 0.5, "alpha": 0.1}
+    ]);
+    let created = server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": k, "variants": two, "guardrails": guardrails}),
+    );
+    // Stored with the defaults written out, as SQL returns it.
+    assert_eq!(created, get_experiment_sql(&mut db, &k));
+    let stored = created["guardrails"]
+        .as_array()
+        .expect("guardrails")
+        .clone();
+    assert_eq!(stored.len(), 2, "{created}");
+    assert_eq!(stored[0]["event"], json!(errors));
+    assert!(
+        near(&stored[0]["alpha"], 0.05) && near(&stored[0]["tolerance"], 0.0),
+        "{created}"
+    );
+    assert!(
+        near(&stored[1]["alpha"], 0.1) && near(&stored[1]["tolerance"], 0.5),
+        "{created}"
+    );
+
+    // Invalid guardrails: INVALID_ARGUMENT from SQL, nothing created.
+    let eleven: Vec<Value> = (0..11)
+        .map(|_| json!({"event": "e", "kind": "conversion", "bad": "increase"}))
+        .collect();
+    for invalid in [
+        json!([{"event": "e", "kind": "ratio", "bad": "increase"}]),
+        json!([{"event": "e", "kind": "conversion", "bad": "sideways"}]),
+        json!([{"event": "e", "kind": "conversion", "bad": "increase", "tolerance": -1}]),
+        json!([{"event": "e", "kind": "conversion", "bad": "increase", "alpha": 1}]),
+        json!({"event": "e", "kind": "conversion", "bad": "increase"}),
+        json!(eleven),
+    ] {
+        let text = server.err(
+            "amba_experiments_create",
+            json!({"experiment_key": bad, "variants": two, "guardrails": invalid}),
+            "INVALID_ARGUMENT",
+        );
+        assert!(text.contains("SQLSTATE 22023"), "{invalid}: {text}");
+    }
+    server.err(
+        "amba_experiments_get",
+        json!({"experiment_key": bad}),
+        "EXPERIMENT_NOT_FOUND",
+    );
+
+    // Before any data: a row per guardrail and variant, nothing defined, nothing tripped;
+    // the same rows as SQL (nothing to pause, so the SQL call changes nothing either).
+    let (rows, text) = server.ok_text("amba_guardrails_check", json!({"experiment_key": k}));
+    assert_columns(&text, GUARDRAIL_COLUMNS);
+    assert_eq!(
+        rows,
+        sql_rows(&mut db, "amba_check_guardrails($1::text)", &[&k])
+    );
+    let rows = rows.as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["experiment_key"], json!(k));
+        assert_eq!(row["guardrail"], json!(i));
+        assert_eq!(row["variant"], "treatment");
+        assert_eq!(
+            (row["tripped"].clone(), row["paused"].clone()),
+            (json!(false), json!(false))
+        );
+    }
+
+    // Data: the treatment raises errors from 20% to (nearly) everyone; purchases are alike.
+    let users = seed_users(
+        &mut db,
+        &k,
+        600,
+        |_| json!({}),
+        |i, v| {
+            let mut events = vec![(purchase.clone(), json!({"amount": 10 + i % 7}))];
+            if v == "treatment" || i % 5 == 0 {
+                events.push((errors.clone(), json!({})));
+            }
+            events
+        },
+    );
+    assert!(users.iter().any(|(_, v)| v == "treatment"));
+
+    // The check pauses the experiment: guardrail 0 tripped, every row says paused.
+    let rows = server.ok("amba_guardrails_check", json!({"experiment_key": k}));
+    let rows = rows.as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["tripped"], true, "{rows:?}");
+    assert!(
+        rows[0]["cs_low"].as_f64().unwrap() > 0.0,
+        "the interval lies above 0: {rows:?}"
+    );
+    assert_eq!(rows[1]["tripped"], false, "{rows:?}");
+    assert!(rows.iter().all(|r| r["paused"] == true), "{rows:?}");
+    let now = server.ok("amba_experiments_get", json!({"experiment_key": k}));
+    assert_eq!(now["status"], "paused");
+    let paused = history(&mut db, &k, "auto_pause");
+    assert_eq!(paused.len(), 1, "{paused:?}");
+    assert_eq!(paused[0]["status"], "paused");
+    assert_eq!(
+        paused[0]["tripped"],
+        json!([{"guardrail": 0, "variant": "treatment", "lift": rows[0]["lift"],
+                "cs_low": rows[0]["cs_low"], "cs_high": rows[0]["cs_high"]}]),
+        "the audit row lists the tripping rows"
+    );
+    // New users are turned away now.
+    let e = db
+        .query_one(
+            "SELECT amba_assign($1::text, $2::text)",
+            &[&k, &format!("{k}-late-user")],
+        )
+        .expect_err("paused");
+    assert!(
+        e.as_db_error()
+            .is_some_and(|d| d.message().starts_with("EXPERIMENT_INACTIVE")),
+        "{e}"
+    );
+
+    // Again: the same numbers, paused false (already paused), no second audit row; the
+    // tool's rows equal the SQL function's.
+    let again = server.ok("amba_guardrails_check", json!({"experiment_key": k}));
+    let again_rows = again.as_array().unwrap();
+    for (a, b) in again_rows.iter().zip(&rows) {
+        for column in [
+            "guardrail",
+            "variant",
+            "lift",
+            "cs_low",
+            "cs_high",
+            "tripped",
+        ] {
+            assert_eq!(a[column], b[column], "{column}");
+        }
+        assert_eq!(a["paused"], false);
+    }
+    assert_eq!(
+        again,
+        sql_rows(&mut db, "amba_check_guardrails($1::text)", &[&k])
+    );
+    assert_eq!(history(&mut db, &k, "auto_pause").len(), 1);
+
+    // Resume and remove the guardrails ([]): nothing left to check for it.
+    let updated = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "status": "active", "guardrails": []}),
+    );
+    assert!(updated["guardrails"].is_null(), "{updated}");
+    assert_eq!(updated["status"], "active");
+    assert_eq!(
+        server.ok("amba_guardrails_check", json!({"experiment_key": k})),
+        json!([])
+    );
+    // Omitted keeps them; a new list replaces them.
+    let one = json!([{"event": errors, "kind": "conversion", "bad": "increase",
+                      "tolerance": 100}]);
+    let updated = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "guardrails": one}),
+    );
+    assert_eq!(updated["guardrails"].as_array().map(Vec::len), Some(1));
+    let updated = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "name": "renamed"}),
+    );
+    assert_eq!(updated["guardrails"].as_array().map(Vec::len), Some(1));
+    // A tolerance of 100 (+10000%) is not exceeded: reported, not tripped, still active.
+    let rows = server.ok("amba_guardrails_check", json!({"experiment_key": k}));
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["tripped"], false, "{rows}");
+    assert_eq!(
+        server.ok("amba_experiments_get", json!({"experiment_key": k}))["status"],
+        "active"
+    );
+
+    server.err(
+        "amba_guardrails_check",
+        json!({"experiment_key": missing}),
+        "EXPERIMENT_NOT_FOUND",
+    );
+    server.err(
+        "amba_guardrails_check",
+        json!({"experiment_key": "bad key"}),
+        "INVALID_ARGUMENT",
+    );
+    assert!(server.alive());
+}
+
+/// SPEC §13 over MCP: ratio, quantile and by-segment results equal the SQL functions' rows
+/// (columns in order); create and update carry dimensions; bad input is INVALID_ARGUMENT.
+#[test]
+fn ratio_quantile_and_segment_results() {
+    let k = key("segments");
+    let bad = key("segments_bad");
+    let missing = key("segments_never_created");
+    let _cleanup = Cleanup(vec![k.clone(), bad.clone()]);
+    let pid = std::process::id();
+    let (visit, buy, load) = (
+        format!("visit_{pid}"),
+        format!("buy_{pid}"),
+        format!("load_{pid}"),
+    );
+    let mut db = sql();
+    let mut server = Server::start();
+    let three = json!([{"key": "control", "weight": 1}, {"key": "fast", "weight": 1},
+                       {"key": "faster", "weight": 1}]);
+
+    let created = server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": k, "variants": three,
+               "dimensions": ["country", "device.type"]}),
+    );
+    assert_eq!(created["dimensions"], json!(["country", "device.type"]));
+    assert_eq!(created, get_experiment_sql(&mut db, &k));
+    for invalid in [
+        json!(["a", "b", "c", "d", "e", "f"]),
+        json!(["country", "country"]),
+        json!([""]),
+    ] {
+        server.err(
+            "amba_experiments_create",
+            json!({"experiment_key": bad, "variants": three, "dimensions": invalid}),
+            "INVALID_ARGUMENT",
+        );
+    }
+    let text = server.err(
+        "amba_experiments_create",
+        json!({"experiment_key": bad, "variants": three, "dimensions": ["country", 1]}),
+        "INVALID_ARGUMENT",
+    );
+    assert!(text.contains("array of strings"), "{text}");
+    server.err(
+        "amba_experiments_get",
+        json!({"experiment_key": bad}),
+        "EXPERIMENT_NOT_FOUND",
+    );
+
+    // 450 users: three countries (one group without the attribute), two devices; visits,
+    // purchases with an amount, page loads with a time in ms.
+    seed_users(
+        &mut db,
+        &k,
+        450,
+        |i| match i % 3 {
+            0 => json!({"country": "US", "device": {"type": "ios"}}),
+            1 => json!({"country": "DE", "device": {"type": "web"}}),
+            _ => json!({"device": {"type": "ios"}}),
+        },
+        |i, v| {
+            let mut events = vec![(visit.clone(), json!({}))];
+            if i % 2 == 0 {
+                events.push((visit.clone(), json!({})));
+            }
+            let buys = match v {
+                "control" => i % 4 == 0,
+                "fast" => i % 3 == 0,
+                _ => i % 2 == 0,
+            };
+            if buys {
+                events.push((buy.clone(), json!({"amount": 5 + (i * 7) % 40})));
+            }
+            let base = match v {
+                "control" => 900,
+                "fast" => 800,
+                _ => 700,
+            };
+            for j in 0..(1 + i % 3) {
+                events.push((load.clone(), json!({"ms": base + (i * 37 + j * 101) % 500})));
+            }
+            events
+        },
+    );
+
+    // Ratio: revenue per visit, and (properties omitted: NULL) purchases per visit.
+    let (rows, text) = server.ok_text(
+        "amba_experiments_ratio_results",
+        json!({"experiment_key": k, "numerator_event": buy, "numerator_property": "amount",
+               "denominator_event": visit}),
+    );
+    assert_columns(&text, RATIO_COLUMNS);
+    assert_eq!(
+        rows,
+        sql_rows(
+            &mut db,
+            "amba_ratio_results($1::text, $2::text, 'amount', $3::text, NULL)",
+            &[&k, &buy, &visit]
+        )
+    );
+    let rows = rows.as_array().unwrap().clone();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["is_control"], true);
+    assert!(
+        rows[0]["delta"].is_null() && rows[1]["p_value"].is_number(),
+        "{rows:?}"
+    );
+    let counted = server.ok(
+        "amba_experiments_ratio_results",
+        json!({"experiment_key": k, "numerator_event": buy, "denominator_event": visit,
+               "numerator_property": null, "alpha": 0.1}),
+    );
+    assert_eq!(
+        counted,
+        sql_rows(
+            &mut db,
+            "amba_ratio_results($1::text, $2::text, NULL, $3::text, NULL, 0.1)",
+            &[&k, &buy, &visit]
+        )
+    );
+
+    // Quantile: p90 of the load time; the alpha changes the interval, not the p-value.
+    let (rows, text) = server.ok_text(
+        "amba_experiments_quantile_results",
+        json!({"experiment_key": k, "event": load, "value_property": "ms", "quantile": 0.9}),
+    );
+    assert_columns(&text, QUANTILE_COLUMNS);
+    assert_eq!(
+        rows,
+        sql_rows(
+            &mut db,
+            "amba_quantile_results($1::text, $2::text, 'ms', 0.9)",
+            &[&k, &load]
+        )
+    );
+    assert!(rows[1]["delta"].as_f64().unwrap() < 0.0, "{rows}");
+    let wide = server.ok(
+        "amba_experiments_quantile_results",
+        json!({"experiment_key": k, "event": load, "value_property": "ms", "quantile": 0.9,
+               "alpha": 0.01}),
+    );
+    assert_eq!(wide[1]["p_value"], rows[1]["p_value"]);
+    assert_eq!(
+        wide,
+        sql_rows(
+            &mut db,
+            "amba_quantile_results($1::text, $2::text, 'ms', 0.9, 0.01)",
+            &[&k, &load]
+        )
+    );
+
+    // By segment: each dimension, rows per (value, variant), values ascending, NULL last.
+    for (dimension, values) in [
+        ("country", vec![json!("DE"), json!("US"), Value::Null]),
+        ("device.type", vec![json!("ios"), json!("web")]),
+    ] {
+        let (rows, text) = server.ok_text(
+            "amba_experiments_results_by",
+            json!({"experiment_key": k, "conversion_event": buy, "dimension": dimension}),
+        );
+        assert_columns(&text, RESULTS_BY_COLUMNS);
+        assert_eq!(
+            rows,
+            sql_rows(
+                &mut db,
+                "amba_results_by($1::text, $2::text, $3::text)",
+                &[&k, &buy, &dimension]
+            ),
+            "{dimension}"
+        );
+        let got: Vec<(Value, Value)> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["dimension_value"].clone(), r["variant"].clone()))
+            .collect();
+        let want: Vec<(Value, Value)> = values
+            .iter()
+            .flat_map(|v| {
+                ["control", "fast", "faster"]
+                    .iter()
+                    .map(move |variant| (v.clone(), json!(variant)))
+            })
+            .collect();
+        assert_eq!(got, want, "{dimension}");
+    }
+    let by = server.ok(
+        "amba_experiments_results_by",
+        json!({"experiment_key": k, "conversion_event": buy, "dimension": "country",
+               "alpha": 0.2}),
+    );
+    assert_eq!(
+        by,
+        sql_rows(
+            &mut db,
+            "amba_results_by($1::text, $2::text, 'country', 0.2)",
+            &[&k, &buy]
+        )
+    );
+    let text = server.err(
+        "amba_experiments_results_by",
+        json!({"experiment_key": k, "conversion_event": buy, "dimension": "plan"}),
+        "INVALID_ARGUMENT",
+    );
+    assert!(text.contains("plan"), "{text}");
+
+    // Update: a new list replaces the old one, [] removes them.
+    let updated = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "dimensions": ["plan"]}),
+    );
+    assert_eq!(updated["dimensions"], json!(["plan"]));
+    server.err(
+        "amba_experiments_results_by",
+        json!({"experiment_key": k, "conversion_event": buy, "dimension": "country"}),
+        "INVALID_ARGUMENT",
+    );
+    let updated = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "dimensions": []}),
+    );
+    assert!(updated["dimensions"].is_null(), "{updated}");
+
+    // Errors.
+    server.err(
+        "amba_experiments_quantile_results",
+        json!({"experiment_key": k, "event": load, "value_property": "ms", "quantile": 1.5}),
+        "INVALID_ARGUMENT",
+    );
+    server.err(
+        "amba_experiments_ratio_results",
+        json!({"experiment_key": k, "numerator_event": buy, "denominator_event": visit,
+               "alpha": 2}),
+        "INVALID_ARGUMENT",
+    );
+    for (tool, args) in [
+        (
+            "amba_experiments_ratio_results",
+            json!({"experiment_key": missing, "numerator_event": buy,
+                   "denominator_event": visit}),
+        ),
+        (
+            "amba_experiments_quantile_results",
+            json!({"experiment_key": missing, "event": load, "value_property": "ms",
+                   "quantile": 0.5}),
+        ),
+        (
+            "amba_experiments_results_by",
+            json!({"experiment_key": missing, "conversion_event": buy,
+                   "dimension": "country"}),
+        ),
+    ] {
+        server.err(tool, args, "EXPERIMENT_NOT_FOUND");
+    }
+    assert!(server.alive());
+}
+
+/// SPEC §14 over MCP: create and update carry bandit settings; nothing changes before every
+/// arm has min_users exposed users; then an update writes new weights (floor respected,
+/// the winner favoured) as a new weight version with a bandit_update audit row, and
+/// amba_experiments_bandit_results equals the SQL function's rows before and after.
+#[test]
+fn bandit_update_and_results() {
+    let k = key("bandit");
+    let plain = key("bandit_plain");
+    let bad = key("bandit_bad");
+    let missing = key("bandit_never_created");
+    let _cleanup = Cleanup(vec![k.clone(), plain.clone(), bad.clone()]);
+    let buy = format!("bandit_buy_{}", std::process::id());
+    let mut db = sql();
+    let mut server = Server::start();
+    let three = json!([{"key": "control", "weight": 1}, {"key": "b", "weight": 1},
+                       {"key": "c", "weight": 1}]);
+
+    let created = server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": k, "variants": three,
+               "bandit": {"event": buy, "kind": "conversion", "min_users": 40,
+                          "min_weight": 0.05}}),
+    );
+    assert_eq!(created, get_experiment_sql(&mut db, &k));
+    assert_eq!(created["bandit"]["event"], json!(buy), "{created}");
+    assert_eq!(created["bandit"]["min_users"], 40, "{created}");
+    assert!(near(&created["bandit"]["min_weight"], 0.05), "{created}");
+    for invalid in [
+        json!({"event": buy, "kind": "conversion", "min_weight": 0.5}),
+        json!({"event": buy, "kind": "median"}),
+        json!({"event": buy, "kind": "conversion", "min_users": 0}),
+        json!({"event": buy, "kind": "conversion", "colour": "red"}),
+        json!([buy]),
+    ] {
+        server.err(
+            "amba_experiments_create",
+            json!({"experiment_key": bad, "variants": three, "bandit": invalid}),
+            "INVALID_ARGUMENT",
+        );
+    }
+    server.err(
+        "amba_experiments_get",
+        json!({"experiment_key": bad}),
+        "EXPERIMENT_NOT_FOUND",
+    );
+
+    // Before data: equal weights, as SQL says.
+    let (rows, text) = server.ok_text(
+        "amba_experiments_bandit_results",
+        json!({"experiment_key": k}),
+    );
+    assert_columns(&text, BANDIT_COLUMNS);
+    assert_eq!(
+        rows,
+        sql_rows(&mut db, "amba_bandit_results($1::text)", &[&k])
+    );
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| near(&r["weight"], 1.0 / 3.0)),
+        "{rows}"
+    );
+    let versions = |db: &mut Client| -> i64 {
+        db.query_one(
+            "SELECT count(*) FROM amba.weight_versions w JOIN amba.experiments e \
+             ON e.id = w.experiment_id WHERE e.key = $1",
+            &[&k],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let before = versions(&mut db);
+
+    // Too few users: nothing changes, no error.
+    seed_users(&mut db, &k, 30, |_| json!({}), |_, _| vec![]);
+    let not_yet = server.ok(
+        "amba_experiments_bandit_update",
+        json!({"experiment_key": k}),
+    );
+    assert_eq!(not_yet["updated"], false, "{not_yet}");
+    assert!(
+        not_yet["reason"].as_str().is_some_and(|r| r.contains("40")),
+        "{not_yet}"
+    );
+    assert_eq!(versions(&mut db), before);
+    assert!(history(&mut db, &k, "bandit_update").is_empty());
+
+    // Enough users (the first 30 are those above): c converts far more often.
+    seed_users(
+        &mut db,
+        &k,
+        300,
+        |_| json!({}),
+        |i, v| {
+            let converts = match v {
+                "c" => i % 2 == 0,
+                _ => i % 10 == 0,
+            };
+            if converts {
+                vec![(buy.clone(), json!({}))]
+            } else {
+                vec![]
+            }
+        },
+    );
+    let arms = server.ok(
+        "amba_experiments_bandit_results",
+        json!({"experiment_key": k}),
+    );
+    assert_eq!(
+        arms,
+        sql_rows(&mut db, "amba_bandit_results($1::text)", &[&k])
+    );
+    let updated = server.ok(
+        "amba_experiments_bandit_update",
+        json!({"experiment_key": k, "seed": 7}),
+    );
+    assert_eq!(updated["updated"], true, "{updated}");
+    let weights: Vec<f64> = updated["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_f64().unwrap())
+        .collect();
+    let best: Vec<f64> = updated["best_arm_probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_f64().unwrap())
+        .collect();
+    assert_eq!((weights.len(), best.len()), (3, 3), "{updated}");
+    assert!(
+        (weights.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+        "{weights:?}"
+    );
+    assert!(
+        weights.iter().all(|&w| w >= 0.05 - 1e-12),
+        "the floor: {weights:?}"
+    );
+    assert!(
+        weights[2] > weights[0] && weights[2] > weights[1],
+        "{weights:?}"
+    );
+    // The probabilities are those amba_bandit_results showed on the same data.
+    for (p, arm) in best.iter().zip(arms.as_array().unwrap()) {
+        assert!(
+            (p - arm["best_arm_probability"].as_f64().unwrap()).abs() < 1e-9,
+            "{updated} vs {arms}"
+        );
+    }
+    assert_eq!(versions(&mut db), before + 1);
+    assert_eq!(history(&mut db, &k, "bandit_update").len(), 1);
+    // The weights in force now: in the experiment and in the arms' rows.
+    let now = server.ok("amba_experiments_get", json!({"experiment_key": k}));
+    let arms = server.ok(
+        "amba_experiments_bandit_results",
+        json!({"experiment_key": k}),
+    );
+    assert_eq!(
+        arms,
+        sql_rows(&mut db, "amba_bandit_results($1::text)", &[&k])
+    );
+    let total: f64 = now["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["weight"].as_f64().unwrap())
+        .sum();
+    for (i, w) in weights.iter().enumerate() {
+        let share = now["variants"][i]["weight"].as_f64().unwrap() / total;
+        assert!((share - w).abs() < 1e-9, "{now}");
+        assert!(near(&arms[i]["weight"], *w), "{arms}");
+    }
+    assert_eq!(
+        now["variants"][0]["key"], "control",
+        "the control stays first"
+    );
+
+    // {} makes it an ordinary experiment: the bandit tools refuse it then.
+    let ordinary = server.ok(
+        "amba_experiments_update",
+        json!({"experiment_key": k, "bandit": {}}),
+    );
+    assert!(ordinary["bandit"].is_null(), "{ordinary}");
+    server.ok(
+        "amba_experiments_create",
+        json!({"experiment_key": plain, "variants": three}),
+    );
+    for key in [&k, &plain] {
+        server.err(
+            "amba_experiments_bandit_update",
+            json!({"experiment_key": key}),
+            "INVALID_ARGUMENT",
+        );
+        server.err(
+            "amba_experiments_bandit_results",
+            json!({"experiment_key": key}),
+            "INVALID_ARGUMENT",
+        );
+    }
+    for tool in [
+        "amba_experiments_bandit_update",
+        "amba_experiments_bandit_results",
+    ] {
+        server.err(
+            tool,
+            json!({"experiment_key": missing}),
+            "EXPERIMENT_NOT_FOUND",
+        );
+    }
+    server.err(
+        "amba_experiments_bandit_update",
+        json!({"experiment_key": plain, "seed": 1.5}),
+        "INVALID_ARGUMENT",
+    );
+    assert!(server.alive());
 }
