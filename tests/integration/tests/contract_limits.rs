@@ -1378,12 +1378,21 @@ fn amba_admin_can_call_every_public_function() {
     let anon = unique("anon");
     let user = unique("person");
     let api_name = unique("admin_key");
+    let bandit_key = unique("admin_bandit");
+    let kb: &str = &bandit_key;
+    let layer_name = unique("admin_layer");
+    let layer: &str = &layer_name;
     let calls: Vec<(&str, &str, Vec<&(dyn ToSql + Sync)>)> = vec![
-        ("amba_create_experiment", "SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]', 'n', 'd', 'active')", vec![&k]),
+        ("amba_create_experiment", "SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]', 'n', 'd', 'active', \
+          targeting => '{\"country\": {\"$in\": [\"DE\", \"FR\"]}}', coverage => 1, layer => $2, layer_share => 1, \
+          guardrails => '[{\"event\": \"buy\", \"kind\": \"conversion\", \"bad\": \"decrease\"}]', dimensions => ARRAY['country'])", vec![&k, &layer]),
+        ("amba_create_experiment", "SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]', \
+          bandit => '{\"event\": \"buy\", \"kind\": \"conversion\", \"min_users\": 1}')", vec![&kb]),
         ("amba_update_experiment", "SELECT amba_update_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":2}]')", vec![&k]),
         ("amba_get_experiment", "SELECT amba_get_experiment($1)", vec![&k]),
         ("amba_list_experiments", "SELECT count(*) FROM amba_list_experiments()", vec![]),
-        ("amba_assign", "SELECT amba_assign($1, $2)", vec![&k, &anon]),
+        // Targeted on country: the user's attributes enrol them (share and coverage 1).
+        ("amba_assign", "SELECT amba_assign($1, $2, '{\"country\": \"DE\"}')", vec![&k, &anon]),
         ("amba_expose", "SELECT amba_expose($1, $2)", vec![&k, &anon]),
         ("amba_track", "SELECT amba_track($1, 'buy', '{\"amount\": 3}')::text", vec![&anon]),
         ("amba_peek", "SELECT amba_peek($1, $2)", vec![&k, &user]),
@@ -1399,6 +1408,18 @@ fn amba_admin_can_call_every_public_function() {
         ("amba_experiment_history", "SELECT count(*) FROM amba_experiment_history($1)", vec![&k]),
         ("amba_create_api_key", "SELECT amba_create_api_key($1, 'client')", vec![&api_name]),
         ("amba_revoke_api_key", "SELECT amba_revoke_api_key($1)", vec![&api_name]),
+        ("amba_eval_condition", "SELECT amba_eval_condition('{\"country\": \"DE\"}', '{\"country\": \"DE\"}')", vec![]),
+        ("amba_layer_bucket", "SELECT amba_layer_bucket($1, $2)", vec![&layer, &user]),
+        ("amba_list_layers", "SELECT count(*) FROM amba_list_layers()", vec![]),
+        ("amba_check_guardrails", "SELECT count(*) FROM amba_check_guardrails($1)", vec![&k]),
+        ("amba_ratio_results", "SELECT count(*) FROM amba_ratio_results($1, 'buy', 'amount', 'buy', NULL)", vec![&k]),
+        ("amba_quantile_results", "SELECT count(*) FROM amba_quantile_results($1, 'buy', 'amount', 0.5)", vec![&k]),
+        ("amba_results_by", "SELECT count(*) FROM amba_results_by($1, 'buy', 'country')", vec![&k]),
+        ("amba_assign", "SELECT amba_assign($1, $2)", vec![&kb, &anon]),
+        ("amba_expose", "SELECT amba_expose($1, $2)", vec![&kb, &anon]),
+        ("amba_bandit_update", "SELECT amba_bandit_update($1)::text", vec![&kb]),
+        ("amba_bandit_results", "SELECT count(*) FROM amba_bandit_results($1)", vec![&kb]),
+        ("amba_delete_experiment", "SELECT amba_delete_experiment($1)", vec![&kb]),
         ("amba_delete_experiment", "SELECT amba_delete_experiment($1)", vec![&k]),
     ];
     let mut called = BTreeSet::new();
@@ -1504,6 +1525,11 @@ fn amba_analyst_reads_results_and_is_refused_every_write() {
             vec![],
         ),
         ("amba_bucket", "SELECT amba_bucket($1, 'x')", vec![&k]),
+        ("amba_layer_bucket", "SELECT amba_layer_bucket('some-layer', 'x')", vec![]),
+        ("amba_list_layers", "SELECT count(*) FROM amba_list_layers()", vec![]),
+        ("amba_eval_condition", "SELECT amba_eval_condition('{\"a\": 1}', '{\"a\": 1}')", vec![]),
+        ("amba_ratio_results", "SELECT count(*) FROM amba_ratio_results($1, 'buy', NULL, 'buy', NULL)", vec![&k]),
+        ("amba_quantile_results", "SELECT count(*) FROM amba_quantile_results($1, 'buy', 'amount', 0.9)", vec![&k]),
         (
             "amba_experiment_history",
             "SELECT count(*) FROM amba_experiment_history($1)",
@@ -1540,6 +1566,8 @@ fn amba_analyst_reads_results_and_is_refused_every_write() {
         ("amba_set_override", "SELECT amba_set_override($1, 'qa', 'a')", vec![&k]),
         ("amba_clear_override", "SELECT amba_clear_override($1, 'qa')", vec![&k]),
         ("amba_alias", "SELECT amba_alias($1 || '_anon', $1)", vec![&u]),
+        ("amba_check_guardrails", "SELECT count(*) FROM amba_check_guardrails($1)", vec![&k]),
+        ("amba_bandit_update", "SELECT amba_bandit_update($1)::text", vec![&k]),
         ("INSERT INTO amba.experiments", "INSERT INTO amba.experiments (key, variant_keys, weights) VALUES ($1 || '_y', '{a,b}', '{1,1}') RETURNING key", vec![&k]),
         ("UPDATE amba.experiments", "UPDATE amba.experiments SET status = 'paused' WHERE key = $1 RETURNING key", vec![&k]),
         ("DELETE FROM amba.experiments", "DELETE FROM amba.experiments WHERE key = $1 RETURNING key", vec![&k]),

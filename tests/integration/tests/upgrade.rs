@@ -264,3 +264,163 @@ fn update_from_0_1_0_keeps_data_and_equals_a_fresh_install() {
         installed.len()
     );
 }
+
+/// Fills a 0.2.0 install through 0.2.0's own functions (served by its library through the
+/// loader): re-weighting, overrides, aliases, exposures, events with properties before and
+/// after assignment (CUPED's pre-period), a paused experiment.
+fn fill_0_2_0(c: &mut Client) {
+    c.batch_execute(
+        r#"
+        SELECT amba_create_experiment('pricing', '[{"key":"control","weight":1},{"key":"cheap","weight":1},{"key":"dear","weight":1}]',
+                                      'Pricing', 'Three prices');
+        SELECT amba_track('p' || i, 'purchase', jsonb_build_object('amount', i % 17), clock_timestamp() - interval '3 days')
+          FROM generate_series(1, 300) i WHERE i % 2 = 0;
+        SELECT amba_assign('pricing', 'p' || i) FROM generate_series(1, 150) i;
+        SELECT amba_update_experiment('pricing', '[{"key":"control","weight":2},{"key":"cheap","weight":1},{"key":"dear","weight":1}]');
+        SELECT amba_assign('pricing', 'p' || i) FROM generate_series(151, 300) i;
+        SELECT amba_expose('pricing', 'p' || i) FROM generate_series(1, 300) i WHERE i % 10 <> 0;
+        SELECT amba_track('p' || i, 'purchase', jsonb_build_object('amount', (i * 7) % 23), clock_timestamp() + interval '1 second')
+          FROM generate_series(1, 300) i WHERE i % 3 = 0;
+        SELECT amba_set_override('pricing', 'qa-user', 'dear');
+        SELECT amba_alias('anon-1', 'p5');
+        SELECT amba_create_experiment('banner', '[{"key":"off","weight":1},{"key":"on","weight":1}]');
+        SELECT amba_assign('banner', 'p' || i) FROM generate_series(1, 40) i;
+        SELECT amba_update_experiment('banner', status => 'paused');
+        "#,
+    )
+    .unwrap();
+}
+
+/// Every answer of the result functions, as JSON rows, for comparing before and after.
+fn answers(c: &mut Client) -> Vec<serde_json::Value> {
+    [
+        "SELECT json_agg(r ORDER BY r.variant)::text FROM amba_results('pricing', 'purchase') r",
+        "SELECT json_agg(r ORDER BY r.variant)::text FROM amba_metric_results('pricing', 'purchase', 'amount') r",
+        "SELECT json_agg(r ORDER BY r.variant)::text FROM amba_metric_results('pricing', 'purchase', 'amount', cuped_days => 14) r",
+        "SELECT json_agg(r ORDER BY r.day, r.variant)::text FROM amba_results_daily('pricing', 'purchase') r",
+    ]
+    .iter()
+    .map(|sql| serde_json::from_str(&texts(c, sql)[0]).unwrap())
+    .collect()
+}
+
+/// Equal JSON, numbers to 1e-12 relative (the statistics moved between modules in 0.3.0;
+/// the formulas did not).
+fn assert_same_answer(path: &str, before: &serde_json::Value, after: &serde_json::Value) {
+    use serde_json::Value;
+    match (before, after) {
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1e-300),
+                "{path}: {a} before the update, {b} after"
+            );
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{path}: row count");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_same_answer(&format!("{path}[{i}]"), x, y);
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            // 0.3.0 may add columns; every 0.2.0 column keeps its value.
+            for (k, x) in a {
+                assert_same_answer(&format!("{path}.{k}"), x, b.get(k).unwrap_or(&Value::Null));
+            }
+        }
+        (a, b) => assert_eq!(a, b, "{path}"),
+    }
+}
+
+#[test]
+fn update_from_0_2_0_keeps_every_row_and_answer_and_0_3_0_features_work_on_old_experiments() {
+    let db = Db::new("amba_upgrade_020");
+    let mut c = db.client();
+    c.batch_execute("CREATE EXTENSION amba VERSION '0.2.0'").unwrap();
+    fill_0_2_0(&mut c);
+    let tables = [
+        "experiments", "assignments", "exposures", "events", "experiment_history", "weight_versions",
+        "overrides", "aliases",
+    ];
+    let rows = |c: &mut Client| -> Vec<String> {
+        tables
+            .iter()
+            .map(|t| texts(c, &format!("SELECT '{t} ' || count(*) || ' ' || md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM amba.{t} x"))[0].clone())
+            .collect()
+    };
+    let before_rows = rows(&mut c);
+    let before_answers = answers(&mut c);
+    let before_variants = texts(&mut c, "SELECT a.user_id || ' ' || a.variant FROM amba.assignments a ORDER BY 1");
+
+    c.batch_execute("ALTER EXTENSION amba UPDATE TO '0.3.0'").unwrap();
+    drop(c);
+    let mut c = db.client();
+    assert_eq!(texts(&mut c, "SELECT extversion FROM pg_extension WHERE extname = 'amba'"), ["0.3.0"]);
+    // Every row as it was (the experiments' new columns hold their defaults and are not
+    // part of the 0.2.0 row text compared here: compared by count and the old columns).
+    let after_rows = rows(&mut c);
+    for (b, a) in before_rows.iter().zip(&after_rows) {
+        if b.starts_with("experiments ") {
+            assert_eq!(b.split(' ').nth(1), a.split(' ').nth(1), "experiments count");
+        } else {
+            assert_eq!(b, a, "rows changed by the update");
+        }
+    }
+    for (b, a) in answers(&mut c).iter().zip(&before_answers) {
+        assert_same_answer("results", a, b);
+    }
+    // Sticky: every stored user gets the stored variant; the alias and override still apply.
+    let sticky: i64 = c
+        .query_one("SELECT count(*) FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+                     WHERE e.key = 'pricing' AND amba_assign('pricing', a.user_id) <> a.variant", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(sticky, 0);
+    assert_eq!(texts(&mut c, "SELECT amba_assign('pricing', 'qa-user')"), ["dear"]);
+    let p5 = before_variants.iter().find(|l| l.starts_with("p5 ")).unwrap().split(' ').nth(1).unwrap().to_string();
+    assert_eq!(texts(&mut c, "SELECT amba_assign('pricing', 'anon-1')"), [p5]);
+    assert!(c.query_one("SELECT amba_assign('banner', 'p999')", &[]).unwrap_err()
+        .as_db_error().unwrap().message().starts_with("EXPERIMENT_INACTIVE:"));
+
+    // 0.3.0 on an experiment created under 0.2.0: its jsonb has the new keys at their
+    // defaults; targeting, coverage and dimensions can be set and apply to new users only.
+    let pricing: serde_json::Value = serde_json::from_str(&texts(&mut c, "SELECT amba_get_experiment('pricing')::text")[0]).unwrap();
+    assert_eq!(pricing["coverage"], serde_json::json!(1));
+    assert!(pricing["targeting"].is_null() && pricing["layer"].is_null() && pricing["holdout"].is_null());
+    c.batch_execute(
+        r#"SELECT amba_update_experiment('pricing', targeting => '{"country": "DE"}', dimensions => ARRAY['country'])"#,
+    )
+    .unwrap();
+    let new_user = |c: &mut Client, user: &str, country: &str| -> Option<String> {
+        c.query_one(
+            "SELECT amba_assign('pricing', $1, jsonb_build_object('country', $2::text))",
+            &[&user, &country],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(new_user(&mut c, "new-fr", "FR"), None, "targeting applies to new users");
+    assert!(new_user(&mut c, "new-de", "DE").is_some());
+    assert_eq!(
+        new_user(&mut c, "p7", "FR").as_deref(),
+        before_variants.iter().find(|l| l.starts_with("p7 ")).unwrap().split(' ').nth(1),
+        "an old user keeps the stored variant whatever the attributes"
+    );
+    assert_eq!(
+        texts(&mut c, "SELECT count(*)::text FROM amba.assignment_dimensions"),
+        ["1"],
+        "dimensions stored for the one new user only"
+    );
+    // A layer and a holdout created after the update work beside the old experiments.
+    c.batch_execute(
+        r#"SELECT amba_create_experiment('hold', '[{"key":"control","weight":1},{"key":"released","weight":9}]');
+           SELECT amba_create_experiment('in-layer', '[{"key":"a","weight":1},{"key":"b","weight":1}]',
+                                         layer => 'checkout', layer_share => 0.5, holdout => 'hold');"#,
+    )
+    .unwrap();
+    let enrolled: i64 = c
+        .query_one("SELECT count(amba_assign('in-layer', 'n' || i)) FROM generate_series(1, 400) i", &[])
+        .unwrap()
+        .get(0);
+    assert!((100..=260).contains(&enrolled), "about 0.5 × 0.9 of 400 enrolled, got {enrolled}");
+}
