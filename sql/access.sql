@@ -70,7 +70,8 @@ GRANT EXECUTE ON FUNCTION
     amba._raise(text, text), amba._not_found(text), amba._list_layers(),
     amba._results_by(text, text, text, double precision), amba._bandit_results(text),
     amba._ratio_results(text, text, text, text, text, double precision),
-    amba._quantile_results(text, text, text, double precision, double precision)
+    amba._quantile_results(text, text, text, double precision, double precision),
+    amba._guardrail_status(text)
 TO amba_analyst;
 
 -- Clients: their own assignments and exposures, read-only; everything else goes through

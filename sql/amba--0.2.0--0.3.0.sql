@@ -441,6 +441,22 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'expose_internal_wrapper';
 
+CREATE OR REPLACE FUNCTION amba."_guardrail_status"(
+	"experiment_key" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"experiment_key" TEXT,  /* String */
+	"guardrail" INT,  /* i32 */
+	"variant" TEXT,  /* String */
+	"lift" double precision,  /* Option < f64 > */
+	"cs_low" double precision,  /* Option < f64 > */
+	"cs_high" double precision,  /* Option < f64 > */
+	"tripped" bool,  /* bool */
+	"paused" bool  /* bool */
+)
+STABLE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'amba-0.3.0', 'guardrail_status_wrapper';
+
 CREATE OR REPLACE FUNCTION amba."_http_status"(
 	"message" TEXT /* Option < & str > */
 ) RETURNS INT /* Option < i32 > */
@@ -1819,12 +1835,27 @@ $fn$;
 COMMENT ON FUNCTION amba_api.experiments_list_layers() IS
 'Every layer''s ranges in order: the experiments that are not ended, each [range_start, range_end), and the free gaps (experiment_key null).';
 
+-- The check with contract errors turned into HTTP ones (404 EXPERIMENT_NOT_FOUND, 400
+-- INVALID_ARGUMENT; P0002 would otherwise be a 500). PL/pgSQL, so it can catch them; its
+-- argument is named apart from the output column, which PL/pgSQL refuses to share.
+CREATE OR REPLACE FUNCTION amba._http_check_guardrails(key text)
+RETURNS TABLE (experiment_key text, guardrail integer, variant text, lift double precision,
+               cs_low double precision, cs_high double precision, tripped boolean,
+               paused boolean)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._check_guardrails(key);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION amba_api.experiments_check_guardrails(experiment_key text DEFAULT NULL)
 RETURNS TABLE (experiment_key text, guardrail integer, variant text, lift double precision,
                cs_low double precision, cs_high double precision, tripped boolean,
                paused boolean)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT * FROM amba._check_guardrails($1) $fn$;
+AS $fn$ SELECT * FROM amba._http_check_guardrails($1) $fn$;
 COMMENT ON FUNCTION amba_api.experiments_check_guardrails(text) IS
 'Judges the guardrails of every active experiment (or of experiment_key) with an always-valid interval of the relative lift, and pauses an experiment a guardrail trips (audit action auto_pause; NOTIFY amba). Rows: experiment_key, guardrail (index), variant, lift, cs_low, cs_high, tripped, paused (this call paused it). 404 EXPERIMENT_NOT_FOUND.';
 
@@ -2080,8 +2111,10 @@ COMMENT ON FUNCTION amba_api.users_alias(text, text) IS
 -- Amba experiments: the report page (SPEC §3e and §5b).
 -- amba._report(experiment_key, conversion_event) returns one self-contained HTML5 document
 -- (inline CSS, inline SVG charts drawn here, no script, no external resource) built ONLY
--- from amba._get_experiment, amba._results and amba._results_daily, so every number shown
--- is one of theirs. Every user-supplied text is HTML-escaped; every number in the results
+-- from amba._get_experiment, amba._results and amba._results_daily, and for 0.3.0's
+-- features amba._guardrail_status (read-only: rendering never pauses anything), the latest
+-- auto_pause row of amba.experiment_history, amba._results_by and amba.weight_versions, so
+-- every number shown is one of theirs. Every user-supplied text is HTML-escaped; every number in the results
 -- table carries its full value in data-value (tests/browser/report_test.py checks both).
 -- amba_api.experiments_report serves it over PostgREST as text/html (a media type handler).
 -- All functions: schema-qualified calls with exact argument types, fixed search_path.
@@ -2588,6 +2621,276 @@ END
 $fn$;
 
 ----------------------------------------------------------------------------------------
+-- 0.3.0 sections: guardrails (SPEC §12), segments (§13), bandit weights (§14). Each reads
+-- only: amba._guardrail_status never pauses (the report renders in a STABLE function).
+----------------------------------------------------------------------------------------
+-- A guardrail's rule in words: "purchase (conversion) must not decrease by more than 2%".
+CREATE OR REPLACE FUNCTION amba._report_guardrail_rule(g jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT format('<code>%s</code>%s (%s) must not %s%s',
+                  amba._report_esc(g->>'event'),
+                  CASE WHEN jsonb_typeof(g->'value_property') = 'string'
+                       THEN format(' · <code>%s</code>', amba._report_esc(g->>'value_property')) ELSE '' END,
+                  amba._report_esc(coalesce(g->>'kind', 'conversion')),
+                  CASE WHEN g->>'bad' = 'increase' THEN 'increase' ELSE 'decrease' END,
+                  CASE WHEN jsonb_typeof(g->'tolerance') = 'number' AND (g->>'tolerance')::double precision > 0
+                       THEN ' by more than ' || amba._report_pct((g->>'tolerance')::double precision, false, 2)
+                       ELSE '' END)
+$fn$;
+
+-- The banner of an experiment a guardrail paused (its latest auto_pause audit row): which
+-- guardrail and variant tripped, and when. '' when no guardrail ever paused it.
+CREATE OR REPLACE FUNCTION amba._report_autopause(exp_doc jsonb) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    h record;
+    t jsonb;
+    items text := '';
+    g jsonb;
+BEGIN
+    SELECT x.changed_at, x.after INTO h
+      FROM amba.experiment_history x
+     WHERE x.experiment_key = exp_doc->>'key' AND x.action = 'auto_pause'
+     ORDER BY x.history_id DESC LIMIT 1;
+    IF h.changed_at IS NULL THEN
+        RETURN '';
+    END IF;
+    FOR t IN SELECT e FROM jsonb_array_elements(
+                 CASE WHEN jsonb_typeof(h.after->'tripped') = 'array' THEN h.after->'tripped' ELSE '[]' END) e LOOP
+        g := CASE WHEN jsonb_typeof(t->'guardrail') = 'number'
+                  THEN exp_doc->'guardrails'->((t->>'guardrail')::integer) END;
+        items := items || format(
+            '<li class="tripped-item" data-guardrail="%s" data-variant="%s">Guardrail <b>#%s</b>%s: '
+            'variant <b>%s</b>, lift <span data-col="lift" data-value="%s">%s</span>, always-valid interval '
+            '[<span data-col="cs_low" data-value="%s">%s</span>, <span data-col="cs_high" data-value="%s">%s</span>]</li>',
+            amba._report_esc(t->>'guardrail'), amba._report_esc(t->>'variant'),
+            amba._report_esc(t->>'guardrail'),
+            CASE WHEN g IS NOT NULL THEN ' (' || amba._report_guardrail_rule(g) || ')' ELSE '' END,
+            amba._report_esc(t->>'variant'),
+            amba._report_val((t->>'lift')::double precision), amba._report_pct((t->>'lift')::double precision, true, 2),
+            amba._report_val((t->>'cs_low')::double precision), amba._report_pct((t->>'cs_low')::double precision, true, 2),
+            amba._report_val((t->>'cs_high')::double precision), amba._report_pct((t->>'cs_high')::double precision, true, 2));
+    END LOOP;
+    RETURN format('<section class="autopause" id="auto-pause" role="alert" data-paused-at="%s">'
+                  '<div class="icon" aria-hidden="true">‖</div><div><h2>%s</h2>'
+                  '<p>A guardrail tripped on <time data-field="auto-paused-at" datetime="%s">%s UTC</time>: '
+                  'amba paused the experiment, so no new user is enrolled.%s</p><ul>%s</ul></div></section>',
+                  to_char(h.changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                  CASE WHEN exp_doc->>'status' = 'paused' THEN 'Paused automatically by a guardrail'
+                       ELSE 'Was paused automatically by a guardrail' END,
+                  to_char(h.changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                  to_char(h.changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),
+                  CASE WHEN exp_doc->>'status' = 'paused' THEN ''
+                       ELSE format(' It has since been set to <b>%s</b>.', amba._report_esc(exp_doc->>'status')) END,
+                  items);
+END
+$fn$;
+
+-- Guardrails: per guardrail and non-control variant, the lift and its always-valid
+-- interval, and whether it trips, from amba._guardrail_status (which writes nothing).
+CREATE OR REPLACE FUNCTION amba._report_guardrails(exp_doc jsonb) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    r record;
+    g jsonb;
+    rows_html text := '';
+    n_tripped integer := 0;
+BEGIN
+    IF jsonb_typeof(exp_doc->'guardrails') <> 'array' OR jsonb_array_length(exp_doc->'guardrails') = 0 THEN
+        RETURN '';
+    END IF;
+    FOR r IN SELECT s.guardrail, s.variant, s.lift, s.cs_low, s.cs_high, s.tripped
+               FROM amba._guardrail_status(exp_doc->>'key') WITH ORDINALITY AS s(
+                    experiment_key, guardrail, variant, lift, cs_low, cs_high, tripped, paused, ord)
+              ORDER BY s.ord LOOP
+        g := exp_doc->'guardrails'->r.guardrail;
+        IF r.tripped THEN n_tripped := n_tripped + 1; END IF;
+        rows_html := rows_html
+            || format('<tr data-guardrail="%s" data-variant="%s" data-tripped="%s"%s>',
+                      r.guardrail, amba._report_esc(r.variant), CASE WHEN r.tripped THEN 'true' ELSE 'false' END,
+                      CASE WHEN r.tripped THEN ' class="tripped"' ELSE '' END)
+            || format('<td class="variant"><b>#%s</b> %s<span class="sub">alpha %s</span></td>',
+                      r.guardrail, amba._report_guardrail_rule(g), amba._report_esc(g->>'alpha'))
+            || format('<td class="variant"><span class="vkey" data-field="variant-key">%s</span></td>',
+                      amba._report_esc(r.variant))
+            || amba._report_td('lift'::text, r.lift, amba._report_pct(r.lift, true, 2), ''::text)
+            || amba._report_td('cs_low'::text, r.cs_low, amba._report_pct(r.cs_low, true, 2), ''::text)
+            || amba._report_td('cs_high'::text, r.cs_high, amba._report_pct(r.cs_high, true, 2), ''::text)
+            || format('<td data-col="status">%s</td></tr>',
+                      CASE WHEN r.tripped THEN '<span class="pill neg">tripped</span>'
+                           WHEN r.cs_low IS NULL OR r.cs_high IS NULL THEN '<span class="pill">not enough data</span>'
+                           ELSE '<span class="pill pos">ok</span>' END);
+    END LOOP;
+    RETURN '<section class="card" id="guardrails"><h2>Guardrails</h2>'
+        || format('<p class="hint">Each guardrail against each variant: the relative lift over the control and '
+                  'its always-valid interval (safe to check at any time). A guardrail trips when the whole '
+                  'interval is past the tolerance in the bad direction; then amba pauses an active experiment '
+                  'when the guardrails are checked (this page only looks). %s</p>',
+                  CASE WHEN n_tripped > 0 THEN format('<b class="neg" data-field="guardrails-tripped">%s tripping now.</b>', n_tripped)
+                       ELSE '<b data-field="guardrails-tripped">None tripping now.</b>' END)
+        || '<div class="table-wrap"><table id="guardrails-table"><thead><tr>'
+        || '<th class="variant">Guardrail</th><th class="variant">Variant</th><th>Lift</th>'
+        || '<th>Always-valid<br>low</th><th>Always-valid<br>high</th><th>Status</th></tr></thead><tbody>'
+        || CASE WHEN rows_html = '' THEN '<tr><td colspan="6" class="variant">No data yet.</td></tr>' ELSE rows_html END
+        || '</tbody></table></div></section>';
+END
+$fn$;
+
+-- Results by segment: amba._results_by for each of the experiment's dimensions, for the
+-- report's conversion event (p_value_holm adjusted over each dimension's comparisons).
+CREATE OR REPLACE FUNCTION amba._report_segments(exp_doc jsonb, conversion_event text, alpha double precision)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    dim text;
+    r record;
+    html text := '';
+    rows_html text;
+    conf text := round(((1 - alpha) * 100)::numeric, 1)::text::float8::text;
+BEGIN
+    IF jsonb_typeof(exp_doc->'dimensions') <> 'array' OR jsonb_array_length(exp_doc->'dimensions') = 0 THEN
+        RETURN '';
+    END IF;
+    FOR dim IN SELECT d FROM jsonb_array_elements_text(exp_doc->'dimensions') WITH ORDINALITY AS t(d, o) ORDER BY o LOOP
+        rows_html := '';
+        FOR r IN SELECT b.* FROM amba._results_by(exp_doc->>'key', conversion_event, dim, alpha) WITH ORDINALITY AS b(
+                     dimension_value, variant, is_control, assigned_count, exposed_count, converted_count,
+                     conversion_rate, z_score, p_value, lift, lift_ci_low, lift_ci_high, chance_to_win,
+                     p_value_holm, sequential_p_value, srm_p_value, ord)
+                  ORDER BY b.ord LOOP
+            rows_html := rows_html
+                || format('<tr data-dimension="%s" data-dimension-value="%s"%s data-variant="%s"%s>',
+                          amba._report_esc(dim), amba._report_esc(r.dimension_value),
+                          CASE WHEN r.dimension_value IS NULL THEN ' data-null=""' ELSE '' END,
+                          amba._report_esc(r.variant), CASE WHEN r.is_control THEN ' class="control"' ELSE '' END)
+                || format('<td class="variant" data-field="dimension-value">%s</td>',
+                          CASE WHEN r.dimension_value IS NULL THEN '<i>(no value)</i>'
+                               ELSE amba._report_esc(r.dimension_value) END)
+                || format('<td class="variant"><span class="vkey" data-field="variant-key">%s</span></td>',
+                          amba._report_esc(r.variant))
+                || amba._report_td('exposed_count'::text, r.exposed_count::double precision, amba._report_int(r.exposed_count), ''::text)
+                || amba._report_td('converted_count'::text, r.converted_count::double precision, amba._report_int(r.converted_count), ''::text)
+                || amba._report_td('conversion_rate'::text, r.conversion_rate, amba._report_pct(r.conversion_rate, false, 2), ''::text)
+                || format('<td class="num lift %s"><span class="lift-main" data-col="lift" data-value="%s">%s</span>'
+                          '<span class="sub%s">[<span data-col="lift_ci_low" data-value="%s">%s</span>, '
+                          '<span data-col="lift_ci_high" data-value="%s">%s</span>]</span></td>',
+                          CASE WHEN r.lift IS NULL THEN 'null' ELSE amba._report_sign_class(r.lift_ci_low, r.lift_ci_high) END,
+                          amba._report_val(r.lift), amba._report_pct(r.lift, true, 2),
+                          CASE WHEN r.lift_ci_low IS NULL AND r.lift_ci_high IS NULL THEN ' ci-none' ELSE '' END,
+                          amba._report_val(r.lift_ci_low), amba._report_pct(r.lift_ci_low, true, 2),
+                          amba._report_val(r.lift_ci_high), amba._report_pct(r.lift_ci_high, true, 2))
+                || amba._report_td('p_value_holm'::text, r.p_value_holm, amba._report_p(r.p_value_holm), ''::text)
+                || '</tr>';
+        END LOOP;
+        html := html
+            || format('<h3 class="segment-title">By <code data-field="dimension">%s</code></h3>', amba._report_esc(dim))
+            || format('<div class="table-wrap"><table class="segments-table" data-dimension="%s"><thead><tr>',
+                      amba._report_esc(dim))
+            || '<th class="variant">Value</th><th class="variant">Variant</th><th>Exposed</th><th>Converted</th>'
+            || format('<th>Conversion<br>rate</th><th>Lift<br>[%s%% CI]</th><th>Holm<br>p-value</th></tr></thead><tbody>', conf)
+            || CASE WHEN rows_html = '' THEN '<tr><td colspan="7" class="variant">No assignment with segment values yet.</td></tr>'
+                    ELSE rows_html END
+            || '</tbody></table></div>';
+    END LOOP;
+    RETURN '<section class="card" id="segments"><h2>Results by segment</h2>'
+        || format('<p class="hint">The results split by the attributes given at each user''s first assignment '
+                  '(<i>(no value)</i>: users without that attribute). The Holm p-value is adjusted over every '
+                  'comparison of a table: many segments make chance differences likely.</p>')
+        || html || '</section>';
+END
+$fn$;
+
+-- A bandit's weights over time: each weight version (amba.weight_versions) with its time,
+-- every variant's weight and share, drawn as stacked bars (inline SVG) and listed.
+CREATE OR REPLACE FUNCTION amba._report_bandit(exp_doc jsonb) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    palette constant text[] := ARRAY['#3d4a5c', '#2f5fd0', '#157a3b', '#b54708', '#7a2e9e', '#0e7490', '#b42318', '#667085'];
+    keys text[];
+    r record;
+    k text;
+    i integer;
+    n integer := 0;
+    total double precision;
+    w double precision;
+    x double precision;
+    bar_w double precision;
+    px0 constant double precision := 150;
+    px1 constant double precision := 900;
+    row_h constant integer := 26;
+    svg text := '';
+    legend text := '';
+    head text := '';
+    rows_html text := '';
+BEGIN
+    IF jsonb_typeof(exp_doc->'bandit') <> 'object' THEN
+        RETURN '';
+    END IF;
+    SELECT array_agg(v->>'key' ORDER BY o) INTO keys
+      FROM jsonb_array_elements(coalesce(exp_doc->'variants', '[]')) WITH ORDINALITY AS t(v, o);
+    keys := coalesce(keys, '{}');
+    FOR i IN 1 .. coalesce(array_length(keys, 1), 0) LOOP
+        legend := legend || format('<span><i class="swatch" style="background:%s"></i>%s</span>',
+                                   palette[1 + (i - 1) % 8], amba._report_esc(keys[i]));
+        head := head || format('<th>%s</th>', amba._report_esc(keys[i]));
+    END LOOP;
+    FOR r IN SELECT wv.version, wv.created_at, wv.variant_keys, wv.weights
+               FROM amba.weight_versions wv JOIN amba.experiments e ON e.id = wv.experiment_id
+              WHERE e.key = exp_doc->>'key' ORDER BY wv.version LOOP
+        SELECT sum(v) INTO total FROM unnest(r.weights) v;
+        rows_html := rows_html
+            || format('<tr data-version="%s"><td class="variant"><b>v%s</b></td><td class="variant">'
+                      '<time data-field="version-created" datetime="%s">%s UTC</time></td>',
+                      r.version, r.version,
+                      to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                      to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'));
+        svg := svg || format('<g class="wv-row" data-version="%s"><text class="label" x="%s" y="%s" text-anchor="end">v%s · %s</text>',
+                             r.version, px0 - 10, n * row_h + 17, r.version,
+                             to_char(r.created_at AT TIME ZONE 'UTC', 'Mon DD HH24:MI'));
+        x := px0;
+        FOR i IN 1 .. coalesce(array_length(keys, 1), 0) LOOP
+            k := keys[i];
+            w := r.weights[array_position(r.variant_keys, k)];
+            rows_html := rows_html || format('<td class="num" data-variant="%s" data-col="weight" data-value="%s">%s<span class="sub">%s</span></td>',
+                amba._report_esc(k), amba._report_val(w), amba._report_weight(w),
+                CASE WHEN total > 0 AND w IS NOT NULL THEN amba._report_pct(w / total, false, 1) ELSE '' END);
+            IF total > 0 AND w > 0 THEN
+                bar_w := w / total * (px1 - px0);
+                svg := svg || format('<rect class="wv-seg" x="%s" y="%s" width="%s" height="%s" fill="%s" data-variant="%s" data-share="%s">'
+                                     '<title>v%s %s: %s</title></rect>',
+                                     amba._report_xy(x), n * row_h + 4, amba._report_xy(bar_w), row_h - 8,
+                                     palette[1 + (i - 1) % 8], amba._report_esc(k), amba._report_val(w / total),
+                                     r.version, amba._report_esc(k), amba._report_pct(w / total, false, 1));
+                IF bar_w >= 48 THEN
+                    svg := svg || format('<text class="wv-pct" x="%s" y="%s" text-anchor="middle">%s</text>',
+                                         amba._report_xy(x + bar_w / 2), n * row_h + 17,
+                                         amba._report_pct(w / total, false, 1));
+                END IF;
+                x := x + bar_w;
+            END IF;
+        END LOOP;
+        rows_html := rows_html || '</tr>';
+        svg := svg || '</g>';
+        n := n + 1;
+    END LOOP;
+    RETURN '<section class="card" id="bandit"><h2>Bandit: weights over time</h2>'
+        || format('<p class="hint">Traffic follows the winner on <code data-field="bandit-event">%s</code> (%s): '
+                  'each update writes a new weight version, and users already assigned keep their variant. '
+                  'Floor %s per variant; updates wait for %s exposed users per variant.</p>',
+                  amba._report_esc(exp_doc->'bandit'->>'event'), amba._report_esc(coalesce(exp_doc->'bandit'->>'kind', 'conversion')),
+                  amba._report_esc(coalesce(exp_doc->'bandit'->>'min_weight', '—')),
+                  amba._report_esc(coalesce(exp_doc->'bandit'->>'min_users', '—')))
+        || '<div class="legend">' || legend || '</div>'
+        || format('<svg class="chart weights" viewBox="0 0 960 %s" width="100%%" role="img" '
+                  'aria-label="Share of traffic of each variant in each weight version" '
+                  'xmlns="http://www.w3.org/2000/svg">%s</svg>', greatest(n, 1) * row_h + 4, svg)
+        || '<div class="table-wrap"><table id="weights-table"><thead><tr><th class="variant">Version</th>'
+        || '<th class="variant">Since</th>' || head || '</tr></thead><tbody>' || rows_html
+        || '</tbody></table></div></section>';
+END
+$fn$;
+
+----------------------------------------------------------------------------------------
 -- The page
 ----------------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION amba._report_css() RETURNS text
@@ -2683,6 +2986,16 @@ svg .panel-title .vs{font-weight:400;fill:#6b7685}
 svg .cs-band{fill:rgba(47,95,208,.16);stroke:rgba(47,95,208,.32);stroke-width:1}
 svg .lift-line{fill:none;stroke:var(--band);stroke-width:2;stroke-linejoin:round}
 svg .ts-point{fill:var(--band);stroke:#fff;stroke-width:.8}
+.autopause{display:flex;gap:16px;border:2px solid #dc6803;background:#fffaeb;color:#7a2e0e;border-radius:10px;
+padding:16px 20px;margin:16px 0}
+.autopause .icon{flex:none;width:34px;height:34px;border-radius:50%;background:#dc6803;color:#fff;
+font:700 18px/34px system-ui,sans-serif;text-align:center}
+.autopause h2{color:#b54708;font-size:17px;margin:2px 0 6px}
+.autopause p{margin:4px 0}.autopause ul{margin:6px 0 0;padding-left:20px}
+tr.tripped td{background:#fff6f5}
+h3.segment-title{font-size:14px;margin:16px 0 6px}
+.legend .swatch{width:12px;height:12px;border-radius:2px}
+svg .wv-seg{stroke:#fff;stroke-width:1}svg .wv-pct{fill:#fff;font-size:11.5px;font-weight:600}
 .notes{color:var(--muted);font-size:12.5px}.notes h2{color:var(--fg)}
 .notes ul{margin:6px 0 0;padding-left:18px}.notes li{margin:3px 0}
 footer{max-width:1120px;margin:0 auto;padding:0 32px 28px;color:#8a94a3;font-size:12px}
@@ -2731,6 +3044,8 @@ DECLARE
     verdict text;
     pill text;
     i integer := 0;
+    autopause_html text;
+    v030_html text;
 BEGIN
     exp_doc := amba._get_experiment(experiment_key);
     IF exp_doc IS NULL THEN
@@ -2846,6 +3161,13 @@ BEGIN
             'relied on until then.</p></div></section>',
             amba._report_val(srm), amba._report_p(srm));
     END IF;
+
+    -- Guardrails (SPEC §12): the banner of an automatic pause, above everything but the
+    -- SRM warning; the guardrails, segments (§13) and bandit weights (§14) after the results.
+    autopause_html := amba._report_autopause(exp_doc);
+    v030_html := amba._report_guardrails(exp_doc)
+        || amba._report_segments(exp_doc, conversion_event, alpha)
+        || amba._report_bandit(exp_doc);
 
     -- Key figures.
     stats_html := '<div class="stats">'
@@ -2991,7 +3313,7 @@ BEGIN
         || '<header class="topbar"><span class="brand">Amba · Experiment report</span>'
         || format('<span>Generated <time data-field="generated-at" datetime="%s">%s UTC</time></span></header>',
                   to_char(generated, 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), to_char(generated, 'YYYY-MM-DD HH24:MI:SS'))
-        || E'\n<main>' || head_html || srm_html || stats_html || notice_html
+        || E'\n<main>' || head_html || srm_html || autopause_html || stats_html || notice_html
         || CASE WHEN summary_html <> '' AND total_exposed > 0
                 THEN '<section class="card" id="summary"><h2>Summary</h2>'
                      || format('<p class="hint">Each variant against the control <b>%s</b>, at a %s%% significance level%s.%s</p>',
@@ -3010,7 +3332,7 @@ BEGIN
         || format('<th>Conversion<br>rate</th><th>Lift<br>[%s%% CI]</th><th>p-value</th><th>Holm<br>p-value</th>', conf)
         || '<th>Sequential<br>p-value</th><th>Chance<br>to win</th></tr></thead><tbody>'
         || rows_html || '</tbody></table></div></section>' || E'\n'
-        || charts_html || E'\n'
+        || v030_html || charts_html || E'\n'
         || '<section class="card notes" id="method"><h2>How to read this</h2><ul>'
         || '<li><b>Conversion rate</b>: converted ÷ exposed. <b>Lift</b>: relative change of the conversion rate over the control, with a '
         || conf || '% confidence interval (delta method, Welch–Satterthwaite degrees of freedom).</li>'
@@ -3061,6 +3383,9 @@ REVOKE ALL ON FUNCTION
     amba._report_tick(double precision, double precision), amba._report_xy(double precision),
     amba._report_forest(jsonb, double precision),
     amba._report_timeseries(jsonb, text, text, integer, double precision),
+    amba._report_guardrail_rule(jsonb), amba._report_autopause(jsonb),
+    amba._report_guardrails(jsonb), amba._report_segments(jsonb, text, double precision),
+    amba._report_bandit(jsonb),
     amba._report_css()
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -3076,6 +3401,9 @@ GRANT EXECUTE ON FUNCTION
     amba._report_tick(double precision, double precision), amba._report_xy(double precision),
     amba._report_forest(jsonb, double precision),
     amba._report_timeseries(jsonb, text, text, integer, double precision),
+    amba._report_guardrail_rule(jsonb), amba._report_autopause(jsonb),
+    amba._report_guardrails(jsonb), amba._report_segments(jsonb, text, double precision),
+    amba._report_bandit(jsonb),
     amba._report_css()
 TO amba_admin, amba_analyst;
 REVOKE ALL ON FUNCTION amba_api.experiments_report(text, text) FROM PUBLIC;
@@ -3390,7 +3718,8 @@ GRANT EXECUTE ON FUNCTION
     amba._raise(text, text), amba._not_found(text), amba._list_layers(),
     amba._results_by(text, text, text, double precision), amba._bandit_results(text),
     amba._ratio_results(text, text, text, text, text, double precision),
-    amba._quantile_results(text, text, text, double precision, double precision)
+    amba._quantile_results(text, text, text, double precision, double precision),
+    amba._guardrail_status(text)
 TO amba_analyst;
 
 -- Clients: their own assignments and exposures, read-only; everything else goes through

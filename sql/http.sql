@@ -248,12 +248,27 @@ $fn$;
 COMMENT ON FUNCTION amba_api.experiments_list_layers() IS
 'Every layer''s ranges in order: the experiments that are not ended, each [range_start, range_end), and the free gaps (experiment_key null).';
 
+-- The check with contract errors turned into HTTP ones (404 EXPERIMENT_NOT_FOUND, 400
+-- INVALID_ARGUMENT; P0002 would otherwise be a 500). PL/pgSQL, so it can catch them; its
+-- argument is named apart from the output column, which PL/pgSQL refuses to share.
+CREATE FUNCTION amba._http_check_guardrails(key text)
+RETURNS TABLE (experiment_key text, guardrail integer, variant text, lift double precision,
+               cs_low double precision, cs_high double precision, tripped boolean,
+               paused boolean)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM amba._check_guardrails(key);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
+END
+$fn$;
+
 CREATE FUNCTION amba_api.experiments_check_guardrails(experiment_key text DEFAULT NULL)
 RETURNS TABLE (experiment_key text, guardrail integer, variant text, lift double precision,
                cs_low double precision, cs_high double precision, tripped boolean,
                paused boolean)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT * FROM amba._check_guardrails($1) $fn$;
+AS $fn$ SELECT * FROM amba._http_check_guardrails($1) $fn$;
 COMMENT ON FUNCTION amba_api.experiments_check_guardrails(text) IS
 'Judges the guardrails of every active experiment (or of experiment_key) with an always-valid interval of the relative lift, and pauses an experiment a guardrail trips (audit action auto_pause; NOTIFY amba). Rows: experiment_key, guardrail (index), variant, lift, cs_low, cs_high, tripped, paused (this call paused it). 404 EXPERIMENT_NOT_FOUND.';
 

@@ -127,7 +127,10 @@ fn arm_sums(key: &str, guardrail: &Guardrail) -> Vec<(String, ArmSums)> {
     }
 }
 
-fn check_guardrails(experiment_key: Option<&str>) -> Vec<CheckRow> {
+/// Judges the guardrails; with `pause`, pauses each active experiment a guardrail trips
+/// (`amba._auto_pause`). Without it nothing is written and `paused` is always false (the
+/// report page's read-only view, `amba._guardrail_status`).
+fn check_guardrails(experiment_key: Option<&str>, pause: bool) -> Vec<CheckRow> {
     if experiment_key.is_some() {
         validate::experiment_key(experiment_key).or_raise();
     }
@@ -171,7 +174,7 @@ fn check_guardrails(experiment_key: Option<&str>) -> Vec<CheckRow> {
                 })
             })
             .collect();
-        if status == "active" && !tripping.is_empty() {
+        if pause && status == "active" && !tripping.is_empty() {
             let paused = Spi::get_one_with_args::<bool>(
                 "SELECT amba._auto_pause($1, $2::jsonb)",
                 &[
@@ -213,7 +216,32 @@ mod amba {
         ),
     > {
         TableIterator::new(
-            check_guardrails(experiment_key)
+            check_guardrails(experiment_key, true)
+                .into_iter()
+                .map(CheckRow::into_tuple),
+        )
+    }
+
+    /// The same rows as `_check_guardrails`, computed without pausing anything (`paused` is
+    /// always false): what the report page shows. STABLE, so it cannot write.
+    #[pg_extern(name = "_guardrail_status", stable, parallel_unsafe)]
+    fn guardrail_status(
+        experiment_key: Option<&str>,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(experiment_key, String),
+            name!(guardrail, i32),
+            name!(variant, String),
+            name!(lift, Option<f64>),
+            name!(cs_low, Option<f64>),
+            name!(cs_high, Option<f64>),
+            name!(tripped, bool),
+            name!(paused, bool),
+        ),
+    > {
+        TableIterator::new(
+            check_guardrails(experiment_key, false)
                 .into_iter()
                 .map(CheckRow::into_tuple),
         )

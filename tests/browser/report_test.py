@@ -23,6 +23,16 @@ Playwright, never a downloaded browser) and checks it the way a person would loo
     no chart and a notice when nobody is exposed;
   * the sample-ratio-mismatch warning is shown iff srm_p_value < 0.001, above the results;
   * the generation time is there (UTC);
+  * 0.3.0 (SPEC §12-§14): with guardrails, a row per guardrail and variant whose lift and
+    always-valid interval equal amba._guardrail_status and whose lift equals one computed
+    here from the raw rows, "tripped" exactly where it trips, and for an experiment a
+    guardrail paused, a banner naming the guardrail and variant of the latest auto_pause
+    history row and its time; with dimensions, a table per dimension whose rows equal
+    amba._results_by and whose exposed/converted counts equal a count by hand from the raw
+    rows (assignment_dimensions, exposures, events), hostile values shown as text; for a
+    bandit, every weight version (time, each variant's weight and share, as stacked bars);
+  * rendering changes nothing: the experiment's status, revision, weight versions and
+    history are the same after it (an active experiment whose guardrail trips stays active);
 and saves a full-page screenshot.
 
     python3 tests/browser/report_test.py --database-url postgresql://postgres@localhost:28815/report_dev \
@@ -70,6 +80,7 @@ ALLOWED_TAGS = {
     "div", "span", "h1", "h2", "p", "b", "i", "code", "br", "time", "ul", "li",
     "table", "thead", "tbody", "tr", "th", "td",
     "svg", "g", "rect", "line", "circle", "text", "tspan", "path", "polygon", "clippath",
+    "h3",
 }
 
 
@@ -118,6 +129,80 @@ def fetch(url, key, event):
              " lift_ci_low, lift_ci_high, p_value, sequential_p_value, lift_cs_low, lift_cs_high, o);",
         key=key, event=event))
     return html, experiment, results, daily
+
+
+def state(url, key):
+    """What rendering must not change: the experiment's row, its history, its weights."""
+    return json.loads(psql(url, """
+        SELECT json_build_object(
+            'status', e.status, 'revision', e.revision, 'weight_version', e.weight_version,
+            'updated_at', e.updated_at,
+            'history', (SELECT json_agg(h.history_id ORDER BY h.history_id) FROM amba.experiment_history h
+                         WHERE h.experiment_key = e.key),
+            'versions', (SELECT count(*) FROM amba.weight_versions w WHERE w.experiment_id = e.id),
+            'assignments', (SELECT count(*) FROM amba.assignments a WHERE a.experiment_id = e.id))
+          FROM amba.experiments e WHERE e.key = :'key';""", key=key))
+
+
+def fetch_v030(url, key, event, experiment):
+    """The 0.3.0 sources of the page (guardrail status, auto_pause, results by segment,
+    weight versions) and the raw rows to recount from."""
+    out = {}
+    out["guardrails"] = json.loads(psql(url, """
+        SELECT coalesce(json_agg(g ORDER BY o), '[]') FROM amba._guardrail_status(:'key'::text)
+          WITH ORDINALITY g(experiment_key, guardrail, variant, lift, cs_low, cs_high, tripped, paused, o);""",
+        key=key)) if experiment.get("guardrails") else []
+    out["auto_pause"] = json.loads(psql(url, """
+        SELECT coalesce((SELECT json_build_object('at', to_char(h.changed_at AT TIME ZONE 'UTC',
+                                                               'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                                                  'tripped', h.after->'tripped')
+                           FROM amba.experiment_history h
+                          WHERE h.experiment_key = :'key' AND h.action = 'auto_pause'
+                          ORDER BY h.history_id DESC LIMIT 1), 'null');""", key=key))
+    out["by"] = {}
+    for dim in experiment.get("dimensions") or []:
+        out["by"][dim] = json.loads(psql(url, """
+            SELECT coalesce(json_agg(b ORDER BY o), '[]') FROM amba._results_by(:'key'::text, :'event'::text,
+                :'dim'::text, 0.05::double precision) WITH ORDINALITY b(dimension_value, variant, is_control,
+                assigned_count, exposed_count, converted_count, conversion_rate, z_score, p_value, lift,
+                lift_ci_low, lift_ci_high, chance_to_win, p_value_holm, sequential_p_value, srm_p_value, o);""",
+            key=key, event=event, dim=dim))
+    out["versions"] = json.loads(psql(url, """
+        SELECT coalesce(json_agg(json_build_object('version', w.version, 'keys', w.variant_keys,
+                   'weights', w.weights, 'at', to_char(w.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                   ORDER BY w.version), '[]')
+          FROM amba.weight_versions w JOIN amba.experiments e ON e.id = w.experiment_id WHERE e.key = :'key';""",
+        key=key))
+    # Raw rows: every assignment with its exposure, override, segment values, and the times
+    # and properties of the user's events (any name; filtered here).
+    out["raw"] = json.loads(psql(url, """
+        SELECT coalesce(json_agg(json_build_object(
+                   'user', a.user_id, 'variant', a.variant, 'assigned_at', extract(epoch FROM a.assigned_at),
+                   'exposed', x.user_id IS NOT NULL, 'overridden', o.user_id IS NOT NULL,
+                   'dims', d.dimension_values,
+                   'events', (SELECT json_agg(json_build_object('event', v.event,
+                                  'at', extract(epoch FROM v.occurred_at), 'properties', v.properties))
+                                FROM amba.events v WHERE v.user_id = a.user_id))), '[]')
+          FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+          LEFT JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id
+          LEFT JOIN amba.overrides o ON o.experiment_id = a.experiment_id AND o.user_id = a.user_id
+          LEFT JOIN amba.assignment_dimensions d ON d.experiment_id = a.experiment_id AND d.user_id = a.user_id
+         WHERE e.key = :'key';""", key=key))
+    return out
+
+
+def user_value(row, event, value_property=None):
+    """A user's value by hand: did they have `event` at or after assignment (conversion), or
+    the sum of its numeric `value_property` (mean, SPEC §3c), or the count without one."""
+    evs = [e for e in (row["events"] or []) if e["event"] == event and e["at"] >= row["assigned_at"]]
+    if value_property is None:
+        return len(evs)
+    total = 0.0
+    for e in evs:
+        v = (e["properties"] or {}).get(value_property)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            total += v
+    return total
 
 
 def parse_value(s):
@@ -200,7 +285,13 @@ def pos_shown_ok(value, text):
 
 def run(args):
     c = Checks()
+    before = state(args.database_url, args.experiment)
     html, experiment, results, daily = fetch(args.database_url, args.experiment, args.event)
+    v030 = fetch_v030(args.database_url, args.experiment, args.event, experiment)
+    if experiment.get("status") == "active" and experiment.get("guardrails"):
+        c.check(any(g["tripped"] for g in v030["guardrails"]) or not args.expect_tripping,
+                "a guardrail of this active experiment trips (rendering must still pause nothing)",
+                repr(v030["guardrails"]))
     if args.save_html:
         os.makedirs(os.path.dirname(os.path.abspath(args.save_html)), exist_ok=True)
         with open(args.save_html, "w", encoding="utf-8") as f:
@@ -242,6 +333,7 @@ def run(args):
             page.wait_for_timeout(400)
 
             check_page(c, page, experiment, results, daily, args)
+            check_v030(c, page, experiment, v030, args)
 
             os.makedirs(os.path.dirname(os.path.abspath(args.screenshot)), exist_ok=True)
             page.screenshot(path=args.screenshot, full_page=True)
@@ -251,6 +343,12 @@ def run(args):
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
+    # Rendering is read-only: render once more in a transaction of its own and compare.
+    psql(args.database_url, "SELECT length(amba._report(:'key'::text, :'event'::text)) > 0;",
+         key=args.experiment, event=args.event)
+    after = state(args.database_url, args.experiment)
+    c.check(after == before, "rendering the report changed nothing (status, revision, weights, history)",
+            f"before {before} after {after}")
     short = lambda msgs: f"{len(msgs)}: " + "; ".join(m[:160] for m in msgs[:4])
     c.check(not console_errors, "no console errors", short(console_errors))
     c.check(not page_errors, "no page errors", short(page_errors))
@@ -488,6 +586,164 @@ def check_page(c, page, experiment, results, daily, args):
             "; ".join(bad[:4]))
 
 
+def check_v030(c, page, experiment, v030, args):
+    """Guardrails, auto-pause banner, segments and bandit weights (SPEC §12-§14)."""
+    raw = [r for r in v030["raw"] if r["exposed"] and not r["overridden"]]
+    control = (experiment.get("variants") or [{}])[0].get("key")
+
+    # --- Guardrails.
+    guardrails = experiment.get("guardrails")
+    section = page.evaluate("!!document.getElementById('guardrails')")
+    if not guardrails:
+        c.check(not section, "no guardrails: no guardrail section")
+    else:
+        rows = page.evaluate("""() => Array.from(document.querySelectorAll('#guardrails-table tbody tr[data-guardrail]'))
+            .map(r => ({guardrail: +r.getAttribute('data-guardrail'), variant: r.getAttribute('data-variant'),
+                        key: (r.querySelector('[data-field="variant-key"]') || {}).textContent,
+                        tripped: r.getAttribute('data-tripped'),
+                        status: (r.querySelector('[data-col="status"]') || {}).textContent,
+                        vals: Object.fromEntries(Array.from(r.querySelectorAll('[data-value]'))
+                              .map(e => [e.getAttribute('data-col'), e.getAttribute('data-value')]))}))""")
+        want = v030["guardrails"]
+        c.check([(r["guardrail"], r["variant"]) for r in rows] == [(g["guardrail"], g["variant"]) for g in want],
+                "a guardrail row per guardrail and variant, in order", f"{rows!r} vs {want!r}")
+        c.check(all(r["key"] == g["variant"] for r, g in zip(rows, want)), "guardrail variant keys shown as text")
+        bad = [f"{g['guardrail']}/{g['variant']}.{col}: {r['vals'].get(col)!r} vs {g[col]!r}"
+               for r, g in zip(rows, want) for col in ("lift", "cs_low", "cs_high")
+               if not same(parse_value(r["vals"].get(col)), g[col])]
+        c.check(not bad, "guardrail lift and always-valid interval equal amba._guardrail_status", "; ".join(bad[:4]))
+        c.check(all((r["tripped"] == "true") == g["tripped"] and (("tripped" in r["status"]) == g["tripped"])
+                    for r, g in zip(rows, want)),
+                "tripped shown exactly where it trips", repr([(r["tripped"], r["status"]) for r in rows]))
+        c.check(all(not g["paused"] for g in want), "amba._guardrail_status never reports a pause")
+        # The lift by hand: each guardrail's per-user values over exposed users.
+        bad = []
+        for g in want:
+            spec = guardrails[g["guardrail"]]
+            prop = spec.get("value_property") if spec.get("kind") == "mean" else None
+
+            def mean(variant):
+                vals = [user_value(u, spec["event"], prop) for u in raw if u["variant"] == variant]
+                if spec.get("kind") != "mean":
+                    vals = [1 if v > 0 else 0 for v in vals]
+                return sum(vals) / len(vals) if vals else None
+
+            mc, mt = mean(control), mean(g["variant"])
+            lift = mt / mc - 1 if mc and mt is not None else None
+            if not (lift is None and g["lift"] is None) and (lift is None or g["lift"] is None
+                                                             or abs(lift - g["lift"]) > 1e-9 * max(1, abs(lift))):
+                bad.append(f"{g['guardrail']}/{g['variant']}: by hand {lift!r}, amba {g['lift']!r}")
+        c.check(not bad, "guardrail lifts equal a computation by hand from the raw rows", "; ".join(bad))
+
+    # --- The auto-pause banner (latest auto_pause history row).
+    banner = page.evaluate("""() => { const b = document.getElementById('auto-pause'); if (!b) return null;
+        const t = document.getElementById('results-table').getBoundingClientRect();
+        return {at: b.getAttribute('data-paused-at'), text: b.textContent,
+                above: b.getBoundingClientRect().bottom <= t.top,
+                time: (b.querySelector('time[data-field="auto-paused-at"]') || {}).textContent,
+                items: Array.from(b.querySelectorAll('.tripped-item')).map(i => ({
+                    guardrail: +i.getAttribute('data-guardrail'), variant: i.getAttribute('data-variant'),
+                    vals: Object.fromEntries(Array.from(i.querySelectorAll('[data-value]'))
+                          .map(e => [e.getAttribute('data-col'), e.getAttribute('data-value')]))}))}; }""")
+    ap = v030["auto_pause"]
+    c.check((banner is not None) == (ap is not None),
+            f"auto-pause banner {'present' if ap else 'absent'}", repr(banner and banner["text"][:100]))
+    if ap and banner:
+        c.check(banner["at"] == ap["at"] and banner["time"] == ap["at"].replace("T", " ").replace("Z", " UTC"),
+                "the banner says when (the auto_pause row's time, UTC)", f"{banner['at']!r} {banner['time']!r} vs {ap['at']!r}")
+        want = ap["tripped"] or []
+        ok = [(i["guardrail"], i["variant"]) for i in banner["items"]] == [(t["guardrail"], t["variant"]) for t in want] \
+            and all(same(parse_value(i["vals"].get(k)), t[k]) for i, t in zip(banner["items"], want)
+                    for k in ("lift", "cs_low", "cs_high"))
+        c.check(ok and bool(want), "the banner names each tripping guardrail and variant, with its numbers",
+                f"{banner['items']!r} vs {want!r}")
+        c.check(banner["above"] and ("paused automatically" in banner["text"].lower()),
+                "the banner is above the results and says the experiment was paused automatically")
+
+    # --- Segments: amba._results_by per dimension, and the counts by hand.
+    dims = experiment.get("dimensions") or []
+    if not dims:
+        c.check(not page.evaluate("!!document.getElementById('segments')"), "no dimensions: no segment section")
+    for dim in dims:
+        rows = page.evaluate("""d => Array.from(document.querySelectorAll('table.segments-table')).filter(
+                t => t.getAttribute('data-dimension') === d).flatMap(t => Array.from(t.querySelectorAll('tbody tr[data-variant]')))
+            .map(r => ({value: r.hasAttribute('data-null') ? null : r.getAttribute('data-dimension-value'),
+                        shown: (r.querySelector('[data-field="dimension-value"]') || {}).textContent,
+                        variant: r.getAttribute('data-variant'),
+                        vals: Object.fromEntries(Array.from(r.querySelectorAll('[data-col]'))
+                              .map(e => [e.getAttribute('data-col'), [e.getAttribute('data-value'),
+                                         e.firstChild && e.firstChild.nodeType === 3 ? e.firstChild.textContent : e.textContent]]))}))""",
+            dim)
+        want = v030["by"][dim]
+        c.check([(r["value"], r["variant"]) for r in rows] == [(w["dimension_value"], w["variant"]) for w in want],
+                f"by {dim}: a row per (value, variant), in amba._results_by's order",
+                f"{[(r['value'], r['variant']) for r in rows]} vs {[(w['dimension_value'], w['variant']) for w in want]}")
+        c.check(all((r["shown"] == w["dimension_value"]) if w["dimension_value"] is not None else r["shown"] == "(no value)"
+                    for r, w in zip(rows, want)),
+                f"by {dim}: values shown as text, exactly (NULL as '(no value)')", repr([r["shown"] for r in rows]))
+        bad, bad_shown = [], []
+        for r, w in zip(rows, want):
+            for col in ("exposed_count", "converted_count", "conversion_rate", "lift", "lift_ci_low",
+                        "lift_ci_high", "p_value_holm"):
+                val, text = r["vals"].get(col, (None, None))
+                if col not in r["vals"] or not same(parse_value(val), w[col]):
+                    bad.append(f"{w['dimension_value']}/{w['variant']}.{col}: {val!r} vs {w[col]!r}")
+                elif not shown_ok(col if col != "p_value_holm" else "p_value", w[col], text or ""):
+                    bad_shown.append(f"{col}: {w[col]!r} shown as {text!r}")
+        c.check(not bad, f"by {dim}: numbers equal amba._results_by", "; ".join(bad[:4]))
+        c.check(not bad_shown, f"by {dim}: numbers formatted readably", "; ".join(bad_shown[:4]))
+        # By hand: exposed users with the value, and those with the event at/after assignment.
+        counts = {}
+        for u in raw:
+            v = (u["dims"] or {}).get(dim)
+            k = (v, u["variant"])
+            n, conv = counts.get(k, (0, 0))
+            counts[k] = (n + 1, conv + (1 if user_value(u, args.event) > 0 else 0))
+        got = {(r["value"], r["variant"]): (int(float(r["vals"]["exposed_count"][0])),
+                                           int(float(r["vals"]["converted_count"][0]))) for r in rows
+               if "exposed_count" in r["vals"]}
+        hand = {k: v for k, v in counts.items()}
+        c.check(bool(hand) and all(got.get(k, (0, 0)) == v for k, v in hand.items())
+                and all(v == (0, 0) or k in hand for k, v in got.items()),
+                f"by {dim}: exposed and converted equal a count by hand from the raw rows",
+                f"page {sorted(got.items(), key=repr)[:6]} vs hand {sorted(hand.items(), key=repr)[:6]}")
+
+    # --- Bandit weights over time.
+    if not experiment.get("bandit"):
+        c.check(not page.evaluate("!!document.getElementById('bandit')"), "not a bandit: no weights section")
+        return
+    shown = page.evaluate("""() => ({
+        rows: Array.from(document.querySelectorAll('#weights-table tbody tr[data-version]')).map(r => ({
+            version: +r.getAttribute('data-version'),
+            at: (r.querySelector('time[data-field="version-created"]') || {getAttribute: () => null}).getAttribute('datetime'),
+            weights: Object.fromEntries(Array.from(r.querySelectorAll('td[data-variant]'))
+                     .map(e => [e.getAttribute('data-variant'), e.getAttribute('data-value')]))})),
+        bars: Array.from(document.querySelectorAll('svg.weights g.wv-row')).map(g => ({
+            version: +g.getAttribute('data-version'),
+            segs: Array.from(g.querySelectorAll('rect.wv-seg')).map(s => [s.getAttribute('data-variant'),
+                  +s.getAttribute('data-share'), s.getBBox().width])}))})""")
+    want = v030["versions"]
+    c.check(len(want) >= 2 and [r["version"] for r in shown["rows"]] == [w["version"] for w in want],
+            "a row per weight version, in order", f"{[r['version'] for r in shown['rows']]} vs {[w['version'] for w in want]}")
+    bad = []
+    for r, w in zip(shown["rows"], want):
+        if r["at"] != w["at"]:
+            bad.append(f"v{w['version']} at {r['at']!r} vs {w['at']!r}")
+        for k, wt in zip(w["keys"], w["weights"]):
+            if not same(parse_value(r["weights"].get(k)), wt):
+                bad.append(f"v{w['version']}.{k}: {r['weights'].get(k)!r} vs {wt!r}")
+    c.check(not bad, "each version's time and weights equal amba.weight_versions", "; ".join(bad[:4]))
+    bad = []
+    for b, w in zip(shown["bars"], want):
+        total = sum(w["weights"])
+        exp_segs = [(k, wt / total) for k, wt in zip(w["keys"], w["weights"]) if wt > 0]
+        if [s[0] for s in b["segs"]] != [k for k, _ in exp_segs] or \
+                not all(abs(s[1] - f) < 1e-12 and s[2] > 0 for s, (_, f) in zip(b["segs"], exp_segs)):
+            bad.append(f"v{w['version']}: {b['segs']} vs {exp_segs}")
+    c.check(len(shown["bars"]) == len(want) and not bad,
+            "weights chart: a stacked bar per version, each variant's share (w / sum), drawn", "; ".join(bad[:3]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--database-url", default=os.environ.get(
@@ -496,6 +752,8 @@ def main():
     ap.add_argument("--event", required=True, help="conversion event")
     ap.add_argument("--screenshot", default="target/report.png", help="full-page PNG to write")
     ap.add_argument("--save-html", help="also write the HTML here")
+    ap.add_argument("--expect-tripping", action="store_true",
+                    help="the experiment is active and one of its guardrails must trip")
     args = ap.parse_args()
     if not os.path.exists(CHROMIUM):
         print(f"FAIL - {CHROMIUM} is missing (apt-get install chromium; scripts/setup.sh does)")

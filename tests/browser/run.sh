@@ -26,17 +26,23 @@ if [[ ${AMBA_REPORT_FROM_TREE:-} == 1 ]]; then
 fi
 psql -X -q -v ON_ERROR_STOP=1 -d "$URL" -f tests/browser/seed.sql > /dev/null
 status=0
-for exp in checkout-redesign hostile.srm empty-exp q4-holdout; do
+for exp in checkout-redesign hostile.srm empty-exp q4-holdout guard-live guard-paused segmented bandit-exp; do
   echo "# report of $exp"
+  extra=()
+  # guard-live is active with a tripping guardrail: its report must render without pausing it.
+  [[ $exp == guard-live ]] && extra=(--expect-tripping)
   python3 tests/browser/report_test.py --database-url "$URL" --experiment "$exp" --event purchase \
-    --screenshot "target/report-$exp.png" || status=1
+    --screenshot "target/report-$exp.png" "${extra[@]}" || status=1
 done
 echo "# who may render it"
 for role in amba_admin amba_analyst; do
-  out=$(psql -X -q -At -d "$URL" -c "SET ROLE $role" \
-          -c "SELECT length(amba._report('checkout-redesign'::text, 'purchase'::text)) > 1000" 2>&1 || true)
-  if [[ $out == t ]]; then echo "ok   - $role may run amba._report"
-  else echo "FAIL - $role cannot run amba._report: ${out:0:300}"; status=1; fi
+  # Guardrails, segments and the bandit's weights too (SPEC §12-§14: analysts read them).
+  for exp in checkout-redesign guard-paused segmented bandit-exp; do
+    out=$(psql -X -q -At -d "$URL" -c "SET ROLE $role" \
+            -c "SELECT length(amba._report('$exp'::text, 'purchase'::text)) > 1000" 2>&1 || true)
+    if [[ $out == t ]]; then echo "ok   - $role may run amba._report ($exp)"
+    else echo "FAIL - $role cannot run amba._report ($exp): ${out:0:300}"; status=1; fi
+  done
 done
 out=$(psql -X -q -At -d "$URL" -c "SET ROLE amba_client" \
         -c "SELECT amba._report('checkout-redesign'::text, 'purchase'::text)" 2>&1 || true)

@@ -9,6 +9,15 @@
 --                      must shout about); layer "checkout" [0.3, 0.425)
 --   empty-exp          nobody exposed; no targeting (everyone), full coverage; created
 --                      ended in layer "checkout", so it holds no range; held out
+--   guard-live         guardrails (SPEC §12): "refund" must not increase (the treatment
+--                      refunds far more: tripping) and the purchase amount must not fall;
+--                      active, never checked: rendering its report must not pause it
+--   guard-paused       the same data, checked once here: paused by amba_check_guardrails
+--                      (an auto_pause history row the page must show as a banner)
+--   segmented          dimensions country and plan (SPEC §13), assigned through
+--                      amba_assign with attributes; a hostile country value, and users
+--                      without an attribute (the NULL group)
+--   bandit-exp         a bandit (SPEC §14) updated twice: three weight versions
 \set ON_ERROR_STOP 1
 SELECT amba_create_experiment('q4-holdout', '[{"key":"holdout","weight":5},{"key":"general","weight":95}]',
     'Q4 launches holdout') IS NOT NULL AS created \gset
@@ -46,3 +55,70 @@ SELECT count(amba_track(a.user_id, 'purchase', jsonb_build_object('amount', 20 +
   FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
  WHERE (hashtext(a.user_id || 'p') & 1023) < CASE a.variant WHEN 'control' THEN 100 WHEN 'one-page' THEN 135
                                                          WHEN 'express' THEN 110 ELSE 120 END \gset
+
+-- Guardrails: two experiments with the same kind of data, one checked (and paused).
+SELECT amba_create_experiment(k, '[{"key":"control","weight":1},{"key":"treatment","weight":1}]',
+    'Guarded ' || k,
+    guardrails => '[{"event":"refund","kind":"conversion","bad":"increase"},
+                    {"event":"purchase","kind":"mean","value_property":"amount","bad":"decrease","tolerance":0.05,"alpha":0.1}]')
+    IS NOT NULL AS created
+  FROM unnest(ARRAY['guard-live', 'guard-paused']) k;
+INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version, assigned_at)
+SELECT e.id, e.key || '-' || g, e.variant_keys[1 + g % 2], 1,
+       timestamptz '2026-10-01 08:00+00' + (g % 7) * interval '1 day'
+  FROM amba.experiments e, generate_series(1, 2000) g WHERE e.key IN ('guard-live', 'guard-paused');
+INSERT INTO amba.exposures (experiment_id, user_id, exposed_at)
+SELECT a.experiment_id, a.user_id, a.assigned_at + interval '1 minute'
+  FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+ WHERE e.key IN ('guard-live', 'guard-paused');
+SELECT count(amba_track(a.user_id, 'refund', NULL, a.assigned_at + interval '2 hours')) AS tracked
+  FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+ WHERE e.key IN ('guard-live', 'guard-paused')
+   AND (hashtext(a.user_id || 'r') & 1023) < CASE a.variant WHEN 'control' THEN 40 ELSE 300 END \gset
+SELECT count(amba_track(a.user_id, 'purchase', jsonb_build_object('amount', 30 + hashtext(a.user_id) % 20),
+                        a.assigned_at + interval '1 hour')) AS tracked
+  FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+ WHERE e.key IN ('guard-live', 'guard-paused') AND (hashtext(a.user_id || 'p') & 1023) < 120 \gset
+SELECT count(*) AS checked FROM amba_check_guardrails('guard-paused') \gset
+
+-- Segments: assigned through amba_assign, which stores the dimensions' values.
+SELECT amba_create_experiment('segmented', '[{"key":"control","weight":1},{"key":"bold","weight":1}]',
+    'Segmented', dimensions => ARRAY['country', 'plan']) IS NOT NULL AS created \gset
+SELECT count(amba_assign('segmented', 'sg' || g, jsonb_strip_nulls(jsonb_build_object(
+           'country', (ARRAY['US', 'DE', '<script>alert(5)</script>', NULL])[1 + g % 4],
+           'plan', (ARRAY['free', 'pro', NULL])[1 + g % 3])))) AS assigned
+  FROM generate_series(1, 1200) g \gset
+SELECT count(amba_expose('segmented', 'sg' || g)) AS exposed
+  FROM generate_series(1, 1200) g WHERE g % 10 <> 0 \gset
+SELECT count(amba_track('sg' || g, 'purchase', NULL, clock_timestamp() + interval '1 hour')) AS tracked
+  FROM generate_series(1, 1200) g
+ WHERE (hashtext('sg' || g || 'p') & 1023) < CASE WHEN amba_bucket('segmented', 'sg' || g) < 0.5 THEN 150 ELSE 220 END \gset
+
+-- A bandit, updated twice (three weight versions).
+SELECT amba_create_experiment('bandit-exp',
+    '[{"key":"control","weight":1},{"key":"fast","weight":1},{"key":"slow","weight":1}]', 'Bandit',
+    bandit => '{"event":"purchase","kind":"conversion","min_users":50,"min_weight":0.05}') IS NOT NULL AS created \gset
+INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version, assigned_at)
+SELECT e.id, 'bd' || g, e.variant_keys[1 + g % 3], 1, timestamptz '2026-10-01 08:00+00' + (g % 5) * interval '1 day'
+  FROM amba.experiments e, generate_series(1, 900) g WHERE e.key = 'bandit-exp';
+INSERT INTO amba.exposures (experiment_id, user_id, exposed_at)
+SELECT a.experiment_id, a.user_id, a.assigned_at + interval '1 minute'
+  FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id WHERE e.key = 'bandit-exp';
+SELECT count(amba_track(a.user_id, 'purchase', NULL, a.assigned_at + interval '1 hour')) AS tracked
+  FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+ WHERE e.key = 'bandit-exp'
+   AND (hashtext(a.user_id || 'p') & 1023) < CASE a.variant WHEN 'control' THEN 100 WHEN 'fast' THEN 200 ELSE 120 END \gset
+SELECT amba_bandit_update('bandit-exp') ->> 'updated' AS updated \gset
+INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version, assigned_at)
+SELECT e.id, 'bd' || g, e.variant_keys[CASE WHEN g % 10 < 6 THEN 2 WHEN g % 10 < 8 THEN 1 ELSE 3 END], 2,
+       timestamptz '2026-10-06 08:00+00' + (g % 5) * interval '1 day'
+  FROM amba.experiments e, generate_series(901, 1800) g WHERE e.key = 'bandit-exp';
+INSERT INTO amba.exposures (experiment_id, user_id, exposed_at)
+SELECT a.experiment_id, a.user_id, a.assigned_at + interval '1 minute'
+  FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+ WHERE e.key = 'bandit-exp' AND a.weight_version = 2;
+SELECT count(amba_track(a.user_id, 'purchase', NULL, a.assigned_at + interval '1 hour')) AS tracked
+  FROM amba.assignments a JOIN amba.experiments e ON e.id = a.experiment_id
+ WHERE e.key = 'bandit-exp' AND a.weight_version = 2
+   AND (hashtext(a.user_id || 'p') & 1023) < CASE a.variant WHEN 'control' THEN 100 WHEN 'fast' THEN 200 ELSE 120 END \gset
+SELECT amba_bandit_update('bandit-exp') ->> 'updated' AS updated \gset
