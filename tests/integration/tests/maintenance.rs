@@ -480,11 +480,13 @@ fn partitions(table: &str, key: &str, modulus: u32) -> String {
 }
 
 /// amba.assignments becomes partitioned (the issue's statements), its rows moved, the
-/// foreign key of amba.exposures pointed at the new table.
+/// foreign keys of amba.exposures and amba.assignment_dimensions (0.3.0) pointed at the new
+/// table.
 fn partition_assignments(c: &mut Client, key: &str, modulus: u32) {
     c.batch_execute(&format!(
         "BEGIN;
          ALTER TABLE amba.exposures DROP CONSTRAINT exposures_experiment_id_user_id_fkey;
+         ALTER TABLE amba.assignment_dimensions DROP CONSTRAINT assignment_dimensions_experiment_id_user_id_fkey;
          ALTER TABLE amba.assignments RENAME TO assignments_old;
          ALTER INDEX amba.assignments_pkey RENAME TO assignments_old_pkey;
          {}
@@ -492,6 +494,9 @@ fn partition_assignments(c: &mut Client, key: &str, modulus: u32) {
          ALTER EXTENSION amba DROP TABLE amba.assignments_old;
          DROP TABLE amba.assignments_old;
          ALTER TABLE amba.exposures ADD CONSTRAINT exposures_experiment_id_user_id_fkey
+           FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
+           ON DELETE CASCADE ON UPDATE CASCADE;
+         ALTER TABLE amba.assignment_dimensions ADD CONSTRAINT assignment_dimensions_experiment_id_user_id_fkey
            FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
            ON DELETE CASCADE ON UPDATE CASCADE;
          COMMIT;",
@@ -606,6 +611,19 @@ fn partitioned_case(table: Table, call: Call) {
             }
             assert_eq!(assignment_rows(&mut app, "e", "anon1"), 0, "{what}");
             assert_eq!(count(&mut app, "SELECT count(*) FROM amba.assignments"), 4);
+            // 0.3.0: a first assignment that stores dimension values, on the SQL path.
+            app.batch_execute(
+                "SELECT amba_create_experiment('dims', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]',
+                                               dimensions => ARRAY['country'])",
+            )
+            .unwrap();
+            app.batch_execute("SELECT amba_assign('dims', 'new2', '{\"country\": \"DE\"}')").unwrap();
+            assert_eq!(
+                count(&mut app, "SELECT count(*) FROM amba.assignment_dimensions d JOIN amba.assignments a USING (experiment_id, user_id)
+                                  WHERE d.user_id = 'new2' AND d.dimension_values = '{\"country\": \"DE\"}'"),
+                1,
+                "{what}: the dimension values stored with the assignment"
+            );
         }
         Call::Expose => {
             assert_eq!(expose(&mut app, "e", "old").must(), v_old, "{what}");

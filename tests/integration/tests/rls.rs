@@ -108,12 +108,13 @@ fn fixture(db: &mut Client) -> Fixture {
         key_name: unique("rls_key"),
     };
     db.query_one(
-        "SELECT amba_create_experiment($1, '[{\"key\":\"control\",\"weight\":1},{\"key\":\"treatment\",\"weight\":1}]')",
+        "SELECT amba_create_experiment($1, '[{\"key\":\"control\",\"weight\":1},{\"key\":\"treatment\",\"weight\":1}]',
+                                       dimensions => ARRAY['plan'])",
         &[&f.exp],
     )
     .unwrap();
     for u in [&f.a, &f.b, &f.c] {
-        db.query_one("SELECT amba_assign($1, $2)", &[&f.exp, u])
+        db.query_one("SELECT amba_assign($1, $2, '{\"plan\": \"pro\"}')", &[&f.exp, u])
             .unwrap();
     }
     for u in [&f.a, &f.b] {
@@ -224,6 +225,15 @@ fn table_probes(f: &Fixture) -> BTreeMap<&'static str, TableProbe> {
         format!("experiment_id = {id}"),
         format!("INSERT INTO amba.overrides (experiment_id, user_id, variant) VALUES ({id}, '{a}_o', 'control')"),
         "variant = variant",
+    );
+    // Dimension values follow their assignment (foreign key): the probe's insert makes both.
+    add(
+        "assignment_dimensions",
+        3,
+        format!("experiment_id = {id}"),
+        format!("WITH a AS (INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version) VALUES ({id}, '{a}_d', 'control', 1) RETURNING experiment_id, user_id)
+                 INSERT INTO amba.assignment_dimensions SELECT experiment_id, user_id, '{{}}' FROM a"),
+        "dimension_values = dimension_values",
     );
     add(
         "aliases",
@@ -529,7 +539,7 @@ fn policies_hold_even_with_table_grants() {
                 "amba_owner" => assert!(
                     cmd == "SELECT"
                         || (cmd == "INSERT"
-                            && ["assignments", "exposures", "events"].contains(&table.as_str())),
+                            && ["assignments", "exposures", "events", "assignment_dimensions"].contains(&table.as_str())),
                     "{table}.{name}: {cmd}"
                 ),
                 "amba_client" => {
