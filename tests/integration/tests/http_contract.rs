@@ -3497,3 +3497,682 @@ fn admin_layers_and_holdouts_and_client_assign_of_a_held_out_user() {
     }
     assert!(listed_layer(&layer).is_empty());
 }
+
+// ------------------------------------------------------------------------------------------
+// 0.3.0 admin endpoints (SPEC §12 guardrails, §13 ratio/quantile/segments, §14 bandits)
+// ------------------------------------------------------------------------------------------
+
+/// A SQL function's rows as PostgREST's JSON body would carry them (json_agg of the rows).
+fn sql_rows(query: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Value {
+    let text: String = connect()
+        .query_one(
+            format!("SELECT coalesce(json_agg(t), '[]')::text FROM ({query}) t").as_str(),
+            params,
+        )
+        .expect(query)
+        .get(0);
+    serde_json::from_str(&text).unwrap()
+}
+
+fn sql_value(query: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Value {
+    let text: Option<String> = connect()
+        .query_one(format!("SELECT ({query})::text").as_str(), params)
+        .expect(query)
+        .get(0);
+    text.map_or(Value::Null, |t| serde_json::from_str(&t).unwrap())
+}
+
+/// Loads `n` exposed users per variant of `key` straight into the tables (as a bulk import
+/// would), each with a `purchase` (amount) at `conv[variant]`‰ and a `refund` at
+/// `refund[variant]`‰, an hour after assignment. Users are `<key>-<variant>-<i>`.
+fn load_users(key: &str, n: i32, conv: [i32; 2], refund: [i32; 2]) {
+    connect()
+        .execute(
+            "WITH e AS (SELECT id, variant_keys FROM amba.experiments WHERE key = $1),
+                  a AS (INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version, assigned_at)
+                        SELECT e.id, $1 || '-' || e.variant_keys[v] || '-' || g, e.variant_keys[v], 1,
+                               now() - interval '2 days'
+                          FROM e, generate_series(1, 2) v, generate_series(1, $2::int) g
+                        RETURNING experiment_id, user_id, variant, assigned_at),
+                  x AS (INSERT INTO amba.exposures (experiment_id, user_id, exposed_at)
+                        SELECT experiment_id, user_id, assigned_at + interval '1 minute' FROM a
+                        RETURNING user_id),
+                  p AS (INSERT INTO amba.events (user_id, event, occurred_at, properties)
+                        SELECT a.user_id, 'purchase', a.assigned_at + interval '1 hour',
+                               jsonb_build_object('amount', 10 + (hashtext(a.user_id) & 63))
+                          FROM a, e WHERE (hashtext(a.user_id || 'p') & 1023)
+                                < (CASE WHEN a.variant = e.variant_keys[1] THEN $3::int ELSE $4::int END)
+                        RETURNING 1)
+             INSERT INTO amba.events (user_id, event, occurred_at, properties)
+             SELECT a.user_id, 'refund', a.assigned_at + interval '2 hours', NULL
+               FROM a, e WHERE (hashtext(a.user_id || 'r') & 1023)
+                     < (CASE WHEN a.variant = e.variant_keys[1] THEN $5::int ELSE $6::int END)",
+            &[&key, &n, &conv[0], &conv[1], &refund[0], &refund[1]],
+        )
+        .expect("loading users");
+}
+
+fn status_of(key: &str) -> String {
+    connect()
+        .query_one("SELECT status FROM amba.experiments WHERE key = $1", &[&key])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn admin_create_and_update_carry_guardrails_dimensions_and_bandit() {
+    let key = unique("http_030_create");
+    let guardrails = json!([{"event": "refund", "kind": "conversion", "bad": "increase"}]);
+    let created = post(
+        "/rpc/experiments_create",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key, "variants": two_variants(), "guardrails": guardrails,
+               "dimensions": ["country", "app.version"]}),
+    );
+    assert_eq!(created.0, 200, "{created:?}");
+    // The body is the experiment's jsonb, as the SQL API stores and returns it.
+    let stored = sql_value("amba._get_experiment($1)", &[&key]);
+    assert_eq!(created.1, stored);
+    assert_eq!(
+        stored["guardrails"],
+        json!([{"event": "refund", "value_property": null, "kind": "conversion", "bad": "increase",
+                "tolerance": 0.0, "alpha": 0.05}]),
+        "defaults written out"
+    );
+    assert_eq!(stored["dimensions"], json!(["country", "app.version"]));
+    assert_eq!(stored["bandit"], Value::Null);
+
+    // Update: new guardrails and dimensions; the GET answers the same.
+    let updated = post(
+        "/rpc/experiments_update",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key,
+               "guardrails": [{"event": "purchase", "kind": "mean", "value_property": "amount",
+                               "bad": "decrease", "tolerance": 0.1, "alpha": 0.1}],
+               "dimensions": ["plan"]}),
+    );
+    assert_eq!(updated.0, 200, "{updated:?}");
+    let got = get(
+        &format!("/rpc/experiments_get?experiment_key={}", url(&key)),
+        admin_headers(),
+        admin_jwt(),
+    );
+    assert_eq!(got, (200, sql_value("amba._get_experiment($1)", &[&key])));
+    assert_eq!(updated.1, got.1);
+    assert_eq!(got.1["guardrails"][0]["kind"], "mean");
+    assert_eq!(got.1["dimensions"], json!(["plan"]));
+
+    // A bandit, at create and at update.
+    let bkey = unique("http_030_bandit_create");
+    let created = post(
+        "/rpc/experiments_create",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": bkey, "variants": two_variants(),
+               "bandit": {"event": "purchase", "kind": "conversion", "min_users": 5}}),
+    );
+    assert_eq!(created.0, 200, "{created:?}");
+    assert_eq!(created.1, sql_value("amba._get_experiment($1)", &[&bkey]));
+    assert_eq!(created.1["bandit"]["event"], "purchase");
+    assert_eq!(created.1["bandit"]["min_users"], 5);
+    let updated = post(
+        "/rpc/experiments_update",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": bkey, "bandit": {"event": "purchase", "kind": "conversion",
+                                                  "min_users": 7, "min_weight": 0.1}}),
+    );
+    assert_eq!(updated.0, 200, "{updated:?}");
+    assert_eq!(updated.1, sql_value("amba._get_experiment($1)", &[&bkey]));
+    assert_eq!(updated.1["bandit"]["min_users"], 7);
+
+    // Invalid values: 400 INVALID_ARGUMENT, nothing written.
+    let bad: Vec<(&str, Value)> = vec![
+        ("guardrails", json!([{"event": "refund", "kind": "median", "bad": "increase"}])),
+        ("guardrails", json!([{"event": "refund", "kind": "conversion", "bad": "sideways"}])),
+        ("guardrails", json!([{"event": "refund", "kind": "conversion", "bad": "increase", "alpha": 1.5}])),
+        ("guardrails", json!({"event": "refund"})),
+        ("dimensions", json!(["a", "b", "c", "d", "e", "f"])),
+        ("dimensions", json!([""])),
+        ("bandit", json!({"event": "purchase", "kind": "conversion", "min_weight": 0.6})),
+        ("bandit", json!({"event": "purchase", "kind": "conversion", "min_users": 0})),
+        ("bandit", json!({"kind": "conversion"})),
+    ];
+    for (field, value) in &bad {
+        let k = unique("http_030_bad");
+        let mut body = json!({"experiment_key": k, "variants": two_variants()});
+        body[*field] = value.clone();
+        let resp = post("/rpc/experiments_create", admin_headers(), admin_jwt(), body);
+        assert_error(&resp, 400, "INVALID_ARGUMENT");
+        assert_eq!(
+            sql_value("amba._get_experiment($1)", &[&k]),
+            Value::Null,
+            "{field} {value}: nothing written"
+        );
+        let before = sql_value("amba._get_experiment($1)", &[&key]);
+        let resp = post(
+            "/rpc/experiments_update",
+            admin_headers(),
+            admin_jwt(),
+            json!({"experiment_key": key, *field: value}),
+        );
+        assert_error(&resp, 400, "INVALID_ARGUMENT");
+        assert_eq!(
+            sql_value("amba._get_experiment($1)", &[&key]),
+            before,
+            "{field} {value}: update wrote nothing"
+        );
+    }
+    let resp = post(
+        "/rpc/experiments_update",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": unique("http_030_nope"), "dimensions": ["plan"]}),
+    );
+    assert_error(&resp, 404, "EXPERIMENT_NOT_FOUND");
+}
+
+#[test]
+fn admin_check_guardrails_endpoint_pauses_as_the_sql_function_does() {
+    let key = unique("http_030_guard");
+    let created = post(
+        "/rpc/experiments_create",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key, "variants": two_variants(),
+               "guardrails": [{"event": "refund", "kind": "conversion", "bad": "increase"},
+                              {"event": "purchase", "kind": "mean", "value_property": "amount",
+                               "bad": "decrease", "tolerance": 0.5}]}),
+    );
+    assert_eq!(created.0, 200, "{created:?}");
+    load_users(&key, 1500, [150, 150], [30, 300]);
+    // What the check will find, computed without pausing (amba._guardrail_status).
+    let expected = sql_rows(
+        "SELECT * FROM amba._guardrail_status($1)",
+        &[&key],
+    );
+    let rows = expected.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{expected}");
+    assert_eq!(rows[0]["tripped"], true, "the refund guardrail trips: {expected}");
+    assert_eq!(rows[1]["tripped"], false, "{expected}");
+    assert_eq!(status_of(&key), "active", "computing the status paused nothing");
+
+    let resp = post(
+        "/rpc/experiments_check_guardrails",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key}),
+    );
+    assert_eq!(resp.0, 200, "{resp:?}");
+    // The same rows, with paused = true: this call paused it.
+    let mut want = expected.clone();
+    for r in want.as_array_mut().unwrap() {
+        r["paused"] = json!(true);
+    }
+    assert_eq!(resp.1, want);
+    assert_eq!(status_of(&key), "paused");
+    let history = sql_rows(
+        "SELECT action, api_key_name, jwt_sub, after->'tripped' AS tripped
+           FROM amba.experiment_history WHERE experiment_key = $1 AND action = 'auto_pause'",
+        &[&key],
+    );
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+    assert_eq!(history[0]["api_key_name"], json!(keys().admin_name));
+    assert_eq!(history[0]["jwt_sub"], "ops@example.com");
+    assert_eq!(history[0]["tripped"][0]["guardrail"], 0);
+    assert_eq!(history[0]["tripped"][0]["variant"], "treatment");
+
+    // Again: reported, nothing more paused.
+    let again = post(
+        "/rpc/experiments_check_guardrails",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key}),
+    );
+    assert_eq!(again, (200, expected.clone()));
+    assert_eq!(
+        sql_rows(
+            "SELECT 1 FROM amba.experiment_history WHERE experiment_key = $1 AND action = 'auto_pause'",
+            &[&key]
+        )
+        .as_array()
+        .unwrap()
+        .len(),
+        1
+    );
+
+    // An experiment without guardrails: no rows.
+    let plain = unique("http_030_guard_none");
+    assert_eq!(admin_create(&plain, two_variants(), None).0, 200);
+    assert_eq!(
+        post(
+            "/rpc/experiments_check_guardrails",
+            admin_headers(),
+            admin_jwt(),
+            json!({"experiment_key": plain}),
+        ),
+        (200, json!([]))
+    );
+    // Errors in the contract's form: unknown → 404, a malformed key → 400.
+    assert_error(
+        &post(
+            "/rpc/experiments_check_guardrails",
+            admin_headers(),
+            admin_jwt(),
+            json!({"experiment_key": unique("http_030_guard_nope")}),
+        ),
+        404,
+        "EXPERIMENT_NOT_FOUND",
+    );
+    assert_error(
+        &post(
+            "/rpc/experiments_check_guardrails",
+            admin_headers(),
+            admin_jwt(),
+            json!({"experiment_key": "not a key!"}),
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    );
+}
+
+#[test]
+fn admin_ratio_quantile_and_results_by_endpoints_answer_as_the_sql_functions() {
+    let key = unique("http_030_metrics");
+    let created = post(
+        "/rpc/experiments_create",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key, "variants": two_variants(), "dimensions": ["country"]}),
+    );
+    assert_eq!(created.0, 200, "{created:?}");
+    // Users through the client API, with attributes (the dimension's values are stored at
+    // the first assign); one value is hostile, some users have none.
+    let countries = [json!("DE"), json!("US"), json!("<script>x</script>"), Value::Null];
+    for i in 0..24 {
+        let user = format!("{key}-u{i}");
+        let attributes = match &countries[i % 4] {
+            Value::Null => json!({"plan": "free"}),
+            c => json!({"country": c}),
+        };
+        let a = post(
+            "/rpc/assign",
+            client_headers(),
+            client_jwt(&user),
+            json!({"experiment_key": key, "attributes": attributes}),
+        );
+        assert_eq!(a.0, 200, "{a:?}");
+        post("/rpc/expose", client_headers(), client_jwt(&user), json!({"experiment_key": key}));
+        for j in 0..(i % 3) {
+            let t = post(
+                "/rpc/track",
+                client_headers(),
+                client_jwt(&user),
+                json!({"event": "purchase", "properties": {"amount": 5 + 7 * j + i}}),
+            );
+            assert_eq!(t.0, 200, "{t:?}");
+        }
+        post(
+            "/rpc/track",
+            client_headers(),
+            client_jwt(&user),
+            json!({"event": "visit", "properties": {"pages": 1 + i % 4}}),
+        );
+    }
+    let k = url(&key);
+
+    // Results by segment: the body is amba._results_by's rows.
+    let by = get(
+        &format!("/rpc/experiments_results_by?experiment_key={k}&conversion_event=purchase&dimension=country"),
+        admin_headers(),
+        admin_jwt(),
+    );
+    assert_eq!(by.0, 200, "{by:?}");
+    let want = sql_rows(
+        "SELECT * FROM amba._results_by($1, 'purchase', 'country', 0.05)",
+        &[&key],
+    );
+    assert_eq!(by.1, want);
+    let values: Vec<Value> = by.1.as_array().unwrap().iter().map(|r| r["dimension_value"].clone()).collect();
+    assert_eq!(values.len(), 8, "4 values x 2 variants: {values:?}");
+    assert!(values.contains(&json!("<script>x</script>")), "{values:?}");
+    assert_eq!(values.last(), Some(&Value::Null), "the NULL group last");
+    assert_eq!(
+        by.1.as_array().unwrap().iter().map(|r| r["exposed_count"].as_i64().unwrap()).sum::<i64>(),
+        24
+    );
+    // POST takes the same arguments, alpha too.
+    let posted = post(
+        "/rpc/experiments_results_by",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key, "conversion_event": "purchase", "dimension": "country", "alpha": 0.1}),
+    );
+    assert_eq!(
+        posted,
+        (200, sql_rows("SELECT * FROM amba._results_by($1, 'purchase', 'country', 0.1)", &[&key]))
+    );
+    assert_error(
+        &get(
+            &format!("/rpc/experiments_results_by?experiment_key={k}&conversion_event=purchase&dimension=plan"),
+            admin_headers(),
+            admin_jwt(),
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_error(
+        &get(
+            "/rpc/experiments_results_by?experiment_key=no-such-exp&conversion_event=purchase&dimension=country",
+            admin_headers(),
+            admin_jwt(),
+        ),
+        404,
+        "EXPERIMENT_NOT_FOUND",
+    );
+    // An experiment without dimensions: every dimension is unknown.
+    let plain = unique("http_030_nodims");
+    assert_eq!(admin_create(&plain, two_variants(), None).0, 200);
+    assert_error(
+        &get(
+            &format!("/rpc/experiments_results_by?experiment_key={}&conversion_event=purchase&dimension=country", url(&plain)),
+            admin_headers(),
+            admin_jwt(),
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    );
+
+    // Ratio: purchase amount per page visited.
+    let ratio = get(
+        &format!("/rpc/experiments_ratio_results?experiment_key={k}&numerator_event=purchase&numerator_property=amount&denominator_event=visit&denominator_property=pages"),
+        admin_headers(),
+        admin_jwt(),
+    );
+    assert_eq!(ratio.0, 200, "{ratio:?}");
+    assert_eq!(
+        ratio.1,
+        sql_rows(
+            "SELECT * FROM amba._ratio_results($1, 'purchase', 'amount', 'visit', 'pages', 0.05)",
+            &[&key]
+        )
+    );
+    assert_eq!(ratio.1.as_array().unwrap().len(), 2);
+    assert_eq!(ratio.1[0]["is_control"], true);
+    // Counts (no properties), by POST.
+    let counts = post(
+        "/rpc/experiments_ratio_results",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key, "numerator_event": "purchase", "denominator_event": "visit"}),
+    );
+    assert_eq!(
+        counts,
+        (200, sql_rows("SELECT * FROM amba._ratio_results($1, 'purchase', NULL, 'visit', NULL, 0.05)", &[&key]))
+    );
+    assert_error(
+        &get(
+            &format!("/rpc/experiments_ratio_results?experiment_key={k}&numerator_event=purchase&denominator_event=visit&alpha=1.5"),
+            admin_headers(),
+            admin_jwt(),
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_error(
+        &get(
+            "/rpc/experiments_ratio_results?experiment_key=no-such-exp&numerator_event=purchase&denominator_event=visit",
+            admin_headers(),
+            admin_jwt(),
+        ),
+        404,
+        "EXPERIMENT_NOT_FOUND",
+    );
+
+    // Quantile: p90 of the purchase amount.
+    let q = get(
+        &format!("/rpc/experiments_quantile_results?experiment_key={k}&event=purchase&value_property=amount&quantile=0.9"),
+        admin_headers(),
+        admin_jwt(),
+    );
+    assert_eq!(q.0, 200, "{q:?}");
+    assert_eq!(
+        q.1,
+        sql_rows(
+            "SELECT * FROM amba._quantile_results($1, 'purchase', 'amount', 0.9, 0.05)",
+            &[&key]
+        )
+    );
+    assert_eq!(q.1.as_array().unwrap().len(), 2);
+    for bad_q in ["1.5", "0", "1"] {
+        assert_error(
+            &get(
+                &format!("/rpc/experiments_quantile_results?experiment_key={k}&event=purchase&value_property=amount&quantile={bad_q}"),
+                admin_headers(),
+                admin_jwt(),
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        );
+    }
+    assert_error(
+        &get(
+            "/rpc/experiments_quantile_results?experiment_key=no-such-exp&event=purchase&value_property=amount&quantile=0.5",
+            admin_headers(),
+            admin_jwt(),
+        ),
+        404,
+        "EXPERIMENT_NOT_FOUND",
+    );
+}
+
+#[test]
+fn admin_bandit_update_and_results_endpoints() {
+    let key = unique("http_030_bandit");
+    let created = post(
+        "/rpc/experiments_create",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key, "variants": two_variants(),
+               "bandit": {"event": "purchase", "kind": "conversion", "min_users": 40}}),
+    );
+    assert_eq!(created.0, 200, "{created:?}");
+    let k = url(&key);
+    let versions = |key: &str| -> i64 {
+        connect()
+            .query_one(
+                "SELECT count(*) FROM amba.weight_versions w JOIN amba.experiments e ON e.id = w.experiment_id WHERE e.key = $1",
+                &[&key],
+            )
+            .unwrap()
+            .get(0)
+    };
+    // Too few users: updated false with a reason, nothing written.
+    let early = post(
+        "/rpc/experiments_bandit_update",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key}),
+    );
+    assert_eq!(early.0, 200, "{early:?}");
+    assert_eq!(early.1["updated"], false, "{early:?}");
+    assert!(early.1["reason"].is_string(), "{early:?}");
+    assert_eq!(versions(&key), 1);
+
+    load_users(&key, 60, [100, 400], [0, 0]);
+    let results = get(
+        &format!("/rpc/experiments_bandit_results?experiment_key={k}"),
+        admin_headers(),
+        admin_jwt(),
+    );
+    assert_eq!(results.0, 200, "{results:?}");
+    assert_eq!(results.1, sql_rows("SELECT * FROM amba._bandit_results($1)", &[&key]));
+    assert_eq!(results.1.as_array().unwrap().len(), 2);
+    assert_eq!(results.1[0]["exposed_count"], 60);
+
+    let updated = post(
+        "/rpc/experiments_bandit_update",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key, "seed": 7}),
+    );
+    assert_eq!(updated.0, 200, "{updated:?}");
+    assert_eq!(updated.1["updated"], true, "{updated:?}");
+    let weights: Vec<f64> = updated.1["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_f64().unwrap())
+        .collect();
+    assert_eq!(weights.len(), 2);
+    assert!(weights[1] > weights[0], "the better arm gains: {weights:?}");
+    // Written as a new weight version, audited with the body's numbers, attributed.
+    assert_eq!(versions(&key), 2);
+    let stored: Vec<f64> = connect()
+        .query_one("SELECT weights FROM amba.experiments WHERE key = $1", &[&key])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, weights);
+    let audit = sql_rows(
+        "SELECT api_key_name, after->'bandit_update' AS result FROM amba.experiment_history
+          WHERE experiment_key = $1 AND action = 'bandit_update'",
+        &[&key],
+    );
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+    assert_eq!(audit[0]["api_key_name"], json!(keys().admin_name));
+    assert_eq!(audit[0]["result"]["weights"], updated.1["weights"]);
+    // The results now show the weight in force.
+    let after = get(
+        &format!("/rpc/experiments_bandit_results?experiment_key={k}"),
+        admin_headers(),
+        admin_jwt(),
+    );
+    assert_eq!(after, (200, sql_rows("SELECT * FROM amba._bandit_results($1)", &[&key])));
+
+    // Errors: unknown → 404; not a bandit → 400.
+    let plain = unique("http_030_not_bandit");
+    assert_eq!(admin_create(&plain, two_variants(), None).0, 200);
+    for path in [
+        "/rpc/experiments_bandit_results?experiment_key=no-such-exp".to_string(),
+    ] {
+        assert_error(&get(&path, admin_headers(), admin_jwt()), 404, "EXPERIMENT_NOT_FOUND");
+    }
+    assert_error(
+        &post(
+            "/rpc/experiments_bandit_update",
+            admin_headers(),
+            admin_jwt(),
+            json!({"experiment_key": unique("http_030_nope")}),
+        ),
+        404,
+        "EXPERIMENT_NOT_FOUND",
+    );
+    assert_error(
+        &get(
+            &format!("/rpc/experiments_bandit_results?experiment_key={}", url(&plain)),
+            admin_headers(),
+            admin_jwt(),
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_error(
+        &post(
+            "/rpc/experiments_bandit_update",
+            admin_headers(),
+            admin_jwt(),
+            json!({"experiment_key": plain}),
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(versions(&plain), 1);
+}
+
+#[test]
+fn client_keys_and_roles_get_403_on_every_0_3_0_admin_endpoint() {
+    let key = unique("http_030_403");
+    let created = post(
+        "/rpc/experiments_create",
+        admin_headers(),
+        admin_jwt(),
+        json!({"experiment_key": key, "variants": two_variants(), "dimensions": ["country"],
+               "guardrails": [{"event": "refund", "kind": "conversion", "bad": "increase"}],
+               "bandit": {"event": "purchase", "kind": "conversion", "min_users": 5}}),
+    );
+    assert_eq!(created.0, 200, "{created:?}");
+    // Data on which the check would pause and the bandit would move: a refused call does neither.
+    load_users(&key, 600, [100, 400], [20, 400]);
+    let before = sql_value("amba._get_experiment($1)", &[&key]);
+    let k = url(&key);
+    let endpoints: Vec<(&str, String, Value)> = vec![
+        ("POST", "/rpc/experiments_check_guardrails".into(), json!({"experiment_key": key})),
+        ("POST", "/rpc/experiments_bandit_update".into(), json!({"experiment_key": key})),
+        ("GET", format!("/rpc/experiments_bandit_results?experiment_key={k}"), Value::Null),
+        (
+            "GET",
+            format!("/rpc/experiments_results_by?experiment_key={k}&conversion_event=purchase&dimension=country"),
+            Value::Null,
+        ),
+        (
+            "GET",
+            format!("/rpc/experiments_ratio_results?experiment_key={k}&numerator_event=purchase&denominator_event=refund"),
+            Value::Null,
+        ),
+        (
+            "GET",
+            format!("/rpc/experiments_quantile_results?experiment_key={k}&event=purchase&value_property=amount&quantile=0.5"),
+            Value::Null,
+        ),
+        (
+            "POST",
+            "/rpc/experiments_create".into(),
+            json!({"experiment_key": unique("http_030_403_new"), "variants": two_variants(),
+                   "guardrails": [{"event": "refund", "kind": "conversion", "bad": "increase"}]}),
+        ),
+        (
+            "POST",
+            "/rpc/experiments_update".into(),
+            json!({"experiment_key": key, "dimensions": ["plan"], "bandit": {"event": "x", "kind": "conversion"}}),
+        ),
+    ];
+    for (method, path, body) in &endpoints {
+        // A client key with a client token; a client key with an admin token; an admin key
+        // with a client token.
+        for (headers, jwt) in [
+            (client_headers(), client_jwt("u1")),
+            (client_headers(), admin_jwt()),
+            (admin_headers(), client_jwt("u1")),
+        ] {
+            assert_error(
+                &request(method, path, headers, jwt, body.clone()),
+                403,
+                "FORBIDDEN",
+            );
+        }
+    }
+    assert_eq!(sql_value("amba._get_experiment($1)", &[&key]), before, "nothing changed");
+    assert_eq!(status_of(&key), "active");
+    // The client role itself has no right to the functions either (should the pre-request
+    // check ever be bypassed): permission denied.
+    let mut db = connect_as("authenticator");
+    db.batch_execute("SET ROLE amba_client").unwrap();
+    for sql in [
+        "SELECT * FROM amba_api.experiments_check_guardrails('x')",
+        "SELECT amba_api.experiments_bandit_update('x')",
+        "SELECT * FROM amba_api.experiments_bandit_results('x')",
+        "SELECT * FROM amba_api.experiments_results_by('x', 'e', 'd')",
+        "SELECT * FROM amba_api.experiments_ratio_results('x', 'e')",
+        "SELECT * FROM amba_api.experiments_quantile_results('x', 'e', 'p', 0.5)",
+        "SELECT * FROM amba._guardrail_status('x')",
+    ] {
+        let err = db.query(sql, &[]).expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {err}"
+        );
+    }
+}
