@@ -16,7 +16,7 @@ SET client_min_messages = warning;
 \else
 \set days 45
 \endif
-TRUNCATE amba.exposures, amba.assignments, amba.events;
+TRUNCATE amba.assignment_dimensions, amba.exposures, amba.assignments, amba.events;
 SELECT amba_delete_experiment('results') IS NOT NULL AS deleted \gset
 SET maintenance_work_mem = '1GB';
 SET max_parallel_maintenance_workers = 2;
@@ -26,12 +26,14 @@ SELECT 1 AS step, c.conrelid::regclass::text AS tab, c.conname::text AS name,
                          pg_catalog.pg_get_constraintdef(c.oid)) AS ddl,
        CASE c.contype WHEN 'f' THEN 2 ELSE 1 END AS rank
   FROM pg_catalog.pg_constraint c
- WHERE c.conrelid IN ('amba.assignments'::regclass, 'amba.exposures'::regclass, 'amba.events'::regclass)
+ WHERE c.conrelid IN ('amba.assignments'::regclass, 'amba.exposures'::regclass, 'amba.events'::regclass,
+                      'amba.assignment_dimensions'::regclass)
    AND c.contype IN ('p', 'u', 'f')
 UNION ALL
 SELECT 2, i.indrelid::regclass::text, ci.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), 3
   FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ci ON ci.oid = i.indexrelid
- WHERE i.indrelid IN ('amba.assignments'::regclass, 'amba.exposures'::regclass, 'amba.events'::regclass)
+ WHERE i.indrelid IN ('amba.assignments'::regclass, 'amba.exposures'::regclass, 'amba.events'::regclass,
+                      'amba.assignment_dimensions'::regclass)
    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conindid = i.indexrelid
                       AND c.conrelid = i.indrelid);
 DO $$
@@ -66,6 +68,14 @@ SELECT experiment_id, user_id, assigned_at + interval '1 minute'
   FROM amba.assignments
  WHERE experiment_id = :rid AND substr(user_id, 2)::bigint % 2 = 0;
 
+-- One dimension (SPEC §13), `platform`, stored with every assignment as amba_assign would
+-- store it: amba_results_by's data.
+SELECT amba_update_experiment('results', dimensions => '{platform}') IS NOT NULL AS dims \gset
+INSERT INTO amba.assignment_dimensions (experiment_id, user_id, dimension_values)
+SELECT experiment_id, user_id,
+       jsonb_build_object('platform', (ARRAY['ios', 'android', 'web'])[1 + substr(user_id, 2)::bigint % 3])
+  FROM amba.assignments WHERE experiment_id = :rid;
+
 -- Event times: uniform over the span and in time order, drawn as one random time inside
 -- each of 5n equal slots (order statistics of a uniform sample, without sorting 5n rows).
 SELECT setseed(0.42);
@@ -89,4 +99,5 @@ VACUUM ANALYZE amba.weight_versions;
 VACUUM ANALYZE amba.assignments;
 VACUUM ANALYZE amba.exposures;
 VACUUM ANALYZE amba.events;
+VACUUM ANALYZE amba.assignment_dimensions;
 CHECKPOINT;

@@ -391,10 +391,13 @@ results() {
     local q_metric="SELECT * FROM amba_metric_results('results', 'purchase', 'amount') \\g /dev/null"
     local q_cuped="SELECT * FROM amba_metric_results('results', 'purchase', 'amount', cuped_days => 14) \\g /dev/null"
     local q_daily="SELECT * FROM amba_results_daily('results', 'purchase') \\g /dev/null"
+    local q_ratio="SELECT * FROM amba_ratio_results('results', 'purchase', 'amount', 'purchase', NULL) \\g /dev/null"
+    local q_quantile="SELECT * FROM amba_quantile_results('results', 'purchase', 'amount', 0.9) \\g /dev/null"
+    local q_by="SELECT * FROM amba_results_by('results', 'purchase', 'platform') \\g /dev/null"
     {
       echo '\set key results'
       echo '\set event purchase'
-      for q in "$q_results" "$q_metric" "$q_cuped" "$q_daily"; do echo "$q"; done
+      for q in "$q_results" "$q_metric" "$q_cuped" "$q_daily" "$q_ratio" "$q_quantile" "$q_by"; do echo "$q"; done
       cat "$BENCH/results_hand.sql"; echo ' \g /dev/null'
       echo '\timing on'
       for i in $(seq "$REPS"); do
@@ -403,6 +406,9 @@ results() {
         echo '\echo @@metric'; echo "$q_metric"
         echo '\echo @@cuped'; echo "$q_cuped"
         echo '\echo @@daily'; echo "$q_daily"
+        echo '\echo @@ratio'; echo "$q_ratio"
+        echo '\echo @@quantile'; echo "$q_quantile"
+        echo '\echo @@by'; echo "$q_by"
       done
     } > "$script"
     psql_db -f "$script" > "$OUT/results-$n.log" 2>&1
@@ -451,6 +457,20 @@ results() {
       "$(awk -v x="$m" -v a="$a" 'BEGIN {printf "%.0f (%.2fx)", x, x/a}')" \
       "$(awk -v x="$cu" -v a="$a" 'BEGIN {printf "%.0f (%.2fx)", x, x/a}')" \
       "$(awk -v x="$d" -v a="$a" 'BEGIN {printf "%.0f (%.2fx)", x, x/a}')" "$per100k" "$rss")"
+  done
+  say ""
+  say "0.3.0 (SPEC §13) on the same data: amba_ratio_results (purchase amount per purchase), amba_quantile_results (p90 of amount),"
+  say "amba_results_by (3 platforms); median ms (ratio to amba_results, target <= 2)"
+  for n in $SCALES; do
+    local a r q b
+    a=$(awk -v n="$n" '$1==n && $2=="amba" {print $3}' "$results" | median)
+    r=$(awk -v n="$n" '$1==n && $2=="ratio" {print $3}' "$results" | median)
+    q=$(awk -v n="$n" '$1==n && $2=="quantile" {print $3}' "$results" | median)
+    b=$(awk -v n="$n" '$1==n && $2=="by" {print $3}' "$results" | median)
+    say "$(printf '%10s  ratio %s  quantile %s  by %s' "$n" \
+      "$(awk -v x="$r" -v a="$a" 'BEGIN {printf "%.0f (%.2fx)", x, x/a}')" \
+      "$(awk -v x="$q" -v a="$a" 'BEGIN {printf "%.0f (%.2fx)", x, x/a}')" \
+      "$(awk -v x="$b" -v a="$a" 'BEGIN {printf "%.0f (%.2fx)", x, x/a}')")"
   done
   say "(plans at $largest users: $OUT/results-plans.txt)"
 }
