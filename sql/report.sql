@@ -1231,7 +1231,7 @@ BEGIN
         || '<li><b>Sample ratio check</b>: chi-square test of the exposed counts against the weights in force when each user was assigned; below 0.001 the split is broken and the results are not trustworthy.</li>'
         || '<li>Days are UTC; numbers are cumulative up to the end of each day. “—” means not defined (the control row, or too little data).</li>'
         || '</ul></section></main>'
-        || format('<footer>Generated %s UTC by amba from <code>amba_results</code> and <code>amba_results_daily</code> (alpha = %s).</footer>',
+        || format('<footer>Generated %s UTC by amba from <code>amba_results</code> and <code>amba_results_daily</code>, and where the experiment has them its guardrails, segments and bandit weights (alpha = %s).</footer>',
                   to_char(generated, 'YYYY-MM-DD HH24:MI:SS'), alpha)
         || E'\n</body></html>\n';
 END
