@@ -15,15 +15,20 @@ use pgrx::prelude::*;
 use std::collections::BTreeMap;
 
 /// `counts_sql` of `amba_results` with the dimension's value ($3) as a grouping column.
+/// The values come as the exposures do: a subquery of the slice's rows in user order, so
+/// each slice merges its own index range (joined directly, every slice would read the
+/// experiment's dimension rows from its first user on).
 fn counts_by_sql(slice: UserSlice) -> String {
     format!(
-        "SELECT d.dimension_values ->> $3 AS value, a.variant, a.weight_version, \
+        "SELECT d.value, a.variant, a.weight_version, \
            count(*) AS assigned, \
            count(x.user_id) AS exposed, \
            count(*) FILTER (WHERE x.user_id IS NOT NULL AND c.last_at >= a.assigned_at) AS converted \
          FROM {COUNTED_ASSIGNMENTS_FROM} \
-         LEFT JOIN amba.assignment_dimensions d \
-           ON d.experiment_id = a.experiment_id AND d.user_id = a.user_id \
+         LEFT JOIN (SELECT d.user_id, d.dimension_values ->> $3 AS value \
+                    FROM amba.assignment_dimensions d \
+                    WHERE d.experiment_id = $1{d_slice} ORDER BY d.user_id) d \
+           ON d.user_id = a.user_id \
          LEFT JOIN (SELECT x.user_id FROM amba.exposures x \
                     WHERE x.experiment_id = $1{x_slice} ORDER BY x.user_id) x \
            ON x.user_id = a.user_id \
@@ -32,6 +37,7 @@ fn counts_by_sql(slice: UserSlice) -> String {
            ON c.user_id = a.user_id \
          WHERE {COUNTED_ASSIGNMENTS_WHERE}{a_slice} \
          GROUP BY 1, a.variant, a.weight_version",
+        d_slice = slice.filter("d.user_id"),
         x_slice = slice.filter("x.user_id"),
         e_slice = slice.filter("e.user_id"),
         a_slice = slice.filter("a.user_id"),

@@ -47,14 +47,21 @@ fn load(c: &mut Client) -> i64 {
                      ELSE jsonb_build_object('amount', (hashtext(k::text || 'a') & 1023) / 4.0) END
            FROM (SELECT k, 1 + (hashtext(k::text) & 2147483647) % {ids} AS u
                    FROM generate_series(1, {events}) k) s;
-         SELECT amba_set_override('scale', user_id, 'control') FROM ids WHERE g % 1500 = 7;",
+         SELECT amba_set_override('scale', user_id, 'control') FROM ids WHERE g % 1500 = 7;
+         -- A dimension, as amba_assign stores it: three tiers, some users without one.
+         SELECT amba_update_experiment('scale', dimensions => ARRAY['tier']);
+         INSERT INTO amba.assignment_dimensions (experiment_id, user_id, dimension_values)
+         SELECT a.experiment_id, a.user_id,
+                CASE WHEN hashtext(a.user_id || 'd') % 11 = 0 THEN '{{}}'::jsonb
+                     ELSE jsonb_build_object('tier', (ARRAY['gold', 'silver', 'bronze'])[1 + (hashtext(a.user_id || 't') & 3) % 3]) END
+           FROM amba.assignments a;",
         users = USERS,
         half = USERS / 2,
         ids = USERS * 6 / 5,
         events = USERS * 4,
     ))
     .unwrap();
-    for table in ["assignments", "exposures", "events"] {
+    for table in ["assignments", "exposures", "events", "assignment_dimensions"] {
         c.batch_execute(&format!("VACUUM ANALYZE amba.{table}"))
             .unwrap();
     }
@@ -66,6 +73,8 @@ fn load(c: &mut Client) -> i64 {
 /// One counted user, from the raw rows (microseconds since the epoch).
 struct User {
     variant: String,
+    /// The `tier` stored with the assignment (None: the user has none).
+    tier: Option<String>,
     assigned_us: i64,
     exposed_us: Option<i64>,
     /// purchases: (time, amount when it is a JSON number)
@@ -112,6 +121,16 @@ fn raw_users(c: &mut Client, experiment_id: i64) -> Vec<User> {
     {
         purchases.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
     }
+    let mut tiers: HashMap<String, Option<String>> = HashMap::new();
+    for r in c
+        .query(
+            "SELECT user_id, dimension_values ->> 'tier' FROM amba.assignment_dimensions WHERE experiment_id = $1",
+            &[&experiment_id],
+        )
+        .unwrap()
+    {
+        tiers.insert(r.get(0), r.get(1));
+    }
     c.query(
         &format!(
             "SELECT user_id, variant, {} FROM amba.assignments WHERE experiment_id = $1",
@@ -126,6 +145,7 @@ fn raw_users(c: &mut Client, experiment_id: i64) -> Vec<User> {
         let user: String = r.get(0);
         User {
             variant: r.get(1),
+            tier: tiers.remove(&user).flatten(),
             assigned_us: r.get(2),
             exposed_us: exposed.get(&user).copied(),
             purchases: purchases.remove(&user).unwrap_or_default(),
@@ -151,6 +171,20 @@ fn reference_counts(users: &[User]) -> BTreeMap<String, (i64, i64, i64)> {
                 e.2 += 1;
             }
         }
+    }
+    out
+}
+
+/// amba_results_by's counts for `tier`: (tier, variant) → (assigned, exposed, converted).
+fn reference_counts_by_tier(users: &[User]) -> BTreeMap<(Option<String>, String), (i64, i64, i64)> {
+    let mut out: BTreeMap<(Option<String>, String), (i64, i64, i64)> = BTreeMap::new();
+    for u in users {
+        let one = std::slice::from_ref(u);
+        let (_, c) = reference_counts(one).into_iter().next().expect("one user");
+        let e = out.entry((u.tier.clone(), u.variant.clone())).or_default();
+        e.0 += c.0;
+        e.1 += c.1;
+        e.2 += c.2;
     }
     out
 }
@@ -253,6 +287,8 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
     let id = load(&mut c);
     let users = raw_users(&mut c, id);
     let counts = reference_counts(&users);
+    let by_tier = reference_counts_by_tier(&users);
+    assert_eq!(by_tier.len(), 8, "three tiers and no tier, two variants: {by_tier:?}");
     let ys = reference_ys(&users);
     let all_ys: Vec<f64> = ys.values().flatten().copied().collect();
     let p90 = percentile_cont(&all_ys, 0.9);
@@ -292,6 +328,13 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
             .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
             .collect();
         assert_eq!(got, counts, "amba_results with {workers} workers");
+        let got_by: BTreeMap<(Option<String>, String), (i64, i64, i64)> = ex
+            .query("SELECT dimension_value, variant, assigned_count, exposed_count, converted_count FROM amba_results_by('scale', 'purchase', 'tier')", &[])
+            .unwrap()
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3), r.get(4))))
+            .collect();
+        assert_eq!(got_by, by_tier, "amba_results_by with {workers} workers");
         let plans: Vec<String> = notices.try_iter().collect();
         let counting = plans
             .iter()
