@@ -137,3 +137,104 @@ pub fn wait_until_blocked_by(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// A committed fixture of tests/integration/fixtures, parsed.
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The array a fixture holds here.
+pub fn arr(v: &serde_json::Value) -> &Vec<serde_json::Value> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {v}"))
+}
+
+/// The string a fixture holds here.
+pub fn s(v: &serde_json::Value) -> &str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v}"))
+}
+
+/// The SQLSTATE of a database error.
+pub fn sqlstate(e: &postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| panic!("not a database error: {e}"))
+}
+
+/// The message of a database error (the error itself otherwise).
+pub fn db_message(e: &postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// `amba_get_experiment(key)` as JSON (null when there is none).
+pub fn experiment_json(c: &mut postgres::Client, key: &str) -> serde_json::Value {
+    let text: Option<String> = c
+        .query_one("SELECT amba_get_experiment($1)::text", &[&key])
+        .unwrap()
+        .get(0);
+    text.map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// pg_cron, for the tests that schedule amba's functions for real.
+pub mod cron {
+    use super::connect_db;
+    use std::time::Duration;
+
+    /// A pg_cron job, unscheduled (and its run records removed) when the guard goes.
+    pub struct CronJob(pub i64);
+
+    impl Drop for CronJob {
+        fn drop(&mut self) {
+            let mut pg = connect_db("postgres");
+            if let Err(e) = pg.execute("SELECT cron.unschedule($1::bigint)", &[&self.0]) {
+                eprintln!("cannot unschedule pg_cron job {}: {e}", self.0);
+            }
+            let _ = pg.execute(
+                "DELETE FROM cron.job_run_details WHERE jobid = $1",
+                &[&self.0],
+            );
+        }
+    }
+
+    /// A connection to pg_cron's database, with pg_cron preloaded and created there; fails
+    /// (never skips) when the server does not preload it.
+    pub fn ready() -> postgres::Client {
+        let mut pg = connect_db("postgres");
+        let preload: String = pg
+            .query_one("SHOW shared_preload_libraries", &[])
+            .unwrap()
+            .get(0);
+        assert!(
+            preload
+                .split(',')
+                .any(|l| l.trim().trim_matches('"') == "pg_cron"),
+            "pg_cron is not preloaded by this server (shared_preload_libraries = {preload:?}): \
+             scripts/pg.sh start configures the test cluster with shared_preload_libraries = \
+             'pg_cron' (restart it with that script), or set it and restart the server; this \
+             test must run under pg_cron"
+        );
+        let cron_db: String = pg.query_one("SHOW cron.database_name", &[]).unwrap().get(0);
+        assert_eq!(
+            cron_db, "postgres",
+            "pg_cron keeps its jobs in database {cron_db}"
+        );
+        for attempt in 0.. {
+            match pg.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_cron") {
+                Ok(()) => break,
+                // another test creating it at the same moment
+                Err(e) if attempt < 10 => {
+                    eprintln!("retrying CREATE EXTENSION pg_cron: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("CREATE EXTENSION pg_cron in database postgres: {e}"),
+            }
+        }
+        pg
+    }
+}

@@ -23,7 +23,11 @@
 //! Every test has a database of its own with fixed experiment keys and user ids, so the
 //! buckets — and so what each test checks — are the same on every run.
 
-use amba_integration_tests::{backend_pid, connect_db, unique, wait_until_blocked_by, Db};
+use amba_integration_tests::cron::{self, CronJob};
+use amba_integration_tests::{
+    arr, backend_pid, db_message, experiment_json as experiment, s, sqlstate, unique,
+    wait_until_blocked_by, Db,
+};
 use postgres::types::ToSql;
 use postgres::{Client, Row};
 use serde_json::{json, Value};
@@ -38,38 +42,11 @@ use xxhash_rust::xxh3::xxh3_64;
 // ---------------------------------------------------------------------------------------
 
 fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/sql_metrics_reference.json"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-    serde_json::from_str(&text).expect("fixture JSON")
-}
-
-fn arr(v: &Value) -> &Vec<Value> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("expected an array, got {v}"))
-}
-
-fn s(v: &Value) -> &str {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {v}"))
+    amba_integration_tests::fixture("sql_metrics_reference.json")
 }
 
 fn opt_s(v: &Value) -> Option<String> {
     v.as_str().map(str::to_string)
-}
-
-fn sqlstate(e: &postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| panic!("not a database error: {e}"))
-}
-
-fn db_message(e: &postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
 }
 
 /// Runs `sql`, which must fail with INVALID_ARGUMENT (SQLSTATE 22023, message
@@ -90,15 +67,6 @@ fn invalid_argument(c: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -
             message
         }
     }
-}
-
-fn experiment(c: &mut Client, key: &str) -> Value {
-    let text: Option<String> = c
-        .query_one("SELECT amba_get_experiment($1)::text", &[&key])
-        .unwrap()
-        .get(0);
-    text.map(|t| serde_json::from_str(&t).unwrap())
-        .unwrap_or(Value::Null)
 }
 
 fn experiment_id(c: &mut Client, key: &str) -> i64 {
@@ -1189,54 +1157,9 @@ fn concurrent_updates_when_the_first_rolls_back() {
 // 4. pg_cron, for real
 // ---------------------------------------------------------------------------------------
 
-/// A pg_cron job, unscheduled (and its run records removed) when the guard goes.
-struct CronJob(i64);
-
-impl Drop for CronJob {
-    fn drop(&mut self) {
-        let mut pg = connect_db("postgres");
-        if let Err(e) = pg.execute("SELECT cron.unschedule($1::bigint)", &[&self.0]) {
-            eprintln!("cannot unschedule pg_cron job {}: {e}", self.0);
-        }
-        let _ = pg.execute(
-            "DELETE FROM cron.job_run_details WHERE jobid = $1",
-            &[&self.0],
-        );
-    }
-}
-
 #[test]
 fn pg_cron_runs_the_bandit_update() {
-    let mut pg = connect_db("postgres");
-    let preload: String = pg
-        .query_one("SHOW shared_preload_libraries", &[])
-        .unwrap()
-        .get(0);
-    assert!(
-        preload
-            .split(',')
-            .any(|l| l.trim().trim_matches('"') == "pg_cron"),
-        "pg_cron is not preloaded by this server (shared_preload_libraries = {preload:?}): \
-         scripts/pg.sh start configures the test cluster with shared_preload_libraries = \
-         'pg_cron' (restart it with that script), or set it and restart the server; this \
-         test must run under pg_cron"
-    );
-    let cron_db: String = pg.query_one("SHOW cron.database_name", &[]).unwrap().get(0);
-    assert_eq!(
-        cron_db, "postgres",
-        "pg_cron keeps its jobs in database {cron_db}"
-    );
-    for attempt in 0.. {
-        match pg.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_cron") {
-            Ok(()) => break,
-            // another test creating it at the same moment
-            Err(e) if attempt < 10 => {
-                eprintln!("retrying CREATE EXTENSION pg_cron: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => panic!("CREATE EXTENSION pg_cron in database postgres: {e}"),
-        }
-    }
+    let mut pg = cron::ready();
 
     let db = Db::with_amba("bandit_cron");
     let mut c = db.client();

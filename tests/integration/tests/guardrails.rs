@@ -24,7 +24,10 @@
 //! Every test has a database of its own, so `amba_check_guardrails()` (every active
 //! experiment) sees only that test's experiments.
 
-use amba_integration_tests::{connect_db, unique, Db};
+use amba_integration_tests::cron::{self, CronJob};
+use amba_integration_tests::{
+    arr, connect_db, db_message, experiment_json as experiment, s, sqlstate, unique, Db,
+};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
 use postgres::{Client, Row};
@@ -87,18 +90,6 @@ fn check(c: &mut Client, key: Option<&str>) -> Vec<Check> {
     rows.iter().map(Check::of).collect()
 }
 
-fn sqlstate(e: &postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| panic!("not a database error: {e}"))
-}
-
-fn db_message(e: &postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
-}
-
 /// Runs `sql`, which must fail with `code` and a message starting with `prefix`.
 fn refused(c: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)], code: &str, prefix: &str) {
     match c.query(sql, params) {
@@ -112,15 +103,6 @@ fn refused(c: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)], code: &str
             );
         }
     }
-}
-
-fn experiment(c: &mut Client, key: &str) -> Value {
-    let text: Option<String> = c
-        .query_one("SELECT amba_get_experiment($1)::text", &[&key])
-        .unwrap()
-        .get(0);
-    text.map(|t| serde_json::from_str(&t).unwrap())
-        .unwrap_or(Value::Null)
 }
 
 fn status(c: &mut Client, key: &str) -> String {
@@ -273,16 +255,6 @@ const HARM_GUARDRAILS: &str = r#"[
 
 fn fixture() -> Value {
     serde_json::from_str(FIXTURE).expect("fixture JSON")
-}
-
-fn arr(v: &Value) -> &Vec<Value> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("expected an array, got {v}"))
-}
-
-fn s(v: &Value) -> &str {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {v}"))
 }
 
 /// Calls `sql` (which takes the `n` arrays of one chunk as $1..$n) on chunks of `chunk`
@@ -1270,54 +1242,9 @@ fn guardrails_in_the_experiment_and_its_history() {
 // 3. pg_cron, for real
 // ---------------------------------------------------------------------------------------
 
-/// A pg_cron job, unscheduled (and its run records removed) when the guard goes.
-struct CronJob(i64);
-
-impl Drop for CronJob {
-    fn drop(&mut self) {
-        let mut pg = connect_db("postgres");
-        if let Err(e) = pg.execute("SELECT cron.unschedule($1::bigint)", &[&self.0]) {
-            eprintln!("cannot unschedule pg_cron job {}: {e}", self.0);
-        }
-        let _ = pg.execute(
-            "DELETE FROM cron.job_run_details WHERE jobid = $1",
-            &[&self.0],
-        );
-    }
-}
-
 #[test]
 fn pg_cron_pauses_a_harmful_experiment() {
-    let mut pg = connect_db("postgres");
-    let preload: String = pg
-        .query_one("SHOW shared_preload_libraries", &[])
-        .unwrap()
-        .get(0);
-    assert!(
-        preload
-            .split(',')
-            .any(|l| l.trim().trim_matches('"') == "pg_cron"),
-        "pg_cron is not preloaded by this server (shared_preload_libraries = {preload:?}): \
-         scripts/pg.sh start configures the test cluster with shared_preload_libraries = \
-         'pg_cron' (restart it with that script), or set it and restart the server; this \
-         test must run under pg_cron"
-    );
-    let cron_db: String = pg.query_one("SHOW cron.database_name", &[]).unwrap().get(0);
-    assert_eq!(
-        cron_db, "postgres",
-        "pg_cron keeps its jobs in database {cron_db}"
-    );
-    for attempt in 0.. {
-        match pg.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_cron") {
-            Ok(()) => break,
-            // another test creating it at the same moment
-            Err(e) if attempt < 10 => {
-                eprintln!("retrying CREATE EXTENSION pg_cron: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => panic!("CREATE EXTENSION pg_cron in database postgres: {e}"),
-        }
-    }
+    let mut pg = cron::ready();
 
     let db = Db::with_amba("gr_cron");
     let mut c = db.client();

@@ -24,7 +24,11 @@
 //!
 //! Every test has a database of its own.
 
-use amba_integration_tests::Db;
+use amba_integration_tests::{arr, db_message, experiment_json, s, sqlstate, Db};
+
+fn fixture() -> Value {
+    amba_integration_tests::fixture("sql_metrics_reference.json")
+}
 use postgres::types::ToSql;
 use postgres::{Client, Row};
 use serde_json::{json, Value};
@@ -34,39 +38,8 @@ use std::collections::BTreeMap;
 // The fixture
 // ---------------------------------------------------------------------------------------
 
-fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/sql_metrics_reference.json"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-    serde_json::from_str(&text).expect("fixture JSON")
-}
-
-fn arr(v: &Value) -> &Vec<Value> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("expected an array, got {v}"))
-}
-
-fn s(v: &Value) -> &str {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {v}"))
-}
-
 fn opt_s(v: &Value) -> Option<String> {
     v.as_str().map(str::to_string)
-}
-
-fn sqlstate(e: &postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| panic!("not a database error: {e}"))
-}
-
-fn db_message(e: &postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
 }
 
 /// Runs `sql`, which must fail with INVALID_ARGUMENT (SQLSTATE 22023, message
@@ -87,15 +60,6 @@ fn invalid_argument(c: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -
             message
         }
     }
-}
-
-fn experiment_json(c: &mut Client, key: &str) -> Value {
-    let text: Option<String> = c
-        .query_one("SELECT amba_get_experiment($1)::text", &[&key])
-        .unwrap()
-        .get(0);
-    text.map(|t| serde_json::from_str(&t).unwrap())
-        .unwrap_or(Value::Null)
 }
 
 fn experiment_id(c: &mut Client, key: &str) -> i64 {
