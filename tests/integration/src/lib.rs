@@ -186,8 +186,49 @@ pub mod cron {
     use super::connect_db;
     use std::time::Duration;
 
-    /// A pg_cron job, unscheduled (and its run records removed) when the guard goes.
-    pub struct CronJob(pub i64);
+    /// A pg_cron job, unscheduled (and its run records removed) when the guard goes; with
+    /// the time it was scheduled (the server's clock, which pg_cron's launcher runs by) and
+    /// whether it was nudged since.
+    pub struct CronJob(pub i64, std::time::SystemTime, Option<std::time::Instant>);
+
+    impl CronJob {
+        /// Schedules `command` every minute in database `db`.
+        pub fn every_minute(pg: &mut postgres::Client, name: &str, command: &str, db: &str) -> CronJob {
+            let row = pg
+                .query_one(
+                    "SELECT cron.schedule_in_database($1, '* * * * *', $2, $3), now()",
+                    &[&name, &command, &db],
+                )
+                .unwrap_or_else(|e| panic!("scheduling {command:?} in {db}: {e}"));
+            CronJob(row.get(0), row.get(1), None)
+        }
+
+        /// pg_cron can miss the invalidation of a job scheduled from another session: its
+        /// launcher's job cache stays "valid" and the job never starts until cron.job changes
+        /// again (citusdata/pg_cron#362, seen here once in CI). So once a minute boundary has
+        /// passed (plus 3 s) with no run of the job, this alters it to the same schedule,
+        /// which invalidates the cache again — at most once a minute — and says so on
+        /// stderr. Call it from the wait loop.
+        pub fn nudge_if_missed(&mut self, pg: &mut postgres::Client) {
+            if self.2.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+                return;
+            }
+            let missed: bool = pg
+                .query_one(
+                    "SELECT NOT EXISTS (SELECT 1 FROM cron.job_run_details WHERE jobid = $1)
+                        AND now() > date_trunc('minute', $2::timestamptz) + interval '1 minute 3 seconds'",
+                    &[&self.0, &self.1],
+                )
+                .unwrap()
+                .get(0);
+            if missed {
+                eprintln!("pg_cron job {} has not started a minute after it was scheduled: altering it to refresh pg_cron's job cache (pg_cron#362)", self.0);
+                pg.execute("SELECT cron.alter_job($1, schedule => '* * * * *')", &[&self.0])
+                    .unwrap();
+                self.2 = Some(std::time::Instant::now());
+            }
+        }
+    }
 
     impl Drop for CronJob {
         fn drop(&mut self) {
