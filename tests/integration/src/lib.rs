@@ -171,6 +171,42 @@ pub fn db_message(e: &postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
+/// The string a fixture may hold here (null: None).
+pub fn opt_s(v: &serde_json::Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+/// Runs `sql`, which must fail with INVALID_ARGUMENT (SQLSTATE 22023, message
+/// "INVALID_ARGUMENT: ..."); returns the message.
+pub fn invalid_argument(
+    c: &mut postgres::Client,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> String {
+    match c.query(sql, params) {
+        Ok(rows) => panic!(
+            "{sql}: succeeded ({} rows), expected INVALID_ARGUMENT",
+            rows.len()
+        ),
+        Err(e) => {
+            let message = db_message(&e);
+            assert_eq!(sqlstate(&e), "22023", "{sql}: {e}");
+            assert!(
+                message.starts_with("INVALID_ARGUMENT:"),
+                "{sql}: message {message:?} does not start with \"INVALID_ARGUMENT:\""
+            );
+            message
+        }
+    }
+}
+
+/// The id of the experiment named `key`.
+pub fn experiment_id(c: &mut postgres::Client, key: &str) -> i64 {
+    c.query_one("SELECT id FROM amba.experiments WHERE key = $1", &[&key])
+        .unwrap_or_else(|e| panic!("experiment {key}: {e}"))
+        .get(0)
+}
+
 /// `amba_get_experiment(key)` as JSON (null when there is none).
 pub fn experiment_json(c: &mut postgres::Client, key: &str) -> serde_json::Value {
     let text: Option<String> = c

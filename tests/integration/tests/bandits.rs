@@ -25,8 +25,8 @@
 
 use amba_integration_tests::cron::{self, CronJob};
 use amba_integration_tests::{
-    arr, backend_pid, db_message, experiment_json as experiment, s, sqlstate, unique,
-    wait_until_blocked_by, Db,
+    arr, backend_pid, experiment_id, experiment_json as experiment, invalid_argument, opt_s, s,
+    unique, wait_until_blocked_by, Db,
 };
 use postgres::types::ToSql;
 use postgres::{Client, Row};
@@ -43,36 +43,6 @@ use xxhash_rust::xxh3::xxh3_64;
 
 fn fixture() -> Value {
     amba_integration_tests::fixture("sql_metrics_reference.json")
-}
-
-fn opt_s(v: &Value) -> Option<String> {
-    v.as_str().map(str::to_string)
-}
-
-/// Runs `sql`, which must fail with INVALID_ARGUMENT (SQLSTATE 22023, message
-/// "INVALID_ARGUMENT: ..."); returns the message.
-fn invalid_argument(c: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> String {
-    match c.query(sql, params) {
-        Ok(rows) => panic!(
-            "{sql}: succeeded ({} rows), expected INVALID_ARGUMENT",
-            rows.len()
-        ),
-        Err(e) => {
-            let message = db_message(&e);
-            assert_eq!(sqlstate(&e), "22023", "{sql}: {e}");
-            assert!(
-                message.starts_with("INVALID_ARGUMENT:"),
-                "{sql}: message {message:?} does not start with \"INVALID_ARGUMENT:\""
-            );
-            message
-        }
-    }
-}
-
-fn experiment_id(c: &mut Client, key: &str) -> i64 {
-    c.query_one("SELECT id FROM amba.experiments WHERE key = $1", &[&key])
-        .unwrap_or_else(|e| panic!("experiment {key}: {e}"))
-        .get(0)
 }
 
 /// The experiment's weights in force, exactly as stored.

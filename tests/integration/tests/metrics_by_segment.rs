@@ -24,49 +24,21 @@
 //!
 //! Every test has a database of its own.
 
-use amba_integration_tests::{arr, db_message, experiment_json, s, sqlstate, Db};
-
-fn fixture() -> Value {
-    amba_integration_tests::fixture("sql_metrics_reference.json")
-}
+use amba_integration_tests::{
+    arr, experiment_id, experiment_json, invalid_argument, opt_s, s, Db,
+};
 use postgres::types::ToSql;
 use postgres::{Client, Row};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
+fn fixture() -> Value {
+    amba_integration_tests::fixture("sql_metrics_reference.json")
+}
+
 // ---------------------------------------------------------------------------------------
 // The fixture
 // ---------------------------------------------------------------------------------------
-
-fn opt_s(v: &Value) -> Option<String> {
-    v.as_str().map(str::to_string)
-}
-
-/// Runs `sql`, which must fail with INVALID_ARGUMENT (SQLSTATE 22023, message
-/// "INVALID_ARGUMENT: ..."); returns the message.
-fn invalid_argument(c: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> String {
-    match c.query(sql, params) {
-        Ok(rows) => panic!(
-            "{sql}: succeeded ({} rows), expected INVALID_ARGUMENT",
-            rows.len()
-        ),
-        Err(e) => {
-            let message = db_message(&e);
-            assert_eq!(sqlstate(&e), "22023", "{sql}: {e}");
-            assert!(
-                message.starts_with("INVALID_ARGUMENT:"),
-                "{sql}: message {message:?} does not start with \"INVALID_ARGUMENT:\""
-            );
-            message
-        }
-    }
-}
-
-fn experiment_id(c: &mut Client, key: &str) -> i64 {
-    c.query_one("SELECT id FROM amba.experiments WHERE key = $1", &[&key])
-        .unwrap_or_else(|e| panic!("experiment {key}: {e}"))
-        .get(0)
-}
 
 /// The stored dimension values of an experiment's assignments, by user.
 fn stored_dimensions(c: &mut Client, key: &str) -> BTreeMap<String, Value> {
