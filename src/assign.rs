@@ -108,22 +108,32 @@ fn released_by_holdout(path: Path, holdout_key: &str, who: &str, attributes: &At
     let variant = match override_for(&holdout, who) {
         Some(variant) => return variant != holdout.variant_keys[0],
         None => match store::stored_variant(path, holdout.id, who, Seen::Statement) {
-            Some(variant) => Some(variant),
+            Some(variant) => {
+                store::record_exposure(path, holdout.id, who);
+                Some(variant)
+            }
             None if !holdout.is_active() => None,
-            None => first_assignment(path, holdout_key, holdout.clone(), who, attributes),
+            None => match first_assignment(path, holdout_key, holdout.clone(), who, attributes) {
+                Some(Assigned::Stored(variant)) => {
+                    // Stored (by this call or a concurrent one): no read needed first.
+                    store::insert_exposure(path, holdout.id, who);
+                    Some(variant)
+                }
+                Some(Assigned::Overridden(variant)) => return variant != holdout.variant_keys[0],
+                None => None,
+            },
         },
     };
-    match variant {
-        Some(variant) => {
-            store::record_exposure(path, holdout.id, who);
-            variant != holdout.variant_keys[0]
-        }
-        None => true,
-    }
+    variant.is_none_or(|v| v != holdout.variant_keys[0])
 }
 
 /// `released_by_holdout` without writing: what the holdout holds for the user, or would.
-fn peek_released_by_holdout(path: Path, holdout_key: &str, who: &str, attributes: &Attributes) -> bool {
+fn peek_released_by_holdout(
+    path: Path,
+    holdout_key: &str,
+    who: &str,
+    attributes: &Attributes,
+) -> bool {
     let holdout = find_experiment(path, holdout_key);
     let variant = override_for(&holdout, who)
         .or_else(|| store::stored_variant(path, holdout.id, who, Seen::Statement))
@@ -131,7 +141,11 @@ fn peek_released_by_holdout(path: Path, holdout_key: &str, who: &str, attributes
             if !holdout.is_active() || !enrolled(holdout_key, &holdout, who, attributes) {
                 return None;
             }
-            let index = bucket::pick(bucket::bucket(holdout_key, who), &holdout.thresholds, &holdout.weights)?;
+            let index = bucket::pick(
+                bucket::bucket(holdout_key, who),
+                &holdout.thresholds,
+                &holdout.weights,
+            )?;
             Some(holdout.variant_keys[index].clone())
         });
     variant.is_none_or(|v| v != holdout.variant_keys[0])
@@ -219,19 +233,36 @@ fn assign(
             return Some(variant);
         }
     }
-    first_assignment(path, key, exp, &who, &attributes)
+    first_assignment(path, key, exp, &who, &attributes).map(Assigned::variant)
+}
+
+/// What a first assignment gave the user.
+enum Assigned {
+    /// The stored assignment (stored by this call, or by a concurrent one that won).
+    Stored(String),
+    /// An override that came in while the experiment was re-read: nothing stored.
+    Overridden(String),
+}
+
+impl Assigned {
+    fn variant(self) -> String {
+        match self {
+            Assigned::Stored(variant) | Assigned::Overridden(variant) => variant,
+        }
+    }
 }
 
 /// A first assignment of `who` (the identity, after aliases), under the experiment's
 /// shared lock: no variant removal or delete can commit until this transaction ends, and
-/// one committed before the lock was granted is seen in the latest snapshot.
+/// one committed before the lock was granted is seen in the latest snapshot. None when
+/// the user is not enrolled.
 fn first_assignment(
     path: Path,
     key: &str,
     mut exp: Rc<Experiment>,
     who: &str,
     attributes: &Attributes,
-) -> Option<String> {
+) -> Option<Assigned> {
     locks::experiment_shared(exp.id);
     store::lock_experiment_across_nodes(path, exp.id);
     let user_bucket = bucket::bucket(key, who);
@@ -247,7 +278,7 @@ fn first_assignment(
             continue;
         }
         if let Some(variant) = exp.overrides.get(who) {
-            return Some(variant.clone());
+            return Some(Assigned::Overridden(variant.clone()));
         }
         if !exp.is_active() {
             inactive(key, &exp);
@@ -267,11 +298,11 @@ fn first_assignment(
             if !exp.dimensions.is_empty() {
                 store::insert_dimensions(exp.id, who, &dimension_values(&exp, attributes));
             }
-            return Some(variant.clone());
+            return Some(Assigned::Stored(variant.clone()));
         }
         // A concurrent first call for this user committed first: return what it stored.
         if let Some(variant) = store::stored_variant(path, exp.id, who, Seen::Latest) {
-            return Some(variant);
+            return Some(Assigned::Stored(variant));
         }
     }
     panic!("could not assign user to experiment {key:?}: the experiment kept changing");
@@ -439,9 +470,9 @@ fn amba_eval_condition(condition: Option<pgrx::JsonB>, attributes: Option<pgrx::
     };
     amba_core::condition::check_attributes(&attributes).or_raise();
     match condition {
-        Some(pgrx::JsonB(condition)) => {
-            amba_core::condition::compile(&condition).or_raise().eval(&attributes)
-        }
+        Some(pgrx::JsonB(condition)) => amba_core::condition::compile(&condition)
+            .or_raise()
+            .eval(&attributes),
         None => true,
     }
 }

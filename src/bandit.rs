@@ -31,7 +31,10 @@ fn parse(text: &str, weights: &[f64]) -> Settings {
     let value: Value = serde_json::from_str(text)
         .unwrap_or_else(|e| invalid(format!("bandit is not valid JSON ({e})")));
     let Some(object) = value.as_object() else {
-        invalid(r#"bandit must be a JSON object such as {"event": "purchase", "kind": "conversion"}"#.into())
+        invalid(
+            r#"bandit must be a JSON object such as {"event": "purchase", "kind": "conversion"}"#
+                .into(),
+        )
     };
     for key in object.keys() {
         if !["event", "kind", "value_property", "min_weight", "min_users"].contains(&key.as_str()) {
@@ -77,10 +80,9 @@ fn parse(text: &str, weights: &[f64]) -> Settings {
     }
     let min_users = match object.get("min_users") {
         None | Some(Value::Null) => 100,
-        Some(v) => v
-            .as_i64()
-            .filter(|&n| n >= 1)
-            .unwrap_or_else(|| invalid("bandit.min_users must be a whole number of at least 1".into())),
+        Some(v) => v.as_i64().filter(|&n| n >= 1).unwrap_or_else(|| {
+            invalid("bandit.min_users must be a whole number of at least 1".into())
+        }),
     };
     if let Some(i) = weights.iter().position(|&w| w <= 0.0) {
         invalid(format!(
@@ -161,7 +163,9 @@ fn load(experiment_key: Option<&str>, lock: bool) -> Bandit {
         let variant_keys: Vec<String> = row.get(2).expect("keys").expect("keys");
         let weights: Vec<f64> = row.get(3).expect("weights").expect("weights");
         let Some(settings_text) = row.get::<String>(4).expect("bandit") else {
-            invalid(format!("experiment {key:?} is not a bandit (set its bandit first)"))
+            invalid(format!(
+                "experiment {key:?} is not a bandit (set its bandit first)"
+            ))
         };
         let settings = parse(&settings_text, &weights);
         let mut periods: BTreeMap<i32, Vec<PeriodStats>> = BTreeMap::new();

@@ -78,12 +78,15 @@ struct Checked {
 /// The experiments to check: the one named (whatever its status: reported, touched only
 /// when active), or every active experiment with guardrails.
 fn experiments_to_check(experiment_key: Option<&str>) -> Vec<Checked> {
-    const COLUMNS: &str = "SELECT e.id, e.key, e.status, e.variant_keys, coalesce(e.guardrails, '[]')::text \
+    const COLUMNS: &str =
+        "SELECT e.id, e.key, e.status, e.variant_keys, coalesce(e.guardrails, '[]')::text \
                            FROM amba.experiments e";
     let (sql, args): (String, Vec<pgrx::datum::DatumWithOid>) = match experiment_key {
         Some(key) => (format!("{COLUMNS} WHERE e.key = $1"), vec![key.into()]),
         None => (
-            format!("{COLUMNS} WHERE e.status = 'active' AND e.guardrails IS NOT NULL ORDER BY e.id"),
+            format!(
+                "{COLUMNS} WHERE e.status = 'active' AND e.guardrails IS NOT NULL ORDER BY e.id"
+            ),
             vec![],
         ),
     };
@@ -95,9 +98,14 @@ fn experiments_to_check(experiment_key: Option<&str>) -> Vec<Checked> {
                 id: row.get::<i64>(1).expect("id").expect("id"),
                 key: row.get::<String>(2).expect("key").expect("key"),
                 status: row.get::<String>(3).expect("status").expect("status"),
-                variant_keys: row.get::<Vec<String>>(4).expect("variants").expect("variants"),
+                variant_keys: row
+                    .get::<Vec<String>>(4)
+                    .expect("variants")
+                    .expect("variants"),
                 guardrails: sequential::guardrails_json(
-                    &row.get::<String>(5).expect("guardrails").expect("guardrails"),
+                    &row.get::<String>(5)
+                        .expect("guardrails")
+                        .expect("guardrails"),
                 )
                 .or_raise(),
             })
@@ -175,7 +183,10 @@ fn arm_sums(experiments: &[Checked]) -> HashMap<(i64, Measure), Vec<(String, Arm
             per_user = per_user.join(", "),
         );
         Spi::connect(|client| {
-            for row in client.select(&sql, None, &args).expect("counting the guardrails") {
+            for row in client
+                .select(&sql, None, &args)
+                .expect("counting the guardrails")
+            {
                 let id: i64 = row.get(1).expect("experiment").expect("experiment");
                 let variant: String = row.get(2).expect("variant").expect("variant");
                 let n = row.get::<f64>(3).expect("n").unwrap_or(0.0) as u64;
@@ -202,7 +213,10 @@ fn arm_sums(experiments: &[Checked]) -> HashMap<(i64, Measure), Vec<(String, Arm
                 .variant_keys
                 .iter()
                 .map(|v| {
-                    let sums = by_variant.and_then(|m| m.get(v)).copied().unwrap_or_default();
+                    let sums = by_variant
+                        .and_then(|m| m.get(v))
+                        .copied()
+                        .unwrap_or_default();
                     (v.clone(), sums)
                 })
                 .collect();
@@ -228,7 +242,14 @@ fn check_guardrails(experiment_key: Option<&str>, pause: bool) -> Vec<CheckRow> 
     }
     let arms = arm_sums(&experiments);
     let mut rows = Vec::new();
-    for Checked { id, key, status, guardrails, .. } in experiments {
+    for Checked {
+        id,
+        key,
+        status,
+        guardrails,
+        ..
+    } in experiments
+    {
         let mut experiment_rows = Vec::new();
         for (index, guardrail) in guardrails.iter().enumerate() {
             let arms = &arms[&(id, Measure::of(guardrail))];

@@ -102,7 +102,10 @@ mod amba {
         if dimensions.len() > 5 {
             raise_code(
                 ErrorCode::InvalidArgument,
-                format!("an experiment has at most 5 dimensions, got {}", dimensions.len()),
+                format!(
+                    "an experiment has at most 5 dimensions, got {}",
+                    dimensions.len()
+                ),
             );
         }
         let mut seen: Vec<String> = Vec::new();

@@ -398,7 +398,8 @@ mod tests {
             pgrx::pg_sys::GetCurrentTransactionStartTimestamp()
         })
         .unwrap();
-        let append_event = |user: &str, event: &str, at, _props: Option<()>| direct_event(user, event, at);
+        let append_event =
+            |user: &str, event: &str, at, _props: Option<()>| direct_event(user, event, at);
         let assign = |user: &str| direct_assignment(999_999, user);
         assert!(append_event("u", "e", now, None));
         assert_eq!(assign("u"), Some(true));
@@ -441,6 +442,47 @@ mod tests {
         Spi::run("RESET ROLE").unwrap();
     }
 
+    /// A first exposure goes in directly with its foreign key checked by PostgreSQL's own
+    /// trigger, queued and fired as the INSERT would; another trigger on the table sends it
+    /// through SPI.
+    #[pg_test]
+    fn direct_exposures_keep_their_foreign_key_check() {
+        take_amba_tables();
+        use crate::store::probe::{direct_assignment, direct_exposure};
+        assert_eq!(direct_assignment(777_777, "seen"), Some(true));
+        assert_eq!(direct_exposure(777_777, "seen"), Some(true));
+        assert_eq!(
+            direct_exposure(777_777, "seen"),
+            Some(false),
+            "ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM amba.exposures WHERE experiment_id = 777777"),
+            1
+        );
+        Spi::run(
+            "CREATE FUNCTION pg_temp.noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
+             CREATE TRIGGER noop AFTER INSERT ON amba.exposures FOR EACH ROW EXECUTE FUNCTION pg_temp.noop()",
+        )
+        .unwrap();
+        assert_eq!(direct_assignment(777_777, "other"), Some(true));
+        assert_eq!(
+            direct_exposure(777_777, "other"),
+            None,
+            "a user's trigger: SPI"
+        );
+        Spi::run("DROP TRIGGER noop ON amba.exposures").unwrap();
+        assert_eq!(direct_exposure(777_777, "other"), Some(true));
+    }
+
+    #[pg_test(
+        error = "insert or update on table \"exposures\" violates foreign key constraint \"exposures_experiment_id_user_id_fkey\""
+    )]
+    fn a_direct_exposure_without_assignment_fails_its_foreign_key() {
+        take_amba_tables();
+        crate::store::probe::direct_exposure(777_778, "nobody");
+    }
+
     /// The path is chosen once per call from the catalog, the setting and the hooks:
     /// direct on the tables a fresh install creates (so the shapes in src/store match
     /// sql/bootstrap.sql: a changed column would fail here, not fall back silently), SQL
@@ -455,7 +497,11 @@ mod tests {
         .unwrap();
         assert_eq!(path_name(), "direct");
         assert!(direct_event("shape", "e", now), "events have amba's shape");
-        assert_eq!(direct_assignment(424_242, "shape"), Some(true), "assignments have amba's shape");
+        assert_eq!(
+            direct_assignment(424_242, "shape"),
+            Some(true),
+            "assignments have amba's shape"
+        );
 
         Spi::run("SET LOCAL amba.direct_access = off").unwrap();
         assert_eq!(path_name(), "sql");
@@ -510,7 +556,10 @@ mod tests {
         let second = text("SELECT amba_assign('p', 'u2')");
         assert_eq!(text("SELECT amba_expose('p', 'u2')"), second);
         assert_eq!(text("SELECT amba_peek('p', 'u2')"), second);
-        assert_eq!(count("SELECT count(*) FROM amba.assignments WHERE user_id IN ('u1', 'u2')"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM amba.assignments WHERE user_id IN ('u1', 'u2')"),
+            2
+        );
     }
 
     #[pg_test]

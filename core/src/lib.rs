@@ -15,9 +15,9 @@
 //!
 //! Every function here is small and tested against committed reference values.
 
+pub mod bandit;
 pub mod bucket;
 pub mod columns;
-pub mod bandit;
 pub mod condition;
 pub mod distributions;
 pub mod error;

@@ -67,6 +67,23 @@ pub fn percentile_disc(sorted: &[f64], q: f64) -> Option<f64> {
     sorted.get(k.max(1).min(sorted.len()) - 1).copied()
 }
 
+/// [`percentile_disc`] over distinct values ascending, each with how often it occurs
+/// (`n` in all): the value whose cumulative count first reaches `max(1, ⌈q·n⌉)`.
+fn percentile_disc_counted(counted: &[(f64, f64)], n: f64, q: f64) -> Option<f64> {
+    if counted.is_empty() || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    let k = (q * n).ceil().max(1.0);
+    let mut seen = 0.0;
+    for &(v, count) in counted {
+        seen += count;
+        if seen >= k {
+            return Some(v);
+        }
+    }
+    counted.last().map(|c| c.0)
+}
+
 /// Sufficient statistics of one variant of a quantile metric (CONTRACT §13; the fields of
 /// gbstats' `QuantileClusteredStatistic`). With n = 0 the three quantile fields are not
 /// used (0 from [`QuantileStats::from_users`]; the test has no answer there anyway).
@@ -95,34 +112,52 @@ impl QuantileStats {
     /// empty for users without such events), at level `nu` (0 < nu < 1: the caller checks;
     /// outside it the quantile fields are 0 and the test has no answer).
     pub fn from_users<U: AsRef<[f64]>>(users: &[U], nu: f64) -> QuantileStats {
-        let mut values: Vec<f64> = users
+        let groups: Vec<(&[f64], f64)> = users.iter().map(|u| (u.as_ref(), 1.0)).collect();
+        QuantileStats::from_user_groups(&groups, nu)
+    }
+
+    /// As [`QuantileStats::from_users`], with users that have the same values given once:
+    /// `(values, users)`. The counting query groups users this way, so that the many users
+    /// without values, or with one common value, cross SPI as one row.
+    pub fn from_user_groups<U: AsRef<[f64]>>(groups: &[(U, f64)], nu: f64) -> QuantileStats {
+        // Every value with the number of times it occurs, ascending.
+        let mut values: Vec<(f64, f64)> = groups
             .iter()
-            .flat_map(|u| u.as_ref().iter().copied())
+            .flat_map(|(u, users)| u.as_ref().iter().map(move |&v| (v, *users)))
             .collect();
-        values.sort_by(f64::total_cmp);
-        let n = values.len() as f64;
+        values.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut counted: Vec<(f64, f64)> = Vec::with_capacity(values.len());
+        for (v, k) in values {
+            match counted.last_mut() {
+                Some(last) if last.0.total_cmp(&v).is_eq() => last.1 += k,
+                _ => counted.push((v, k)),
+            }
+        }
+        let n: f64 = counted.iter().map(|c| c.1).sum();
         let mut stats = QuantileStats {
             n,
             n_star: n,
             nu,
-            n_clusters: users.len() as f64,
+            n_clusters: groups.iter().map(|g| g.1).sum(),
             ..QuantileStats::default()
         };
-        if let Some(hat) = percentile_disc(&values, nu) {
+        if let Some(hat) = percentile_disc_counted(&counted, n, nu) {
             let half = Z_975 * (nu * (1.0 - nu) / n).sqrt();
             stats.quantile_hat = hat;
-            stats.quantile_lower = percentile_disc(&values, (nu - half).max(0.0)).unwrap_or(hat);
-            stats.quantile_upper = percentile_disc(&values, (nu + half).min(1.0)).unwrap_or(hat);
+            stats.quantile_lower =
+                percentile_disc_counted(&counted, n, (nu - half).max(0.0)).unwrap_or(hat);
+            stats.quantile_upper =
+                percentile_disc_counted(&counted, n, (nu + half).min(1.0)).unwrap_or(hat);
         }
-        for u in users {
+        for (u, users) in groups {
             let u = u.as_ref();
             let d = u.len() as f64;
             let s = u.iter().filter(|&&v| v <= stats.quantile_hat).count() as f64;
-            stats.main_sum += s;
-            stats.main_sum_squares += s * s;
-            stats.denominator_sum += d;
-            stats.denominator_sum_squares += d * d;
-            stats.main_denominator_sum_product += s * d;
+            stats.main_sum += users * s;
+            stats.main_sum_squares += users * s * s;
+            stats.denominator_sum += users * d;
+            stats.denominator_sum_squares += users * d * d;
+            stats.main_denominator_sum_product += users * s * d;
         }
         stats
     }
@@ -282,6 +317,41 @@ mod tests {
             (0.0, 3.0, None)
         );
         assert!(empty.has_zero_variance());
+    }
+
+    #[test]
+    fn grouped_users_equal_the_users_one_by_one() {
+        let users: Vec<Vec<f64>> = vec![
+            vec![1.0, 5.0, 2.0],
+            vec![],
+            vec![3.0],
+            vec![4.0, 4.0],
+            vec![],
+            vec![3.0],
+            vec![3.0],
+            vec![5.0, 1.0, 2.0],
+        ];
+        let groups: Vec<(Vec<f64>, f64)> = vec![
+            (vec![], 2.0),
+            (vec![3.0], 3.0),
+            (vec![1.0, 5.0, 2.0], 1.0),
+            (vec![4.0, 4.0], 1.0),
+            (vec![5.0, 1.0, 2.0], 1.0),
+        ];
+        for nu in [0.1, 0.28, 0.5, 0.7, 0.9, 0.99] {
+            assert_eq!(
+                QuantileStats::from_user_groups(&groups, nu),
+                QuantileStats::from_users(&users, nu),
+                "nu {nu}"
+            );
+            // And against percentile_disc over every value, one by one.
+            let mut all: Vec<f64> = users.iter().flatten().copied().collect();
+            all.sort_by(f64::total_cmp);
+            assert_eq!(
+                Some(QuantileStats::from_user_groups(&groups, nu).quantile_hat),
+                percentile_disc(&all, nu)
+            );
+        }
     }
 
     #[test]

@@ -122,7 +122,8 @@ fn results_by(
 }
 
 fn into_tuples(rows: Vec<(Option<String>, ResultRow)>) -> impl Iterator<Item = ByTuple> {
-    rows.into_iter().map(|(value, row)| (value, row.into_tuple()))
+    rows.into_iter()
+        .map(|(value, row)| (value, row.into_tuple()))
 }
 
 /// Declares `amba_results_by` and its twin `amba._results_by` with one column list.

@@ -198,12 +198,8 @@ pub(crate) fn rows_from_counts(
         .collect();
     let mut exposed_by_version: Vec<(i32, u64)> = exposed_by_version.into_iter().collect();
     exposed_by_version.sort();
-    let srm = srm::srm_p_value_by_version(
-        variant_keys,
-        &exposed_by_key,
-        &exposed_by_version,
-        versions,
-    );
+    let srm =
+        srm::srm_p_value_by_version(variant_keys, &exposed_by_key, &exposed_by_version, versions);
 
     let arms: Vec<Arm> = per_variant
         .iter()

@@ -186,8 +186,14 @@ pub(crate) fn metric_results(
         );
     }
 
-    let (variant_keys, arms) =
-        metric_arms(experiment_key, event, value_property, cap, cap_percentile, cuped_days);
+    let (variant_keys, arms) = metric_arms(
+        experiment_key,
+        event,
+        value_property,
+        cap,
+        cap_percentile,
+        cuped_days,
+    );
     let rows = metric::analyze_means(&arms, alpha, cuped_days.is_some());
     variant_keys
         .into_iter()

@@ -50,18 +50,22 @@ fn ratio_sums_sql(slice: UserSlice) -> String {
 }
 
 /// Each exposed user's event values that carry `$3` as a JSON number (an empty array for
-/// a user without any: a cluster with s = d = 0).
+/// a user without any: a cluster with s = d = 0), with users of equal values as one row and
+/// their number: most exposed users have no value or one, so the rows that cross SPI are
+/// about the distinct values, not the users.
 fn quantile_values_sql(slice: UserSlice) -> String {
     format!(
-        "SELECT min(a.variant), \
-                coalesce(array_agg((e.properties -> $3::text)::float8) FILTER (WHERE e.user_id IS NOT NULL), '{{}}') \
-           FROM {COUNTED_ASSIGNMENTS_FROM} \
-           JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id{xp_slice} \
-           LEFT JOIN amba.events e \
-             ON e.event = $2 AND e.user_id = a.user_id AND e.occurred_at >= a.assigned_at \
-            AND jsonb_typeof(e.properties -> $3::text) = 'number'{e_slice} \
-          WHERE {COUNTED_ASSIGNMENTS_WHERE}{a_slice} \
-          GROUP BY a.user_id",
+        "SELECT variant, vals, count(*)::float8 FROM ( \
+           SELECT min(a.variant) AS variant, \
+                  coalesce(array_agg((e.properties -> $3::text)::float8) FILTER (WHERE e.user_id IS NOT NULL), '{{}}') AS vals \
+             FROM {COUNTED_ASSIGNMENTS_FROM} \
+             JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id{xp_slice} \
+             LEFT JOIN amba.events e \
+               ON e.event = $2 AND e.user_id = a.user_id AND e.occurred_at >= a.assigned_at \
+              AND jsonb_typeof(e.properties -> $3::text) = 'number'{e_slice} \
+            WHERE {COUNTED_ASSIGNMENTS_WHERE}{a_slice} \
+            GROUP BY a.user_id) per_user \
+          GROUP BY variant, vals",
         xp_slice = slice.filter("xp.user_id"),
         e_slice = slice.filter("e.user_id"),
         a_slice = slice.filter("a.user_id"),
@@ -195,23 +199,24 @@ fn quantile_results(
         ),
     };
     let alpha = validate::alpha(alpha).or_raise();
-    let (variant_keys, users) = Spi::connect(|client| {
+    let (variant_keys, groups) = Spi::connect(|client| {
         let exp = experiment_for_results(client, experiment_key);
-        let mut users: HashMap<String, Vec<Vec<f64>>> = HashMap::new();
+        let mut groups: HashMap<String, Vec<(Vec<f64>, f64)>> = HashMap::new();
         let args = vec![exp.id.into(), event.into(), value_property.into()];
         run_counting(client, exp.id, quantile_values_sql, true, args, |table| {
             for row in table {
                 let variant: String = row.get(1).expect("variant").expect("variant");
                 let values: Vec<f64> = row.get(2).expect("values").unwrap_or_default();
-                users.entry(variant).or_default().push(values);
+                let users: f64 = row.get(3).expect("users").expect("users");
+                groups.entry(variant).or_default().push((values, users));
             }
         });
-        (exp.variant_keys.clone(), users)
+        (exp.variant_keys.clone(), groups)
     });
-    let empty: Vec<Vec<f64>> = Vec::new();
+    let empty: Vec<(Vec<f64>, f64)> = Vec::new();
     let arms: Vec<QuantileStats> = variant_keys
         .iter()
-        .map(|k| QuantileStats::from_users(users.get(k).unwrap_or(&empty), nu))
+        .map(|k| QuantileStats::from_user_groups(groups.get(k).unwrap_or(&empty), nu))
         .collect();
     let rows = analyze_quantile(&arms, alpha);
     variant_keys

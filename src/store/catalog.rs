@@ -143,7 +143,11 @@ unsafe fn learn() -> Layout {
                 &[(c"experiment_id", int8), (c"user_id", text)],
                 Some(c"variant"),
             ),
-            keyed(oids[3], &[(c"experiment_id", int8), (c"user_id", text)], None),
+            keyed(
+                oids[3],
+                &[(c"experiment_id", int8), (c"user_id", text)],
+                None,
+            ),
             keyed(oids[4], &[(c"anonymous_id", text)], Some(c"user_id")),
         ) else {
             return Layout::Altered;
@@ -245,15 +249,26 @@ unsafe fn checked_table(
                 && form.indisready
                 && form.indislive
                 && form.indimmediate
-                && pg_sys::heap_attisnull((*index).rd_indextuple, pg_sys::Anum_pg_index_indpred as i32, std::ptr::null_mut())
-                && pg_sys::heap_attisnull((*index).rd_indextuple, pg_sys::Anum_pg_index_indexprs as i32, std::ptr::null_mut())
+                && pg_sys::heap_attisnull(
+                    (*index).rd_indextuple,
+                    pg_sys::Anum_pg_index_indpred as i32,
+                    std::ptr::null_mut(),
+                )
+                && pg_sys::heap_attisnull(
+                    (*index).rd_indextuple,
+                    pg_sys::Anum_pg_index_indexprs as i32,
+                    std::ptr::null_mut(),
+                )
                 && nkeys == key.len()
                 && form.indnkeyatts as usize == key.len();
             if ok {
                 for (i, (name, type_oid)) in key.iter().enumerate() {
                     // The default btree operator class of the column's type: its family
                     // and input type (what the scan keys' equality procs belong to).
-                    let class = pg_sys::GetDefaultOpClass(*type_oid, pg_sys::Oid::from(pg_sys::BTREE_AM_OID));
+                    let class = pg_sys::GetDefaultOpClass(
+                        *type_oid,
+                        pg_sys::Oid::from(pg_sys::BTREE_AM_OID),
+                    );
                     ok &= column(name, *type_oid) == Some(columns[i])
                         && class != pg_sys::InvalidOid
                         && *(*index).rd_opfamily.add(i) == pg_sys::get_opclass_family(class)

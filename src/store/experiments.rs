@@ -10,12 +10,12 @@
 //! with it (setting or clearing one updates the experiment row).
 
 use super::access;
-use crate::errors::OrRaise;
-use amba_core::condition::Condition;
 use super::catalog::{self, Layout};
-use super::path::Path;
 use super::index_read::{self, RowVersion};
+use super::path::Path;
+use crate::errors::OrRaise;
 use crate::spi::{run_fresh, with_plan};
+use amba_core::condition::Condition;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
@@ -189,7 +189,10 @@ fn load(client: &SpiClient<'_>, key: &str, fresh: bool) -> Option<Rc<Experiment>
                     .map(|(start, share)| (start, start + share)),
             }),
             holdout: row.get(16).expect(get_err),
-            dimensions: row.get::<Vec<String>>(17).expect(get_err).unwrap_or_default(),
+            dimensions: row
+                .get::<Vec<String>>(17)
+                .expect(get_err)
+                .unwrap_or_default(),
             version,
             version_text: format!("{tid_text} {xmin_text}"),
         })

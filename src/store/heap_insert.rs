@@ -38,6 +38,9 @@ struct TableShape {
     only_primary_key_unique: bool,
     /// The commands whose policies the SQL statement is subject to (RETURNING reads).
     row_security: &'static [Command],
+    /// Whether the INSERT may fire foreign-key checks (and no other trigger): they are
+    /// queued and fired as the executor does (see `Insert::fire_after_triggers`).
+    foreign_key_checks: bool,
 }
 
 const EVENTS: TableShape = TableShape {
@@ -52,6 +55,7 @@ const EVENTS: TableShape = TableShape {
     defaults: &[],
     only_primary_key_unique: false,
     row_security: &[Command::Insert],
+    foreign_key_checks: false,
 };
 
 const ASSIGNMENTS: TableShape = TableShape {
@@ -67,6 +71,22 @@ const ASSIGNMENTS: TableShape = TableShape {
     only_primary_key_unique: true,
     // INSERT ... RETURNING variant: the returned row must pass the SELECT policies too.
     row_security: &[Command::Insert, Command::Select],
+    foreign_key_checks: false,
+};
+
+const EXPOSURES: TableShape = TableShape {
+    columns: &[
+        ("experiment_id", pg_sys::INT8OID, true, 0),
+        ("user_id", pg_sys::TEXTOID, true, 0),
+        ("exposed_at", pg_sys::TIMESTAMPTZOID, true, 0),
+    ],
+    checks: &[],
+    defaults: &["exposed_at = now()"],
+    only_primary_key_unique: true,
+    // INSERT ... ON CONFLICT DO NOTHING, no RETURNING: the INSERT policies only.
+    row_security: &[Command::Insert],
+    // Its foreign key to amba.assignments.
+    foreign_key_checks: true,
 };
 
 /// What a call needs to know about a table, learned once per relcache change of it.
@@ -98,13 +118,14 @@ impl Learned {
 thread_local! {
     static EVENTS_LEARNED: Cell<Learned> = const { Cell::new(Learned::Unknown) };
     static ASSIGNMENTS_LEARNED: Cell<Learned> = const { Cell::new(Learned::Unknown) };
+    static EXPOSURES_LEARNED: Cell<Learned> = const { Cell::new(Learned::Unknown) };
 }
 
 /// Forgets what was learned about `relid` (InvalidOid: about every table). Called from
 /// amba's relcache callback (`invalidation.rs`), while PostgreSQL processes invalidation
 /// messages: must not error or allocate.
 pub fn forget(relid: pg_sys::Oid) {
-    for cell in [&EVENTS_LEARNED, &ASSIGNMENTS_LEARNED] {
+    for cell in [&EVENTS_LEARNED, &ASSIGNMENTS_LEARNED, &EXPOSURES_LEARNED] {
         cell.with(|learned| {
             if relid == pg_sys::InvalidOid || learned.get().relid() == Some(relid) {
                 learned.set(Learned::Unknown);
@@ -121,6 +142,24 @@ unsafe fn deparse(stored: *const std::ffi::c_char, relid: pg_sys::Oid) -> Option
             pg_sys::pg_get_expr,
             &[text.into_datum(), relid.into_datum()],
         )
+    }
+}
+
+/// Whether every trigger of the table that fires on INSERT is a foreign key's check
+/// (`RI_FKey_check_ins`, internal, AFTER ROW): what the executor queues for such an INSERT
+/// and fires at the end of the statement, as `Insert::fire_after_triggers` does.
+unsafe fn only_foreign_key_checks_on_insert(t: &pg_sys::TriggerDesc) -> bool {
+    unsafe {
+        let all = std::slice::from_raw_parts(t.triggers, t.numtriggers as usize);
+        all.iter()
+            .filter(|trigger| trigger.tgtype as u32 & pg_sys::TRIGGER_TYPE_INSERT != 0)
+            .all(|trigger| {
+                let kind = trigger.tgtype as u32;
+                trigger.tgfoid == pg_sys::Oid::from(pg_sys::F_RI_FKEY_CHECK_INS)
+                    && trigger.tgisinternal
+                    && kind & pg_sys::TRIGGER_TYPE_ROW != 0
+                    && kind & (pg_sys::TRIGGER_TYPE_BEFORE | pg_sys::TRIGGER_TYPE_INSTEAD) == 0
+            })
     }
 }
 
@@ -141,8 +180,10 @@ unsafe fn learn(rel: pg_sys::Relation, spec: &TableShape) -> Learned {
         let triggers = (*rel).trigdesc;
         if !triggers.is_null() {
             let t = &*triggers;
+            let after_row = t.trig_insert_after_row
+                && !(spec.foreign_key_checks && only_foreign_key_checks_on_insert(t));
             if t.trig_insert_before_row
-                || t.trig_insert_after_row
+                || after_row
                 || t.trig_insert_instead_row
                 || t.trig_insert_before_statement
                 || t.trig_insert_after_statement
@@ -301,14 +342,19 @@ struct Insert {
     estate: *mut pg_sys::EState,
     result_rel: *mut pg_sys::ResultRelInfo,
     slot: *mut pg_sys::TupleTableSlot,
+    after_triggers: bool,
 }
 
 impl Insert {
     /// `values`: one per column, None for NULL. `speculative`: for ON CONFLICT.
+    /// `after_triggers`: the table's foreign-key checks are queued (`row_inserted`) and
+    /// fired by `finish`, in a query level of PostgreSQL's after-trigger queue of their own,
+    /// as logical replication's apply worker does for its inserts.
     unsafe fn new(
         rel: pg_sys::Relation,
         values: &[Option<pg_sys::Datum>],
         speculative: bool,
+        after_triggers: bool,
     ) -> Insert {
         unsafe {
             let estate = pg_sys::CreateExecutorState();
@@ -318,6 +364,13 @@ impl Insert {
                 .cast::<pg_sys::ResultRelInfo>();
             pg_sys::InitResultRelInfo(result_rel, rel, 1, std::ptr::null_mut(), 0);
             pg_sys::ExecOpenIndices(result_rel, speculative);
+            if after_triggers {
+                // Where the queue's firing looks the table up (ExecGetTriggerResultRel).
+                (*estate).es_opened_result_relations =
+                    pg_sys::lappend((*estate).es_opened_result_relations, result_rel.cast());
+                (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+                pg_sys::AfterTriggerBeginQuery();
+            }
             let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
             pg_sys::MemoryContextSwitchTo(caller_context);
             pg_sys::ExecClearTuple(slot);
@@ -333,6 +386,24 @@ impl Insert {
                 estate,
                 result_rel,
                 slot,
+                after_triggers,
+            }
+        }
+    }
+
+    /// The AFTER ROW INSERT triggers for the row just stored, queued as ExecInsert queues
+    /// them (`ExecARInsertTriggers`: each trigger's enabled state and
+    /// session_replication_role apply); `finish` fires them.
+    unsafe fn row_inserted(&self) {
+        unsafe {
+            if self.after_triggers {
+                pg_sys::ExecARInsertTriggers(
+                    self.estate,
+                    self.result_rel,
+                    self.slot,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
             }
         }
     }
@@ -370,6 +441,12 @@ impl Insert {
 
     unsafe fn finish(self) {
         unsafe {
+            if self.after_triggers {
+                // Fires what `row_inserted` queued (a foreign key's check raises its error
+                // here, as at the end of the INSERT), then frees the slots it made.
+                pg_sys::AfterTriggerEndQuery(self.estate);
+                pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
+            }
             pg_sys::ExecDropSingleTupleTableSlot(self.slot);
             pg_sys::ExecCloseIndices(self.result_rel);
             pg_sys::FreeExecutorState(self.estate);
@@ -405,7 +482,7 @@ pub fn append_event(
             occurred_at.into_datum(),
             properties,
         ];
-        let insert = Insert::new(rel, &values, false);
+        let insert = Insert::new(rel, &values, false, false);
         pg_sys::simple_table_tuple_insert(rel, insert.slot);
         insert.index_entries(false, std::ptr::null_mut());
         insert.finish();
@@ -446,7 +523,50 @@ pub fn assignment_if_absent(
             weight_version.into_datum(),
             now.into_datum(),
         ];
-        let insert = Insert::new(rel, &values, true);
+        Some(insert_if_absent(rel, primary_key, &values, false))
+    }
+}
+
+/// `INSERT INTO amba.exposures (experiment_id, user_id) VALUES (...) ON CONFLICT
+/// (experiment_id, user_id) DO NOTHING`, done directly, its foreign key checked by
+/// PostgreSQL's own trigger: Some(true) when the row was inserted, Some(false) when the
+/// user was exposed already, None (having done nothing) when it must go through SPI.
+pub fn exposure_if_absent(
+    exposures: pg_sys::Oid,
+    generation: u64,
+    experiment_id: i64,
+    user_id: &str,
+) -> Option<bool> {
+    unsafe {
+        if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
+            return None;
+        }
+        let Some((rel, Learned::Direct { primary_key, .. })) =
+            open_for_insert(exposures, generation, &EXPOSURES, &EXPOSURES_LEARNED)
+        else {
+            return None;
+        };
+        let now = TimestampWithTimeZone::try_from(pg_sys::GetCurrentTransactionStartTimestamp())
+            .expect("now() is a valid timestamp");
+        let values = [
+            experiment_id.into_datum(),
+            user_id.into_datum(),
+            now.into_datum(),
+        ];
+        Some(insert_if_absent(rel, primary_key, &values, true))
+    }
+}
+
+/// The table work of `INSERT ... ON CONFLICT (primary key) DO NOTHING` for one row of
+/// `values` into the open `rel` (closed here): true when inserted.
+unsafe fn insert_if_absent(
+    rel: pg_sys::Relation,
+    primary_key: pg_sys::Oid,
+    values: &[Option<pg_sys::Datum>],
+    after_triggers: bool,
+) -> bool {
+    unsafe {
+        let insert = Insert::new(rel, values, true, after_triggers);
         let arbiters = pg_sys::lappend_oid(std::ptr::null_mut(), primary_key);
         // ExecInsert's protocol: check for a conflicting row first (waiting for its
         // inserter to finish, so a lost race writes nothing); insert speculatively; if a
@@ -455,13 +575,12 @@ pub fn assignment_if_absent(
             pgrx::check_for_interrupts!();
             let mut conflict_tid: pg_sys::ItemPointerData = std::mem::zeroed();
             if !pg_sys::ExecCheckIndexConstraints(
-                    insert.result_rel,
-                    insert.slot,
-                    insert.estate,
-                    &mut conflict_tid,
-                    arbiters,
-                )
-            {
+                insert.result_rel,
+                insert.slot,
+                insert.estate,
+                &mut conflict_tid,
+                arbiters,
+            ) {
                 break false;
             }
             let xid = pg_sys::GetCurrentTransactionId();
@@ -478,11 +597,12 @@ pub fn assignment_if_absent(
             pg_sys::table_tuple_complete_speculative(rel, insert.slot, token, !conflict);
             pg_sys::SpeculativeInsertionLockRelease(xid);
             if !conflict {
+                insert.row_inserted();
                 break true;
             }
         };
         pg_sys::list_free(arbiters);
         insert.finish();
-        Some(inserted)
+        inserted
     }
 }

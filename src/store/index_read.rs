@@ -71,7 +71,13 @@ pub fn by_key(
         let user_id_text = user_id.into_datum().expect("a text datum");
         let nkeys = match experiment_id {
             Some(id) => {
-                eq_key(&mut keys[0], irel, 1, pg_sys::F_INT8EQ, pg_sys::Datum::from(id));
+                eq_key(
+                    &mut keys[0],
+                    irel,
+                    1,
+                    pg_sys::F_INT8EQ,
+                    pg_sys::Datum::from(id),
+                );
                 eq_key(&mut keys[1], irel, 2, pg_sys::F_TEXTEQ, user_id_text);
                 2
             }
@@ -97,8 +103,12 @@ pub fn by_key(
             }
         } else if table.value_attnum > 0 {
             let mut is_null = false;
-            let datum =
-                pg_sys::heap_getattr(tuple, table.value_attnum as i32, (*rel).rd_att, &mut is_null);
+            let datum = pg_sys::heap_getattr(
+                tuple,
+                table.value_attnum as i32,
+                (*rel).rd_att,
+                &mut is_null,
+            );
             Found {
                 exists: true,
                 value: String::from_datum(datum, is_null),
@@ -151,7 +161,11 @@ unsafe fn storage_of(rel: pg_sys::Relation) -> pg_sys::Oid {
 /// Whether `version` is the version of its row that `snapshot` sees (visible, and not
 /// replaced or deleted in that snapshot). False — never an error — when the table was
 /// rewritten since, or the block is gone (a VACUUM truncated the table).
-pub fn row_version_visible(relid: pg_sys::Oid, version: RowVersion, snapshot: pg_sys::Snapshot) -> bool {
+pub fn row_version_visible(
+    relid: pg_sys::Oid,
+    version: RowVersion,
+    snapshot: pg_sys::Snapshot,
+) -> bool {
     unsafe {
         let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let block = pgrx::itemptr::item_pointer_get_block_number(&version.tid);
@@ -159,7 +173,8 @@ pub fn row_version_visible(relid: pg_sys::Oid, version: RowVersion, snapshot: pg
         let same_storage = form.relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
             && !form.relhassubclass
             && storage_of(rel) == version.relfilenode
-            && block < pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+            && block
+                < pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
         let mut same = false;
         if same_storage {
             let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();

@@ -56,7 +56,9 @@ pub fn stored_variant(path: Path, experiment_id: i64, user_id: &str, seen: Seen)
     if let (Path::Direct(t), Seen::Statement) = (path, seen) {
         if direct_read_allowed(&[t.assignments.relid]) {
             let snapshot = unsafe { pg_sys::GetActiveSnapshot() };
-            if let Some(found) = index_read::by_key(t.assignments, Some(experiment_id), user_id, snapshot) {
+            if let Some(found) =
+                index_read::by_key(t.assignments, Some(experiment_id), user_id, snapshot)
+            {
                 return found.value;
             }
         }
@@ -93,18 +95,33 @@ pub fn insert_dimensions(experiment_id: i64, user_id: &str, values: &serde_json:
 pub fn record_exposure(path: Path, experiment_id: i64, user_id: &str) -> Option<String> {
     if let Path::Direct(t) = path {
         if direct_read_allowed(&[t.assignments.relid, t.exposures.relid]) {
-            if let Some((variant, exposed)) = unsafe { read_for_exposure(t, experiment_id, user_id) } {
+            if let Some((variant, exposed)) =
+                unsafe { read_for_exposure(t, experiment_id, user_id) }
+            {
                 let variant = variant?;
                 if !exposed {
                     // Only a first exposure writes; the foreign key still checks the
                     // assignment.
-                    sql::insert_exposure(experiment_id, user_id);
+                    insert_exposure(path, experiment_id, user_id);
                 }
                 return Some(variant);
             }
         }
     }
     sql::record_exposure(experiment_id, user_id)
+}
+
+/// Records the first exposure of an assignment the caller knows is stored (ON CONFLICT
+/// DO NOTHING: a second exposure changes nothing). The foreign key checks it is.
+pub fn insert_exposure(path: Path, experiment_id: i64, user_id: &str) {
+    if let Path::Direct(t) = path {
+        if heap_insert::exposure_if_absent(t.exposures.relid, t.generation, experiment_id, user_id)
+            .is_some()
+        {
+            return;
+        }
+    }
+    sql::insert_exposure(experiment_id, user_id)
 }
 
 /// The assignment's variant and whether it is exposed, read as the SQL statement would:
@@ -139,7 +156,14 @@ pub fn append_event(
     properties: Option<pg_sys::Datum>,
 ) {
     if let Path::Direct(t) = path {
-        if heap_insert::append_event(t.events, t.generation, user_id, event, occurred_at, properties) {
+        if heap_insert::append_event(
+            t.events,
+            t.generation,
+            user_id,
+            event,
+            occurred_at,
+            properties,
+        ) {
             return;
         }
     }
@@ -176,7 +200,9 @@ pub mod probe {
     /// The direct insert of an event, or false when it would go through SQL.
     pub fn direct_event(user_id: &str, event: &str, at: TimestampWithTimeZone) -> bool {
         match Path::for_call() {
-            Path::Direct(t) => heap_insert::append_event(t.events, t.generation, user_id, event, at, None),
+            Path::Direct(t) => {
+                heap_insert::append_event(t.events, t.generation, user_id, event, at, None)
+            }
             _ => false,
         }
     }
@@ -191,6 +217,19 @@ pub mod probe {
                 user_id,
                 "a",
                 1,
+            ),
+            _ => None,
+        }
+    }
+
+    /// The direct first exposure: Some(inserted), or None when it would go through SQL.
+    pub fn direct_exposure(experiment_id: i64, user_id: &str) -> Option<bool> {
+        match Path::for_call() {
+            Path::Direct(t) => heap_insert::exposure_if_absent(
+                t.exposures.relid,
+                t.generation,
+                experiment_id,
+                user_id,
             ),
             _ => None,
         }

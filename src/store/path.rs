@@ -33,8 +33,7 @@ thread_local! {
 }
 
 pub fn define_settings() {
-    let existing =
-        unsafe { pg_sys::GetConfigOption(c"amba.direct_access".as_ptr(), true, false) };
+    let existing = unsafe { pg_sys::GetConfigOption(c"amba.direct_access".as_ptr(), true, false) };
     if !existing.is_null() {
         return;
     }
@@ -186,7 +185,9 @@ fn preloaded_libraries() -> Vec<String> {
         if value.is_null() {
             continue;
         }
-        let value = unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned();
+        let value = unsafe { CStr::from_ptr(value) }
+            .to_string_lossy()
+            .into_owned();
         names.extend(
             value
                 .split(',')
@@ -202,7 +203,13 @@ fn preloaded_libraries() -> Vec<String> {
 mod tests {
     #[test]
     fn library_names() {
-        assert_eq!(super::library_name("/usr/lib/postgresql/15/lib/pgaudit.so"), "pgaudit");
-        assert_eq!(super::library_name("$libdir/pg_stat_statements"), "pg_stat_statements");
+        assert_eq!(
+            super::library_name("/usr/lib/postgresql/15/lib/pgaudit.so"),
+            "pgaudit"
+        );
+        assert_eq!(
+            super::library_name("$libdir/pg_stat_statements"),
+            "pg_stat_statements"
+        );
     }
 }

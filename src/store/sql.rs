@@ -57,7 +57,11 @@ const ID_TEXT: [pg_sys::Oid; 2] = [pg_sys::INT8OID, pg_sys::TEXTOID];
 /// `latest`: the plan is prepared as mutating, so SPI takes a new snapshot for it: it sees
 /// an assignment a concurrent first call committed while we were inserting.
 pub fn stored_variant(experiment_id: i64, user_id: &str, latest: bool) -> Option<String> {
-    let slot = if latest { &FIND_LATEST_PLAN } else { &FIND_PLAN };
+    let slot = if latest {
+        &FIND_LATEST_PLAN
+    } else {
+        &FIND_PLAN
+    };
     Spi::connect_mut(|client| {
         with_plan(slot, client, FIND_SQL, &ID_TEXT, latest, |plan| {
             let table = client
@@ -72,8 +76,18 @@ pub fn stored_variant(experiment_id: i64, user_id: &str, latest: bool) -> Option
     })
 }
 
-pub fn insert_assignment(experiment_id: i64, user_id: &str, variant: &str, weight_version: i32) -> bool {
-    let types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::INT4OID];
+pub fn insert_assignment(
+    experiment_id: i64,
+    user_id: &str,
+    variant: &str,
+    weight_version: i32,
+) -> bool {
+    let types = [
+        pg_sys::INT8OID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::INT4OID,
+    ];
     Spi::connect_mut(|client| {
         with_plan(&INSERT_PLAN, client, INSERT_SQL, &types, true, |plan| {
             let args = [
@@ -150,11 +164,22 @@ pub fn append_event(
 pub fn insert_dimensions(experiment_id: i64, user_id: &str, values: &str) {
     let types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TEXTOID];
     Spi::connect_mut(|client| {
-        with_plan(&DIMENSIONS_PLAN, client, DIMENSIONS_SQL, &types, true, |plan| {
-            client
-                .select(plan, None, &[experiment_id.into(), user_id.into(), values.into()])
-                .expect("storing the assignment's dimensions");
-        });
+        with_plan(
+            &DIMENSIONS_PLAN,
+            client,
+            DIMENSIONS_SQL,
+            &types,
+            true,
+            |plan| {
+                client
+                    .select(
+                        plan,
+                        None,
+                        &[experiment_id.into(), user_id.into(), values.into()],
+                    )
+                    .expect("storing the assignment's dimensions");
+            },
+        );
     })
 }
 
@@ -208,10 +233,17 @@ pub fn share_lock_experiment_row(experiment_id: i64) {
     };
     let sql = format!("SELECT 1 FROM {placement} e WHERE e.id = $1 FOR SHARE");
     Spi::connect_mut(|client| {
-        with_plan(&SHARE_PLAN, client, &sql, &[pg_sys::INT8OID], true, |plan| {
-            client
-                .select(plan, None, &[experiment_id.into()])
-                .expect("locking the experiment's row");
-        });
+        with_plan(
+            &SHARE_PLAN,
+            client,
+            &sql,
+            &[pg_sys::INT8OID],
+            true,
+            |plan| {
+                client
+                    .select(plan, None, &[experiment_id.into()])
+                    .expect("locking the experiment's row");
+            },
+        );
     })
 }

@@ -229,7 +229,12 @@ pub mod cron {
 
     impl CronJob {
         /// Schedules `command` every minute in database `db`.
-        pub fn every_minute(pg: &mut postgres::Client, name: &str, command: &str, db: &str) -> CronJob {
+        pub fn every_minute(
+            pg: &mut postgres::Client,
+            name: &str,
+            command: &str,
+            db: &str,
+        ) -> CronJob {
             let row = pg
                 .query_one(
                     "SELECT cron.schedule_in_database($1, '* * * * *', $2, $3), now()",
@@ -246,7 +251,10 @@ pub mod cron {
         /// which invalidates the cache again — at most once a minute — and says so on
         /// stderr. Call it from the wait loop.
         pub fn nudge_if_missed(&mut self, pg: &mut postgres::Client) {
-            if self.2.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            if self
+                .2
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+            {
                 return;
             }
             let missed: bool = pg
@@ -259,8 +267,11 @@ pub mod cron {
                 .get(0);
             if missed {
                 eprintln!("pg_cron job {} has not started a minute after it was scheduled: altering it to refresh pg_cron's job cache (pg_cron#362)", self.0);
-                pg.execute("SELECT cron.alter_job($1, schedule => '* * * * *')", &[&self.0])
-                    .unwrap();
+                pg.execute(
+                    "SELECT cron.alter_job($1, schedule => '* * * * *')",
+                    &[&self.0],
+                )
+                .unwrap();
                 self.2 = Some(std::time::Instant::now());
             }
         }

@@ -1525,11 +1525,31 @@ fn amba_analyst_reads_results_and_is_refused_every_write() {
             vec![],
         ),
         ("amba_bucket", "SELECT amba_bucket($1, 'x')", vec![&k]),
-        ("amba_layer_bucket", "SELECT amba_layer_bucket('some-layer', 'x')", vec![]),
-        ("amba_list_layers", "SELECT count(*) FROM amba_list_layers()", vec![]),
-        ("amba_eval_condition", "SELECT amba_eval_condition('{\"a\": 1}', '{\"a\": 1}')", vec![]),
-        ("amba_ratio_results", "SELECT count(*) FROM amba_ratio_results($1, 'buy', NULL, 'buy', NULL)", vec![&k]),
-        ("amba_quantile_results", "SELECT count(*) FROM amba_quantile_results($1, 'buy', 'amount', 0.9)", vec![&k]),
+        (
+            "amba_layer_bucket",
+            "SELECT amba_layer_bucket('some-layer', 'x')",
+            vec![],
+        ),
+        (
+            "amba_list_layers",
+            "SELECT count(*) FROM amba_list_layers()",
+            vec![],
+        ),
+        (
+            "amba_eval_condition",
+            "SELECT amba_eval_condition('{\"a\": 1}', '{\"a\": 1}')",
+            vec![],
+        ),
+        (
+            "amba_ratio_results",
+            "SELECT count(*) FROM amba_ratio_results($1, 'buy', NULL, 'buy', NULL)",
+            vec![&k],
+        ),
+        (
+            "amba_quantile_results",
+            "SELECT count(*) FROM amba_quantile_results($1, 'buy', 'amount', 0.9)",
+            vec![&k],
+        ),
         (
             "amba_experiment_history",
             "SELECT count(*) FROM amba_experiment_history($1)",

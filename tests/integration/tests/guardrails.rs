@@ -1252,7 +1252,8 @@ fn pg_cron_pauses_a_harmful_experiment() {
     let mut l = listener(&db.0);
     let job_name = unique("amba-guardrails");
     let started = Instant::now();
-    let mut job = CronJob::every_minute(&mut pg, &job_name, "SELECT amba_check_guardrails()", &db.0);
+    let mut job =
+        CronJob::every_minute(&mut pg, &job_name, "SELECT amba_check_guardrails()", &db.0);
 
     // Wait for the pause and its notifications (at most 150 s).
     let deadline = started + Duration::from_secs(150);

@@ -3554,7 +3554,10 @@ fn load_users(key: &str, n: i32, conv: [i32; 2], refund: [i32; 2]) {
 
 fn status_of(key: &str) -> String {
     connect()
-        .query_one("SELECT status FROM amba.experiments WHERE key = $1", &[&key])
+        .query_one(
+            "SELECT status FROM amba.experiments WHERE key = $1",
+            &[&key],
+        )
         .unwrap()
         .get(0)
 }
@@ -3630,21 +3633,41 @@ fn admin_create_and_update_carry_guardrails_dimensions_and_bandit() {
 
     // Invalid values: 400 INVALID_ARGUMENT, nothing written.
     let bad: Vec<(&str, Value)> = vec![
-        ("guardrails", json!([{"event": "refund", "kind": "median", "bad": "increase"}])),
-        ("guardrails", json!([{"event": "refund", "kind": "conversion", "bad": "sideways"}])),
-        ("guardrails", json!([{"event": "refund", "kind": "conversion", "bad": "increase", "alpha": 1.5}])),
+        (
+            "guardrails",
+            json!([{"event": "refund", "kind": "median", "bad": "increase"}]),
+        ),
+        (
+            "guardrails",
+            json!([{"event": "refund", "kind": "conversion", "bad": "sideways"}]),
+        ),
+        (
+            "guardrails",
+            json!([{"event": "refund", "kind": "conversion", "bad": "increase", "alpha": 1.5}]),
+        ),
         ("guardrails", json!({"event": "refund"})),
         ("dimensions", json!(["a", "b", "c", "d", "e", "f"])),
         ("dimensions", json!([""])),
-        ("bandit", json!({"event": "purchase", "kind": "conversion", "min_weight": 0.6})),
-        ("bandit", json!({"event": "purchase", "kind": "conversion", "min_users": 0})),
+        (
+            "bandit",
+            json!({"event": "purchase", "kind": "conversion", "min_weight": 0.6}),
+        ),
+        (
+            "bandit",
+            json!({"event": "purchase", "kind": "conversion", "min_users": 0}),
+        ),
         ("bandit", json!({"kind": "conversion"})),
     ];
     for (field, value) in &bad {
         let k = unique("http_030_bad");
         let mut body = json!({"experiment_key": k, "variants": two_variants()});
         body[*field] = value.clone();
-        let resp = post("/rpc/experiments_create", admin_headers(), admin_jwt(), body);
+        let resp = post(
+            "/rpc/experiments_create",
+            admin_headers(),
+            admin_jwt(),
+            body,
+        );
         assert_error(&resp, 400, "INVALID_ARGUMENT");
         assert_eq!(
             sql_value("amba._get_experiment($1)", &[&k]),
@@ -3689,15 +3712,19 @@ fn admin_check_guardrails_endpoint_pauses_as_the_sql_function_does() {
     assert_eq!(created.0, 200, "{created:?}");
     load_users(&key, 1500, [150, 150], [30, 300]);
     // What the check will find, computed without pausing (amba._guardrail_status).
-    let expected = sql_rows(
-        "SELECT * FROM amba._guardrail_status($1)",
-        &[&key],
-    );
+    let expected = sql_rows("SELECT * FROM amba._guardrail_status($1)", &[&key]);
     let rows = expected.as_array().unwrap();
     assert_eq!(rows.len(), 2, "{expected}");
-    assert_eq!(rows[0]["tripped"], true, "the refund guardrail trips: {expected}");
+    assert_eq!(
+        rows[0]["tripped"], true,
+        "the refund guardrail trips: {expected}"
+    );
     assert_eq!(rows[1]["tripped"], false, "{expected}");
-    assert_eq!(status_of(&key), "active", "computing the status paused nothing");
+    assert_eq!(
+        status_of(&key),
+        "active",
+        "computing the status paused nothing"
+    );
 
     let resp = post(
         "/rpc/experiments_check_guardrails",
@@ -3790,7 +3817,12 @@ fn admin_ratio_quantile_and_results_by_endpoints_answer_as_the_sql_functions() {
     assert_eq!(created.0, 200, "{created:?}");
     // Users through the client API, with attributes (the dimension's values are stored at
     // the first assign); one value is hostile, some users have none.
-    let countries = [json!("DE"), json!("US"), json!("<script>x</script>"), Value::Null];
+    let countries = [
+        json!("DE"),
+        json!("US"),
+        json!("<script>x</script>"),
+        Value::Null,
+    ];
     for i in 0..24 {
         let user = format!("{key}-u{i}");
         let attributes = match &countries[i % 4] {
@@ -3804,7 +3836,12 @@ fn admin_ratio_quantile_and_results_by_endpoints_answer_as_the_sql_functions() {
             json!({"experiment_key": key, "attributes": attributes}),
         );
         assert_eq!(a.0, 200, "{a:?}");
-        post("/rpc/expose", client_headers(), client_jwt(&user), json!({"experiment_key": key}));
+        post(
+            "/rpc/expose",
+            client_headers(),
+            client_jwt(&user),
+            json!({"experiment_key": key}),
+        );
         for j in 0..(i % 3) {
             let t = post(
                 "/rpc/track",
@@ -3835,12 +3872,21 @@ fn admin_ratio_quantile_and_results_by_endpoints_answer_as_the_sql_functions() {
         &[&key],
     );
     assert_eq!(by.1, want);
-    let values: Vec<Value> = by.1.as_array().unwrap().iter().map(|r| r["dimension_value"].clone()).collect();
+    let values: Vec<Value> =
+        by.1.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["dimension_value"].clone())
+            .collect();
     assert_eq!(values.len(), 8, "4 values x 2 variants: {values:?}");
     assert!(values.contains(&json!("<script>x</script>")), "{values:?}");
     assert_eq!(values.last(), Some(&Value::Null), "the NULL group last");
     assert_eq!(
-        by.1.as_array().unwrap().iter().map(|r| r["exposed_count"].as_i64().unwrap()).sum::<i64>(),
+        by.1.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["exposed_count"].as_i64().unwrap())
+            .sum::<i64>(),
         24
     );
     // POST takes the same arguments, alpha too.
@@ -3852,7 +3898,13 @@ fn admin_ratio_quantile_and_results_by_endpoints_answer_as_the_sql_functions() {
     );
     assert_eq!(
         posted,
-        (200, sql_rows("SELECT * FROM amba._results_by($1, 'purchase', 'country', 0.1)", &[&key]))
+        (
+            200,
+            sql_rows(
+                "SELECT * FROM amba._results_by($1, 'purchase', 'country', 0.1)",
+                &[&key]
+            )
+        )
     );
     assert_error(
         &get(
@@ -3910,7 +3962,13 @@ fn admin_ratio_quantile_and_results_by_endpoints_answer_as_the_sql_functions() {
     );
     assert_eq!(
         counts,
-        (200, sql_rows("SELECT * FROM amba._ratio_results($1, 'purchase', NULL, 'visit', NULL, 0.05)", &[&key]))
+        (
+            200,
+            sql_rows(
+                "SELECT * FROM amba._ratio_results($1, 'purchase', NULL, 'visit', NULL, 0.05)",
+                &[&key]
+            )
+        )
     );
     assert_error(
         &get(
@@ -4008,7 +4066,10 @@ fn admin_bandit_update_and_results_endpoints() {
         admin_jwt(),
     );
     assert_eq!(results.0, 200, "{results:?}");
-    assert_eq!(results.1, sql_rows("SELECT * FROM amba._bandit_results($1)", &[&key]));
+    assert_eq!(
+        results.1,
+        sql_rows("SELECT * FROM amba._bandit_results($1)", &[&key])
+    );
     assert_eq!(results.1.as_array().unwrap().len(), 2);
     assert_eq!(results.1[0]["exposed_count"], 60);
 
@@ -4035,11 +4096,17 @@ fn admin_bandit_update_and_results_endpoints() {
         "two arms keep one half each: {weights:?}"
     );
     let best = updated.1["best_arm_probabilities"][1].as_f64().unwrap();
-    assert!(best > 0.5, "the better arm is the more likely best: {updated:?}");
+    assert!(
+        best > 0.5,
+        "the better arm is the more likely best: {updated:?}"
+    );
     // Written as a new weight version, audited with the body's numbers, attributed.
     assert_eq!(versions(&key), 2);
     let stored: Vec<f64> = connect()
-        .query_one("SELECT weights FROM amba.experiments WHERE key = $1", &[&key])
+        .query_one(
+            "SELECT weights FROM amba.experiments WHERE key = $1",
+            &[&key],
+        )
         .unwrap()
         .get(0);
     assert_eq!(stored, weights);
@@ -4057,15 +4124,23 @@ fn admin_bandit_update_and_results_endpoints() {
         admin_headers(),
         admin_jwt(),
     );
-    assert_eq!(after, (200, sql_rows("SELECT * FROM amba._bandit_results($1)", &[&key])));
+    assert_eq!(
+        after,
+        (
+            200,
+            sql_rows("SELECT * FROM amba._bandit_results($1)", &[&key])
+        )
+    );
 
     // Errors: unknown → 404; not a bandit → 400.
     let plain = unique("http_030_not_bandit");
     assert_eq!(admin_create(&plain, two_variants(), None).0, 200);
-    for path in [
-        "/rpc/experiments_bandit_results?experiment_key=no-such-exp".to_string(),
-    ] {
-        assert_error(&get(&path, admin_headers(), admin_jwt()), 404, "EXPERIMENT_NOT_FOUND");
+    for path in ["/rpc/experiments_bandit_results?experiment_key=no-such-exp".to_string()] {
+        assert_error(
+            &get(&path, admin_headers(), admin_jwt()),
+            404,
+            "EXPERIMENT_NOT_FOUND",
+        );
     }
     assert_error(
         &post(
@@ -4079,7 +4154,10 @@ fn admin_bandit_update_and_results_endpoints() {
     );
     assert_error(
         &get(
-            &format!("/rpc/experiments_bandit_results?experiment_key={}", url(&plain)),
+            &format!(
+                "/rpc/experiments_bandit_results?experiment_key={}",
+                url(&plain)
+            ),
             admin_headers(),
             admin_jwt(),
         ),
@@ -4161,7 +4239,11 @@ fn client_keys_and_roles_get_403_on_every_0_3_0_admin_endpoint() {
             );
         }
     }
-    assert_eq!(sql_value("amba._get_experiment($1)", &[&key]), before, "nothing changed");
+    assert_eq!(
+        sql_value("amba._get_experiment($1)", &[&key]),
+        before,
+        "nothing changed"
+    );
     assert_eq!(status_of(&key), "active");
     // The client role itself has no right to the functions either (should the pre-request
     // check ever be bypassed): permission denied.

@@ -95,9 +95,7 @@ impl Drop for ServerUp {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline
-                && self.sentinel.simple_query("SELECT 1").is_ok()
-            {
+            while Instant::now() < deadline && self.sentinel.simple_query("SELECT 1").is_ok() {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -617,7 +615,8 @@ fn partitioned_case(table: Table, call: Call) {
                                                dimensions => ARRAY['country'])",
             )
             .unwrap();
-            app.batch_execute("SELECT amba_assign('dims', 'new2', '{\"country\": \"DE\"}')").unwrap();
+            app.batch_execute("SELECT amba_assign('dims', 'new2', '{\"country\": \"DE\"}')")
+                .unwrap();
             assert_eq!(
                 count(&mut app, "SELECT count(*) FROM amba.assignment_dimensions d JOIN amba.assignments a USING (experiment_id, user_id)
                                   WHERE d.user_id = 'new2' AND d.dimension_values = '{\"country\": \"DE\"}'"),
@@ -1340,7 +1339,10 @@ fn direct_access_off_routes_everything_through_the_executor_and_answers_the_same
     let events_before = inserted(&mut off, "amba.events");
     assign(&mut off, "e", "counted").unwrap();
     track_with(&mut off, "anon1", "off", r#"{"k": 1}"#).unwrap();
-    assert_eq!(inserted(&mut off, "amba.assignments") - assignments_before, 1);
+    assert_eq!(
+        inserted(&mut off, "amba.assignments") - assignments_before,
+        1
+    );
     assert_eq!(inserted(&mut off, "amba.events") - events_before, 1);
     off.batch_execute("COMMIT").unwrap();
     assert_eq!(event_rows(&mut on, "member1", "off"), 1);
@@ -1393,7 +1395,17 @@ impl PrivateCluster {
         let dir = format!("/var/tmp/amba-private-{}-{port}", std::process::id());
         let _ = std::fs::remove_dir_all(&dir);
         let initdb = format!("{}/initdb", Self::BIN);
-        Self::as_postgres(&[&initdb, "-D", &dir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]);
+        Self::as_postgres(&[
+            &initdb,
+            "-D",
+            &dir,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ]);
         let conf = format!(
             "port = {port}\nlisten_addresses = 'localhost'\nunix_socket_directories = '/tmp'\n\
              shared_preload_libraries = '{preload}'\nshared_buffers = 32MB\n"
@@ -1426,7 +1438,16 @@ impl Drop for PrivateCluster {
     fn drop(&mut self) {
         let pg_ctl = format!("{}/pg_ctl", Self::BIN);
         let _ = std::process::Command::new("sudo")
-            .args(["-u", "postgres", &pg_ctl, "-D", &self.dir, "-m", "immediate", "stop"])
+            .args([
+                "-u",
+                "postgres",
+                &pg_ctl,
+                "-D",
+                &self.dir,
+                "-m",
+                "immediate",
+                "stop",
+            ])
             .stdout(std::process::Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -1449,8 +1470,11 @@ fn pgaudit_logs_first_assignments_and_events_as_it_logs_an_insert() {
          SET pgaudit.log_parameter = on;",
     )
     .expect("pgaudit (Debian package postgresql-15-pgaudit, installed by scripts/setup.sh)");
-    c.execute("SELECT amba_create_experiment('e', $1::text::jsonb)", &[&AB])
-        .unwrap();
+    c.execute(
+        "SELECT amba_create_experiment('e', $1::text::jsonb)",
+        &[&AB],
+    )
+    .unwrap();
     let log = cluster.log();
     let marker = format!("{}", std::process::id());
     let plain = format!("plain-{marker}");

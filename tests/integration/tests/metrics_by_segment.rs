@@ -24,9 +24,7 @@
 //!
 //! Every test has a database of its own.
 
-use amba_integration_tests::{
-    arr, experiment_id, experiment_json, invalid_argument, opt_s, s, Db,
-};
+use amba_integration_tests::{arr, experiment_id, experiment_json, invalid_argument, opt_s, s, Db};
 use postgres::types::ToSql;
 use postgres::{Client, Row};
 use serde_json::{json, Value};

@@ -61,7 +61,12 @@ fn load(c: &mut Client) -> i64 {
         events = USERS * 4,
     ))
     .unwrap();
-    for table in ["assignments", "exposures", "events", "assignment_dimensions"] {
+    for table in [
+        "assignments",
+        "exposures",
+        "events",
+        "assignment_dimensions",
+    ] {
         c.batch_execute(&format!("VACUUM ANALYZE amba.{table}"))
             .unwrap();
     }
@@ -257,6 +262,46 @@ fn reference_daily(users: &[User], days: &[i64]) -> BTreeMap<(i64, String), (i64
     out
 }
 
+/// amba_quantile_results' counts and quantile for `q` from the raw rows: variant →
+/// (exposed users, values, PostgreSQL's percentile_disc(q) of the values: the value at
+/// position max(1, ⌈q·n⌉) in ascending order).
+fn reference_quantiles(users: &[User], q: f64) -> BTreeMap<String, (i64, i64, Option<f64>)> {
+    let mut values: BTreeMap<String, (i64, Vec<f64>)> = BTreeMap::new();
+    for u in users.iter().filter(|u| u.exposed_us.is_some()) {
+        let e = values.entry(u.variant.clone()).or_default();
+        e.0 += 1;
+        e.1.extend(
+            u.purchases
+                .iter()
+                .filter(|p| p.0 >= u.assigned_us)
+                .filter_map(|p| p.1),
+        );
+    }
+    values
+        .into_iter()
+        .map(|(variant, (exposed, mut v))| {
+            v.sort_by(f64::total_cmp);
+            let k = ((q * v.len() as f64).ceil() as usize).max(1);
+            (variant, (exposed, v.len() as i64, v.get(k - 1).copied()))
+        })
+        .collect()
+}
+
+/// amba_ratio_results' sums for amount per purchase from the raw rows: variant →
+/// (exposed users, Σ amount, Σ purchases), each at or after the user's assignment.
+fn reference_ratio_sums(users: &[User]) -> BTreeMap<String, (i64, f64, f64)> {
+    let mut out: BTreeMap<String, (i64, f64, f64)> = BTreeMap::new();
+    for u in users.iter().filter(|u| u.exposed_us.is_some()) {
+        let e = out.entry(u.variant.clone()).or_default();
+        e.0 += 1;
+        for p in u.purchases.iter().filter(|p| p.0 >= u.assigned_us) {
+            e.1 += p.1.unwrap_or(0.0);
+            e.2 += 1.0;
+        }
+    }
+    out
+}
+
 fn close(want: f64, got: f64) -> bool {
     (want - got).abs() <= 1e-9 * want.abs().max(1.0)
 }
@@ -288,7 +333,11 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
     let users = raw_users(&mut c, id);
     let counts = reference_counts(&users);
     let by_tier = reference_counts_by_tier(&users);
-    assert_eq!(by_tier.len(), 8, "three tiers and no tier, two variants: {by_tier:?}");
+    assert_eq!(
+        by_tier.len(),
+        8,
+        "three tiers and no tier, two variants: {by_tier:?}"
+    );
     let ys = reference_ys(&users);
     let all_ys: Vec<f64> = ys.values().flatten().copied().collect();
     let p90 = percentile_cont(&all_ys, 0.9);
@@ -314,6 +363,15 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
             .all(|c| c.0 > 10_000 && c.1 > 5_000 && c.2 > 1_000 && c.2 < c.1),
         "{counts:?}"
     );
+
+    let quantiles: BTreeMap<String, BTreeMap<String, (i64, i64, Option<f64>)>> = [0.5, 0.9, 0.99]
+        .iter()
+        .map(|q| (q.to_string(), reference_quantiles(&users, *q)))
+        .collect();
+    let ratio_sums = reference_ratio_sums(&users);
+    let mut quantile_tests: BTreeMap<String, Vec<(Option<f64>, Option<f64>, Option<f64>)>> =
+        BTreeMap::new();
+    let mut ratio_p: Option<Option<f64>> = None;
 
     let (mut ex, notices) = explaining_client(&db.0);
     for workers in [0, 2, 3, 5] {
@@ -378,6 +436,72 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
             .count();
         // the uncapped and absolutely capped calls are sliced; a percentile over all users is not
         assert_eq!(appends, if workers >= 2 { 2 } else { 0 }, "{plans:?}");
+
+        // Quantile and ratio metrics (SPEC §13), sliced too: the counts, the quantile and
+        // the sums equal the raw rows' at every number of slices, and so does each test's
+        // answer (one slice's answer is the reference for the rest).
+        for q in [0.5, 0.9, 0.99] {
+            let rows = ex
+                .query(
+                    "SELECT variant, exposed_count, event_count, quantile_value, delta, p_value, lift_ci_low \
+                     FROM amba_quantile_results('scale', 'purchase', 'amount', $1)",
+                    &[&q],
+                )
+                .unwrap();
+            let got: BTreeMap<String, (i64, i64, Option<f64>)> = rows
+                .iter()
+                .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+                .collect();
+            assert_eq!(
+                got,
+                quantiles[&q.to_string()],
+                "quantile {q}, {workers} workers"
+            );
+            let tests: Vec<(Option<f64>, Option<f64>, Option<f64>)> = rows
+                .iter()
+                .map(|r| (r.get(4), r.get(5), r.get(6)))
+                .collect();
+            assert!(
+                tests[1].1.is_some(),
+                "the comparison has an answer: {tests:?}"
+            );
+            let first = quantile_tests
+                .entry(q.to_string())
+                .or_insert_with(|| tests.clone());
+            assert_eq!(*first, tests, "quantile {q} tests, {workers} workers");
+        }
+        let rows = ex
+            .query(
+                "SELECT variant, exposed_count, numerator_sum, denominator_sum, p_value \
+                 FROM amba_ratio_results('scale', 'purchase', 'amount', 'purchase', NULL)",
+                &[],
+            )
+            .unwrap();
+        for r in &rows {
+            let variant: String = r.get(0);
+            let want = ratio_sums[&variant];
+            let got: (i64, f64, f64) = (r.get(1), r.get(2), r.get(3));
+            assert!(
+                got.0 == want.0 && close(want.1, got.1) && close(want.2, got.2),
+                "ratio, {workers} workers, {variant}: want {want:?}, got {got:?}"
+            );
+        }
+        let p: Option<f64> = rows[1].get(4);
+        let first_p = *ratio_p.get_or_insert(p);
+        assert!(
+            first_p.zip(p).is_some_and(|(a, b)| close(a, b)),
+            "ratio p-value, {workers} workers: {first_p:?} then {p:?}"
+        );
+        let plans: Vec<String> = notices.try_iter().collect();
+        let sliced = plans
+            .iter()
+            .filter(|p| p.contains("amba.events") && p.contains("Parallel Append"))
+            .count();
+        assert_eq!(
+            sliced,
+            if workers >= 2 { 4 } else { 0 },
+            "three quantiles and a ratio: {plans:?}"
+        );
 
         let got: BTreeMap<(i64, String), (i64, i64)> = ex
             .query(

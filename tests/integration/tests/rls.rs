@@ -114,8 +114,11 @@ fn fixture(db: &mut Client) -> Fixture {
     )
     .unwrap();
     for u in [&f.a, &f.b, &f.c] {
-        db.query_one("SELECT amba_assign($1, $2, '{\"plan\": \"pro\"}')", &[&f.exp, u])
-            .unwrap();
+        db.query_one(
+            "SELECT amba_assign($1, $2, '{\"plan\": \"pro\"}')",
+            &[&f.exp, u],
+        )
+        .unwrap();
     }
     for u in [&f.a, &f.b] {
         db.query_one("SELECT amba_expose($1, $2)", &[&f.exp, u])
@@ -539,7 +542,13 @@ fn policies_hold_even_with_table_grants() {
                 "amba_owner" => assert!(
                     cmd == "SELECT"
                         || (cmd == "INSERT"
-                            && ["assignments", "exposures", "events", "assignment_dimensions"].contains(&table.as_str())),
+                            && [
+                                "assignments",
+                                "exposures",
+                                "events",
+                                "assignment_dimensions"
+                            ]
+                            .contains(&table.as_str())),
                     "{table}.{name}: {cmd}"
                 ),
                 "amba_client" => {

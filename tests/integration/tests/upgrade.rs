@@ -336,11 +336,18 @@ fn assert_same_answer(path: &str, before: &serde_json::Value, after: &serde_json
 fn update_from_0_2_0_keeps_every_row_and_answer_and_0_3_0_features_work_on_old_experiments() {
     let db = Db::new("amba_upgrade_020");
     let mut c = db.client();
-    c.batch_execute("CREATE EXTENSION amba VERSION '0.2.0'").unwrap();
+    c.batch_execute("CREATE EXTENSION amba VERSION '0.2.0'")
+        .unwrap();
     fill_0_2_0(&mut c);
     let tables = [
-        "experiments", "assignments", "exposures", "events", "experiment_history", "weight_versions",
-        "overrides", "aliases",
+        "experiments",
+        "assignments",
+        "exposures",
+        "events",
+        "experiment_history",
+        "weight_versions",
+        "overrides",
+        "aliases",
     ];
     let rows = |c: &mut Client| -> Vec<String> {
         tables
@@ -350,18 +357,32 @@ fn update_from_0_2_0_keeps_every_row_and_answer_and_0_3_0_features_work_on_old_e
     };
     let before_rows = rows(&mut c);
     let before_answers = answers(&mut c);
-    let before_variants = texts(&mut c, "SELECT a.user_id || ' ' || a.variant FROM amba.assignments a ORDER BY 1");
+    let before_variants = texts(
+        &mut c,
+        "SELECT a.user_id || ' ' || a.variant FROM amba.assignments a ORDER BY 1",
+    );
 
-    c.batch_execute("ALTER EXTENSION amba UPDATE TO '0.3.0'").unwrap();
+    c.batch_execute("ALTER EXTENSION amba UPDATE TO '0.3.0'")
+        .unwrap();
     drop(c);
     let mut c = db.client();
-    assert_eq!(texts(&mut c, "SELECT extversion FROM pg_extension WHERE extname = 'amba'"), ["0.3.0"]);
+    assert_eq!(
+        texts(
+            &mut c,
+            "SELECT extversion FROM pg_extension WHERE extname = 'amba'"
+        ),
+        ["0.3.0"]
+    );
     // Every row as it was (the experiments' new columns hold their defaults and are not
     // part of the 0.2.0 row text compared here: compared by count and the old columns).
     let after_rows = rows(&mut c);
     for (b, a) in before_rows.iter().zip(&after_rows) {
         if b.starts_with("experiments ") {
-            assert_eq!(b.split(' ').nth(1), a.split(' ').nth(1), "experiments count");
+            assert_eq!(
+                b.split(' ').nth(1),
+                a.split(' ').nth(1),
+                "experiments count"
+            );
         } else {
             assert_eq!(b, a, "rows changed by the update");
         }
@@ -376,17 +397,41 @@ fn update_from_0_2_0_keeps_every_row_and_answer_and_0_3_0_features_work_on_old_e
         .unwrap()
         .get(0);
     assert_eq!(sticky, 0);
-    assert_eq!(texts(&mut c, "SELECT amba_assign('pricing', 'qa-user')"), ["dear"]);
-    let p5 = before_variants.iter().find(|l| l.starts_with("p5 ")).unwrap().split(' ').nth(1).unwrap().to_string();
-    assert_eq!(texts(&mut c, "SELECT amba_assign('pricing', 'anon-1')"), [p5]);
-    assert!(c.query_one("SELECT amba_assign('banner', 'p999')", &[]).unwrap_err()
-        .as_db_error().unwrap().message().starts_with("EXPERIMENT_INACTIVE:"));
+    assert_eq!(
+        texts(&mut c, "SELECT amba_assign('pricing', 'qa-user')"),
+        ["dear"]
+    );
+    let p5 = before_variants
+        .iter()
+        .find(|l| l.starts_with("p5 "))
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        texts(&mut c, "SELECT amba_assign('pricing', 'anon-1')"),
+        [p5]
+    );
+    assert!(c
+        .query_one("SELECT amba_assign('banner', 'p999')", &[])
+        .unwrap_err()
+        .as_db_error()
+        .unwrap()
+        .message()
+        .starts_with("EXPERIMENT_INACTIVE:"));
 
     // 0.3.0 on an experiment created under 0.2.0: its jsonb has the new keys at their
     // defaults; targeting, coverage and dimensions can be set and apply to new users only.
-    let pricing: serde_json::Value = serde_json::from_str(&texts(&mut c, "SELECT amba_get_experiment('pricing')::text")[0]).unwrap();
+    let pricing: serde_json::Value =
+        serde_json::from_str(&texts(&mut c, "SELECT amba_get_experiment('pricing')::text")[0])
+            .unwrap();
     assert_eq!(pricing["coverage"], serde_json::json!(1));
-    assert!(pricing["targeting"].is_null() && pricing["layer"].is_null() && pricing["holdout"].is_null());
+    assert!(
+        pricing["targeting"].is_null()
+            && pricing["layer"].is_null()
+            && pricing["holdout"].is_null()
+    );
     c.batch_execute(
         r#"SELECT amba_update_experiment('pricing', targeting => '{"country": "DE"}', dimensions => ARRAY['country'])"#,
     )
@@ -399,15 +444,27 @@ fn update_from_0_2_0_keeps_every_row_and_answer_and_0_3_0_features_work_on_old_e
         .unwrap()
         .get(0)
     };
-    assert_eq!(new_user(&mut c, "new-fr", "FR"), None, "targeting applies to new users");
+    assert_eq!(
+        new_user(&mut c, "new-fr", "FR"),
+        None,
+        "targeting applies to new users"
+    );
     assert!(new_user(&mut c, "new-de", "DE").is_some());
     assert_eq!(
         new_user(&mut c, "p7", "FR").as_deref(),
-        before_variants.iter().find(|l| l.starts_with("p7 ")).unwrap().split(' ').nth(1),
+        before_variants
+            .iter()
+            .find(|l| l.starts_with("p7 "))
+            .unwrap()
+            .split(' ')
+            .nth(1),
         "an old user keeps the stored variant whatever the attributes"
     );
     assert_eq!(
-        texts(&mut c, "SELECT count(*)::text FROM amba.assignment_dimensions"),
+        texts(
+            &mut c,
+            "SELECT count(*)::text FROM amba.assignment_dimensions"
+        ),
         ["1"],
         "dimensions stored for the one new user only"
     );
@@ -419,8 +476,14 @@ fn update_from_0_2_0_keeps_every_row_and_answer_and_0_3_0_features_work_on_old_e
     )
     .unwrap();
     let enrolled: i64 = c
-        .query_one("SELECT count(amba_assign('in-layer', 'n' || i)) FROM generate_series(1, 400) i", &[])
+        .query_one(
+            "SELECT count(amba_assign('in-layer', 'n' || i)) FROM generate_series(1, 400) i",
+            &[],
+        )
         .unwrap()
         .get(0);
-    assert!((100..=260).contains(&enrolled), "about 0.5 × 0.9 of 400 enrolled, got {enrolled}");
+    assert!(
+        (100..=260).contains(&enrolled),
+        "about 0.5 × 0.9 of 400 enrolled, got {enrolled}"
+    );
 }
