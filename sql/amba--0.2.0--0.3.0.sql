@@ -1429,9 +1429,12 @@ BEGIN
     -- Reference tables change below, after shard rows: one connection per node.
     PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
     FOR s IN
-        SELECT a.experiment_id, a.variant, a.weight_version, a.assigned_at, x.exposed_at
+        SELECT a.experiment_id, a.variant, a.weight_version, a.assigned_at, x.exposed_at,
+               d.dimension_values
           FROM amba.assignments a
           LEFT JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id
+          LEFT JOIN amba.assignment_dimensions d
+            ON d.experiment_id = a.experiment_id AND d.user_id = a.user_id
          WHERE a.user_id = anon
     LOOP
         SELECT t.assigned_at INTO target_at FROM amba.assignments t
@@ -1447,6 +1450,10 @@ BEGIN
             IF s.exposed_at IS NOT NULL THEN
                 INSERT INTO amba.exposures (experiment_id, user_id, exposed_at)
                 VALUES (s.experiment_id, target, s.exposed_at);
+            END IF;
+            IF s.dimension_values IS NOT NULL THEN
+                INSERT INTO amba.assignment_dimensions (experiment_id, user_id, dimension_values)
+                VALUES (s.experiment_id, target, s.dimension_values);
             END IF;
             IF target_at IS NULL THEN
                 moved := moved + 1;
@@ -3442,7 +3449,9 @@ LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
 -- puts them on the shards.
 CREATE OR REPLACE FUNCTION amba._distribute_shape_sql() RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT 'ALTER TABLE amba.exposures DROP CONSTRAINT IF EXISTS exposures_experiment_id_user_id_fkey; '
+    SELECT 'ALTER TABLE amba.experiments DROP CONSTRAINT IF EXISTS experiments_holdout_id_fkey; '
+        || 'ALTER TABLE amba.assignment_dimensions DROP CONSTRAINT IF EXISTS assignment_dimensions_experiment_id_user_id_fkey; '
+        || 'ALTER TABLE amba.exposures DROP CONSTRAINT IF EXISTS exposures_experiment_id_user_id_fkey; '
         || 'ALTER TABLE amba.weight_versions DROP CONSTRAINT IF EXISTS weight_versions_experiment_id_fkey; '
         || 'ALTER TABLE amba.overrides DROP CONSTRAINT IF EXISTS overrides_experiment_id_fkey; '
         || 'ALTER TABLE amba.events DROP CONSTRAINT IF EXISTS events_pkey; '
@@ -3607,12 +3616,18 @@ BEGIN
     PERFORM create_distributed_table('amba.assignments', 'user_id');
     PERFORM create_distributed_table('amba.exposures', 'user_id', colocate_with => 'amba.assignments');
     PERFORM create_distributed_table('amba.events', 'user_id', colocate_with => 'amba.assignments');
+    PERFORM create_distributed_table('amba.assignment_dimensions', 'user_id', colocate_with => 'amba.assignments');
+    ALTER TABLE amba.experiments ADD CONSTRAINT experiments_holdout_id_fkey
+        FOREIGN KEY (holdout_id) REFERENCES amba.experiments (id);
     ALTER TABLE amba.weight_versions ADD CONSTRAINT weight_versions_experiment_id_fkey
         FOREIGN KEY (experiment_id) REFERENCES amba.experiments (id) ON DELETE CASCADE;
     ALTER TABLE amba.overrides ADD CONSTRAINT overrides_experiment_id_fkey
         FOREIGN KEY (experiment_id) REFERENCES amba.experiments (id) ON DELETE CASCADE;
     -- Without ON UPDATE CASCADE: Citus never updates a distribution column (user_id).
     ALTER TABLE amba.exposures ADD CONSTRAINT exposures_experiment_id_user_id_fkey
+        FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
+        ON DELETE CASCADE;
+    ALTER TABLE amba.assignment_dimensions ADD CONSTRAINT assignment_dimensions_experiment_id_user_id_fkey
         FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
         ON DELETE CASCADE;
 
@@ -3638,6 +3653,8 @@ BEGIN
     PERFORM create_distributed_function('@extschema@.amba_expose(text, text)', '$2',
                                         colocate_with => 'amba.assignments');
     PERFORM create_distributed_function('@extschema@.amba_track(text, text, jsonb, timestamptz)', '$1',
+                                        colocate_with => 'amba.assignments');
+    PERFORM create_distributed_function('@extschema@.amba_peek(text, text, jsonb)', '$2',
                                         colocate_with => 'amba.assignments');
     RETURN 'amba is distributed: assignments, exposures and events by user_id over '
         || (SELECT count(*) FROM citus_get_active_worker_nodes()) || ' workers';

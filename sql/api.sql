@@ -714,9 +714,12 @@ BEGIN
     -- Reference tables change below, after shard rows: one connection per node.
     PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
     FOR s IN
-        SELECT a.experiment_id, a.variant, a.weight_version, a.assigned_at, x.exposed_at
+        SELECT a.experiment_id, a.variant, a.weight_version, a.assigned_at, x.exposed_at,
+               d.dimension_values
           FROM amba.assignments a
           LEFT JOIN amba.exposures x ON x.experiment_id = a.experiment_id AND x.user_id = a.user_id
+          LEFT JOIN amba.assignment_dimensions d
+            ON d.experiment_id = a.experiment_id AND d.user_id = a.user_id
          WHERE a.user_id = anon
     LOOP
         SELECT t.assigned_at INTO target_at FROM amba.assignments t
@@ -732,6 +735,10 @@ BEGIN
             IF s.exposed_at IS NOT NULL THEN
                 INSERT INTO amba.exposures (experiment_id, user_id, exposed_at)
                 VALUES (s.experiment_id, target, s.exposed_at);
+            END IF;
+            IF s.dimension_values IS NOT NULL THEN
+                INSERT INTO amba.assignment_dimensions (experiment_id, user_id, dimension_values)
+                VALUES (s.experiment_id, target, s.dimension_values);
             END IF;
             IF target_at IS NULL THEN
                 moved := moved + 1;

@@ -25,7 +25,9 @@ LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
 -- puts them on the shards.
 CREATE FUNCTION amba._distribute_shape_sql() RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT 'ALTER TABLE amba.exposures DROP CONSTRAINT IF EXISTS exposures_experiment_id_user_id_fkey; '
+    SELECT 'ALTER TABLE amba.experiments DROP CONSTRAINT IF EXISTS experiments_holdout_id_fkey; '
+        || 'ALTER TABLE amba.assignment_dimensions DROP CONSTRAINT IF EXISTS assignment_dimensions_experiment_id_user_id_fkey; '
+        || 'ALTER TABLE amba.exposures DROP CONSTRAINT IF EXISTS exposures_experiment_id_user_id_fkey; '
         || 'ALTER TABLE amba.weight_versions DROP CONSTRAINT IF EXISTS weight_versions_experiment_id_fkey; '
         || 'ALTER TABLE amba.overrides DROP CONSTRAINT IF EXISTS overrides_experiment_id_fkey; '
         || 'ALTER TABLE amba.events DROP CONSTRAINT IF EXISTS events_pkey; '
@@ -190,12 +192,18 @@ BEGIN
     PERFORM create_distributed_table('amba.assignments', 'user_id');
     PERFORM create_distributed_table('amba.exposures', 'user_id', colocate_with => 'amba.assignments');
     PERFORM create_distributed_table('amba.events', 'user_id', colocate_with => 'amba.assignments');
+    PERFORM create_distributed_table('amba.assignment_dimensions', 'user_id', colocate_with => 'amba.assignments');
+    ALTER TABLE amba.experiments ADD CONSTRAINT experiments_holdout_id_fkey
+        FOREIGN KEY (holdout_id) REFERENCES amba.experiments (id);
     ALTER TABLE amba.weight_versions ADD CONSTRAINT weight_versions_experiment_id_fkey
         FOREIGN KEY (experiment_id) REFERENCES amba.experiments (id) ON DELETE CASCADE;
     ALTER TABLE amba.overrides ADD CONSTRAINT overrides_experiment_id_fkey
         FOREIGN KEY (experiment_id) REFERENCES amba.experiments (id) ON DELETE CASCADE;
     -- Without ON UPDATE CASCADE: Citus never updates a distribution column (user_id).
     ALTER TABLE amba.exposures ADD CONSTRAINT exposures_experiment_id_user_id_fkey
+        FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
+        ON DELETE CASCADE;
+    ALTER TABLE amba.assignment_dimensions ADD CONSTRAINT assignment_dimensions_experiment_id_user_id_fkey
         FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
         ON DELETE CASCADE;
 
@@ -221,6 +229,8 @@ BEGIN
     PERFORM create_distributed_function('@extschema@.amba_expose(text, text)', '$2',
                                         colocate_with => 'amba.assignments');
     PERFORM create_distributed_function('@extschema@.amba_track(text, text, jsonb, timestamptz)', '$1',
+                                        colocate_with => 'amba.assignments');
+    PERFORM create_distributed_function('@extschema@.amba_peek(text, text, jsonb)', '$2',
                                         colocate_with => 'amba.assignments');
     RETURN 'amba is distributed: assignments, exposures and events by user_id over '
         || (SELECT count(*) FROM citus_get_active_worker_nodes()) || ' workers';

@@ -114,8 +114,12 @@ fn released_by_holdout(path: Path, holdout_key: &str, who: &str, attributes: &At
             }
             None if !holdout.is_active() => None,
             None => match first_assignment(path, holdout_key, holdout.clone(), who, attributes) {
+                Some(Assigned::Inserted(variant)) => {
+                    // The assignment is this transaction's own: nobody can have exposed it.
+                    store::insert_first_exposure(path, holdout.id, who);
+                    Some(variant)
+                }
                 Some(Assigned::Stored(variant)) => {
-                    // Stored (by this call or a concurrent one): no read needed first.
                     store::insert_exposure(path, holdout.id, who);
                     Some(variant)
                 }
@@ -238,7 +242,9 @@ fn assign(
 
 /// What a first assignment gave the user.
 enum Assigned {
-    /// The stored assignment (stored by this call, or by a concurrent one that won).
+    /// Stored by this call.
+    Inserted(String),
+    /// Stored by a concurrent call that committed first.
     Stored(String),
     /// An override that came in while the experiment was re-read: nothing stored.
     Overridden(String),
@@ -247,7 +253,9 @@ enum Assigned {
 impl Assigned {
     fn variant(self) -> String {
         match self {
-            Assigned::Stored(variant) | Assigned::Overridden(variant) => variant,
+            Assigned::Inserted(variant)
+            | Assigned::Stored(variant)
+            | Assigned::Overridden(variant) => variant,
         }
     }
 }
@@ -298,7 +306,7 @@ fn first_assignment(
             if !exp.dimensions.is_empty() {
                 store::insert_dimensions(exp.id, who, &dimension_values(&exp, attributes));
             }
-            return Some(Assigned::Stored(variant.clone()));
+            return Some(Assigned::Inserted(variant.clone()));
         }
         // A concurrent first call for this user committed first: return what it stored.
         if let Some(variant) = store::stored_variant(path, exp.id, who, Seen::Latest) {

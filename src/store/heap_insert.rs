@@ -541,20 +541,46 @@ pub fn exposure_if_absent(
         if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
             return None;
         }
-        let Some((rel, Learned::Direct { primary_key, .. })) =
-            open_for_insert(exposures, generation, &EXPOSURES, &EXPOSURES_LEARNED)
-        else {
-            return None;
-        };
-        let now = TimestampWithTimeZone::try_from(pg_sys::GetCurrentTransactionStartTimestamp())
-            .expect("now() is a valid timestamp");
-        let values = [
-            experiment_id.into_datum(),
-            user_id.into_datum(),
-            now.into_datum(),
-        ];
+        let (rel, primary_key) = open_exposures(exposures, generation)?;
+        let values = exposure_values(experiment_id, user_id);
         Some(insert_if_absent(rel, primary_key, &values, true))
     }
+}
+
+/// `INSERT INTO amba.exposures (experiment_id, user_id) VALUES (...)`, done directly, for
+/// an assignment the transaction has just stored: a second row for it would be a unique
+/// violation, raised by the index as the INSERT would. False (having done nothing) when it
+/// must go through SPI.
+pub fn new_exposure(exposures: pg_sys::Oid, generation: u64, experiment_id: i64, user_id: &str) -> bool {
+    unsafe {
+        let Some((rel, _)) = open_exposures(exposures, generation) else {
+            return false;
+        };
+        let values = exposure_values(experiment_id, user_id);
+        let insert = Insert::new(rel, &values, false, true);
+        pg_sys::simple_table_tuple_insert(rel, insert.slot);
+        insert.index_entries(false, std::ptr::null_mut());
+        insert.row_inserted();
+        insert.finish();
+        true
+    }
+}
+
+/// amba.exposures opened for a direct insert, with its primary key.
+unsafe fn open_exposures(exposures: pg_sys::Oid, generation: u64) -> Option<(pg_sys::Relation, pg_sys::Oid)> {
+    unsafe {
+        match open_for_insert(exposures, generation, &EXPOSURES, &EXPOSURES_LEARNED)? {
+            (rel, Learned::Direct { primary_key, .. }) => Some((rel, primary_key)),
+            _ => None,
+        }
+    }
+}
+
+/// An exposure row as `DEFAULT now()` fills it.
+fn exposure_values(experiment_id: i64, user_id: &str) -> [Option<pg_sys::Datum>; 3] {
+    let now = TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
+        .expect("now() is a valid timestamp");
+    [experiment_id.into_datum(), user_id.into_datum(), now.into_datum()]
 }
 
 /// The table work of `INSERT ... ON CONFLICT (primary key) DO NOTHING` for one row of

@@ -124,6 +124,17 @@ pub fn insert_exposure(path: Path, experiment_id: i64, user_id: &str) {
     sql::insert_exposure(experiment_id, user_id)
 }
 
+/// Records the exposure of an assignment this transaction has just stored, which nobody
+/// can have exposed yet: a plain INSERT (its unique index would still refuse a second row).
+pub fn insert_first_exposure(path: Path, experiment_id: i64, user_id: &str) {
+    if let Path::Direct(t) = path {
+        if heap_insert::new_exposure(t.exposures.relid, t.generation, experiment_id, user_id) {
+            return;
+        }
+    }
+    sql::insert_exposure(experiment_id, user_id)
+}
+
 /// The assignment's variant and whether it is exposed, read as the SQL statement would:
 /// in a new snapshot (it must see an assignment committed since this statement began).
 unsafe fn read_for_exposure(

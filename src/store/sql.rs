@@ -13,7 +13,6 @@ thread_local! {
     static FIND_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static FIND_LATEST_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
-    static EXPOSE_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static INSERT_EXPOSURE_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static TRACK_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static DIMENSIONS_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
@@ -30,15 +29,7 @@ const INSERT_SQL: &str =
     "INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version) \
      VALUES ($1, $2, $3, $4) ON CONFLICT (experiment_id, user_id) DO NOTHING RETURNING variant";
 
-const EXPOSE_SQL: &str = "WITH assigned AS ( \
-       SELECT variant FROM amba.assignments WHERE experiment_id = $1 AND user_id = $2), \
-     exposed AS ( \
-       INSERT INTO amba.exposures (experiment_id, user_id) \
-       SELECT $1, $2 FROM assigned \
-       ON CONFLICT (experiment_id, user_id) DO NOTHING) \
-     SELECT variant FROM assigned";
-
-/// A first exposure, once the direct read has found the assignment and no exposure.
+/// A first exposure (or none, when the user is exposed already).
 const INSERT_EXPOSURE_SQL: &str =
     "INSERT INTO amba.exposures (experiment_id, user_id) VALUES ($1, $2) \
      ON CONFLICT (experiment_id, user_id) DO NOTHING";
@@ -104,19 +95,13 @@ pub fn insert_assignment(
     })
 }
 
+/// The assignment's variant (in the latest snapshot), with its first exposure recorded.
+/// Two statements, each of which Citus routes to the user's shard (one statement that
+/// reads and inserts, a writable CTE, it would run across nodes with two-phase commit).
 pub fn record_exposure(experiment_id: i64, user_id: &str) -> Option<String> {
-    Spi::connect_mut(|client| {
-        with_plan(&EXPOSE_PLAN, client, EXPOSE_SQL, &ID_TEXT, true, |plan| {
-            let table = client
-                .select(plan, None, &[experiment_id.into(), user_id.into()])
-                .expect("recording the exposure");
-            if table.is_empty() {
-                None
-            } else {
-                table.first().get::<String>(1).expect("reading the variant")
-            }
-        })
-    })
+    let variant = stored_variant(experiment_id, user_id, true)?;
+    insert_exposure(experiment_id, user_id);
+    Some(variant)
 }
 
 pub fn insert_exposure(experiment_id: i64, user_id: &str) {

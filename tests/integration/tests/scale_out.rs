@@ -121,7 +121,12 @@ fn distributed_tables_are_sharded_by_user_and_colocated() {
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect();
-    for t in ["amba.assignments", "amba.exposures", "amba.events"] {
+    for t in [
+        "amba.assignments",
+        "amba.exposures",
+        "amba.events",
+        "amba.assignment_dimensions",
+    ] {
         assert_eq!(by_table[t].0, "h", "{t} is hash-distributed");
         assert_eq!(
             by_table[t].1, by_table["amba.assignments"].1,
@@ -141,12 +146,21 @@ fn distributed_tables_are_sharded_by_user_and_colocated() {
     let delegated: i64 = c
         .query_one(
             "SELECT count(*) FROM pg_dist_object o JOIN pg_proc p ON o.classid = 'pg_proc'::regclass AND o.objid = p.oid
-              WHERE p.proname IN ('amba_assign', 'amba_expose', 'amba_track') AND o.distribution_argument_index IS NOT NULL",
+              WHERE p.proname IN ('amba_assign', 'amba_expose', 'amba_track', 'amba_peek') AND o.distribution_argument_index IS NOT NULL",
             &[],
         )
         .unwrap()
         .get(0);
-    assert_eq!(delegated, 3);
+    assert_eq!(delegated, 4);
+    // The 0.3.0 keys are back after the tables were converted.
+    let keys: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conname IN ('experiments_holdout_id_fkey', 'assignment_dimensions_experiment_id_user_id_fkey')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 2);
     // Calling it again is harmless.
     let again: String = c.query_one("SELECT amba_distribute()", &[]).unwrap().get(0);
     assert!(again.contains("already"), "{again}");
@@ -661,4 +675,169 @@ fn an_alias_and_a_track_for_its_anonymous_id_on_a_worker_wait_for_each_other() {
         [user],
         "moved to the user id by the alias"
     );
+}
+
+/// A role whose sessions, on every node, report each command Citus sends to another node
+/// (`citus.log_remote_commands`, set on the role: Citus passes the role's settings to the
+/// workers). A worker's notices reach the client through the coordinator.
+fn remote_command_probe() -> (Client, std::sync::mpsc::Receiver<(String, String)>) {
+    let mut c = citus();
+    c.batch_execute(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'amba_remote_probe') THEN
+             CREATE ROLE amba_remote_probe SUPERUSER LOGIN;
+           END IF;
+         END $$;
+         ALTER ROLE amba_remote_probe SET citus.log_remote_commands = on;",
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut config: postgres::Config = std::env::var("AMBA_CITUS_URL").unwrap().parse().unwrap();
+    config.user("amba_remote_probe");
+    let probe = config
+        .notice_callback(move |n| {
+            let _ = tx.send((n.message().to_string(), n.detail().unwrap_or("").to_string()));
+        })
+        .connect(NoTls)
+        .unwrap();
+    (probe, rx)
+}
+
+/// The port of the worker that holds `user_id`'s shard.
+fn owner_port(c: &mut Client, user_id: &str) -> i32 {
+    c.query_one(
+        "SELECT p.nodeport FROM pg_dist_shard_placement p
+          WHERE p.shardid = get_shard_id_for_distribution_column('amba.assignments', $1::text)",
+        &[&user_id],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Issue 32: a hot-path call through the coordinator is one statement sent to the worker
+/// that owns the user, which runs everything else locally: no command from a worker to
+/// another node, no distributed transaction (BEGIN … assign_distributed_transaction_id),
+/// no intermediate result (COPY … format result), no two-phase commit. For new and
+/// returning users, first and repeated exposures, peeks, events, overrides, aliases, and
+/// the 0.3.0 features (targeting, layers, a holdout, dimensions). An aliased anonymous id
+/// is the exception: its rows live with the account, on the account's worker.
+#[test]
+#[ignore = "needs a Citus coordinator: set AMBA_CITUS_URL (docs/SCALE-OUT.md)"]
+fn hot_path_calls_are_one_local_transaction_on_the_worker_that_owns_the_user() {
+    let mut c = citus();
+    let (plain, hold, layered) = (unique("rc_plain"), unique("rc_hold"), unique("rc_layer"));
+    let two = "[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]";
+    c.query_one("SELECT amba_create_experiment($1, $2::text::jsonb)", &[&plain, &two]).unwrap();
+    c.query_one(
+        "SELECT amba_create_experiment($1, '[{\"key\":\"out\",\"weight\":1},{\"key\":\"in\",\"weight\":9}]')",
+        &[&hold],
+    )
+    .unwrap();
+    c.query_one(
+        "SELECT amba_create_experiment($1, $2::text::jsonb, layer => $1, layer_share => 0.5, holdout => $3,
+                dimensions => ARRAY['country'], targeting => '{\"country\": \"de\"}')",
+        &[&layered, &two, &hold],
+    )
+    .unwrap();
+    let u = unique("rcu");
+    let (overridden, anon, account) = (format!("{u}-o"), format!("{u}-anon"), format!("{u}-acct"));
+    c.query_one("SELECT amba_set_override($1, $2, 'b')", &[&plain, &overridden]).unwrap();
+    c.query_one("SELECT amba_assign($1, $2)", &[&plain, &anon]).unwrap();
+    c.query_one("SELECT amba_alias($1, $2)", &[&anon, &account]).unwrap();
+
+    // A user the layer and the holdout let in (peek writes nothing).
+    let enrolled = (0..200)
+        .map(|i| format!("{u}-3-{i}"))
+        .find(|id| {
+            c.query_one("SELECT amba_peek($1, $2, '{\"country\": \"de\"}') IS NOT NULL", &[&layered, id])
+                .unwrap()
+                .get::<_, bool>(0)
+        })
+        .expect("someone in 200 passes a half layer and a 10% holdout");
+
+    let (mut probe, notices) = remote_command_probe();
+    let calls: Vec<(String, String, String)> = vec![
+        ("new user".into(), format!("SELECT amba_assign('{plain}', '{u}-1')"), format!("{u}-1")),
+        ("returning user".into(), format!("SELECT amba_assign('{plain}', '{u}-1')"), format!("{u}-1")),
+        ("first exposure".into(), format!("SELECT amba_expose('{plain}', '{u}-1')"), format!("{u}-1")),
+        ("second exposure".into(), format!("SELECT amba_expose('{plain}', '{u}-1')"), format!("{u}-1")),
+        ("peek, assigned".into(), format!("SELECT amba_peek('{plain}', '{u}-1')"), format!("{u}-1")),
+        ("peek, new".into(), format!("SELECT amba_peek('{plain}', '{u}-2')"), format!("{u}-2")),
+        ("event".into(), format!("SELECT amba_track('{u}-1', 'buy', '{{\"amount\": 3}}')"), format!("{u}-1")),
+        ("overridden user".into(), format!("SELECT amba_assign('{plain}', '{overridden}')"), overridden.clone()),
+        ("aliased id".into(), format!("SELECT amba_assign('{plain}', '{anon}')"), anon.clone()),
+        ("aliased id's exposure".into(), format!("SELECT amba_expose('{plain}', '{anon}')"), anon.clone()),
+        ("aliased id's event".into(), format!("SELECT amba_track('{anon}', 'buy')"), anon.clone()),
+        (
+            "layer, holdout, targeting, dimensions: new user".into(),
+            format!("SELECT amba_assign('{layered}', '{enrolled}', '{{\"country\": \"de\"}}')"),
+            enrolled.clone(),
+        ),
+        (
+            "layer, holdout: returning user".into(),
+            format!("SELECT amba_assign('{layered}', '{enrolled}', '{{\"country\": \"de\"}}')"),
+            enrolled.clone(),
+        ),
+        ("layered exposure".into(), format!("SELECT amba_expose('{layered}', '{enrolled}')"), enrolled.clone()),
+        (
+            "layered peek".into(),
+            format!("SELECT amba_peek('{layered}', '{u}-4', '{{\"country\": \"de\"}}')"),
+            format!("{u}-4"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, sql, user) in &calls {
+        let _: Vec<_> = notices.try_iter().collect();
+        probe.batch_execute(sql).unwrap_or_else(|e| panic!("{what}: {sql}: {e}"));
+        let issued: Vec<(String, String)> = notices
+            .try_iter()
+            .filter(|(message, _)| message.starts_with("issuing "))
+            .collect();
+        let port = owner_port(&mut c, user);
+        let function = sql.split('(').next().unwrap().trim_start_matches("SELECT ");
+        let delegated = !issued.is_empty()
+            && issued[0].0.starts_with(&format!("issuing SELECT public.{function}("))
+            && issued[0].1.contains(&format!(":{port} "));
+        let rest = &issued[issued.len().min(1)..];
+        let ok = if *user == anon {
+            // Not yet one transaction: the anonymous id's worker reads and writes the
+            // account's rows on the account's worker (docs/SCALE-OUT.md). It stays one
+            // remote transaction there: no two-phase commit, no intermediate result.
+            let account_port = owner_port(&mut c, &account);
+            rest.iter().all(|(m, _)| {
+                m.contains(&format!(":{account_port} "))
+                    && !m.contains("PREPARE TRANSACTION")
+                    && !m.contains("COMMIT PREPARED")
+                    && !m.contains("format result")
+            })
+        } else {
+            rest.is_empty()
+        };
+        if !(delegated && ok) {
+            failures.push(format!("{what} ({sql}), owner port {port}: {issued:#?}"));
+        }
+    }
+    assert!(failures.is_empty(), "calls that were not one command to the owning worker:\n{}", failures.join("\n"));
+    // The calls did what they say (the layered user passed through the holdout).
+    let held: i64 = c
+        .query_one(
+            "SELECT count(*) FROM amba.assignments a JOIN amba.exposures x USING (experiment_id, user_id)
+              WHERE a.experiment_id = (SELECT id FROM amba.experiments WHERE key = $1) AND a.user_id = $2",
+            &[&hold, &enrolled],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 1, "assigned and exposed in the holdout");
+    let dims: i64 = c
+        .query_one("SELECT count(*) FROM amba.assignment_dimensions WHERE user_id = $1", &[&enrolled])
+        .unwrap()
+        .get(0);
+    let in_layered: i64 = c
+        .query_one(
+            "SELECT count(*) FROM amba.assignments WHERE user_id = $1 AND experiment_id = (SELECT id FROM amba.experiments WHERE key = $2)",
+            &[&enrolled, &layered],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!((dims, in_layered), (1, 1), "assigned in the layered experiment, with its dimension row");
 }
