@@ -475,6 +475,32 @@ mod tests {
         assert_eq!(direct_exposure(777_777, "other"), Some(true));
     }
 
+    /// A DBA who makes the foreign key deferred gets PostgreSQL's deferred check: queued by
+    /// the direct insert, fired when the constraints are checked (here at SET CONSTRAINTS,
+    /// else at commit), after the insert's own executor state is gone.
+    #[pg_test(error = "the deferred check fired at SET CONSTRAINTS")]
+    fn a_deferred_foreign_key_is_checked_at_the_end_of_the_transaction() {
+        take_amba_tables();
+        Spi::run(
+            "ALTER TABLE amba.exposures ALTER CONSTRAINT exposures_experiment_id_user_id_fkey
+                 DEFERRABLE INITIALLY DEFERRED",
+        )
+        .unwrap();
+        assert_eq!(
+            crate::store::probe::direct_exposure(777_779, "nobody"),
+            Some(true),
+            "deferred: no error yet"
+        );
+        assert_eq!(count("SELECT count(*) FROM amba.exposures WHERE experiment_id = 777779"), 1);
+        Spi::run(
+            "DO $$ BEGIN SET CONSTRAINTS ALL IMMEDIATE;
+             EXCEPTION WHEN foreign_key_violation THEN
+               RAISE EXCEPTION 'the deferred check fired at SET CONSTRAINTS';
+             END $$",
+        )
+        .unwrap();
+    }
+
     #[pg_test(
         error = "insert or update on table \"exposures\" violates foreign key constraint \"exposures_experiment_id_user_id_fkey\""
     )]
