@@ -13,48 +13,57 @@ BEGIN
 END
 $drop_policies$;
 
--- Each column and each constraint in a command of its own, the constraints named as a fresh
--- install names them: Citus refuses a column added with its constraints in one command (it
--- needs every constraint named), and amba.experiments is a reference table there.
--- Targeting and coverage (SPEC §10): who may be enrolled.
-ALTER TABLE amba.experiments ADD COLUMN targeting jsonb;
-ALTER TABLE amba.experiments ADD CONSTRAINT experiments_targeting_check
-    CHECK (jsonb_typeof(targeting) = 'object' AND targeting <> '{}');
-ALTER TABLE amba.experiments ADD COLUMN coverage double precision NOT NULL DEFAULT 1;
-ALTER TABLE amba.experiments ADD CONSTRAINT experiments_coverage_check
-    CHECK (coverage >= 0 AND coverage <= 1);
--- Layers and holdouts (SPEC §11).
-ALTER TABLE amba.experiments ADD COLUMN layer text;
-ALTER TABLE amba.experiments ADD CONSTRAINT experiments_layer_check
-    CHECK (layer ~ '^[A-Za-z0-9_.:-]{1,128}$');
-ALTER TABLE amba.experiments ADD COLUMN layer_share double precision;
-ALTER TABLE amba.experiments ADD CONSTRAINT experiments_layer_share_check
-    CHECK (layer_share > 0 AND layer_share <= 1);
-ALTER TABLE amba.experiments ADD COLUMN layer_start double precision;
-ALTER TABLE amba.experiments ADD CONSTRAINT experiments_layer_start_check
-    CHECK (layer_start >= 0 AND layer_start < 1);
-ALTER TABLE amba.experiments ADD CONSTRAINT experiments_layer_share_with_layer
-    CHECK ((layer IS NULL) = (layer_share IS NULL));
-ALTER TABLE amba.experiments ADD COLUMN holdout_id bigint;
-ALTER TABLE amba.experiments ADD CONSTRAINT experiments_holdout_id_fkey
-    FOREIGN KEY (holdout_id) REFERENCES amba.experiments (id);
-ALTER TABLE amba.experiments ADD CONSTRAINT experiments_not_own_holdout CHECK (holdout_id <> id);
--- Guardrails (SPEC §12), and the audit actions of 0.3.0.
-ALTER TABLE amba.experiments ADD COLUMN guardrails jsonb;
-ALTER TABLE amba.experiments ADD CONSTRAINT experiments_guardrails_check
-    CHECK (jsonb_typeof(guardrails) = 'array');
-ALTER TABLE amba.experiment_history DROP CONSTRAINT experiment_history_action_check;
-ALTER TABLE amba.experiment_history ADD CONSTRAINT experiment_history_action_check
-    CHECK (action IN ('create', 'update', 'delete', 'override_set', 'override_clear',
-                      'auto_pause', 'bandit_update'));
--- Segments (SPEC §13).
-ALTER TABLE amba.experiments ADD COLUMN dimensions text[];
-ALTER TABLE amba.experiments ADD CONSTRAINT experiments_dimensions_check
-    CHECK (cardinality(dimensions) BETWEEN 1 AND 5);
--- Bandits (SPEC §14).
-ALTER TABLE amba.experiments ADD COLUMN bandit jsonb;
-ALTER TABLE amba.experiments ADD CONSTRAINT experiments_bandit_check
-    CHECK (jsonb_typeof(bandit) = 'object');
+-- The new columns of amba.experiments: targeting and coverage (SPEC §10), layers and
+-- holdouts (§11), guardrails (§12), segments (§13), bandits (§14); and the audit actions of
+-- 0.3.0. Written for Citus as well as for one node:
+-- - each DDL statement runs through EXECUTE: Citus passes a statement on a distributed or
+--   reference table on to the other nodes as its query text, which for a plain statement
+--   in an extension script is the whole script;
+-- - each column and each constraint in a command of its own, the constraints named as a
+--   fresh install names them: Citus refuses unnamed constraints added with a column;
+-- - each one only if it is not there yet: Citus applies the coordinator's statements to
+--   the workers' tables, and then each worker runs this script too.
+DO $schema$
+DECLARE
+    c record;
+BEGIN
+    EXECUTE 'ALTER TABLE amba.experiments ADD COLUMN IF NOT EXISTS targeting jsonb';
+    EXECUTE 'ALTER TABLE amba.experiments ADD COLUMN IF NOT EXISTS coverage double precision NOT NULL DEFAULT 1';
+    EXECUTE 'ALTER TABLE amba.experiments ADD COLUMN IF NOT EXISTS layer text';
+    EXECUTE 'ALTER TABLE amba.experiments ADD COLUMN IF NOT EXISTS layer_share double precision';
+    EXECUTE 'ALTER TABLE amba.experiments ADD COLUMN IF NOT EXISTS layer_start double precision';
+    EXECUTE 'ALTER TABLE amba.experiments ADD COLUMN IF NOT EXISTS holdout_id bigint';
+    EXECUTE 'ALTER TABLE amba.experiments ADD COLUMN IF NOT EXISTS guardrails jsonb';
+    EXECUTE 'ALTER TABLE amba.experiments ADD COLUMN IF NOT EXISTS dimensions text[]';
+    EXECUTE 'ALTER TABLE amba.experiments ADD COLUMN IF NOT EXISTS bandit jsonb';
+    FOR c IN SELECT * FROM (VALUES
+        (1, 'experiments_targeting_check',
+            $c$CHECK (jsonb_typeof(targeting) = 'object' AND targeting <> '{}')$c$),
+        (2, 'experiments_coverage_check', $c$CHECK (coverage >= 0 AND coverage <= 1)$c$),
+        (3, 'experiments_layer_check', $c$CHECK (layer ~ '^[A-Za-z0-9_.:-]{1,128}$')$c$),
+        (4, 'experiments_layer_share_check', $c$CHECK (layer_share > 0 AND layer_share <= 1)$c$),
+        (5, 'experiments_layer_start_check', $c$CHECK (layer_start >= 0 AND layer_start < 1)$c$),
+        (6, 'experiments_layer_share_with_layer',
+            $c$CHECK ((layer IS NULL) = (layer_share IS NULL))$c$),
+        (7, 'experiments_holdout_id_fkey',
+            $c$FOREIGN KEY (holdout_id) REFERENCES amba.experiments (id)$c$),
+        (8, 'experiments_not_own_holdout', $c$CHECK (holdout_id <> id)$c$),
+        (9, 'experiments_guardrails_check', $c$CHECK (jsonb_typeof(guardrails) = 'array')$c$),
+        (10, 'experiments_dimensions_check', $c$CHECK (cardinality(dimensions) BETWEEN 1 AND 5)$c$),
+        (11, 'experiments_bandit_check', $c$CHECK (jsonb_typeof(bandit) = 'object')$c$)
+    ) AS v(n, name, definition) ORDER BY n LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                        WHERE conrelid = 'amba.experiments'::regclass AND conname = c.name) THEN
+            EXECUTE pg_catalog.format('ALTER TABLE amba.experiments ADD CONSTRAINT %I %s',
+                                      c.name, c.definition);
+        END IF;
+    END LOOP;
+    EXECUTE 'ALTER TABLE amba.experiment_history DROP CONSTRAINT IF EXISTS experiment_history_action_check';
+    EXECUTE $c$ALTER TABLE amba.experiment_history ADD CONSTRAINT experiment_history_action_check
+        CHECK (action IN ('create', 'update', 'delete', 'override_set', 'override_clear',
+                          'auto_pause', 'bandit_update'))$c$;
+END
+$schema$;
 -- The segment values of an assignment (SPEC §13): the experiment's dimensions at the
 -- user's first amba_assign, from the attributes given, as text ({"country": "DE"}; an
 -- absent attribute is absent). Written once, never changed; only experiments with
@@ -70,23 +79,28 @@ CREATE TABLE amba.assignment_dimensions (
 );
 
 SELECT pg_catalog.pg_extension_config_dump('amba.assignment_dimensions'::regclass, '');
-CREATE INDEX experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL;
-CREATE INDEX experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL;
+DO $indexes$
+BEGIN
+    EXECUTE 'CREATE INDEX IF NOT EXISTS experiments_layer ON amba.experiments (layer) WHERE layer IS NOT NULL';
+    EXECUTE 'CREATE INDEX IF NOT EXISTS experiments_holdout ON amba.experiments (holdout_id) WHERE holdout_id IS NOT NULL';
+END
+$indexes$;
 
 -- Functions whose arguments change are dropped here and created again below (a new
--- argument would otherwise add an overload beside the old function).
-DROP FUNCTION @extschema@.amba_assign(text, text);
-DROP FUNCTION @extschema@.amba_peek(text, text);
-DROP FUNCTION amba._assign(text, text);
-DROP FUNCTION amba._peek(text, text);
-DROP FUNCTION @extschema@.amba_create_experiment(text, jsonb, text, text, text);
-DROP FUNCTION @extschema@.amba_update_experiment(text, jsonb, text, text, text);
-DROP FUNCTION amba._create_experiment(text, jsonb, text, text, text);
-DROP FUNCTION amba._update_experiment(text, jsonb, text, text, text);
-DROP FUNCTION amba_api.assign(text);
-DROP FUNCTION amba_api.peek(text);
-DROP FUNCTION amba_api.experiments_create(text, jsonb, text, text, text);
-DROP FUNCTION amba_api.experiments_update(text, jsonb, text, text, text);
+-- argument would otherwise add an overload beside the old function). IF EXISTS: on Citus
+-- the coordinator has dropped the delegated ones on the workers already.
+DROP FUNCTION IF EXISTS @extschema@.amba_assign(text, text);
+DROP FUNCTION IF EXISTS @extschema@.amba_peek(text, text);
+DROP FUNCTION IF EXISTS amba._assign(text, text);
+DROP FUNCTION IF EXISTS amba._peek(text, text);
+DROP FUNCTION IF EXISTS @extschema@.amba_create_experiment(text, jsonb, text, text, text);
+DROP FUNCTION IF EXISTS @extschema@.amba_update_experiment(text, jsonb, text, text, text);
+DROP FUNCTION IF EXISTS amba._create_experiment(text, jsonb, text, text, text);
+DROP FUNCTION IF EXISTS amba._update_experiment(text, jsonb, text, text, text);
+DROP FUNCTION IF EXISTS amba_api.assign(text);
+DROP FUNCTION IF EXISTS amba_api.peek(text);
+DROP FUNCTION IF EXISTS amba_api.experiments_create(text, jsonb, text, text, text);
+DROP FUNCTION IF EXISTS amba_api.experiments_update(text, jsonb, text, text, text);
 
 -- Rust functions (from cargo pgrx schema) -----------------------------------------
 CREATE OR REPLACE FUNCTION "amba_assign"(
@@ -3559,6 +3573,65 @@ BEGIN
 END
 $$;
 
+-- The hot path runs on the worker that owns the user (called by amba_distribute; again after
+-- an update, which drops and creates again the functions whose arguments changed, and with
+-- them their delegation).
+CREATE OR REPLACE FUNCTION amba._delegate_hot_path() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT * FROM (VALUES
+        ('@extschema@.amba_assign(text, text, jsonb)', '$2'),
+        ('@extschema@.amba_expose(text, text)', '$2'),
+        ('@extschema@.amba_track(text, text, jsonb, timestamptz)', '$1'),
+        ('@extschema@.amba_peek(text, text, jsonb)', '$2')) AS v(fn, arg)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_dist_object o
+                        WHERE o.classid = 'pg_proc'::regclass AND o.objid = f.fn::regprocedure
+                          AND o.distribution_argument_index IS NOT NULL) THEN
+            PERFORM create_distributed_function(f.fn::regprocedure, f.arg, colocate_with => 'amba.assignments');
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- A cluster distributed by an earlier amba, then updated: the per-user tables the update
+-- created are local on every node until they are distributed here, like the first ones.
+CREATE OR REPLACE FUNCTION amba._distribute_new_tables() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    failed text;
+    grant_row record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'amba.assignment_dimensions'::regclass) THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    SELECT string_agg(r.nodename || ':' || r.nodeport || ' ' || r.result, '; ') INTO failed
+      FROM run_command_on_workers('BEGIN; SET LOCAL citus.enable_ddl_propagation = off; '
+                                  || 'ALTER TABLE amba.assignment_dimensions DROP CONSTRAINT IF EXISTS '
+                                  || 'assignment_dimensions_experiment_id_user_id_fkey; COMMIT') r
+     WHERE NOT r.success;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'amba_distribute: reshaping amba.assignment_dimensions on the workers failed: %', failed;
+    END IF;
+    ALTER TABLE amba.assignment_dimensions DROP CONSTRAINT IF EXISTS assignment_dimensions_experiment_id_user_id_fkey;
+    PERFORM create_distributed_table('amba.assignment_dimensions', 'user_id', colocate_with => 'amba.assignments');
+    ALTER TABLE amba.assignment_dimensions ADD CONSTRAINT assignment_dimensions_experiment_id_user_id_fkey
+        FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
+        ON DELETE CASCADE;
+    FOR grant_row IN
+        SELECT a.privilege_type, a.grantee::regrole::text AS grantee
+          FROM pg_class c, aclexplode(c.relacl) a
+         WHERE c.oid = 'amba.assignment_dimensions'::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE pg_catalog.format('GRANT %s ON amba.assignment_dimensions TO %s',
+                                  grant_row.privilege_type, grant_row.grantee);
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION amba_distribute() RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -3592,6 +3665,9 @@ BEGIN
         IF failed IS NOT NULL THEN
             RAISE EXCEPTION 'amba_distribute: adding the alias locks to the workers failed: %', failed;
         END IF;
+        -- After an update: the tables and functions of the new version.
+        PERFORM amba._distribute_new_tables();
+        PERFORM amba._delegate_hot_path();
         RETURN 'amba is already distributed';
     END IF;
     IF EXISTS (SELECT 1 FROM citus_get_active_worker_nodes() w
@@ -3667,15 +3743,7 @@ BEGIN
                                   grant_row.privilege_type, grant_row.relname, grant_row.grantee);
     END LOOP;
 
-    -- The hot path runs on the worker that owns the user.
-    PERFORM create_distributed_function('@extschema@.amba_assign(text, text, jsonb)', '$2',
-                                        colocate_with => 'amba.assignments');
-    PERFORM create_distributed_function('@extschema@.amba_expose(text, text)', '$2',
-                                        colocate_with => 'amba.assignments');
-    PERFORM create_distributed_function('@extschema@.amba_track(text, text, jsonb, timestamptz)', '$1',
-                                        colocate_with => 'amba.assignments');
-    PERFORM create_distributed_function('@extschema@.amba_peek(text, text, jsonb)', '$2',
-                                        colocate_with => 'amba.assignments');
+    PERFORM amba._delegate_hot_path();
     RETURN 'amba is distributed: assignments, exposures and events by user_id over '
         || (SELECT count(*) FROM citus_get_active_worker_nodes()) || ' workers';
 END

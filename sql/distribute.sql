@@ -115,6 +115,65 @@ BEGIN
 END
 $$;
 
+-- The hot path runs on the worker that owns the user (called by amba_distribute; again after
+-- an update, which drops and creates again the functions whose arguments changed, and with
+-- them their delegation).
+CREATE FUNCTION amba._delegate_hot_path() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT * FROM (VALUES
+        ('@extschema@.amba_assign(text, text, jsonb)', '$2'),
+        ('@extschema@.amba_expose(text, text)', '$2'),
+        ('@extschema@.amba_track(text, text, jsonb, timestamptz)', '$1'),
+        ('@extschema@.amba_peek(text, text, jsonb)', '$2')) AS v(fn, arg)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_dist_object o
+                        WHERE o.classid = 'pg_proc'::regclass AND o.objid = f.fn::regprocedure
+                          AND o.distribution_argument_index IS NOT NULL) THEN
+            PERFORM create_distributed_function(f.fn::regprocedure, f.arg, colocate_with => 'amba.assignments');
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- A cluster distributed by an earlier amba, then updated: the per-user tables the update
+-- created are local on every node until they are distributed here, like the first ones.
+CREATE FUNCTION amba._distribute_new_tables() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    failed text;
+    grant_row record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'amba.assignment_dimensions'::regclass) THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    SELECT string_agg(r.nodename || ':' || r.nodeport || ' ' || r.result, '; ') INTO failed
+      FROM run_command_on_workers('BEGIN; SET LOCAL citus.enable_ddl_propagation = off; '
+                                  || 'ALTER TABLE amba.assignment_dimensions DROP CONSTRAINT IF EXISTS '
+                                  || 'assignment_dimensions_experiment_id_user_id_fkey; COMMIT') r
+     WHERE NOT r.success;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'amba_distribute: reshaping amba.assignment_dimensions on the workers failed: %', failed;
+    END IF;
+    ALTER TABLE amba.assignment_dimensions DROP CONSTRAINT IF EXISTS assignment_dimensions_experiment_id_user_id_fkey;
+    PERFORM create_distributed_table('amba.assignment_dimensions', 'user_id', colocate_with => 'amba.assignments');
+    ALTER TABLE amba.assignment_dimensions ADD CONSTRAINT assignment_dimensions_experiment_id_user_id_fkey
+        FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
+        ON DELETE CASCADE;
+    FOR grant_row IN
+        SELECT a.privilege_type, a.grantee::regrole::text AS grantee
+          FROM pg_class c, aclexplode(c.relacl) a
+         WHERE c.oid = 'amba.assignment_dimensions'::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE pg_catalog.format('GRANT %s ON amba.assignment_dimensions TO %s',
+                                  grant_row.privilege_type, grant_row.grantee);
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION amba_distribute() RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -148,6 +207,9 @@ BEGIN
         IF failed IS NOT NULL THEN
             RAISE EXCEPTION 'amba_distribute: adding the alias locks to the workers failed: %', failed;
         END IF;
+        -- After an update: the tables and functions of the new version.
+        PERFORM amba._distribute_new_tables();
+        PERFORM amba._delegate_hot_path();
         RETURN 'amba is already distributed';
     END IF;
     IF EXISTS (SELECT 1 FROM citus_get_active_worker_nodes() w
@@ -223,15 +285,7 @@ BEGIN
                                   grant_row.privilege_type, grant_row.relname, grant_row.grantee);
     END LOOP;
 
-    -- The hot path runs on the worker that owns the user.
-    PERFORM create_distributed_function('@extschema@.amba_assign(text, text, jsonb)', '$2',
-                                        colocate_with => 'amba.assignments');
-    PERFORM create_distributed_function('@extschema@.amba_expose(text, text)', '$2',
-                                        colocate_with => 'amba.assignments');
-    PERFORM create_distributed_function('@extschema@.amba_track(text, text, jsonb, timestamptz)', '$1',
-                                        colocate_with => 'amba.assignments');
-    PERFORM create_distributed_function('@extschema@.amba_peek(text, text, jsonb)', '$2',
-                                        colocate_with => 'amba.assignments');
+    PERFORM amba._delegate_hot_path();
     RETURN 'amba is distributed: assignments, exposures and events by user_id over '
         || (SELECT count(*) FROM citus_get_active_worker_nodes()) || ' workers';
 END
