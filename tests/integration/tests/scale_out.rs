@@ -841,3 +841,124 @@ fn hot_path_calls_are_one_local_transaction_on_the_worker_that_owns_the_user() {
         .get(0);
     assert_eq!((dims, in_layered), (1, 1), "assigned in the layered experiment, with its dimension row");
 }
+
+/// A connection to `db` on one node of the cluster `AMBA_CITUS_URL` names (same user).
+fn node_client(host: &str, port: u16, db: &str) -> Client {
+    let url: postgres::Config = std::env::var("AMBA_CITUS_URL").unwrap().parse().unwrap();
+    // A Config of its own: `host` and `port` on the parsed one would add a second address.
+    let mut config = postgres::Config::new();
+    config.host(host).port(port).dbname(db);
+    if let Some(user) = url.get_user() {
+        config.user(user);
+    }
+    if let Some(password) = url.get_password() {
+        config.password(password);
+    }
+    config
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to {host}:{port}/{db}: {e}"))
+}
+
+/// A cluster distributed by amba 0.2.0 is updated to 0.3.0 with `ALTER EXTENSION amba
+/// UPDATE` on the coordinator, then `amba_distribute()` again: every node is at 0.3.0, the
+/// new per-user table is distributed with the others, the hot path is delegated again (the
+/// update recreates amba_assign and amba_peek), the 0.2.0 users keep their variants, and
+/// the 0.3.0 features work. In a database of its own on every node, dropped at the end.
+#[test]
+#[ignore = "needs a Citus coordinator: set AMBA_CITUS_URL (docs/SCALE-OUT.md)"]
+fn a_cluster_distributed_by_0_2_0_updates_to_0_3_0() {
+    let mut c = citus();
+    let config: postgres::Config = std::env::var("AMBA_CITUS_URL").unwrap().parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        other => panic!("AMBA_CITUS_URL must name a TCP host, not {other:?}"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let workers: Vec<(String, u16)> = c
+        .query("SELECT nodename::text, nodeport FROM pg_dist_node WHERE groupid <> 0 ORDER BY nodeport", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i32>(1) as u16))
+        .collect();
+    assert!(workers.len() >= 2, "{workers:?}");
+    let db = "amba_citus_upgrade";
+    let mut nodes = vec![(host.clone(), port)];
+    nodes.extend(workers.iter().cloned());
+    for (h, p) in &nodes {
+        let mut admin = node_client(h, *p, "postgres");
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        node_client(h, *p, db).batch_execute("CREATE EXTENSION citus").unwrap();
+    }
+    let mut co = node_client(&host, port, db);
+    co.query_one("SELECT citus_set_coordinator_host($1, $2)", &[&host, &(port as i32)]).unwrap();
+    for (h, p) in &workers {
+        co.query_one("SELECT citus_add_node($1, $2)", &[h, &(*p as i32)]).unwrap();
+    }
+    // One statement at a time: several in one message are one transaction, and Citus
+    // creates the extension on the workers at its commit.
+    co.batch_execute("CREATE EXTENSION amba VERSION '0.2.0'").unwrap();
+    co.batch_execute("SELECT amba_distribute()").unwrap();
+    co.batch_execute(
+        "SELECT amba_create_experiment('old', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]');
+         SELECT amba_assign('old', 'u' || g) FROM generate_series(1, 60) g;
+         SELECT amba_expose('old', 'u' || g) FROM generate_series(1, 25) g;
+         SELECT amba_track('u' || g, 'buy') FROM generate_series(1, 60, 3) g;",
+    )
+    .unwrap();
+    let before = rows_of(&mut co, "SELECT variant, exposed_count, converted_count FROM amba_results('old', 'buy') ORDER BY 1");
+    let sticky_before = rows_of(&mut co, "SELECT user_id, variant FROM amba.assignments ORDER BY 1");
+
+    co.batch_execute("ALTER EXTENSION amba UPDATE").unwrap();
+    for (h, p) in &nodes {
+        let v: String = node_client(h, *p, db)
+            .query_one("SELECT extversion FROM pg_extension WHERE extname = 'amba'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(v, "0.3.0", "amba on {h}:{p}");
+    }
+    let again: String = co.query_one("SELECT amba_distribute()", &[]).unwrap().get(0);
+    assert!(again.contains("already"), "{again}");
+    let dims: String = co
+        .query_one("SELECT partmethod::text FROM pg_dist_partition WHERE logicalrelid = 'amba.assignment_dimensions'::regclass", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(dims, "h");
+    let delegated: i64 = co
+        .query_one(
+            "SELECT count(*) FROM pg_dist_object o JOIN pg_proc p ON o.classid = 'pg_proc'::regclass AND o.objid = p.oid
+              WHERE p.proname IN ('amba_assign', 'amba_expose', 'amba_track', 'amba_peek') AND o.distribution_argument_index IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(delegated, 4);
+
+    assert_eq!(rows_of(&mut co, "SELECT variant, exposed_count, converted_count FROM amba_results('old', 'buy') ORDER BY 1"), before);
+    let sticky_after: Vec<Vec<String>> = sticky_before
+        .iter()
+        .map(|r| {
+            let v: Option<String> = co.query_one("SELECT amba_assign('old', $1)", &[&r[0]]).unwrap().get(0);
+            vec![r[0].clone(), v.unwrap()]
+        })
+        .collect();
+    assert_eq!(sticky_after, sticky_before, "0.2.0 users keep their variants");
+    co.batch_execute(
+        "SELECT amba_create_experiment('seg', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]',
+                targeting => '{\"country\": \"de\"}', dimensions => ARRAY['country']);
+         SELECT amba_assign('seg', 's' || g, '{\"country\": \"de\"}') FROM generate_series(1, 40) g;",
+    )
+    .unwrap();
+    let by: i64 = co
+        .query_one("SELECT sum(assigned_count)::int8 FROM amba_results_by('seg', 'buy', 'country') WHERE dimension_value = 'de'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(by, 40, "every segment row is found through the coordinator");
+    drop(co);
+    for (h, p) in &nodes {
+        node_client(h, *p, "postgres")
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .unwrap();
+    }
+}
