@@ -99,6 +99,7 @@ thread_local! {
     static EXPERIMENTS: RefCell<HashMap<String, Rc<Experiment>>> = RefCell::new(HashMap::new());
     static LOAD_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static LOAD_FRESH_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static VERSION_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
 /// The overrides come keyed by every id that acts as the overridden user: the user id and
@@ -214,8 +215,8 @@ fn cached_current(key: &str) -> Option<Rc<Experiment>> {
     }
 }
 
-/// The experiment named `key` as the statement's snapshot sees it. The cache serves only
-/// the direct path; on the SQL path every definition is read by the query.
+/// The experiment named `key` as the statement's snapshot sees it. The cache serves the
+/// direct path and Citus; on the SQL path every definition is read by the query.
 pub fn lookup(client: &SpiClient<'_>, path: Path, key: &str) -> Option<Rc<Experiment>> {
     cached(path, key).or_else(|| load(client, key, false))
 }
@@ -229,7 +230,38 @@ pub fn find(path: Path, key: &str) -> Option<Rc<Experiment>> {
 fn cached(path: Path, key: &str) -> Option<Rc<Experiment>> {
     match path {
         Path::Direct(_) => cached_current(key),
-        _ => None,
+        Path::Distributed => cached_checked_by_sql(key),
+        Path::Sql => None,
+    }
+}
+
+/// On Citus (SPEC §9) a worker serves many delegated calls per backend: a definition is
+/// kept there too, and a lookup checks its row version through SQL (one primary-key read
+/// of this node's placement of the reference table) instead of reading the definition with
+/// its overrides again. The caller's privileges and row-level security on the three tables
+/// the definition was read from are checked again, as the query would check them.
+fn cached_checked_by_sql(key: &str) -> Option<Rc<Experiment>> {
+    let cached = EXPERIMENTS.with(|m| m.borrow().get(key).cloned())?;
+    let tables = [c"experiments", c"overrides", c"aliases"].map(|name| unsafe {
+        pg_sys::get_relname_relid(name.as_ptr(), pg_sys::get_namespace_oid(c"amba".as_ptr(), true))
+    });
+    let current = !tables.contains(&pg_sys::InvalidOid)
+        && access::readable(&tables)
+        && Spi::connect(|client| {
+            with_plan(&VERSION_PLAN, client, LATEST_VERSION_SQL, &[pg_sys::INT8OID], false, |plan| {
+                let table = client
+                    .select(plan, Some(1), &[cached.id.into()])
+                    .expect("reading the experiment's row version");
+                !table.is_empty()
+                    && table.first().get::<String>(1).ok().flatten().as_deref()
+                        == Some(cached.version_text.as_str())
+            })
+        });
+    if current {
+        Some(cached)
+    } else {
+        EXPERIMENTS.with(|m| m.borrow_mut().remove(key));
+        None
     }
 }
 

@@ -962,3 +962,60 @@ fn a_cluster_distributed_by_0_2_0_updates_to_0_3_0() {
             .unwrap();
     }
 }
+
+/// Workers keep experiment definitions between delegated calls (checked by row version on
+/// every call): a pause, a re-weighting and an override made through the coordinator are
+/// seen by the very next call of a connection whose worker backends hold the old
+/// definition.
+#[test]
+#[ignore = "needs a Citus coordinator: set AMBA_CITUS_URL (docs/SCALE-OUT.md)"]
+fn definitions_kept_on_the_workers_follow_every_change_at_once() {
+    let mut admin = citus();
+    let key = unique("wcache");
+    admin
+        .query_one("SELECT amba_create_experiment($1, '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')", &[&key])
+        .unwrap();
+    let mut app = citus_client();
+    let users: Vec<String> = (0..20).map(|i| format!("{key}-u{i}")).collect();
+    let mut first: Vec<String> = Vec::new();
+    for u in &users {
+        // Twice: the second call is served from the worker's kept definition.
+        app.query_one("SELECT amba_assign($1, $2)", &[&key, u]).unwrap();
+        first.push(app.query_one("SELECT amba_assign($1, $2)", &[&key, u]).unwrap().get(0));
+    }
+    // Paused: no new user, returning users keep their variant.
+    admin.query_one("SELECT amba_update_experiment($1, status => 'paused')", &[&key]).unwrap();
+    let err = app.query_one("SELECT amba_assign($1, $2)", &[&key, &format!("{key}-new1")]).unwrap_err();
+    assert!(err.as_db_error().unwrap().message().starts_with("EXPERIMENT_INACTIVE"), "{err}");
+    let again: String = app.query_one("SELECT amba_assign($1, $2)", &[&key, &users[0]]).unwrap().get(0);
+    assert_eq!(again, first[0]);
+    // Active again, all weight on b: every new user gets b, under the new weight version.
+    admin
+        .query_one(
+            "SELECT amba_update_experiment($1, '[{\"key\":\"a\",\"weight\":0},{\"key\":\"b\",\"weight\":1}]', status => 'active')",
+            &[&key],
+        )
+        .unwrap();
+    for i in 0..20 {
+        let u = format!("{key}-n{i}");
+        let v: String = app.query_one("SELECT amba_assign($1, $2)", &[&key, &u]).unwrap().get(0);
+        assert_eq!(v, "b", "{u} after the re-weighting");
+    }
+    let versions: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM amba.assignments WHERE experiment_id = (SELECT id FROM amba.experiments WHERE key = $1)
+              AND user_id LIKE $1 || '-n%' AND weight_version = 2",
+            &[&key],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 20);
+    // An override for a user assigned a: the next call returns it; cleared, a again.
+    let (i, _) = first.iter().enumerate().find(|(_, v)| *v == "a").expect("someone in a");
+    admin.query_one("SELECT amba_set_override($1, $2, 'b')", &[&key, &users[i]]).unwrap();
+    let v: String = app.query_one("SELECT amba_assign($1, $2)", &[&key, &users[i]]).unwrap().get(0);
+    assert_eq!(v, "b", "the override");
+    admin.query_one("SELECT amba_clear_override($1, $2)", &[&key, &users[i]]).unwrap();
+    let v: String = app.query_one("SELECT amba_assign($1, $2)", &[&key, &users[i]]).unwrap().get(0);
+    assert_eq!(v, "a", "the override cleared");
+}
