@@ -211,6 +211,7 @@ fn load(experiment_key: Option<&str>, lock: bool) -> Bandit {
 }
 
 fn bandit_update(experiment_key: Option<&str>, _seed: Option<i64>) -> Value {
+    crate::store::one_connection_per_node();
     let b = load(experiment_key, true);
     if let Some(i) = b
         .estimates

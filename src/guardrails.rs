@@ -233,6 +233,9 @@ fn check_guardrails(experiment_key: Option<&str>, pause: bool) -> Vec<CheckRow> 
     if experiment_key.is_some() {
         validate::experiment_key(experiment_key).or_raise();
     }
+    if pause {
+        crate::store::one_connection_per_node();
+    }
     let experiments = experiments_to_check(experiment_key);
     if let (Some(key), true) = (experiment_key, experiments.is_empty()) {
         raise_code(

@@ -203,6 +203,17 @@ pub fn lock_experiment_across_nodes(path: Path, experiment_id: i64) {
     }
 }
 
+/// On Citus, a transaction that reads the distributed tables over many connections may not
+/// then change a reference table (amba.experiments) that they point to. A function that
+/// counts and then writes (a bandit update, a guardrail's pause) calls this first: one
+/// connection per node for the rest of the transaction. Nothing elsewhere.
+pub fn one_connection_per_node() {
+    if Path::for_call().is_distributed() {
+        Spi::run("SELECT pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true)")
+            .expect("setting citus.multi_shard_modify_mode");
+    }
+}
+
 /// Test support: the direct path's verdicts, for `#[pg_test]`s that show when it is taken.
 #[cfg(any(test, feature = "pg_test"))]
 pub mod probe {
