@@ -26,11 +26,12 @@ fn value(property: &str) -> String {
 }
 
 /// M and D per exposed user, then the sums per variant. `$2`/`$3` the numerator's event
-/// and property, `$4`/`$5` the denominator's.
+/// and property, `$4`/`$5` the denominator's. Users are grouped by the assignments' primary
+/// key, so the variant comes with the group (no aggregate over every joined row).
 fn ratio_sums_sql(slice: UserSlice) -> String {
     format!(
         "WITH per_user AS ( \
-           SELECT min(a.variant) AS variant, \
+           SELECT a.variant, \
                   coalesce(sum({m}) FILTER (WHERE e.event = $2), 0) AS m, \
                   coalesce(sum({d}) FILTER (WHERE e.event = $4), 0) AS d \
              FROM {COUNTED_ASSIGNMENTS_FROM} \
@@ -38,7 +39,7 @@ fn ratio_sums_sql(slice: UserSlice) -> String {
              LEFT JOIN amba.events e \
                ON e.event IN ($2, $4) AND e.user_id = a.user_id AND e.occurred_at >= a.assigned_at{e_slice} \
             WHERE {COUNTED_ASSIGNMENTS_WHERE}{a_slice} \
-            GROUP BY a.user_id) \
+            GROUP BY a.experiment_id, a.user_id) \
          SELECT variant, count(*)::float8, sum(m), sum(d), sum(m * m), sum(d * d), sum(m * d) \
            FROM per_user GROUP BY variant",
         m = value("$3"),
@@ -56,7 +57,7 @@ fn ratio_sums_sql(slice: UserSlice) -> String {
 fn quantile_values_sql(slice: UserSlice) -> String {
     format!(
         "SELECT variant, vals, count(*)::float8 FROM ( \
-           SELECT min(a.variant) AS variant, \
+           SELECT a.variant, \
                   coalesce(array_agg((e.properties -> $3::text)::float8) FILTER (WHERE e.user_id IS NOT NULL), '{{}}') AS vals \
              FROM {COUNTED_ASSIGNMENTS_FROM} \
              JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id{xp_slice} \
@@ -64,7 +65,7 @@ fn quantile_values_sql(slice: UserSlice) -> String {
                ON e.event = $2 AND e.user_id = a.user_id AND e.occurred_at >= a.assigned_at \
               AND jsonb_typeof(e.properties -> $3::text) = 'number'{e_slice} \
             WHERE {COUNTED_ASSIGNMENTS_WHERE}{a_slice} \
-            GROUP BY a.user_id) per_user \
+            GROUP BY a.experiment_id, a.user_id) per_user \
           GROUP BY variant, vals",
         xp_slice = slice.filter("xp.user_id"),
         e_slice = slice.filter("e.user_id"),
