@@ -115,6 +115,20 @@ BEGIN
 END
 $$;
 
+-- A first assignment share-locks the experiment's row (amba._lock_experiment_placements):
+-- the HTTP functions' owner may lock it, never change it. Row locks under row-level
+-- security need an UPDATE policy: without it the lock would silently take nothing.
+CREATE FUNCTION amba._owner_may_lock_experiments() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    GRANT UPDATE (revision) ON amba.experiments TO amba_owner;
+    IF NOT EXISTS (SELECT 1 FROM pg_policies
+                    WHERE schemaname = 'amba' AND tablename = 'experiments' AND policyname = 'owner_lock') THEN
+        CREATE POLICY owner_lock ON amba.experiments FOR UPDATE TO amba_owner USING (true) WITH CHECK (false);
+    END IF;
+END
+$$;
+
 -- The hot path runs on the worker that owns the user (called by amba_distribute; again after
 -- an update, which drops and creates again the functions whose arguments changed, and with
 -- them their delegation).
@@ -207,8 +221,10 @@ BEGIN
         IF failed IS NOT NULL THEN
             RAISE EXCEPTION 'amba_distribute: adding the alias locks to the workers failed: %', failed;
         END IF;
-        -- After an update: the tables and functions of the new version.
+        -- After an update: the tables and functions of the new version, and the lock
+        -- policy (an update creates the policies of one node again).
         PERFORM amba._distribute_new_tables();
+        PERFORM amba._owner_may_lock_experiments();
         PERFORM amba._delegate_hot_path();
         RETURN 'amba is already distributed';
     END IF;
@@ -269,10 +285,7 @@ BEGIN
         FOREIGN KEY (experiment_id, user_id) REFERENCES amba.assignments (experiment_id, user_id)
         ON DELETE CASCADE;
 
-    -- A first assignment share-locks the experiment's row (amba._lock_experiment_placements):
-    -- the HTTP functions' owner may lock it, never change it.
-    GRANT UPDATE (revision) ON amba.experiments TO amba_owner;
-    CREATE POLICY owner_lock ON amba.experiments FOR UPDATE TO amba_owner USING (true) WITH CHECK (false);
+    PERFORM amba._owner_may_lock_experiments();
 
     -- The shards get the tables' privileges (Citus passes GRANTs on to them).
     FOR grant_row IN

@@ -39,7 +39,7 @@ struct TableShape {
     /// The commands whose policies the SQL statement is subject to (RETURNING reads).
     row_security: &'static [Command],
     /// Whether the INSERT may fire foreign-key checks (and no other trigger): they are
-    /// queued and fired as the executor does (see `Insert::fire_after_triggers`).
+    /// queued and fired as the executor does (`Insert::row_inserted`, `Insert::finish`).
     foreign_key_checks: bool,
 }
 
@@ -147,7 +147,7 @@ unsafe fn deparse(stored: *const std::ffi::c_char, relid: pg_sys::Oid) -> Option
 
 /// Whether every trigger of the table that fires on INSERT is a foreign key's check
 /// (`RI_FKey_check_ins`, internal, AFTER ROW): what the executor queues for such an INSERT
-/// and fires at the end of the statement, as `Insert::fire_after_triggers` does.
+/// and fires at the end of the statement, as `Insert::row_inserted` and `Insert::finish` do.
 unsafe fn only_foreign_key_checks_on_insert(t: &pg_sys::TriggerDesc) -> bool {
     unsafe {
         let all = std::slice::from_raw_parts(t.triggers, t.numtriggers as usize);

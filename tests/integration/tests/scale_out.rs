@@ -958,6 +958,16 @@ fn a_cluster_distributed_by_0_2_0_updates_to_0_3_0() {
         .unwrap()
         .get(0);
     assert_eq!(delegated, 4);
+    // The update creates the policies of one node again; the lock policy of a distributed
+    // amba is back (without it the HTTP path's row lock would take nothing).
+    let lock_policy: i64 = co
+        .query_one(
+            "SELECT count(*) FROM pg_policies WHERE schemaname = 'amba' AND tablename = 'experiments' AND policyname = 'owner_lock'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(lock_policy, 1);
 
     assert_eq!(rows_of(&mut co, "SELECT variant, exposed_count, converted_count FROM amba_results('old', 'buy') ORDER BY 1"), before);
     let sticky_after: Vec<Vec<String>> = sticky_before
