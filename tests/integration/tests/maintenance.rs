@@ -457,10 +457,6 @@ fn user_with_variant(c: &mut Client, key: &str, variant: &str) -> String {
     panic!("no user among u0..u999 gets {variant}");
 }
 
-fn pgdata() -> String {
-    std::env::var("AMBA_PGDATA").unwrap_or_else(|_| "/var/tmp/amba-pg".to_string())
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. Partitioned tables (0.2.0: SIGSEGV, every backend terminated, the server restarts)
 // ---------------------------------------------------------------------------------------
