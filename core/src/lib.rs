@@ -10,6 +10,7 @@
 //!   always-valid p-values, Holm);
 //! - [`srm`]: the sample-ratio-mismatch test (Pearson's chi-square at assignment-time
 //!   weights);
+//! - [`slices`]: where to cut user ids into slices of equal work for parallel counting;
 //! - [`columns`]: the columns of the results functions (name, SQL type), declared once for
 //!   the extension, its HTTP wrappers and the MCP server.
 //!
@@ -25,6 +26,7 @@ pub mod metric;
 pub mod quantile;
 pub mod ratio;
 pub mod sequential;
+pub mod slices;
 pub mod srm;
 pub mod stats;
 pub mod validate;

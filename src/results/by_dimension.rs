@@ -5,7 +5,7 @@
 
 use super::conversion::{rows_from_counts, Counts, ResultRow};
 use super::counting::{
-    check_event, experiment_for_results, run_counting, weight_versions, UserSlice,
+    check_event, experiment_for_results, run_counting, weight_versions, Slicing, UserSlice,
     COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE,
 };
 use crate::errors::{raise_code, OrRaise};
@@ -17,7 +17,10 @@ use std::collections::BTreeMap;
 /// `counts_sql` of `amba_results` with the dimension's value ($3) as a grouping column.
 /// The values come as the exposures do: a subquery of the slice's rows in user order, so
 /// each slice merges its own index range (joined directly, every slice would read the
-/// experiment's dimension rows from its first user on).
+/// experiment's dimension rows from its first user on). `DISTINCT ON (user_id)` changes no
+/// row (the primary key is (experiment_id, user_id)); it tells the planner each user has
+/// at most one, so the merge join needs no mark and restore and materializes neither
+/// side (measured: about a tenth of the query at 1M users).
 fn counts_by_sql(slice: UserSlice) -> String {
     format!(
         "SELECT d.value, a.variant, a.weight_version, \
@@ -25,7 +28,7 @@ fn counts_by_sql(slice: UserSlice) -> String {
            count(x.user_id) AS exposed, \
            count(*) FILTER (WHERE x.user_id IS NOT NULL AND c.last_at >= a.assigned_at) AS converted \
          FROM {COUNTED_ASSIGNMENTS_FROM} \
-         LEFT JOIN (SELECT d.user_id, d.dimension_values ->> $3 AS value \
+         LEFT JOIN (SELECT DISTINCT ON (d.user_id) d.user_id, d.dimension_values ->> $3 AS value \
                     FROM amba.assignment_dimensions d \
                     WHERE d.experiment_id = $1{d_slice} ORDER BY d.user_id) d \
            ON d.user_id = a.user_id \
@@ -75,7 +78,10 @@ fn results_by(
             client,
             exp.id,
             counts_by_sql,
-            true,
+            Slicing::ByWork {
+                events: &[event],
+                properties: false,
+            },
             vec![exp.id.into(), event.into(), dimension.into()],
             |table| {
                 for row in table {

@@ -5,7 +5,7 @@
 //! are left out (SPEC §3d).
 
 use super::counting::{
-    check_event, experiment_for_results, run_counting, weight_versions, UserSlice,
+    check_event, experiment_for_results, run_counting, weight_versions, Slicing, UserSlice,
     COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE,
 };
 use crate::errors::OrRaise;
@@ -143,7 +143,10 @@ pub(crate) fn results(
             client,
             exp.id,
             counts_sql,
-            true,
+            Slicing::ByWork {
+                events: &[event],
+                properties: false,
+            },
             vec![exp.id.into(), event.into()],
             |table| {
                 for row in table {

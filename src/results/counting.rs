@@ -68,39 +68,76 @@ fn estimated_assignments(client: &SpiClient<'_>, experiment_id: i64) -> f64 {
     )
 }
 
-/// The histogram of amba.assignments.user_id (pg_stats, in the column's "C" order): the
-/// equal-frequency boundaries the slices are cut at. Empty without statistics.
-const USER_HISTOGRAM_SQL: &str =
-    "SELECT s.histogram_bounds::text::text[] FROM pg_catalog.pg_stats s \
-     WHERE s.schemaname = 'amba' AND s.tablename = 'assignments' AND s.attname = 'user_id'";
+/// What the slices are cut by (pg_stats, kept by ANALYZE/autovacuum): the equal-frequency
+/// histograms of amba.assignments.user_id and amba.events.user_id (in the columns' "C"
+/// order), and the events the query reads, `$1` the event names (the table's rows times the
+/// names' frequencies among the most common values; 0 when not among them).
+const SLICE_STATISTICS_SQL: &str = "SELECT \
+       (SELECT s.histogram_bounds::text::text[] FROM pg_catalog.pg_stats s \
+         WHERE s.schemaname = 'amba' AND s.tablename = 'assignments' AND s.attname = 'user_id'), \
+       (SELECT s.histogram_bounds::text::text[] FROM pg_catalog.pg_stats s \
+         WHERE s.schemaname = 'amba' AND s.tablename = 'events' AND s.attname = 'user_id'), \
+       (SELECT (c.reltuples * coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], \
+                 s.most_common_freqs) AS m(v, f) WHERE m.v = ANY ($1)), 0))::float8 \
+          FROM pg_catalog.pg_class c, pg_catalog.pg_stats s \
+         WHERE c.oid = 'amba.events'::regclass \
+           AND s.schemaname = 'amba' AND s.tablename = 'events' AND s.attname = 'event')";
 
-/// `slices - 1` user ids that cut the assignments into `slices` parts of about equal size
-/// (by the table's histogram, which covers every experiment: a skewed experiment gets
-/// uneven slices, never wrong ones). Strictly increasing; fewer when the histogram is short.
-fn slice_bounds(client: &SpiClient<'_>, slices: usize) -> Vec<String> {
+/// The cost of reading a row, relative to an assignment (an index scan of the experiment's
+/// assignments, their rows, and the merge with its exposures). Measured on the benchmark
+/// plans at 1M users (BENCHMARKS.md): an event read from the (event, user_id, occurred_at)
+/// index about 1.5, an event read from the table (its properties) and sorted by user 4.5.
+const EVENT_FROM_INDEX_COST: f64 = 1.5;
+const EVENT_FROM_TABLE_COST: f64 = 4.5;
+
+/// `slices - 1` user ids that cut the query's work into `slices` parts of about equal size
+/// (`amba_core::slices::cut`): the experiment's assignments, and the events it reads. The
+/// histograms cover every experiment and every event name, so a skewed experiment gets
+/// uneven slices, never wrong ones. Strictly increasing; fewer when the statistics are
+/// short or missing.
+fn slice_bounds(
+    client: &SpiClient<'_>,
+    slices: usize,
+    assignments: f64,
+    events: &[&str],
+    event_cost: f64,
+) -> Vec<String> {
+    let names: Vec<String> = events.iter().map(|e| e.to_string()).collect();
     let table = client
-        .select(USER_HISTOGRAM_SQL, Some(1), &[])
+        .select(SLICE_STATISTICS_SQL, Some(1), &[names.into()])
         .expect("reading statistics");
-    let histogram: Vec<Option<String>> = if table.is_empty() {
-        Vec::new()
+    let (assignment_ids, event_ids, event_rows) = if table.is_empty() {
+        (Vec::new(), Vec::new(), 0.0)
     } else {
-        table.first().get(1).ok().flatten().unwrap_or_default()
+        let row = table.first();
+        let ids = |i: usize| -> Vec<String> {
+            row.get::<Vec<Option<String>>>(i)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+        (
+            ids(1),
+            ids(2),
+            row.get::<f64>(3).ok().flatten().unwrap_or(0.0),
+        )
     };
-    let histogram: Vec<String> = histogram.into_iter().flatten().collect();
-    let mut bounds: Vec<String> = Vec::new();
-    if histogram.len() < 2 * slices {
-        return bounds;
-    }
-    for i in 1..slices {
-        let b = &histogram[i * (histogram.len() - 1) / slices];
-        if bounds
-            .last()
-            .is_none_or(|last| last.as_bytes() < b.as_bytes())
-        {
-            bounds.push(b.clone());
-        }
-    }
-    bounds
+    amba_core::slices::cut(
+        &[
+            amba_core::slices::Work {
+                bounds: &assignment_ids,
+                weight: assignments,
+            },
+            amba_core::slices::Work {
+                bounds: &event_ids,
+                weight: event_rows * event_cost,
+            },
+        ],
+        slices,
+    )
 }
 
 /// A slice of the user-id space in "C" order, `lower <= user_id < upper`: each bound a
@@ -158,6 +195,19 @@ fn counting_slices() -> usize {
     }
 }
 
+/// How a counting query may be cut into user-id slices (`run_counting`).
+#[derive(Clone, Copy)]
+pub enum Slicing<'a> {
+    /// Not at all: its rows do not add up across slices (a percentile over all users).
+    Whole,
+    /// Into slices of about equal work: the experiment's assignments, and the events of
+    /// these names, read from the events' index only, or (`properties`) from the table.
+    ByWork {
+        events: &'a [&'a str],
+        properties: bool,
+    },
+}
+
 /// Runs a counting query over the experiment's assignments, built by `query` for a slice of
 /// user ids, with the plan that suits its size (see MERGE_FROM_ASSIGNMENTS).
 ///
@@ -167,7 +217,7 @@ fn counting_slices() -> usize {
 /// processes, so none rescans another's inputs). The rows of all slices come back
 /// together: `read` must add up rows with equal keys. With no workers available at run
 /// time, the leader runs every slice itself. A query whose rows do not add up
-/// across slices (a percentile over all users) passes `sliceable = false`.
+/// across slices (a percentile over all users) passes `Slicing::Whole`.
 ///
 /// Planned at every call (with this experiment's statistics), and run as SPI runs a
 /// one-shot query: parallel workers allowed (a kept SPI plan never gets them).
@@ -175,22 +225,28 @@ pub fn run_counting<'a, R>(
     client: &SpiClient<'_>,
     experiment_id: i64,
     query: impl Fn(UserSlice) -> String,
-    sliceable: bool,
+    slicing: Slicing<'_>,
     mut args: Vec<pgrx::datum::DatumWithOid<'a>>,
     read: impl FnOnce(pgrx::spi::SpiTupleTable) -> R,
 ) -> R {
-    if estimated_assignments(client, experiment_id) < MERGE_FROM_ASSIGNMENTS {
+    let assignments = estimated_assignments(client, experiment_id);
+    if assignments < MERGE_FROM_ASSIGNMENTS {
         return read(
             client
                 .select(query(UserSlice::ALL).as_str(), None, &args)
                 .expect("counting"),
         );
     }
-    let slices = if sliceable { counting_slices() } else { 1 };
-    let bounds = if slices > 1 {
-        slice_bounds(client, slices)
-    } else {
-        Vec::new()
+    let bounds = match (slicing, counting_slices()) {
+        (Slicing::ByWork { events, properties }, slices) if slices > 1 => {
+            let event_cost = if properties {
+                EVENT_FROM_TABLE_COST
+            } else {
+                EVENT_FROM_INDEX_COST
+            };
+            slice_bounds(client, slices, assignments, events, event_cost)
+        }
+        _ => Vec::new(),
     };
     let first_bound = args.len() + 1;
     let slices: Vec<UserSlice> = (0..=bounds.len())

@@ -4,8 +4,8 @@
 //! days give each day's exposed and converted counts, and the core gives the statistics.
 
 use super::counting::{
-    check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM,
-    COUNTED_ASSIGNMENTS_WHERE,
+    check_event, experiment_for_results, run_counting, Slicing, UserSlice,
+    COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE,
 };
 use crate::errors::OrRaise;
 use amba_core::stats::{self, Arm};
@@ -140,7 +140,11 @@ fn results_daily(
         let mut new_converted: BTreeMap<(i32, usize), i64> = BTreeMap::new();
         let args = vec![exp.id.into(), event.into()];
         let mut last_event_day: Option<i32> = None;
-        run_counting(client, exp.id, counts_sql, true, args, |table| {
+        let slicing = Slicing::ByWork {
+            events: &[event],
+            properties: false,
+        };
+        run_counting(client, exp.id, counts_sql, slicing, args, |table| {
             for row in table {
                 let variant: String = row.get(1).expect("variant").expect("variant");
                 let Some(&v) = index.get(variant.as_str()) else {

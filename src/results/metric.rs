@@ -4,8 +4,8 @@
 //! statistics are the core's (`amba_core::metric`).
 
 use super::counting::{
-    check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM,
-    COUNTED_ASSIGNMENTS_WHERE,
+    check_event, experiment_for_results, run_counting, Slicing, UserSlice,
+    COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE,
 };
 use crate::errors::{raise_code, OrRaise};
 use amba_core::metric::{self, MeanArm};
@@ -247,9 +247,16 @@ pub(crate) fn metric_arms(
             (None, None) => Cap::None,
         };
         // A percentile cap is a percentile over every user: one slice.
-        let sliceable = cap_mode != Cap::Percentile;
+        let slicing = if cap_mode == Cap::Percentile {
+            Slicing::Whole
+        } else {
+            Slicing::ByWork {
+                events: &[event],
+                properties: true,
+            }
+        };
         let sql = |slice| sums_sql(cuped_days.is_some(), cap_mode, slice);
-        run_counting(client, exp.id, sql, sliceable, args, |table| {
+        run_counting(client, exp.id, sql, slicing, args, |table| {
             for row in table {
                 let get = |i: usize| row.get::<f64>(i).expect("a sum").unwrap_or(0.0);
                 let arm = sums

@@ -5,8 +5,8 @@
 //! overridden, events at or after their assignment (SPEC §3c). One pass over the data.
 
 use super::counting::{
-    check_event, experiment_for_results, run_counting, UserSlice, COUNTED_ASSIGNMENTS_FROM,
-    COUNTED_ASSIGNMENTS_WHERE,
+    check_event, experiment_for_results, run_counting, Slicing, UserSlice,
+    COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE,
 };
 use crate::errors::{raise_code, OrRaise};
 use amba_core::quantile::{analyze_quantile, QuantileStats};
@@ -54,16 +54,21 @@ fn ratio_sums_sql(slice: UserSlice) -> String {
 /// a user without any: a cluster with s = d = 0), with users of equal values as one row and
 /// their number: most exposed users have no value or one, so the rows that cross SPI are
 /// about the distinct values, not the users.
+///
+/// The events are narrowed to (user, time, value) before they are sorted by user for the
+/// merge join: the sort moves a float instead of each event's properties.
 fn quantile_values_sql(slice: UserSlice) -> String {
     format!(
         "SELECT variant, vals, count(*)::float8 FROM ( \
            SELECT a.variant, \
-                  coalesce(array_agg((e.properties -> $3::text)::float8) FILTER (WHERE e.user_id IS NOT NULL), '{{}}') AS vals \
+                  coalesce(array_agg(e.value) FILTER (WHERE e.user_id IS NOT NULL), '{{}}') AS vals \
              FROM {COUNTED_ASSIGNMENTS_FROM} \
              JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id{xp_slice} \
-             LEFT JOIN amba.events e \
-               ON e.event = $2 AND e.user_id = a.user_id AND e.occurred_at >= a.assigned_at \
-              AND jsonb_typeof(e.properties -> $3::text) = 'number'{e_slice} \
+             LEFT JOIN (SELECT e.user_id, e.occurred_at, (v.value)::float8 AS value \
+                          FROM amba.events e CROSS JOIN LATERAL (SELECT e.properties -> $3::text AS value) v \
+                         WHERE e.event = $2 AND jsonb_typeof(v.value) = 'number'{e_slice} \
+                         ORDER BY e.user_id) e \
+               ON e.user_id = a.user_id AND e.occurred_at >= a.assigned_at \
             WHERE {COUNTED_ASSIGNMENTS_WHERE}{a_slice} \
             GROUP BY a.experiment_id, a.user_id) per_user \
           GROUP BY variant, vals",
@@ -118,7 +123,11 @@ fn ratio_results(
             denominator.into(),
             denominator_property.into(),
         ];
-        run_counting(client, exp.id, ratio_sums_sql, true, args, |table| {
+        let slicing = Slicing::ByWork {
+            events: &[numerator, denominator],
+            properties: true,
+        };
+        run_counting(client, exp.id, ratio_sums_sql, slicing, args, |table| {
             for row in table {
                 let get = |i: usize| row.get::<f64>(i).expect("a sum").unwrap_or(0.0);
                 let arm = sums
@@ -204,14 +213,25 @@ fn quantile_results(
         let exp = experiment_for_results(client, experiment_key);
         let mut groups: HashMap<String, Vec<(Vec<f64>, f64)>> = HashMap::new();
         let args = vec![exp.id.into(), event.into(), value_property.into()];
-        run_counting(client, exp.id, quantile_values_sql, true, args, |table| {
-            for row in table {
-                let variant: String = row.get(1).expect("variant").expect("variant");
-                let values: Vec<f64> = row.get(2).expect("values").unwrap_or_default();
-                let users: f64 = row.get(3).expect("users").expect("users");
-                groups.entry(variant).or_default().push((values, users));
-            }
-        });
+        let slicing = Slicing::ByWork {
+            events: &[event],
+            properties: true,
+        };
+        run_counting(
+            client,
+            exp.id,
+            quantile_values_sql,
+            slicing,
+            args,
+            |table| {
+                for row in table {
+                    let variant: String = row.get(1).expect("variant").expect("variant");
+                    let values: Vec<f64> = row.get(2).expect("values").unwrap_or_default();
+                    let users: f64 = row.get(3).expect("users").expect("users");
+                    groups.entry(variant).or_default().push((values, users));
+                }
+            },
+        );
         (exp.variant_keys.clone(), groups)
     });
     let empty: Vec<(Vec<f64>, f64)> = Vec::new();

@@ -396,7 +396,7 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
         let plans: Vec<String> = notices.try_iter().collect();
         let counting = plans
             .iter()
-            .find(|p| p.contains("amba.events"))
+            .find(|p| p.contains("FROM amba.events e"))
             .expect("the counting statement's plan");
         let slices = counting.matches(" on events e").count();
         if workers >= 2 {
