@@ -103,32 +103,49 @@ fn dimension_values(exp: &Experiment, attributes: &Attributes) -> serde_json::Va
 /// A user the experiment would enrol passes through its holdout first (SPEC §11): they
 /// are assigned (sticky) and exposed there, and held out — not enrolled — when that gives
 /// the holdout's control. A holdout that is not active holds no new user out.
+///
+/// In an active holdout the user's assignment is inserted without a read first: the
+/// insert's own uniqueness check finds one already stored (`Assigned::Stored`), so a new
+/// user costs one index descent there, not two. Only a user the holdout does not enrol now
+/// (targeting, coverage; or no longer active, paused while the call was on its way) is
+/// looked up: a stored assignment still holds them (sticky).
 fn released_by_holdout(path: Path, holdout_key: &str, who: &str, attributes: &Attributes) -> bool {
     let holdout = find_experiment(path, holdout_key);
-    let variant = match override_for(&holdout, who) {
-        Some(variant) => return variant != holdout.variant_keys[0],
-        None => match store::stored_variant(path, holdout.id, who, Seen::Statement) {
-            Some(variant) => {
-                store::record_exposure(path, holdout.id, who);
+    let control = &holdout.variant_keys[0];
+    if let Some(variant) = override_for(&holdout, who) {
+        return &variant != control;
+    }
+    let stored = || {
+        let variant = store::stored_variant(path, holdout.id, who, Seen::Statement)?;
+        store::record_exposure(path, holdout.id, who);
+        Some(variant)
+    };
+    let variant = if holdout.is_active() {
+        let assigned = first_assignment(
+            path,
+            holdout_key,
+            holdout.clone(),
+            who,
+            attributes,
+            WhenInactive::NotEnrolled,
+        );
+        match assigned {
+            Some(Assigned::Inserted(variant)) => {
+                // The assignment is this transaction's own: nobody can have exposed it.
+                store::insert_first_exposure(path, holdout.id, who);
                 Some(variant)
             }
-            None if !holdout.is_active() => None,
-            None => match first_assignment(path, holdout_key, holdout.clone(), who, attributes) {
-                Some(Assigned::Inserted(variant)) => {
-                    // The assignment is this transaction's own: nobody can have exposed it.
-                    store::insert_first_exposure(path, holdout.id, who);
-                    Some(variant)
-                }
-                Some(Assigned::Stored(variant)) => {
-                    store::insert_exposure(path, holdout.id, who);
-                    Some(variant)
-                }
-                Some(Assigned::Overridden(variant)) => return variant != holdout.variant_keys[0],
-                None => None,
-            },
-        },
+            Some(Assigned::Stored(variant)) => {
+                store::insert_exposure(path, holdout.id, who);
+                Some(variant)
+            }
+            Some(Assigned::Overridden(variant)) => return &variant != control,
+            None => stored(),
+        }
+    } else {
+        stored()
     };
-    variant.is_none_or(|v| v != holdout.variant_keys[0])
+    variant.is_none_or(|v| &v != control)
 }
 
 /// `released_by_holdout` without writing: what the holdout holds for the user, or would.
@@ -237,7 +254,7 @@ fn assign(
             return Some(variant);
         }
     }
-    first_assignment(path, key, exp, &who, &attributes).map(Assigned::variant)
+    first_assignment(path, key, exp, &who, &attributes, WhenInactive::Raise).map(Assigned::variant)
 }
 
 /// What a first assignment gave the user.
@@ -260,6 +277,16 @@ impl Assigned {
     }
 }
 
+/// What a first assignment does when the experiment turns out not to be active (a change
+/// committed while the call was on its way).
+#[derive(Clone, Copy, PartialEq)]
+enum WhenInactive {
+    /// `EXPERIMENT_INACTIVE`, as for any new user of an inactive experiment.
+    Raise,
+    /// Not enrolled (None): a holdout that is not active holds no new user out.
+    NotEnrolled,
+}
+
 /// A first assignment of `who` (the identity, after aliases), under the experiment's
 /// shared lock: no variant removal or delete can commit until this transaction ends, and
 /// one committed before the lock was granted is seen in the latest snapshot. None when
@@ -270,6 +297,7 @@ fn first_assignment(
     mut exp: Rc<Experiment>,
     who: &str,
     attributes: &Attributes,
+    when_inactive: WhenInactive,
 ) -> Option<Assigned> {
     locks::experiment_shared(exp.id);
     store::lock_experiment_across_nodes(path, exp.id);
@@ -289,6 +317,9 @@ fn first_assignment(
             return Some(Assigned::Overridden(variant.clone()));
         }
         if !exp.is_active() {
+            if when_inactive == WhenInactive::NotEnrolled {
+                return None;
+            }
             inactive(key, &exp);
         }
         if !enrolled(key, &exp, who, attributes) {

@@ -2157,6 +2157,81 @@ fn a_first_assignment_behind_a_holdout_raced_for_one_user_stores_each_row_once()
     }
 }
 
+/// A holdout paused while a first assignment is on its way holds no new user out, and
+/// never fails the call (an inactive holdout holds no new user out). B's amba_assign
+/// starts while the holdout is active and waits on the user's lock, held by A's
+/// uncommitted amba_alias; meanwhile the holdout is paused (committed); A rolls back and
+/// B goes on: its statement still sees the holdout active, its first assignment there
+/// sees the pause. Both orders are forced: the pause committed before B's statement
+/// begins, and while B waits (shown by B waiting on A's advisory lock).
+#[test]
+fn a_holdout_paused_during_a_first_assignment_holds_no_new_user_out() {
+    let db = Db::with_amba("lay_holdout_paused");
+    let mut c = db.client();
+    let hw = [1.0, 1.0];
+    for (n, while_waiting) in [false, true].into_iter().enumerate() {
+        let (h, e) = (format!("ph{n}"), format!("pe{n}"));
+        create(
+            &mut c,
+            &h,
+            New {
+                variants: Some(HOLDOUT_50),
+                ..New::default()
+            },
+        );
+        create(
+            &mut c,
+            &e,
+            New {
+                holdout: Some(&h),
+                ..New::default()
+            },
+        );
+        // Held out while the holdout is active: only the pause lets them in.
+        let u = ids_where(&format!("p{n}_"), 1, |u| held_out(&h, &hw, u))[0].clone();
+        let what = if while_waiting {
+            "paused while B waits"
+        } else {
+            "paused before B"
+        };
+        let got = if while_waiting {
+            let mut a = db.client();
+            let a_pid = backend_pid(&mut a);
+            let mut tx = a.transaction().unwrap();
+            tx.execute("SELECT amba_alias($1, $2)", &[&format!("anon_{u}"), &u])
+                .unwrap();
+            let mut b = db.client();
+            let b_pid = backend_pid(&mut b);
+            let handle = in_thread(
+                b,
+                "",
+                "SELECT amba_assign($1, $2)",
+                "",
+                vec![e.clone(), u.clone()],
+            );
+            let event = wait_until_blocked_by(
+                &mut c,
+                b_pid,
+                a_pid,
+                &format!("{what}: B's amba_assign"),
+                || !handle.is_finished(),
+            );
+            assert_eq!(event, "advisory", "{what}: B waits on the user's lock");
+            set_status(&mut c, &h, "paused").unwrap();
+            tx.rollback().unwrap();
+            handle.join().unwrap()
+        } else {
+            set_status(&mut c, &h, "paused").unwrap();
+            assign(&mut c, &e, &u, None)
+        };
+        let want = ab(&e, &u);
+        assert_eq!(got.unwrap(), Some(want.clone()), "{what}: B is released");
+        assert_eq!(rows_of(&mut c, &h, &u), (0, 0), "{what}: no holdout rows");
+        assert_eq!(rows_of(&mut c, &e, &u), (1, 0), "{what}: experiment rows");
+        assert_eq!(assign_ok(&mut c, &e, &u), Some(want), "{what}: sticky");
+    }
+}
+
 /// The holdout rules hold against a concurrent change too (CONTRACT 11: the named
 /// experiment must exist and cannot itself name a holdout). A names a holdout for h (or
 /// deletes h) and holds its transaction; B names h as its own holdout and is seen waiting;
