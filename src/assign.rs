@@ -103,47 +103,42 @@ fn dimension_values(exp: &Experiment, attributes: &Attributes) -> serde_json::Va
 /// A user the experiment would enrol passes through its holdout first (SPEC §11): they
 /// are assigned (sticky) and exposed there, and held out — not enrolled — when that gives
 /// the holdout's control. A holdout that is not active holds no new user out.
-///
-/// In an active holdout the user's assignment is inserted without a read first: the
-/// insert's own uniqueness check finds one already stored (`Assigned::Stored`), so a new
-/// user costs one index descent there, not two. Only a user the holdout does not enrol now
-/// (targeting, coverage; or no longer active, paused while the call was on its way) is
-/// looked up: a stored assignment still holds them (sticky).
 fn released_by_holdout(path: Path, holdout_key: &str, who: &str, attributes: &Attributes) -> bool {
     let holdout = find_experiment(path, holdout_key);
     let control = &holdout.variant_keys[0];
-    if let Some(variant) = override_for(&holdout, who) {
-        return &variant != control;
-    }
-    let stored = || {
-        let variant = store::stored_variant(path, holdout.id, who, Seen::Statement)?;
-        store::record_exposure(path, holdout.id, who);
-        Some(variant)
-    };
-    let variant = if holdout.is_active() {
-        let assigned = first_assignment(
-            path,
-            holdout_key,
-            holdout.clone(),
-            who,
-            attributes,
-            WhenInactive::NotEnrolled,
-        );
-        match assigned {
-            Some(Assigned::Inserted(variant)) => {
-                // The assignment is this transaction's own: nobody can have exposed it.
-                store::insert_first_exposure(path, holdout.id, who);
+    let variant = match override_for(&holdout, who) {
+        Some(variant) => return &variant != control,
+        None => match store::stored_variant(path, holdout.id, who, Seen::Statement) {
+            Some(variant) => {
+                store::record_exposure(path, holdout.id, who);
                 Some(variant)
             }
-            Some(Assigned::Stored(variant)) => {
-                store::insert_exposure(path, holdout.id, who);
-                Some(variant)
-            }
-            Some(Assigned::Overridden(variant)) => return &variant != control,
-            None => stored(),
-        }
-    } else {
-        stored()
+            None if !holdout.is_active() => None,
+            None => match first_assignment(
+                path,
+                holdout_key,
+                holdout.clone(),
+                who,
+                attributes,
+                WhenInactive::NotEnrolled,
+            ) {
+                Some(Assigned::Inserted(variant)) => {
+                    // The assignment is this transaction's own: nobody can have exposed it.
+                    store::insert_first_exposure(path, holdout.id, who);
+                    Some(variant)
+                }
+                Some(Assigned::Stored(variant)) => {
+                    store::insert_exposure(path, holdout.id, who);
+                    Some(variant)
+                }
+                Some(Assigned::Overridden(variant)) => return &variant != control,
+                // The holdout as committed now does not enrol them (its targeting or
+                // coverage; or it was paused while this call was on its way). A concurrent
+                // call may still have stored them there since this statement began: read
+                // in a new snapshot (and exposed), that assignment holds (sticky).
+                None => store::record_exposure(path, holdout.id, who),
+            },
+        },
     };
     variant.is_none_or(|v| &v != control)
 }

@@ -71,24 +71,30 @@ fn estimated_assignments(client: &SpiClient<'_>, experiment_id: i64) -> f64 {
 /// What the slices are cut by (pg_stats, kept by ANALYZE/autovacuum): the equal-frequency
 /// histograms of amba.assignments.user_id and amba.events.user_id (in the columns' "C"
 /// order), and the events the query reads, `$1` the event names (the table's rows times the
-/// names' frequencies among the most common values; 0 when not among them).
+/// names' frequencies among the most common values; 0 when not among them). A table with
+/// inheritance children has two rows of statistics per column: the one over the whole tree
+/// (what the counting query reads) is taken.
 const SLICE_STATISTICS_SQL: &str = "SELECT \
        (SELECT s.histogram_bounds::text::text[] FROM pg_catalog.pg_stats s \
-         WHERE s.schemaname = 'amba' AND s.tablename = 'assignments' AND s.attname = 'user_id'), \
+         WHERE s.schemaname = 'amba' AND s.tablename = 'assignments' AND s.attname = 'user_id' \
+         ORDER BY s.inherited DESC LIMIT 1), \
        (SELECT s.histogram_bounds::text::text[] FROM pg_catalog.pg_stats s \
-         WHERE s.schemaname = 'amba' AND s.tablename = 'events' AND s.attname = 'user_id'), \
+         WHERE s.schemaname = 'amba' AND s.tablename = 'events' AND s.attname = 'user_id' \
+         ORDER BY s.inherited DESC LIMIT 1), \
        (SELECT (c.reltuples * coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], \
                  s.most_common_freqs) AS m(v, f) WHERE m.v = ANY ($1)), 0))::float8 \
           FROM pg_catalog.pg_class c, pg_catalog.pg_stats s \
          WHERE c.oid = 'amba.events'::regclass \
-           AND s.schemaname = 'amba' AND s.tablename = 'events' AND s.attname = 'event')";
+           AND s.schemaname = 'amba' AND s.tablename = 'events' AND s.attname = 'event' \
+         ORDER BY s.inherited DESC LIMIT 1)";
 
-/// The cost of reading a row, relative to an assignment (an index scan of the experiment's
-/// assignments, their rows, and the merge with its exposures). Measured on the benchmark
-/// plans at 1M users (BENCHMARKS.md): an event read from the (event, user_id, occurred_at)
-/// index about 1.5, an event read from the table (its properties) and sorted by user 4.5.
-const EVENT_FROM_INDEX_COST: f64 = 1.5;
-const EVENT_FROM_TABLE_COST: f64 = 4.5;
+/// The cost of an event to a slice, relative to an assignment (read from its index and
+/// its row, merged with the exposures, grouped). Fitted to the two slices' times of
+/// `amba_quantile_results` at 1M users (BENCHMARKS.md, 0.3.0 third pass): an event read
+/// from the table (its properties) and sorted by user costs about 2; one read from the
+/// (event, user_id, occurred_at) index alone about 1.
+const EVENT_FROM_INDEX_COST: f64 = 1.0;
+const EVENT_FROM_TABLE_COST: f64 = 2.0;
 
 /// `slices - 1` user ids that cut the query's work into `slices` parts of about equal size
 /// (`amba_core::slices::cut`): the experiment's assignments, and the events it reads. The

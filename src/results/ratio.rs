@@ -54,21 +54,16 @@ fn ratio_sums_sql(slice: UserSlice) -> String {
 /// a user without any: a cluster with s = d = 0), with users of equal values as one row and
 /// their number: most exposed users have no value or one, so the rows that cross SPI are
 /// about the distinct values, not the users.
-///
-/// The events are narrowed to (user, time, value) before they are sorted by user for the
-/// merge join: the sort moves a float instead of each event's properties.
 fn quantile_values_sql(slice: UserSlice) -> String {
     format!(
         "SELECT variant, vals, count(*)::float8 FROM ( \
            SELECT a.variant, \
-                  coalesce(array_agg(e.value) FILTER (WHERE e.user_id IS NOT NULL), '{{}}') AS vals \
+                  coalesce(array_agg((e.properties -> $3::text)::float8) FILTER (WHERE e.user_id IS NOT NULL), '{{}}') AS vals \
              FROM {COUNTED_ASSIGNMENTS_FROM} \
              JOIN amba.exposures xp ON xp.experiment_id = a.experiment_id AND xp.user_id = a.user_id{xp_slice} \
-             LEFT JOIN (SELECT e.user_id, e.occurred_at, (v.value)::float8 AS value \
-                          FROM amba.events e CROSS JOIN LATERAL (SELECT e.properties -> $3::text AS value) v \
-                         WHERE e.event = $2 AND jsonb_typeof(v.value) = 'number'{e_slice} \
-                         ORDER BY e.user_id) e \
-               ON e.user_id = a.user_id AND e.occurred_at >= a.assigned_at \
+             LEFT JOIN amba.events e \
+               ON e.event = $2 AND e.user_id = a.user_id AND e.occurred_at >= a.assigned_at \
+              AND jsonb_typeof(e.properties -> $3::text) = 'number'{e_slice} \
             WHERE {COUNTED_ASSIGNMENTS_WHERE}{a_slice} \
             GROUP BY a.experiment_id, a.user_id) per_user \
           GROUP BY variant, vals",

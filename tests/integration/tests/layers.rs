@@ -2158,18 +2158,23 @@ fn a_first_assignment_behind_a_holdout_raced_for_one_user_stores_each_row_once()
 }
 
 /// A holdout paused while a first assignment is on its way holds no new user out, and
-/// never fails the call (an inactive holdout holds no new user out). B's amba_assign
-/// starts while the holdout is active and waits on the user's lock, held by A's
-/// uncommitted amba_alias; meanwhile the holdout is paused (committed); A rolls back and
-/// B goes on: its statement still sees the holdout active, its first assignment there
-/// sees the pause. Both orders are forced: the pause committed before B's statement
-/// begins, and while B waits (shown by B waiting on A's advisory lock).
+/// never fails the call (an inactive holdout holds no new user out), while a user a
+/// concurrent call held out stays held out (sticky). B's amba_assign starts while the
+/// holdout is active and waits on the user's lock, held by A's uncommitted amba_alias;
+/// meanwhile the holdout is paused (committed); A rolls back and B goes on: its statement
+/// still sees the holdout active, its first assignment there sees the pause. Forced in
+/// three orders: the pause committed before B's statement begins; while B waits; and
+/// while B waits after a concurrent call's assignment holding the user out committed
+/// (its row, written here as that call writes it, is newer than B's statement).
 #[test]
 fn a_holdout_paused_during_a_first_assignment_holds_no_new_user_out() {
     let db = Db::with_amba("lay_holdout_paused");
     let mut c = db.client();
     let hw = [1.0, 1.0];
-    for (n, while_waiting) in [false, true].into_iter().enumerate() {
+    for (n, order) in ["before B", "while B waits", "after a concurrent hold-out"]
+        .into_iter()
+        .enumerate()
+    {
         let (h, e) = (format!("ph{n}"), format!("pe{n}"));
         create(
             &mut c,
@@ -2189,12 +2194,12 @@ fn a_holdout_paused_during_a_first_assignment_holds_no_new_user_out() {
         );
         // Held out while the holdout is active: only the pause lets them in.
         let u = ids_where(&format!("p{n}_"), 1, |u| held_out(&h, &hw, u))[0].clone();
-        let what = if while_waiting {
-            "paused while B waits"
+        let what = format!("paused {order}");
+        let concurrent_hold_out = n == 2;
+        let got = if n == 0 {
+            set_status(&mut c, &h, "paused").unwrap();
+            assign(&mut c, &e, &u, None)
         } else {
-            "paused before B"
-        };
-        let got = if while_waiting {
             let mut a = db.client();
             let a_pid = backend_pid(&mut a);
             let mut tx = a.transaction().unwrap();
@@ -2217,18 +2222,30 @@ fn a_holdout_paused_during_a_first_assignment_holds_no_new_user_out() {
                 || !handle.is_finished(),
             );
             assert_eq!(event, "advisory", "{what}: B waits on the user's lock");
+            if concurrent_hold_out {
+                c.execute(
+                    "INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version) \
+                     SELECT id, $2, 'holdout', weight_version FROM amba.experiments WHERE key = $1",
+                    &[&h, &u],
+                )
+                .unwrap();
+            }
             set_status(&mut c, &h, "paused").unwrap();
             tx.rollback().unwrap();
             handle.join().unwrap()
-        } else {
-            set_status(&mut c, &h, "paused").unwrap();
-            assign(&mut c, &e, &u, None)
         };
-        let want = ab(&e, &u);
-        assert_eq!(got.unwrap(), Some(want.clone()), "{what}: B is released");
-        assert_eq!(rows_of(&mut c, &h, &u), (0, 0), "{what}: no holdout rows");
-        assert_eq!(rows_of(&mut c, &e, &u), (1, 0), "{what}: experiment rows");
-        assert_eq!(assign_ok(&mut c, &e, &u), Some(want), "{what}: sticky");
+        if concurrent_hold_out {
+            assert_eq!(got.unwrap(), None, "{what}: B is held out");
+            assert_eq!(rows_of(&mut c, &h, &u), (1, 1), "{what}: holdout rows");
+            assert_eq!(rows_of(&mut c, &e, &u), (0, 0), "{what}: experiment rows");
+            assert_eq!(assign_ok(&mut c, &e, &u), None, "{what}: sticky");
+        } else {
+            let want = ab(&e, &u);
+            assert_eq!(got.unwrap(), Some(want.clone()), "{what}: B is released");
+            assert_eq!(rows_of(&mut c, &h, &u), (0, 0), "{what}: no holdout rows");
+            assert_eq!(rows_of(&mut c, &e, &u), (1, 0), "{what}: experiment rows");
+            assert_eq!(assign_ok(&mut c, &e, &u), Some(want), "{what}: sticky");
+        }
     }
 }
 

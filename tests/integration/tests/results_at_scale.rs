@@ -520,4 +520,61 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
             "{plans:?}"
         );
     }
+
+    // A DBA's inheritance child (archiving old rows) gives each column a second row of
+    // statistics (pg_stats.inherited): the slices are still cut from them, and the results
+    // are the same (the child is empty).
+    c.batch_execute(
+        "CREATE TABLE amba.events_archive () INHERITS (amba.events); \
+         CREATE TABLE amba.assignments_archive () INHERITS (amba.assignments); \
+         ANALYZE amba.events; ANALYZE amba.assignments",
+    )
+    .unwrap();
+    let inherited: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stats WHERE schemaname = 'amba' AND inherited \
+               AND attname = 'user_id' AND tablename IN ('events', 'assignments')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        inherited, 2,
+        "both tables have statistics over their children"
+    );
+    ex.batch_execute("SET max_parallel_workers_per_gather = 2")
+        .unwrap();
+    let _: Vec<String> = notices.try_iter().collect();
+    let got: BTreeMap<String, (i64, i64, i64)> = ex
+        .query("SELECT variant, assigned_count, exposed_count, converted_count FROM amba_results('scale', 'purchase')", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect();
+    assert_eq!(got, counts, "amba_results with inheritance children");
+    let got: BTreeMap<String, (i64, i64, Option<f64>)> = ex
+        .query(
+            "SELECT variant, exposed_count, event_count, quantile_value \
+             FROM amba_quantile_results('scale', 'purchase', 'amount', 0.9)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect();
+    assert_eq!(
+        got, quantiles["0.9"],
+        "quantile 0.9 with inheritance children"
+    );
+    let plans: Vec<String> = notices.try_iter().collect();
+    assert_eq!(
+        plans
+            .iter()
+            .filter(|p| p.contains("amba.events") && p.contains("Parallel Append"))
+            .count(),
+        2,
+        "both still sliced: {plans:?}"
+    );
+    c.batch_execute("DROP TABLE amba.events_archive, amba.assignments_archive")
+        .unwrap();
 }
