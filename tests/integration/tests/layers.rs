@@ -1870,6 +1870,38 @@ fn in_thread(
     })
 }
 
+/// B's `amba_assign(key, user)` on a connection of its own, in a thread, returned once it
+/// is seen waiting for backend `a_pid`, with the wait event it waits on.
+fn assign_waiting_for(
+    db: &Db,
+    observer: &mut Client,
+    a_pid: i32,
+    key: &str,
+    user: &str,
+    what: &str,
+) -> (
+    std::thread::JoinHandle<Result<Option<String>, postgres::Error>>,
+    String,
+) {
+    let mut b = db.client();
+    let b_pid = backend_pid(&mut b);
+    let handle = in_thread(
+        b,
+        "",
+        "SELECT amba_assign($1, $2)",
+        "",
+        vec![key.to_string(), user.to_string()],
+    );
+    let event = wait_until_blocked_by(
+        observer,
+        b_pid,
+        a_pid,
+        &format!("{what}: B's amba_assign"),
+        || !handle.is_finished(),
+    );
+    (handle, event)
+}
+
 /// Two experiments of one layer placed at once: the second waits for the first's
 /// transaction and then places itself around what it committed — the next gap on commit,
 /// the lowest gap on rollback — also in REPEATABLE READ with a snapshot taken before, and
@@ -2119,22 +2151,7 @@ fn a_first_assignment_behind_a_holdout_raced_for_one_user_stores_each_row_once()
         let a_pid = backend_pid(&mut a);
         let mut tx = a.transaction().unwrap();
         assert_eq!(assign(&mut tx, "re", &u, None).unwrap(), want, "{what}: A");
-        let mut b = db.client();
-        let b_pid = backend_pid(&mut b);
-        let handle = in_thread(
-            b,
-            "",
-            "SELECT amba_assign($1, $2)",
-            "",
-            vec!["re".into(), u.clone()],
-        );
-        let event = wait_until_blocked_by(
-            &mut c,
-            b_pid,
-            a_pid,
-            &format!("{what}: B's amba_assign"),
-            || !handle.is_finished(),
-        );
+        let (handle, event) = assign_waiting_for(&db, &mut c, a_pid, "re", &u, &what);
         assert_eq!(event, "transactionid", "{what}: B waits for A's row");
         if commit {
             tx.commit().unwrap();
@@ -2205,22 +2222,7 @@ fn a_holdout_paused_during_a_first_assignment_holds_no_new_user_out() {
             let mut tx = a.transaction().unwrap();
             tx.execute("SELECT amba_alias($1, $2)", &[&format!("anon_{u}"), &u])
                 .unwrap();
-            let mut b = db.client();
-            let b_pid = backend_pid(&mut b);
-            let handle = in_thread(
-                b,
-                "",
-                "SELECT amba_assign($1, $2)",
-                "",
-                vec![e.clone(), u.clone()],
-            );
-            let event = wait_until_blocked_by(
-                &mut c,
-                b_pid,
-                a_pid,
-                &format!("{what}: B's amba_assign"),
-                || !handle.is_finished(),
-            );
+            let (handle, event) = assign_waiting_for(&db, &mut c, a_pid, &e, &u, &what);
             assert_eq!(event, "advisory", "{what}: B waits on the user's lock");
             if concurrent_hold_out {
                 c.execute(

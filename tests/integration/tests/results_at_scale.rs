@@ -325,6 +325,15 @@ fn explaining_client(db: &str) -> (Client, mpsc::Receiver<String>) {
     (c, rx)
 }
 
+/// `amba_results('scale', 'purchase')`: variant → (assigned, exposed, converted).
+fn results_counts(c: &mut Client) -> BTreeMap<String, (i64, i64, i64)> {
+    c.query("SELECT variant, assigned_count, exposed_count, converted_count FROM amba_results('scale', 'purchase')", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect()
+}
+
 #[test]
 fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
     let db = Db::with_amba("amba_scale");
@@ -379,13 +388,11 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
             .unwrap();
         let _: Vec<String> = notices.try_iter().collect();
 
-        let got: BTreeMap<String, (i64, i64, i64)> = ex
-            .query("SELECT variant, assigned_count, exposed_count, converted_count FROM amba_results('scale', 'purchase')", &[])
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
-            .collect();
-        assert_eq!(got, counts, "amba_results with {workers} workers");
+        assert_eq!(
+            results_counts(&mut ex),
+            counts,
+            "amba_results with {workers} workers"
+        );
         let got_by: BTreeMap<(Option<String>, String), (i64, i64, i64)> = ex
             .query("SELECT dimension_value, variant, assigned_count, exposed_count, converted_count FROM amba_results_by('scale', 'purchase', 'tier')", &[])
             .unwrap()
@@ -545,13 +552,11 @@ fn sliced_results_equal_a_reference_computed_from_the_raw_rows() {
     ex.batch_execute("SET max_parallel_workers_per_gather = 2")
         .unwrap();
     let _: Vec<String> = notices.try_iter().collect();
-    let got: BTreeMap<String, (i64, i64, i64)> = ex
-        .query("SELECT variant, assigned_count, exposed_count, converted_count FROM amba_results('scale', 'purchase')", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
-        .collect();
-    assert_eq!(got, counts, "amba_results with inheritance children");
+    assert_eq!(
+        results_counts(&mut ex),
+        counts,
+        "amba_results with inheritance children"
+    );
     let got: BTreeMap<String, (i64, i64, Option<f64>)> = ex
         .query(
             "SELECT variant, exposed_count, event_count, quantile_value \
