@@ -523,7 +523,7 @@ pub fn assignment_if_absent(
             weight_version.into_datum(),
             now.into_datum(),
         ];
-        Some(insert_if_absent(rel, primary_key, &values, false))
+        Some(insert_if_absent(rel, primary_key, &values, false, Expect::Absent))
     }
 }
 
@@ -536,6 +536,7 @@ pub fn exposure_if_absent(
     generation: u64,
     experiment_id: i64,
     user_id: &str,
+    expect: Expect,
 ) -> Option<bool> {
     unsafe {
         if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
@@ -543,7 +544,7 @@ pub fn exposure_if_absent(
         }
         let (rel, primary_key) = open_exposures(exposures, generation)?;
         let values = exposure_values(experiment_id, user_id);
-        Some(insert_if_absent(rel, primary_key, &values, true))
+        Some(insert_if_absent(rel, primary_key, &values, true, expect))
     }
 }
 
@@ -583,6 +584,15 @@ fn exposure_values(experiment_id: i64, user_id: &str) -> [Option<pg_sys::Datum>;
     [experiment_id.into_datum(), user_id.into_datum(), now.into_datum()]
 }
 
+/// Whether the caller has just read the key without a row (then the first pre-check of
+/// the speculative insertion is skipped: the index insertion finds any row that came in
+/// since, and the loop then checks as ExecInsert does).
+#[derive(Clone, Copy, PartialEq)]
+pub enum Expect {
+    Absent,
+    Unknown,
+}
+
 /// The table work of `INSERT ... ON CONFLICT (primary key) DO NOTHING` for one row of
 /// `values` into the open `rel` (closed here): true when inserted.
 unsafe fn insert_if_absent(
@@ -590,25 +600,33 @@ unsafe fn insert_if_absent(
     primary_key: pg_sys::Oid,
     values: &[Option<pg_sys::Datum>],
     after_triggers: bool,
+    expect: Expect,
 ) -> bool {
     unsafe {
         let insert = Insert::new(rel, values, true, after_triggers);
         let arbiters = pg_sys::lappend_oid(std::ptr::null_mut(), primary_key);
         // ExecInsert's protocol: check for a conflicting row first (waiting for its
         // inserter to finish, so a lost race writes nothing); insert speculatively; if a
-        // concurrent insert slipped in between, take the row back and check again.
+        // concurrent insert slipped in between, take the row back and check again. A key
+        // the caller has just read absent goes straight to the speculative insertion: the
+        // index insertion detects a conflict as surely as the pre-check (it is what catches
+        // the race the pre-check leaves open), and the pre-check then runs on the retry.
+        let mut check_first = expect == Expect::Unknown;
         let inserted = loop {
             pgrx::check_for_interrupts!();
             let mut conflict_tid: pg_sys::ItemPointerData = std::mem::zeroed();
-            if !pg_sys::ExecCheckIndexConstraints(
-                insert.result_rel,
-                insert.slot,
-                insert.estate,
-                &mut conflict_tid,
-                arbiters,
-            ) {
+            if check_first
+                && !pg_sys::ExecCheckIndexConstraints(
+                    insert.result_rel,
+                    insert.slot,
+                    insert.estate,
+                    &mut conflict_tid,
+                    arbiters,
+                )
+            {
                 break false;
             }
+            check_first = true;
             let xid = pg_sys::GetCurrentTransactionId();
             let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
             pg_sys::table_tuple_insert_speculative(

@@ -26,6 +26,7 @@ mod sql;
 pub use experiments::Experiment;
 pub use path::{define_settings, Path};
 
+use heap_insert::Expect;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -102,7 +103,7 @@ pub fn record_exposure(path: Path, experiment_id: i64, user_id: &str) -> Option<
                 if !exposed {
                     // Only a first exposure writes; the foreign key still checks the
                     // assignment.
-                    insert_exposure(path, experiment_id, user_id);
+                    exposure_if_absent(path, experiment_id, user_id, Expect::Absent);
                 }
                 return Some(variant);
             }
@@ -114,8 +115,13 @@ pub fn record_exposure(path: Path, experiment_id: i64, user_id: &str) -> Option<
 /// Records the first exposure of an assignment the caller knows is stored (ON CONFLICT
 /// DO NOTHING: a second exposure changes nothing). The foreign key checks it is.
 pub fn insert_exposure(path: Path, experiment_id: i64, user_id: &str) {
+    exposure_if_absent(path, experiment_id, user_id, Expect::Unknown)
+}
+
+fn exposure_if_absent(path: Path, experiment_id: i64, user_id: &str, expect: Expect) {
     if let Path::Direct(t) = path {
-        if heap_insert::exposure_if_absent(t.exposures.relid, t.generation, experiment_id, user_id)
+        let exposures = t.exposures.relid;
+        if heap_insert::exposure_if_absent(exposures, t.generation, experiment_id, user_id, expect)
             .is_some()
         {
             return;
@@ -252,6 +258,7 @@ pub mod probe {
                 t.generation,
                 experiment_id,
                 user_id,
+                Expect::Unknown,
             ),
             _ => None,
         }

@@ -480,6 +480,47 @@ fn a_first_assignment_meeting_an_uncommitted_one_waits_and_keeps_whichever_commi
     }
 }
 
+/// A first exposure read as absent goes straight to the speculative insertion (no
+/// pre-check): an exposure another transaction has inserted meanwhile, uncommitted, is
+/// found by the index insertion; the call then waits for it, and either way one row stays.
+#[test]
+fn a_first_exposure_meeting_an_uncommitted_one_waits_and_stores_one_row() {
+    let db = Db::with_amba("expose_conflict");
+    let mut c = db.client();
+    c.batch_execute("SELECT amba_create_experiment('race', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')")
+        .unwrap();
+    let variant: String = c
+        .query_one("SELECT amba_assign('race', 'u')", &[])
+        .unwrap()
+        .get(0);
+    for commit in [true, false] {
+        c.batch_execute("DELETE FROM amba.exposures").unwrap();
+        let mut first = db.client();
+        first.batch_execute("BEGIN").unwrap();
+        first
+            .execute("SELECT amba_expose('race', 'u')", &[])
+            .unwrap();
+        let mut second = db.client();
+        let second_pid = pid(&mut second);
+        let exposing = std::thread::spawn(move || -> String {
+            second
+                .query_one("SELECT amba_expose('race', 'u')", &[])
+                .unwrap()
+                .get(0)
+        });
+        wait_until_waiting_for_a_transaction(&mut c, second_pid);
+        first
+            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .unwrap();
+        assert_eq!(exposing.join().unwrap(), variant, "the assigned variant");
+        assert_eq!(
+            count(&mut c, "SELECT count(*) FROM amba.exposures WHERE user_id = 'u'"),
+            1,
+            "one exposure row (commit: {commit})"
+        );
+    }
+}
+
 #[test]
 fn amba_roles_take_the_direct_path_and_every_other_policy_still_applies() {
     let db = Db::with_amba("append_policies");
