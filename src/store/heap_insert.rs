@@ -494,7 +494,7 @@ pub fn append_event(
 /// VALUES (...) ON CONFLICT (experiment_id, user_id) DO NOTHING`, done directly:
 /// Some(true) when the row was inserted, Some(false) when one for the user existed (after
 /// waiting for a concurrent inserter, as ON CONFLICT does), None (having done nothing)
-/// when it must go through SPI. For a user the caller has just found without a row.
+/// when it must go through SPI.
 pub fn assignment_if_absent(
     assignments: pg_sys::Oid,
     generation: u64,
@@ -502,6 +502,7 @@ pub fn assignment_if_absent(
     user_id: &str,
     variant: &str,
     weight_version: i32,
+    expect: Expect,
 ) -> Option<bool> {
     unsafe {
         // In REPEATABLE READ and SERIALIZABLE, a conflict with a row the transaction's
@@ -523,7 +524,7 @@ pub fn assignment_if_absent(
             weight_version.into_datum(),
             now.into_datum(),
         ];
-        Some(insert_if_absent(rel, primary_key, &values, false, Expect::Absent))
+        Some(insert_if_absent(rel, primary_key, &values, false, expect))
     }
 }
 
@@ -552,7 +553,12 @@ pub fn exposure_if_absent(
 /// an assignment the transaction has just stored: a second row for it would be a unique
 /// violation, raised by the index as the INSERT would. False (having done nothing) when it
 /// must go through SPI.
-pub fn new_exposure(exposures: pg_sys::Oid, generation: u64, experiment_id: i64, user_id: &str) -> bool {
+pub fn new_exposure(
+    exposures: pg_sys::Oid,
+    generation: u64,
+    experiment_id: i64,
+    user_id: &str,
+) -> bool {
     unsafe {
         let Some((rel, _)) = open_exposures(exposures, generation) else {
             return false;
@@ -568,7 +574,10 @@ pub fn new_exposure(exposures: pg_sys::Oid, generation: u64, experiment_id: i64,
 }
 
 /// amba.exposures opened for a direct insert, with its primary key.
-unsafe fn open_exposures(exposures: pg_sys::Oid, generation: u64) -> Option<(pg_sys::Relation, pg_sys::Oid)> {
+unsafe fn open_exposures(
+    exposures: pg_sys::Oid,
+    generation: u64,
+) -> Option<(pg_sys::Relation, pg_sys::Oid)> {
     unsafe {
         match open_for_insert(exposures, generation, &EXPOSURES, &EXPOSURES_LEARNED)? {
             (rel, Learned::Direct { primary_key, .. }) => Some((rel, primary_key)),
@@ -579,14 +588,20 @@ unsafe fn open_exposures(exposures: pg_sys::Oid, generation: u64) -> Option<(pg_
 
 /// An exposure row as `DEFAULT now()` fills it.
 fn exposure_values(experiment_id: i64, user_id: &str) -> [Option<pg_sys::Datum>; 3] {
-    let now = TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
-        .expect("now() is a valid timestamp");
-    [experiment_id.into_datum(), user_id.into_datum(), now.into_datum()]
+    let now =
+        TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
+            .expect("now() is a valid timestamp");
+    [
+        experiment_id.into_datum(),
+        user_id.into_datum(),
+        now.into_datum(),
+    ]
 }
 
-/// Whether the caller has just read the key without a row (then the first pre-check of
-/// the speculative insertion is skipped: the index insertion finds any row that came in
-/// since, and the loop then checks as ExecInsert does).
+/// What the caller's own read found for the key: only a hint for speed. After a read that
+/// found no row, the first pre-check of the speculative insertion is skipped; the index
+/// insertion finds a conflicting row anyway (one the read could not see included), and
+/// the retry's pre-check then waits for its inserter as ExecInsert's does.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Expect {
     Absent,
@@ -609,8 +624,10 @@ unsafe fn insert_if_absent(
         // inserter to finish, so a lost race writes nothing); insert speculatively; if a
         // concurrent insert slipped in between, take the row back and check again. A key
         // the caller has just read absent goes straight to the speculative insertion: the
-        // index insertion detects a conflict as surely as the pre-check (it is what catches
-        // the race the pre-check leaves open), and the pre-check then runs on the retry.
+        // index insertion (UNIQUE_CHECK_PARTIAL, under the leaf page's lock) reports every
+        // row the pre-check would find, committed or not, without waiting; the retry's
+        // pre-check then waits. This needs the arbiter checked immediately: a deferrable
+        // primary key comes with its recheck trigger, which sends the table to SPI (`learn`).
         let mut check_first = expect == Expect::Unknown;
         let inserted = loop {
             pgrx::check_for_interrupts!();

@@ -69,6 +69,7 @@ pub fn stored_variant(path: Path, experiment_id: i64, user_id: &str, seen: Seen)
 
 /// Stores a first assignment (`ON CONFLICT DO NOTHING`): true when this call stored it,
 /// false when a row for the user was there (possibly after waiting for its inserter).
+/// Called for a user the caller has just read without a row.
 pub fn insert_assignment(path: Path, exp: &Experiment, user_id: &str, variant: &str) -> bool {
     if let Path::Direct(t) = path {
         if let Some(inserted) = heap_insert::assignment_if_absent(
@@ -78,6 +79,7 @@ pub fn insert_assignment(path: Path, exp: &Experiment, user_id: &str, variant: &
             user_id,
             variant,
             exp.weight_version,
+            Expect::Absent,
         ) {
             return inserted;
         }
@@ -215,8 +217,10 @@ pub fn lock_experiment_across_nodes(path: Path, experiment_id: i64) {
 /// connection per node for the rest of the transaction. Nothing elsewhere.
 pub fn one_connection_per_node() {
     if Path::for_call().is_distributed() {
-        Spi::run("SELECT pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true)")
-            .expect("setting citus.multi_shard_modify_mode");
+        Spi::run(
+            "SELECT pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true)",
+        )
+        .expect("setting citus.multi_shard_modify_mode");
     }
 }
 
@@ -245,6 +249,7 @@ pub mod probe {
                 user_id,
                 "a",
                 1,
+                Expect::Unknown,
             ),
             _ => None,
         }
