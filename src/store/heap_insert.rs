@@ -494,7 +494,7 @@ pub fn append_event(
 /// VALUES (...) ON CONFLICT (experiment_id, user_id) DO NOTHING`, done directly:
 /// Some(true) when the row was inserted, Some(false) when one for the user existed (after
 /// waiting for a concurrent inserter, as ON CONFLICT does), None (having done nothing)
-/// when it must go through SPI.
+/// when it must go through SPI. For a user the caller has just found without a row.
 pub fn assignment_if_absent(
     assignments: pg_sys::Oid,
     generation: u64,
@@ -502,7 +502,6 @@ pub fn assignment_if_absent(
     user_id: &str,
     variant: &str,
     weight_version: i32,
-    expect: Expect,
 ) -> Option<bool> {
     unsafe {
         // In REPEATABLE READ and SERIALIZABLE, a conflict with a row the transaction's
@@ -524,7 +523,7 @@ pub fn assignment_if_absent(
             weight_version.into_datum(),
             now.into_datum(),
         ];
-        Some(insert_if_absent(rel, primary_key, &values, false, expect))
+        Some(insert_if_absent(rel, primary_key, &values, false))
     }
 }
 
@@ -537,7 +536,6 @@ pub fn exposure_if_absent(
     generation: u64,
     experiment_id: i64,
     user_id: &str,
-    expect: Expect,
 ) -> Option<bool> {
     unsafe {
         if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
@@ -545,7 +543,7 @@ pub fn exposure_if_absent(
         }
         let (rel, primary_key) = open_exposures(exposures, generation)?;
         let values = exposure_values(experiment_id, user_id);
-        Some(insert_if_absent(rel, primary_key, &values, true, expect))
+        Some(insert_if_absent(rel, primary_key, &values, true))
     }
 }
 
@@ -553,12 +551,7 @@ pub fn exposure_if_absent(
 /// an assignment the transaction has just stored: a second row for it would be a unique
 /// violation, raised by the index as the INSERT would. False (having done nothing) when it
 /// must go through SPI.
-pub fn new_exposure(
-    exposures: pg_sys::Oid,
-    generation: u64,
-    experiment_id: i64,
-    user_id: &str,
-) -> bool {
+pub fn new_exposure(exposures: pg_sys::Oid, generation: u64, experiment_id: i64, user_id: &str) -> bool {
     unsafe {
         let Some((rel, _)) = open_exposures(exposures, generation) else {
             return false;
@@ -574,10 +567,7 @@ pub fn new_exposure(
 }
 
 /// amba.exposures opened for a direct insert, with its primary key.
-unsafe fn open_exposures(
-    exposures: pg_sys::Oid,
-    generation: u64,
-) -> Option<(pg_sys::Relation, pg_sys::Oid)> {
+unsafe fn open_exposures(exposures: pg_sys::Oid, generation: u64) -> Option<(pg_sys::Relation, pg_sys::Oid)> {
     unsafe {
         match open_for_insert(exposures, generation, &EXPOSURES, &EXPOSURES_LEARNED)? {
             (rel, Learned::Direct { primary_key, .. }) => Some((rel, primary_key)),
@@ -588,24 +578,9 @@ unsafe fn open_exposures(
 
 /// An exposure row as `DEFAULT now()` fills it.
 fn exposure_values(experiment_id: i64, user_id: &str) -> [Option<pg_sys::Datum>; 3] {
-    let now =
-        TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
-            .expect("now() is a valid timestamp");
-    [
-        experiment_id.into_datum(),
-        user_id.into_datum(),
-        now.into_datum(),
-    ]
-}
-
-/// What the caller's own read found for the key: only a hint for speed. After a read that
-/// found no row, the first pre-check of the speculative insertion is skipped; the index
-/// insertion finds a conflicting row anyway (one the read could not see included), and
-/// the retry's pre-check then waits for its inserter as ExecInsert's does.
-#[derive(Clone, Copy, PartialEq)]
-pub enum Expect {
-    Absent,
-    Unknown,
+    let now = TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
+        .expect("now() is a valid timestamp");
+    [experiment_id.into_datum(), user_id.into_datum(), now.into_datum()]
 }
 
 /// The table work of `INSERT ... ON CONFLICT (primary key) DO NOTHING` for one row of
@@ -615,35 +590,25 @@ unsafe fn insert_if_absent(
     primary_key: pg_sys::Oid,
     values: &[Option<pg_sys::Datum>],
     after_triggers: bool,
-    expect: Expect,
 ) -> bool {
     unsafe {
         let insert = Insert::new(rel, values, true, after_triggers);
         let arbiters = pg_sys::lappend_oid(std::ptr::null_mut(), primary_key);
         // ExecInsert's protocol: check for a conflicting row first (waiting for its
         // inserter to finish, so a lost race writes nothing); insert speculatively; if a
-        // concurrent insert slipped in between, take the row back and check again. A key
-        // the caller has just read absent goes straight to the speculative insertion: the
-        // index insertion (UNIQUE_CHECK_PARTIAL, under the leaf page's lock) reports every
-        // row the pre-check would find, committed or not, without waiting; the retry's
-        // pre-check then waits. This needs the arbiter checked immediately: a deferrable
-        // primary key comes with its recheck trigger, which sends the table to SPI (`learn`).
-        let mut check_first = expect == Expect::Unknown;
+        // concurrent insert slipped in between, take the row back and check again.
         let inserted = loop {
             pgrx::check_for_interrupts!();
             let mut conflict_tid: pg_sys::ItemPointerData = std::mem::zeroed();
-            if check_first
-                && !pg_sys::ExecCheckIndexConstraints(
-                    insert.result_rel,
-                    insert.slot,
-                    insert.estate,
-                    &mut conflict_tid,
-                    arbiters,
-                )
-            {
+            if !pg_sys::ExecCheckIndexConstraints(
+                insert.result_rel,
+                insert.slot,
+                insert.estate,
+                &mut conflict_tid,
+                arbiters,
+            ) {
                 break false;
             }
-            check_first = true;
             let xid = pg_sys::GetCurrentTransactionId();
             let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
             pg_sys::table_tuple_insert_speculative(

@@ -26,7 +26,6 @@ mod sql;
 pub use experiments::Experiment;
 pub use path::{define_settings, Path};
 
-use heap_insert::Expect;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -69,7 +68,6 @@ pub fn stored_variant(path: Path, experiment_id: i64, user_id: &str, seen: Seen)
 
 /// Stores a first assignment (`ON CONFLICT DO NOTHING`): true when this call stored it,
 /// false when a row for the user was there (possibly after waiting for its inserter).
-/// Called for a user the caller has just read without a row.
 pub fn insert_assignment(path: Path, exp: &Experiment, user_id: &str, variant: &str) -> bool {
     if let Path::Direct(t) = path {
         if let Some(inserted) = heap_insert::assignment_if_absent(
@@ -79,7 +77,6 @@ pub fn insert_assignment(path: Path, exp: &Experiment, user_id: &str, variant: &
             user_id,
             variant,
             exp.weight_version,
-            Expect::Absent,
         ) {
             return inserted;
         }
@@ -105,7 +102,7 @@ pub fn record_exposure(path: Path, experiment_id: i64, user_id: &str) -> Option<
                 if !exposed {
                     // Only a first exposure writes; the foreign key still checks the
                     // assignment.
-                    exposure_if_absent(path, experiment_id, user_id, Expect::Absent);
+                    insert_exposure(path, experiment_id, user_id);
                 }
                 return Some(variant);
             }
@@ -117,13 +114,8 @@ pub fn record_exposure(path: Path, experiment_id: i64, user_id: &str) -> Option<
 /// Records the first exposure of an assignment the caller knows is stored (ON CONFLICT
 /// DO NOTHING: a second exposure changes nothing). The foreign key checks it is.
 pub fn insert_exposure(path: Path, experiment_id: i64, user_id: &str) {
-    exposure_if_absent(path, experiment_id, user_id, Expect::Unknown)
-}
-
-fn exposure_if_absent(path: Path, experiment_id: i64, user_id: &str, expect: Expect) {
     if let Path::Direct(t) = path {
-        let exposures = t.exposures.relid;
-        if heap_insert::exposure_if_absent(exposures, t.generation, experiment_id, user_id, expect)
+        if heap_insert::exposure_if_absent(t.exposures.relid, t.generation, experiment_id, user_id)
             .is_some()
         {
             return;
@@ -217,10 +209,8 @@ pub fn lock_experiment_across_nodes(path: Path, experiment_id: i64) {
 /// connection per node for the rest of the transaction. Nothing elsewhere.
 pub fn one_connection_per_node() {
     if Path::for_call().is_distributed() {
-        Spi::run(
-            "SELECT pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true)",
-        )
-        .expect("setting citus.multi_shard_modify_mode");
+        Spi::run("SELECT pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true)")
+            .expect("setting citus.multi_shard_modify_mode");
     }
 }
 
@@ -249,7 +239,6 @@ pub mod probe {
                 user_id,
                 "a",
                 1,
-                Expect::Unknown,
             ),
             _ => None,
         }
@@ -263,7 +252,6 @@ pub mod probe {
                 t.generation,
                 experiment_id,
                 user_id,
-                Expect::Unknown,
             ),
             _ => None,
         }

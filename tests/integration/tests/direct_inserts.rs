@@ -480,13 +480,16 @@ fn a_first_assignment_meeting_an_uncommitted_one_waits_and_keeps_whichever_commi
     }
 }
 
-/// A first exposure read as absent goes straight to the speculative insertion (no
-/// pre-check): an exposure another transaction has inserted meanwhile, uncommitted, is
-/// found by the index insertion; the call then waits for it, and either way one row stays.
+/// A first exposure meeting an exposure another transaction has inserted meanwhile,
+/// uncommitted, waits for that transaction (forced: seen waiting before it ends); after its
+/// commit or its rollback, one row stays and the call returns the assigned variant. After
+/// the commit the lost race left no tuple behind: as ExecInsert, the call checks for the
+/// conflict (and waits) before inserting, so no speculative tuple is inserted and killed.
 #[test]
 fn a_first_exposure_meeting_an_uncommitted_one_waits_and_stores_one_row() {
     let db = Db::with_amba("expose_conflict");
     let mut c = db.client();
+    c.batch_execute("CREATE EXTENSION pageinspect").unwrap();
     c.batch_execute("SELECT amba_create_experiment('race', '[{\"key\":\"a\",\"weight\":1},{\"key\":\"b\",\"weight\":1}]')")
         .unwrap();
     let variant: String = c
@@ -518,6 +521,15 @@ fn a_first_exposure_meeting_an_uncommitted_one_waits_and_stores_one_row() {
             1,
             "one exposure row (commit: {commit})"
         );
+        if commit {
+            // Every line pointer in use in amba.exposures is the one live row.
+            let used = count(
+                &mut c,
+                "SELECT count(*) FROM generate_series(0, (pg_relation_size('amba.exposures') / current_setting('block_size')::bigint)::int - 1) b, \
+                        heap_page_items(get_raw_page('amba.exposures', b)) WHERE lp_flags <> 0",
+            );
+            assert_eq!(used, 1, "the lost race left a tuple behind");
+        }
     }
 }
 
