@@ -16,7 +16,7 @@
 use crate::errors::{raise_code, raise_serialization_failure, OrRaise};
 use crate::jsonb::JsonbDatum;
 use crate::locks;
-use crate::store::{self, experiments, Experiment, Path, Seen};
+use crate::store::{self, experiments, Expect, Experiment, Path, Seen};
 use amba_core::{bucket, validate, ErrorCode};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -106,38 +106,42 @@ fn dimension_values(exp: &Experiment, attributes: &Attributes) -> serde_json::Va
 fn released_by_holdout(path: Path, holdout_key: &str, who: &str, attributes: &Attributes) -> bool {
     let holdout = find_experiment(path, holdout_key);
     let control = &holdout.variant_keys[0];
-    let variant = match override_for(&holdout, who) {
-        Some(variant) => return &variant != control,
-        None => match store::stored_variant(path, holdout.id, who, Seen::Statement) {
-            Some(variant) => {
-                store::record_exposure(path, holdout.id, who);
+    if let Some(variant) = override_for(&holdout, who) {
+        return &variant != control;
+    }
+    // Read as the insertion's own pre-check reads the key (waiting for a concurrent first
+    // assignment to the holdout): a user found absent is inserted without a second one.
+    let (stored, expect) = store::stored_variant_after_waiting(path, holdout.id, who);
+    let variant = match stored {
+        Some(variant) => {
+            store::record_exposure(path, holdout.id, who);
+            Some(variant)
+        }
+        None if !holdout.is_active() => None,
+        None => match first_assignment(
+            path,
+            holdout_key,
+            holdout.clone(),
+            who,
+            attributes,
+            WhenInactive::NotEnrolled,
+            expect,
+        ) {
+            Some(Assigned::Inserted(variant)) => {
+                // The assignment is this transaction's own: nobody can have exposed it.
+                store::insert_first_exposure(path, holdout.id, who);
                 Some(variant)
             }
-            None if !holdout.is_active() => None,
-            None => match first_assignment(
-                path,
-                holdout_key,
-                holdout.clone(),
-                who,
-                attributes,
-                WhenInactive::NotEnrolled,
-            ) {
-                Some(Assigned::Inserted(variant)) => {
-                    // The assignment is this transaction's own: nobody can have exposed it.
-                    store::insert_first_exposure(path, holdout.id, who);
-                    Some(variant)
-                }
-                Some(Assigned::Stored(variant)) => {
-                    store::insert_exposure(path, holdout.id, who);
-                    Some(variant)
-                }
-                Some(Assigned::Overridden(variant)) => return &variant != control,
-                // The holdout as committed now does not enrol them (its targeting or
-                // coverage; or it was paused while this call was on its way). A concurrent
-                // call may still have stored them there since this statement began: read
-                // in a new snapshot (and exposed), that assignment holds (sticky).
-                None => store::record_exposure(path, holdout.id, who),
-            },
+            Some(Assigned::Stored(variant)) => {
+                store::insert_exposure(path, holdout.id, who);
+                Some(variant)
+            }
+            Some(Assigned::Overridden(variant)) => return &variant != control,
+            // The holdout as committed now does not enrol them (its targeting or
+            // coverage; or it was paused while this call was on its way). A concurrent
+            // call may still have stored them there since this statement began: read
+            // in a new snapshot (and exposed), that assignment holds (sticky).
+            None => store::record_exposure(path, holdout.id, who),
         },
     };
     variant.is_none_or(|v| &v != control)
@@ -249,7 +253,16 @@ fn assign(
             return Some(variant);
         }
     }
-    first_assignment(path, key, exp, &who, &attributes, WhenInactive::Raise).map(Assigned::variant)
+    first_assignment(
+        path,
+        key,
+        exp,
+        &who,
+        &attributes,
+        WhenInactive::Raise,
+        Expect::Unknown,
+    )
+    .map(Assigned::variant)
 }
 
 /// What a first assignment gave the user.
@@ -285,7 +298,8 @@ enum WhenInactive {
 /// A first assignment of `who` (the identity, after aliases), under the experiment's
 /// shared lock: no variant removal or delete can commit until this transaction ends, and
 /// one committed before the lock was granted is seen in the latest snapshot. None when
-/// the user is not enrolled.
+/// the user is not enrolled. `expect`: what the caller's read of the key found (the first
+/// insertion skips its pre-check after the pre-check's own read found nothing).
 fn first_assignment(
     path: Path,
     key: &str,
@@ -293,6 +307,7 @@ fn first_assignment(
     who: &str,
     attributes: &Attributes,
     when_inactive: WhenInactive,
+    mut expect: Expect,
 ) -> Option<Assigned> {
     locks::experiment_shared(exp.id);
     store::lock_experiment_across_nodes(path, exp.id);
@@ -328,7 +343,9 @@ fn first_assignment(
         let index = bucket::pick(user_bucket, &exp.thresholds, &exp.weights)
             .expect("validated weights have a positive sum");
         let variant = &exp.variant_keys[index];
-        if store::insert_assignment(path, &exp, who, variant) {
+        let inserted = store::insert_assignment(path, &exp, who, variant, expect);
+        expect = Expect::Unknown;
+        if inserted {
             if !exp.dimensions.is_empty() {
                 store::insert_dimensions(exp.id, who, &dimension_values(&exp, attributes));
             }

@@ -494,7 +494,7 @@ pub fn append_event(
 /// VALUES (...) ON CONFLICT (experiment_id, user_id) DO NOTHING`, done directly:
 /// Some(true) when the row was inserted, Some(false) when one for the user existed (after
 /// waiting for a concurrent inserter, as ON CONFLICT does), None (having done nothing)
-/// when it must go through SPI. For a user the caller has just found without a row.
+/// when it must go through SPI.
 pub fn assignment_if_absent(
     assignments: pg_sys::Oid,
     generation: u64,
@@ -502,6 +502,7 @@ pub fn assignment_if_absent(
     user_id: &str,
     variant: &str,
     weight_version: i32,
+    expect: Expect,
 ) -> Option<bool> {
     unsafe {
         // In REPEATABLE READ and SERIALIZABLE, a conflict with a row the transaction's
@@ -523,7 +524,7 @@ pub fn assignment_if_absent(
             weight_version.into_datum(),
             now.into_datum(),
         ];
-        Some(insert_if_absent(rel, primary_key, &values, false))
+        Some(insert_if_absent(rel, primary_key, &values, false, expect))
     }
 }
 
@@ -543,7 +544,13 @@ pub fn exposure_if_absent(
         }
         let (rel, primary_key) = open_exposures(exposures, generation)?;
         let values = exposure_values(experiment_id, user_id);
-        Some(insert_if_absent(rel, primary_key, &values, true))
+        Some(insert_if_absent(
+            rel,
+            primary_key,
+            &values,
+            true,
+            Expect::Unknown,
+        ))
     }
 }
 
@@ -551,7 +558,12 @@ pub fn exposure_if_absent(
 /// an assignment the transaction has just stored: a second row for it would be a unique
 /// violation, raised by the index as the INSERT would. False (having done nothing) when it
 /// must go through SPI.
-pub fn new_exposure(exposures: pg_sys::Oid, generation: u64, experiment_id: i64, user_id: &str) -> bool {
+pub fn new_exposure(
+    exposures: pg_sys::Oid,
+    generation: u64,
+    experiment_id: i64,
+    user_id: &str,
+) -> bool {
     unsafe {
         let Some((rel, _)) = open_exposures(exposures, generation) else {
             return false;
@@ -567,7 +579,10 @@ pub fn new_exposure(exposures: pg_sys::Oid, generation: u64, experiment_id: i64,
 }
 
 /// amba.exposures opened for a direct insert, with its primary key.
-unsafe fn open_exposures(exposures: pg_sys::Oid, generation: u64) -> Option<(pg_sys::Relation, pg_sys::Oid)> {
+unsafe fn open_exposures(
+    exposures: pg_sys::Oid,
+    generation: u64,
+) -> Option<(pg_sys::Relation, pg_sys::Oid)> {
     unsafe {
         match open_for_insert(exposures, generation, &EXPOSURES, &EXPOSURES_LEARNED)? {
             (rel, Learned::Direct { primary_key, .. }) => Some((rel, primary_key)),
@@ -578,9 +593,28 @@ unsafe fn open_exposures(exposures: pg_sys::Oid, generation: u64) -> Option<(pg_
 
 /// An exposure row as `DEFAULT now()` fills it.
 fn exposure_values(experiment_id: i64, user_id: &str) -> [Option<pg_sys::Datum>; 3] {
-    let now = TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
-        .expect("now() is a valid timestamp");
-    [experiment_id.into_datum(), user_id.into_datum(), now.into_datum()]
+    let now =
+        TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
+            .expect("now() is a valid timestamp");
+    [
+        experiment_id.into_datum(),
+        user_id.into_datum(),
+        now.into_datum(),
+    ]
+}
+
+/// What the caller knows of the key before inserting.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Expect {
+    /// The caller has just done the pre-check's own read and found no row: a read with a
+    /// dirty snapshot that waited for any transaction inserting or deleting the key
+    /// (`index_read::by_key_after_waiting`). The first pass of the speculative insertion
+    /// then skips the pre-check. A row that comes in after that read is still found by the
+    /// index insertion, and the retry's pre-check waits for it, as in ExecInsert's own
+    /// window between its pre-check and its insertion.
+    Absent,
+    /// Anything else: the pre-check runs first, as ExecInsert's does.
+    Unknown,
 }
 
 /// The table work of `INSERT ... ON CONFLICT (primary key) DO NOTHING` for one row of
@@ -590,25 +624,35 @@ unsafe fn insert_if_absent(
     primary_key: pg_sys::Oid,
     values: &[Option<pg_sys::Datum>],
     after_triggers: bool,
+    expect: Expect,
 ) -> bool {
     unsafe {
         let insert = Insert::new(rel, values, true, after_triggers);
         let arbiters = pg_sys::lappend_oid(std::ptr::null_mut(), primary_key);
         // ExecInsert's protocol: check for a conflicting row first (waiting for its
         // inserter to finish, so a lost race writes nothing); insert speculatively; if a
-        // concurrent insert slipped in between, take the row back and check again.
+        // concurrent insert slipped in between, take the row back and check again. After
+        // the caller's own pre-check read (`Expect::Absent`) the first pass inserts at once:
+        // the index insertion (UNIQUE_CHECK_PARTIAL, under the leaf page's lock) reports
+        // every row that came in since, committed or not; the retry's pre-check then waits.
+        // This needs the arbiter checked immediately: a deferrable primary key comes with
+        // its recheck trigger, which sends the table to SPI (`learn`).
+        let mut check_first = expect == Expect::Unknown;
         let inserted = loop {
             pgrx::check_for_interrupts!();
             let mut conflict_tid: pg_sys::ItemPointerData = std::mem::zeroed();
-            if !pg_sys::ExecCheckIndexConstraints(
-                insert.result_rel,
-                insert.slot,
-                insert.estate,
-                &mut conflict_tid,
-                arbiters,
-            ) {
+            if check_first
+                && !pg_sys::ExecCheckIndexConstraints(
+                    insert.result_rel,
+                    insert.slot,
+                    insert.estate,
+                    &mut conflict_tid,
+                    arbiters,
+                )
+            {
                 break false;
             }
+            check_first = true;
             let xid = pg_sys::GetCurrentTransactionId();
             let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
             pg_sys::table_tuple_insert_speculative(

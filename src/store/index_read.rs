@@ -49,6 +49,78 @@ pub fn by_key(
     user_id: &str,
     snapshot: pg_sys::Snapshot,
 ) -> Option<Found> {
+    scan_by_key(table, experiment_id, user_id, snapshot, |_| ())
+}
+
+/// Who a dirty read must wait for before its answer holds.
+struct Wait {
+    xid: pg_sys::TransactionId,
+    speculative_token: u32,
+}
+
+/// `by_key` for (experiment_id, user_id) as ON CONFLICT's pre-check reads the key
+/// (`check_exclusion_or_unique_constraint` in CEOUC_WAIT mode): in a dirty snapshot, and
+/// when the row found is being inserted or deleted by a transaction in progress, after
+/// waiting for it (its speculative insertion, or its end), again. So the answer is what
+/// committed, and a concurrent first assignment of the key is waited for before inserting.
+pub fn by_key_after_waiting(table: Table, experiment_id: i64, user_id: &str) -> Option<Found> {
+    loop {
+        pgrx::check_for_interrupts!();
+        let mut dirty: pg_sys::SnapshotData = unsafe { std::mem::zeroed() };
+        dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        let snapshot: pg_sys::Snapshot = &mut dirty;
+        let mut wait = None;
+        let found = scan_by_key(table, Some(experiment_id), user_id, snapshot, |_| {
+            // HeapTupleSatisfiesDirty leaves the inserting (xmin) or deleting (xmax)
+            // transaction in progress in the snapshot, as the pre-check reads them.
+            let (xmin, xmax, token) = unsafe {
+                (
+                    (*snapshot).xmin,
+                    (*snapshot).xmax,
+                    (*snapshot).speculativeToken,
+                )
+            };
+            let xid = if xmin != pg_sys::InvalidTransactionId {
+                xmin
+            } else {
+                xmax
+            };
+            if xid != pg_sys::InvalidTransactionId {
+                wait = Some(Wait {
+                    xid,
+                    speculative_token: token,
+                });
+            }
+        })?;
+        match wait {
+            None => return Some(found),
+            Some(Wait {
+                xid,
+                speculative_token,
+            }) => unsafe {
+                if speculative_token != 0 {
+                    pg_sys::SpeculativeInsertionWait(xid, speculative_token);
+                } else {
+                    pg_sys::XactLockTableWait(
+                        xid,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        pg_sys::XLTW_Oper::XLTW_None,
+                    );
+                }
+            },
+        }
+    }
+}
+
+/// The scan of `by_key`; `on_tuple` sees the tuple found, if any, before it is released.
+fn scan_by_key(
+    table: Table,
+    experiment_id: Option<i64>,
+    user_id: &str,
+    snapshot: pg_sys::Snapshot,
+    mut on_tuple: impl FnMut(pg_sys::HeapTuple),
+) -> Option<Found> {
     unsafe {
         let rel = pg_sys::table_open(table.relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let irel = pg_sys::index_open(
@@ -96,6 +168,9 @@ pub fn by_key(
             keys.as_mut_ptr(),
         );
         let tuple = pg_sys::systable_getnext(scan);
+        if !tuple.is_null() {
+            on_tuple(tuple);
+        }
         let found = if tuple.is_null() {
             Found {
                 exists: false,

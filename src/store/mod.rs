@@ -26,6 +26,7 @@ mod sql;
 pub use experiments::Experiment;
 pub use path::{define_settings, Path};
 
+pub use heap_insert::Expect;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -66,9 +67,44 @@ pub fn stored_variant(path: Path, experiment_id: i64, user_id: &str, seen: Seen)
     sql::stored_variant(experiment_id, user_id, seen == Seen::Latest)
 }
 
+/// The variant stored for `user_id`, read as ON CONFLICT's pre-check reads the key: in a
+/// dirty snapshot, after waiting for any transaction inserting or deleting its row, so a
+/// committed row since the statement began is seen too. With `Expect::Absent` when that
+/// read was direct and found nothing: an insert that follows at once may skip its own
+/// pre-check. Elsewhere (SQL path, or the transaction has written: see
+/// `direct_read_allowed`) the statement's snapshot, and `Expect::Unknown`.
+pub fn stored_variant_after_waiting(
+    path: Path,
+    experiment_id: i64,
+    user_id: &str,
+) -> (Option<String>, Expect) {
+    if let Path::Direct(t) = path {
+        if direct_read_allowed(&[t.assignments.relid]) {
+            if let Some(found) =
+                index_read::by_key_after_waiting(t.assignments, experiment_id, user_id)
+            {
+                return match found.value {
+                    Some(variant) => (Some(variant), Expect::Unknown),
+                    None => (None, Expect::Absent),
+                };
+            }
+        }
+    }
+    (
+        stored_variant(path, experiment_id, user_id, Seen::Statement),
+        Expect::Unknown,
+    )
+}
+
 /// Stores a first assignment (`ON CONFLICT DO NOTHING`): true when this call stored it,
 /// false when a row for the user was there (possibly after waiting for its inserter).
-pub fn insert_assignment(path: Path, exp: &Experiment, user_id: &str, variant: &str) -> bool {
+pub fn insert_assignment(
+    path: Path,
+    exp: &Experiment,
+    user_id: &str,
+    variant: &str,
+    expect: Expect,
+) -> bool {
     if let Path::Direct(t) = path {
         if let Some(inserted) = heap_insert::assignment_if_absent(
             t.assignments.relid,
@@ -77,6 +113,7 @@ pub fn insert_assignment(path: Path, exp: &Experiment, user_id: &str, variant: &
             user_id,
             variant,
             exp.weight_version,
+            expect,
         ) {
             return inserted;
         }
@@ -209,8 +246,10 @@ pub fn lock_experiment_across_nodes(path: Path, experiment_id: i64) {
 /// connection per node for the rest of the transaction. Nothing elsewhere.
 pub fn one_connection_per_node() {
     if Path::for_call().is_distributed() {
-        Spi::run("SELECT pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true)")
-            .expect("setting citus.multi_shard_modify_mode");
+        Spi::run(
+            "SELECT pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true)",
+        )
+        .expect("setting citus.multi_shard_modify_mode");
     }
 }
 
@@ -239,6 +278,7 @@ pub mod probe {
                 user_id,
                 "a",
                 1,
+                Expect::Unknown,
             ),
             _ => None,
         }

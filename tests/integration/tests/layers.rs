@@ -2111,11 +2111,13 @@ fn eight_connections_on_one_user_put_them_in_one_experiment_of_the_layer_at_most
 /// A first assignment behind a holdout, raced for one user: A assigns and holds its
 /// transaction; B's call is seen waiting for it; then A commits (B returns what A stored)
 /// or rolls back (B stores its own). Either way the holdout's assignment and exposure, and
-/// the experiment's assignment for a released user, exist exactly once.
+/// the experiment's assignment for a released user, exist exactly once, and B inserted
+/// nothing it had to take back: it waits for A before inserting, as ON CONFLICT does.
 #[test]
 fn a_first_assignment_behind_a_holdout_raced_for_one_user_stores_each_row_once() {
     let db = Db::with_amba("lay_race_holdout");
     let mut c = db.client();
+    c.batch_execute("CREATE EXTENSION pageinspect").unwrap();
     let hw = [1.0, 1.0];
     create(
         &mut c,
@@ -2169,9 +2171,26 @@ fn a_first_assignment_behind_a_holdout_raced_for_one_user_stores_each_row_once()
             stored(&mut c, "rh").get(&u).map(String::as_str),
             Some(if held { "holdout" } else { "general" })
         );
+        // B waited before inserting anything: no speculative insertion of its was taken
+        // back (a killed tuple keeps its line pointer with xmin 0).
+        for table in ["amba.assignments", "amba.exposures"] {
+            assert_eq!(killed_tuples(&mut c, table), 0, "{what}: {table}");
+        }
         // Afterwards, sticky.
         assert_eq!(assign_ok(&mut c, "re", &u), want);
     }
+}
+
+/// Heap tuples of `table` that a speculative insertion inserted and took back
+/// (`heap_abort_speculative` sets their xmin to 0), read with pageinspect.
+fn killed_tuples(c: &mut Client, table: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM generate_series(0, (pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint)::int - 1) b, \
+                heap_page_items(get_raw_page($1, b)) WHERE lp_flags = 1 AND t_xmin = '0'",
+        &[&table],
+    )
+    .unwrap()
+    .get(0)
 }
 
 /// A holdout paused while a first assignment is on its way holds no new user out, and
