@@ -110,7 +110,11 @@ fn released_by_holdout(path: Path, holdout_key: &str, who: &str, attributes: &At
         return &variant != control;
     }
     // Read as the insertion's own pre-check reads the key (waiting for a concurrent first
-    // assignment to the holdout): a user found absent is inserted without a second one.
+    // assignment to the holdout), under the holdout's lock that the first assignment takes
+    // anyway: nothing between this read and the insertion waits (but a changed definition,
+    // which first_assignment reloads), so a user found absent is inserted without a second
+    // pre-check, as ExecInsert inserts right after its own.
+    locks::experiment_shared(holdout.id);
     let (stored, expect) = store::stored_variant_after_waiting(path, holdout.id, who);
     let variant = match stored {
         Some(variant) => {
@@ -321,6 +325,8 @@ fn first_assignment(
             }
             exp = Spi::connect_mut(|client| experiments::reload_fresh(client, key))
                 .unwrap_or_else(|| not_found(key));
+            // The reload took time: the caller's read no longer stands for the pre-check.
+            expect = Expect::Unknown;
             continue;
         }
         if let Some(variant) = exp.overrides.get(who) {

@@ -608,10 +608,11 @@ fn exposure_values(experiment_id: i64, user_id: &str) -> [Option<pg_sys::Datum>;
 pub enum Expect {
     /// The caller has just done the pre-check's own read and found no row: a read with a
     /// dirty snapshot that waited for any transaction inserting or deleting the key
-    /// (`index_read::by_key_after_waiting`). The first pass of the speculative insertion
-    /// then skips the pre-check. A row that comes in after that read is still found by the
-    /// index insertion, and the retry's pre-check waits for it, as in ExecInsert's own
-    /// window between its pre-check and its insertion.
+    /// (`index_read::by_key_after_waiting`), with nothing that waits between it and this
+    /// insertion. The first pass of the speculative insertion then skips the pre-check. A
+    /// row that comes in after that read is still found by the index insertion, and the
+    /// retry's pre-check waits for it, as in ExecInsert's own window between its pre-check
+    /// and its insertion.
     Absent,
     /// Anything else: the pre-check runs first, as ExecInsert's does.
     Unknown,

@@ -62,7 +62,8 @@ struct Wait {
 /// (`check_exclusion_or_unique_constraint` in CEOUC_WAIT mode): in a dirty snapshot, and
 /// when the row found is being inserted or deleted by a transaction in progress, after
 /// waiting for it (its speculative insertion, or its end), again. So the answer is what
-/// committed, and a concurrent first assignment of the key is waited for before inserting.
+/// committed (and this transaction's own rows), and a concurrent first assignment of the
+/// key is waited for before inserting.
 pub fn by_key_after_waiting(table: Table, experiment_id: i64, user_id: &str) -> Option<Found> {
     loop {
         pgrx::check_for_interrupts!();

@@ -83,9 +83,10 @@ pub fn stored_variant_after_waiting(
             if let Some(found) =
                 index_read::by_key_after_waiting(t.assignments, experiment_id, user_id)
             {
-                return match found.value {
-                    Some(variant) => (Some(variant), Expect::Unknown),
-                    None => (None, Expect::Absent),
+                return if found.exists {
+                    (found.value, Expect::Unknown)
+                } else {
+                    (None, Expect::Absent)
                 };
             }
         }
