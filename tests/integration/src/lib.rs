@@ -326,3 +326,20 @@ pub mod cron {
         pg
     }
 }
+
+/// Line pointers in use in `table`'s heap (lp_flags <> 0) that satisfy `condition` (columns of
+/// pageinspect's `heap_page_items`, e.g. `t_xmin = '0'`); needs `CREATE EXTENSION
+/// pageinspect`. Shows tuples a statement cannot see: dead ones, and speculative insertions
+/// taken back (`heap_abort_speculative` leaves xmin 0).
+pub fn heap_line_pointers(c: &mut postgres::Client, table: &str, condition: &str) -> i64 {
+    c.query_one(
+        &format!(
+            "SELECT count(*) FROM generate_series(0, (pg_relation_size($1::text::regclass) \
+               / current_setting('block_size')::bigint)::int - 1) b, \
+               heap_page_items(get_raw_page($1, b)) WHERE lp_flags <> 0 AND ({condition})"
+        ),
+        &[&table],
+    )
+    .unwrap()
+    .get(0)
+}

@@ -7,7 +7,7 @@
 //! would honour it, also when another session changes the table between two calls of a
 //! backend that has already inserted.
 
-use amba_integration_tests::Db;
+use amba_integration_tests::{heap_line_pointers, Db};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -418,6 +418,31 @@ fn wait_until_waiting_for_a_transaction(observer: &mut Client, pid: i32) {
     }
 }
 
+/// A forced race: `first_sql` runs in a transaction left open; `second_sql` (returning one
+/// text) starts on another connection and is seen waiting for that transaction, which then
+/// commits or rolls back. Returns what the second call returned.
+fn second_call_waiting_for_first(
+    db: &Db,
+    observer: &mut Client,
+    first_sql: &str,
+    first_params: &[&(dyn postgres::types::ToSql + Sync)],
+    second_sql: &'static str,
+    commit: bool,
+) -> String {
+    let mut first = db.client();
+    first.batch_execute("BEGIN").unwrap();
+    first.execute(first_sql, first_params).unwrap();
+    let mut second = db.client();
+    let second_pid = pid(&mut second);
+    let calling =
+        std::thread::spawn(move || -> String { second.query_one(second_sql, &[]).unwrap().get(0) });
+    wait_until_waiting_for_a_transaction(observer, second_pid);
+    first
+        .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+        .unwrap();
+    calling.join().unwrap()
+}
+
 #[test]
 fn a_first_assignment_meeting_an_uncommitted_one_waits_and_keeps_whichever_committed() {
     let db = Db::with_amba("append_conflict");
@@ -438,27 +463,14 @@ fn a_first_assignment_meeting_an_uncommitted_one_waits_and_keeps_whichever_commi
 
     for commit in [true, false] {
         c.batch_execute("DELETE FROM amba.assignments").unwrap();
-        let mut first = db.client();
-        first.batch_execute("BEGIN").unwrap();
-        first
-            .execute(
-                "INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version) VALUES ($1, 'u', $2, 1)",
-                &[&eid, &other],
-            )
-            .unwrap();
-        let mut second = db.client();
-        let second_pid = pid(&mut second);
-        let assigning = std::thread::spawn(move || -> String {
-            second
-                .query_one("SELECT amba_assign('race', 'u')", &[])
-                .unwrap()
-                .get(0)
-        });
-        wait_until_waiting_for_a_transaction(&mut c, second_pid);
-        first
-            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
-            .unwrap();
-        let variant = assigning.join().unwrap();
+        let variant = second_call_waiting_for_first(
+            &db,
+            &mut c,
+            "INSERT INTO amba.assignments (experiment_id, user_id, variant, weight_version) VALUES ($1, 'u', $2, 1)",
+            &[&eid, &other],
+            "SELECT amba_assign('race', 'u')",
+            commit,
+        );
         let stored: Vec<String> = c
             .query(
                 "SELECT variant FROM amba.assignments WHERE experiment_id = $1 AND user_id = 'u'",
@@ -498,36 +510,26 @@ fn a_first_exposure_meeting_an_uncommitted_one_waits_and_stores_one_row() {
         .get(0);
     for commit in [true, false] {
         c.batch_execute("DELETE FROM amba.exposures").unwrap();
-        let mut first = db.client();
-        first.batch_execute("BEGIN").unwrap();
-        first
-            .execute("SELECT amba_expose('race', 'u')", &[])
-            .unwrap();
-        let mut second = db.client();
-        let second_pid = pid(&mut second);
-        let exposing = std::thread::spawn(move || -> String {
-            second
-                .query_one("SELECT amba_expose('race', 'u')", &[])
-                .unwrap()
-                .get(0)
-        });
-        wait_until_waiting_for_a_transaction(&mut c, second_pid);
-        first
-            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
-            .unwrap();
-        assert_eq!(exposing.join().unwrap(), variant, "the assigned variant");
+        let exposed = second_call_waiting_for_first(
+            &db,
+            &mut c,
+            "SELECT amba_expose('race', 'u')",
+            &[],
+            "SELECT amba_expose('race', 'u')",
+            commit,
+        );
+        assert_eq!(exposed, variant, "the assigned variant");
         assert_eq!(
-            count(&mut c, "SELECT count(*) FROM amba.exposures WHERE user_id = 'u'"),
+            count(
+                &mut c,
+                "SELECT count(*) FROM amba.exposures WHERE user_id = 'u'"
+            ),
             1,
             "one exposure row (commit: {commit})"
         );
         if commit {
             // Every line pointer in use in amba.exposures is the one live row.
-            let used = count(
-                &mut c,
-                "SELECT count(*) FROM generate_series(0, (pg_relation_size('amba.exposures') / current_setting('block_size')::bigint)::int - 1) b, \
-                        heap_page_items(get_raw_page('amba.exposures', b)) WHERE lp_flags <> 0",
-            );
+            let used = heap_line_pointers(&mut c, "amba.exposures", "true");
             assert_eq!(used, 1, "the lost race left a tuple behind");
         }
     }

@@ -18,7 +18,7 @@
 //! Every test has a database of its own with fixed experiment keys and user ids, so the
 //! buckets — and so what each test checks — are the same on every run.
 
-use amba_integration_tests::{backend_pid, wait_until_blocked_by, Db};
+use amba_integration_tests::{backend_pid, heap_line_pointers, wait_until_blocked_by, Db};
 use postgres::{Client, GenericClient};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -2174,23 +2174,15 @@ fn a_first_assignment_behind_a_holdout_raced_for_one_user_stores_each_row_once()
         // B waited before inserting anything: no speculative insertion of its was taken
         // back (a killed tuple keeps its line pointer with xmin 0).
         for table in ["amba.assignments", "amba.exposures"] {
-            assert_eq!(killed_tuples(&mut c, table), 0, "{what}: {table}");
+            assert_eq!(
+                heap_line_pointers(&mut c, table, "t_xmin = '0'"),
+                0,
+                "{what}: {table}"
+            );
         }
         // Afterwards, sticky.
         assert_eq!(assign_ok(&mut c, "re", &u), want);
     }
-}
-
-/// Heap tuples of `table` that a speculative insertion inserted and took back
-/// (`heap_abort_speculative` sets their xmin to 0), read with pageinspect.
-fn killed_tuples(c: &mut Client, table: &str) -> i64 {
-    c.query_one(
-        "SELECT count(*) FROM generate_series(0, (pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint)::int - 1) b, \
-                heap_page_items(get_raw_page($1, b)) WHERE lp_flags = 1 AND t_xmin = '0'",
-        &[&table],
-    )
-    .unwrap()
-    .get(0)
 }
 
 /// A holdout paused while a first assignment is on its way holds no new user out, and
