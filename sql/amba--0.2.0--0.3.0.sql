@@ -856,7 +856,7 @@ BEGIN
         RETURN free_from;
     END IF;
     PERFORM amba._raise('INVALID_ARGUMENT'::text,
-        format('layer %s full: no free range of width %s among its experiments that are not ended',
+        format('layer full: layer %s has no free range of width %s among its experiments that are not ended',
                to_json(_place_in_layer.layer), _place_in_layer.share));
     RETURN NULL;
 END

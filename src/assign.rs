@@ -78,21 +78,18 @@ fn enrolled(key: &str, exp: &Experiment, who: &str, attributes: &Attributes) -> 
     bucket::coverage_bucket(key, who) < exp.coverage
 }
 
-/// The values of the experiment's dimensions in the attributes (SPEC §13), as text: a
-/// string as it is, any other JSON value as its JSON text; an absent attribute is left out.
+/// The values of the experiment's dimensions in the attributes (SPEC §13), read at their
+/// dotted paths as conditions read them (array indexes and `length` included), as text: a
+/// string as it is, any other JSON value as its JSON text; an absent or null one is left out.
 fn dimension_values(exp: &Experiment, attributes: &Attributes) -> serde_json::Value {
     let mut values = serde_json::Map::new();
     for path in &exp.dimensions {
-        let mut at = Some(attributes.value());
-        for part in path.split('.') {
-            at = at.and_then(|v| v.get(part));
-        }
-        match at {
-            None | Some(serde_json::Value::Null) => {}
-            Some(serde_json::Value::String(s)) => {
+        match amba_core::condition::value_at_path(attributes.value(), path).as_ref() {
+            serde_json::Value::Null => {}
+            serde_json::Value::String(s) => {
                 values.insert(path.clone(), serde_json::Value::String(s.clone()));
             }
-            Some(other) => {
+            other => {
                 values.insert(path.clone(), serde_json::Value::String(other.to_string()));
             }
         }
@@ -527,9 +524,11 @@ fn amba_eval_condition(condition: Option<pgrx::JsonB>, attributes: Option<pgrx::
     };
     amba_core::condition::check_attributes(&attributes).or_raise();
     match condition {
-        Some(pgrx::JsonB(condition)) => amba_core::condition::compile(&condition)
-            .or_raise()
-            .eval(&attributes),
+        // Answered as GrowthBook answers (an unknown operator never holds); an
+        // experiment's targeting is checked strictly when written instead.
+        Some(pgrx::JsonB(condition)) => {
+            amba_core::condition::eval_condition(&condition, &attributes).or_raise()
+        }
         None => true,
     }
 }

@@ -149,9 +149,14 @@ fn load(experiment_key: Option<&str>, lock: bool) -> Bandit {
         if lock { " FOR UPDATE" } else { "" }
     );
     Spi::connect_mut(|client| {
-        let row = client
-            .update(&sql, None, &[key.into()])
-            .expect("reading the experiment");
+        // A plain read in the statement's snapshot, like the sums below (an update would
+        // take a new snapshot per query); the update's FOR UPDATE needs the update call.
+        let row = if lock {
+            client.update(&sql, None, &[key.into()])
+        } else {
+            client.select(&sql, None, &[key.into()])
+        }
+        .expect("reading the experiment");
         if row.is_empty() {
             raise_code(
                 ErrorCode::ExperimentNotFound,
@@ -265,15 +270,16 @@ fn bandit_results(experiment_key: Option<&str>) -> Vec<ResultTuple> {
         .iter()
         .enumerate()
         .map(|(i, variant)| {
+            // The posterior's interval; for an arm without data that is the prior's
+            // (d_i = 0: SPEC §14), while its estimate (`mean`) is NULL.
             let (low, high) = b.posteriors[i].interval();
-            let informed = b.estimates[i].mean.is_some();
             (
                 variant.clone(),
                 i == 0,
                 b.estimates[i].exposed as i64,
                 b.estimates[i].mean,
-                informed.then_some(low),
-                informed.then_some(high),
+                Some(low),
+                Some(high),
                 best.as_ref().map(|p| p[i]),
                 b.weights[i] / total,
             )

@@ -43,7 +43,13 @@
 //! - a `$regex`/`$regexi` operand that is not a string or not a valid pattern of the
 //!   `regex` crate (GrowthBook: false), or whose compiled form exceeds
 //!   [`REGEX_SIZE_LIMIT`]; more than [`MAX_REGEXES`] regular expressions;
-//! - a `$type` operand that is not one of GrowthBook's type names;
+//! - a `$type` operand that is not one of GrowthBook's type names (GrowthBook: false);
+//!
+//! That is [`compile`], for conditions being written (an experiment's targeting, rejected
+//! at create/update: CONTRACT 10). [`compile_for_eval`] (`amba_eval_condition`) answers as
+//! GrowthBook does instead where GrowthBook has an answer: an unknown operator, an invalid
+//! pattern and an unknown type name never hold. The saved-group operators stay rejected
+//! (the contract has amba reject them as unknown), as do the size limits.
 //! - a condition nested deeper than [`MAX_DEPTH`], with more than [`MAX_NODES`] JSON
 //!   values, or longer than [`MAX_BYTES`] as compact JSON.
 //!
@@ -184,6 +190,9 @@ enum Op {
     Regex(Regex),
     /// `$type`.
     Type(&'static str),
+    /// An operator GrowthBook cannot make sense of and evaluates to false (an unknown
+    /// operator, an invalid pattern, an unknown type name): [`compile_for_eval`] only.
+    Never,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -198,6 +207,19 @@ pub fn compile(condition: &Value) -> Result<Condition, CoreError> {
 /// [`compile`], with `root` as the first part of the paths in error messages (e.g.
 /// `"targeting"` for an experiment's targeting: `targeting.country.$regex: ...`).
 pub fn compile_named(condition: &Value, root: &str) -> Result<Condition, CoreError> {
+    compile_with(condition, root, false)
+}
+
+/// [`compile`] for evaluating once (`amba_eval_condition`), answering as GrowthBook's
+/// `evalCondition` does: an unknown operator, a pattern the `regex` crate rejects and an
+/// unknown `$type` name never hold instead of being errors. The saved-group operators
+/// (rejected as unknown: CONTRACT 10), conditions that are not objects and the size limits
+/// are still errors.
+pub fn compile_for_eval(condition: &Value) -> Result<Condition, CoreError> {
+    compile_with(condition, "condition", true)
+}
+
+fn compile_with(condition: &Value, root: &str, lenient: bool) -> Result<Condition, CoreError> {
     let mut path = root.to_string();
     let mut nodes = 0usize;
     measure(condition, 1, &mut path, &mut nodes)?;
@@ -208,14 +230,19 @@ pub fn compile_named(condition: &Value, root: &str) -> Result<Condition, CoreErr
             counter.0
         )));
     }
-    let mut compiler = Compiler { path, regexes: 0 };
+    let mut compiler = Compiler {
+        path,
+        regexes: 0,
+        lenient,
+    };
     compiler.condition(condition)
 }
 
-/// Compiles `condition` and evaluates it on `attributes` (`amba_eval_condition`): for a
-/// single evaluation; compile once and keep the [`Condition`] to evaluate many times.
+/// Compiles `condition` as [`compile_for_eval`] does and evaluates it on `attributes`
+/// (`amba_eval_condition`): for a single evaluation; compile once and keep the
+/// [`Condition`] to evaluate many times.
 pub fn eval_condition(condition: &Value, attributes: &Value) -> Result<bool, CoreError> {
-    Ok(compile(condition)?.eval(attributes))
+    Ok(compile_for_eval(condition)?.eval(attributes))
 }
 
 /// The attributes rule of SPEC §10: a JSON object (SQL NULL is `{}`, the caller's
@@ -307,6 +334,8 @@ struct Compiler {
     /// The JSON path of the value being compiled.
     path: String,
     regexes: usize,
+    /// [`compile_for_eval`]: what GrowthBook evaluates to false compiles to [`Op::Never`].
+    lenient: bool,
 }
 
 impl Compiler {
@@ -460,13 +489,17 @@ impl Compiler {
                 },
                 insensitive: op == "$alli",
             },
-            "$regex" | "$regexi" => Op::Regex(self.regex(operand, op == "$regexi")?),
+            "$regex" | "$regexi" => match self.regex(operand, op == "$regexi")? {
+                Some(regex) => Op::Regex(regex),
+                None => Op::Never,
+            },
             "$type" => {
                 let name = operand
                     .as_str()
                     .and_then(|s| TYPE_NAMES.iter().find(|t| **t == s));
                 match name {
                     Some(name) => Op::Type(name),
+                    None if self.lenient => Op::Never,
                     None => {
                         return Err(self.error(format_args!(
                             "$type takes one of {}, not {}",
@@ -481,17 +514,20 @@ impl Compiler {
                     "unknown operator \"{op}\" (saved groups are not supported)"
                 )))
             }
+            "$and" | "$or" | "$nor" if self.lenient => Op::Never,
             "$and" | "$or" | "$nor" => {
                 return Err(self.error(format_args!(
                     "unknown operator \"{op}\" on a value ({op} combines conditions: put it \
                      beside the attribute names, not under one)"
                 )))
             }
+            _ if self.lenient => Op::Never,
             _ => return Err(self.error(format_args!("unknown operator \"{op}\""))),
         })
     }
 
-    fn regex(&mut self, operand: &Value, insensitive: bool) -> Result<Regex, CoreError> {
+    /// The compiled pattern; None for a pattern the `regex` crate rejects when lenient.
+    fn regex(&mut self, operand: &Value, insensitive: bool) -> Result<Option<Regex>, CoreError> {
         let Value::String(pattern) = operand else {
             return Err(self.error(format_args!(
                 "a regular expression must be a string, not {}",
@@ -504,29 +540,32 @@ impl Compiler {
                 "too many regular expressions (at most {MAX_REGEXES} in a condition)"
             )));
         }
-        RegexBuilder::new(pattern)
+        let built = RegexBuilder::new(pattern)
             .case_insensitive(insensitive)
             .size_limit(REGEX_SIZE_LIMIT)
             .dfa_size_limit(REGEX_SIZE_LIMIT)
-            .build()
-            .map_err(|e| {
-                let reason = match &e {
-                    regex::Error::Syntax(text) => text
-                        .lines()
-                        .rev()
-                        .find_map(|l| l.strip_prefix("error: "))
-                        .unwrap_or("syntax error")
-                        .to_string(),
-                    regex::Error::CompiledTooBig(limit) => {
-                        format!("its compiled form exceeds {limit} bytes")
-                    }
-                    other => other.to_string(),
-                };
-                self.error(format_args!(
-                    "invalid regular expression {}: {reason}",
-                    short(operand)
-                ))
-            })
+            .build();
+        if self.lenient && matches!(built, Err(regex::Error::Syntax(_))) {
+            return Ok(None);
+        }
+        built.map(Some).map_err(|e| {
+            let reason = match &e {
+                regex::Error::Syntax(text) => text
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.strip_prefix("error: "))
+                    .unwrap_or("syntax error")
+                    .to_string(),
+                regex::Error::CompiledTooBig(limit) => {
+                    format!("its compiled form exceeds {limit} bytes")
+                }
+                other => other.to_string(),
+            };
+            self.error(format_args!(
+                "invalid regular expression {}: {reason}",
+                short(operand)
+            ))
+        })
     }
 }
 
@@ -585,6 +624,13 @@ impl AttributePath {
         }
         Cow::Borrowed(current)
     }
+}
+
+/// The value at a dotted `path` of `attributes` as conditions read it (GrowthBook's
+/// `getPath`: array indexes and `length` included; `null` where the path leads nowhere).
+/// Segments' dimensions (SPEC §13) are read this way.
+pub fn value_at_path<'a>(attributes: &'a Value, path: &str) -> Cow<'a, Value> {
+    AttributePath::parse(path).get(attributes)
 }
 
 /// A canonical array index: `0` or digits without a leading zero.
@@ -696,6 +742,7 @@ impl Op {
             },
             Op::Regex(regex) => regex.is_match(&to_js_string(actual)),
             Op::Type(name) => type_name(actual) == *name,
+            Op::Never => false,
         }
     }
 }
@@ -1481,7 +1528,64 @@ mod tests {
         assert!(compile(&json!({})).unwrap().is_empty());
         assert!(!compile(&json!({"a": 1})).unwrap().is_empty());
         assert_eq!(eval_condition(&json!({"a": 1}), &json!({"a": 1})), Ok(true));
-        assert!(eval_condition(&json!({"a": {"$x": 1}}), &json!({})).is_err());
+        assert_eq!(
+            eval_condition(&json!({"a": {"$x": 1}}), &json!({})),
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn value_at_path_reads_as_conditions_do() {
+        let a = json!({"tags": ["x", "y"], "geo": {"country": "DE"}, "n": 3});
+        assert_eq!(value_at_path(&a, "tags.0").as_ref(), &json!("x"));
+        assert_eq!(value_at_path(&a, "tags.length").as_ref(), &json!(2));
+        assert_eq!(value_at_path(&a, "geo.country").as_ref(), &json!("DE"));
+        assert_eq!(value_at_path(&a, "geo.city").as_ref(), &Value::Null);
+        assert_eq!(value_at_path(&a, "n.x").as_ref(), &Value::Null);
+        assert_eq!(value_at_path(&a, "tags.01").as_ref(), &Value::Null);
+    }
+
+    /// Written conditions are rejected where GrowthBook would evaluate to false; evaluated
+    /// once, they answer as GrowthBook does (false, so true under a negation).
+    #[test]
+    fn evaluation_answers_what_writing_rejects() {
+        let never = [
+            json!({"a": {"$x": 1}}),
+            json!({"a": {"$regex": "("}}),
+            json!({"a": {"$regexi": "(?=a)b"}}),
+            json!({"a": {"$type": "date"}}),
+            json!({"a": {"$or": [{"b": 1}]}}),
+            json!({"a": {"$elemMatch": {"$qux": 1}}}),
+        ];
+        for condition in never {
+            assert!(
+                compile(&condition).is_err(),
+                "{condition} must be rejected when written"
+            );
+            let for_eval = compile_for_eval(&condition).unwrap();
+            for attributes in [json!({}), json!({"a": "("}), json!({"a": [1, "x"]})] {
+                assert!(!for_eval.eval(&attributes), "{condition} on {attributes}");
+            }
+            let negated = json!({"$not": condition});
+            assert!(
+                compile_for_eval(&negated).unwrap().eval(&json!({"a": 1})),
+                "{negated}"
+            );
+        }
+        // Still errors when evaluated: the saved groups, non-conditions, a non-string
+        // pattern, the size limits.
+        for condition in [
+            json!({"id": {"$inGroup": "g"}}),
+            json!({"id": {"$notInGroup": "g"}}),
+            json!([{"a": 1}]),
+            json!({"$or": {"a": 1}}),
+            json!({"a": {"$regex": 5}}),
+        ] {
+            assert!(
+                eval_condition(&condition, &json!({})).is_err(),
+                "{condition}"
+            );
+        }
         assert!(check_attributes(&json!({})).is_ok());
         let e = check_attributes(&json!([1])).unwrap_err();
         assert_eq!(

@@ -5,13 +5,16 @@
 //!
 //! - Cases with the saved-group operators `$inGroup` / `$notInGroup` (those that carry saved
 //!   groups): the condition must be rejected at compile time as an unknown operator.
-//! - Every other case: the condition compiles and evaluates to the expected boolean, except
-//!   the cases listed in [`EXPECTED_DIFFERENCES`], each with its reason. The test fails if
-//!   a listed case starts to agree or another case starts to differ: the list is exact.
+//! - Evaluated once (`eval_condition`, what `amba_eval_condition` runs): every other case
+//!   gives GrowthBook's answer.
+//! - Written as an experiment's targeting (`compile_named`): every other case compiles and
+//!   evaluates to the expected boolean, except the cases listed in
+//!   [`EXPECTED_DIFFERENCES`], each with its reason: rejected when written. The test fails
+//!   if a listed case starts to agree or another case starts to differ: the list is exact.
 //!
 //! All failures are collected and reported together, each with its case.
 
-use amba_core::condition::{compile, compile_named};
+use amba_core::condition::{compile, compile_named, eval_condition};
 use amba_core::ErrorCode;
 use serde_json::Value;
 
@@ -19,9 +22,9 @@ const FIXTURE: &str = include_str!("fixtures/growthbook_eval_condition.json");
 
 const SAVED_GROUP_OPERATORS: [&str; 2] = ["$inGroup", "$notInGroup"];
 
-/// Cases amba answers differently from GrowthBook, by name, with the reason. In each,
-/// GrowthBook evaluates a condition it cannot make sense of to false, where the contract
-/// has amba reject the condition when it is written (`INVALID_ARGUMENT` at create/update,
+/// Cases whose condition amba rejects when written as targeting, by name, with the reason.
+/// In each, GrowthBook evaluates a condition it cannot make sense of to false, where the
+/// contract has amba reject the condition when it is written (`INVALID_ARGUMENT` at create/update,
 /// never at assignment): a condition that can never hold is a mistake to report, not a
 /// silent "nobody is targeted".
 const EXPECTED_DIFFERENCES: [(&str, &str); 3] = [
@@ -212,4 +215,34 @@ fn expected_differences_are_rejections_naming_the_path() {
             );
         }
     }
+}
+
+/// What `amba_eval_condition` runs: every case but the saved-group ones gives GrowthBook's
+/// answer, the three rejected when written included; the saved-group operators are
+/// rejected as unknown.
+#[test]
+fn every_case_evaluated_once_gives_growthbooks_answer() {
+    let doc: Value = serde_json::from_str(FIXTURE).expect("valid JSON");
+    let mut failures = Vec::new();
+    let (mut agreed, mut rejected_groups) = (0usize, 0usize);
+    for case in cases(&doc) {
+        let label = format!(
+            "#{} {:?}: condition {}, attributes {}",
+            case.index, case.name, case.condition, case.attributes
+        );
+        match (
+            case.saved_groups.is_some(),
+            eval_condition(case.condition, case.attributes),
+        ) {
+            (true, Err(e)) if e.code == ErrorCode::InvalidArgument => rejected_groups += 1,
+            (true, got) => failures.push(format!("{label}: {got:?}; must be rejected")),
+            (false, Ok(got)) if got == case.expected => agreed += 1,
+            (false, got) => failures.push(format!(
+                "{label}: {got:?}, GrowthBook expects {}",
+                case.expected
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!((agreed, rejected_groups), (240, 8));
 }

@@ -645,6 +645,44 @@ fn the_results_comparison_catches_every_column() {
 // 2. When the weights change, and how
 // ---------------------------------------------------------------------------------------
 
+/// An arm without an estimate (no period with two exposed users) has no `mean`, and its
+/// posterior is the prior N(0, 10^4) (CONTRACT 14: d_i = 0), so its interval is
+/// 0 ± Φ⁻¹(0.975) · 100; with every arm at the prior each is best with probability 1/k.
+#[test]
+fn arms_without_data_report_the_priors_interval() {
+    let db = Db::with_amba("bandit_prior");
+    let mut c = db.client();
+    let bandit = r#"{"event": "signup", "kind": "conversion"}"#;
+    c.query_one(
+        "SELECT amba_create_experiment('prior', $1::text::jsonb, bandit => $2::text::jsonb)",
+        &[&THREE, &bandit],
+    )
+    .unwrap();
+    // One exposed user in the control: still no period with two.
+    let first = users_of_arm("prior", &[1.0, 1.0, 1.0], 0, "p", 1);
+    c.query_one("SELECT amba_assign('prior', $1), amba_expose('prior', $1)", &[&first[0]])
+        .unwrap();
+    let z = 1.959_963_984_540_054; // scipy.stats.norm.ppf(0.975)
+    let rows = c
+        .query(
+            "SELECT variant, exposed_count, mean, ci_low, ci_high, best_arm_probability \
+               FROM amba_bandit_results('prior')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for (i, row) in rows.iter().enumerate() {
+        let what = format!("arm {}", row.get::<_, String>(0));
+        assert_eq!(row.get::<_, i64>(1), i64::from(i == 0), "{what}: exposed");
+        assert_eq!(row.get::<_, Option<f64>>(2), None, "{what}: mean");
+        let (low, high): (Option<f64>, Option<f64>) = (row.get(3), row.get(4));
+        assert!((low.unwrap() + z * 100.0).abs() < 1e-8, "{what}: ci_low {low:?}");
+        assert!((high.unwrap() - z * 100.0).abs() < 1e-8, "{what}: ci_high {high:?}");
+        let best: Option<f64> = row.get(5);
+        assert!((best.unwrap() - 1.0 / 3.0).abs() < 1e-6, "{what}: best {best:?}");
+    }
+}
+
 /// Nothing changes until every arm has `min_users` exposed users — users assigned but not
 /// exposed, and overridden users, do not count — and then the next call updates.
 #[test]

@@ -469,7 +469,7 @@ fn placement_takes_the_lowest_free_gap_and_ending_pausing_drafting_and_deleting_
         ),
         "c 0.375 in a layer with 0.25 free",
     );
-    assert!(msg.contains("full"), "{msg}");
+    assert!(msg.contains("layer full"), "{msg}");
     assert_eq!(state(&mut c), before, "a rejected create writes nothing");
     assert!(get_experiment(&mut c, "c").is_none());
     // The key stays free: the same create with a share that fits works.
@@ -520,7 +520,7 @@ fn placement_takes_the_lowest_free_gap_and_ending_pausing_drafting_and_deleting_
             set_status(&mut c, "a", status),
             &format!("ended a -> {status} with no room"),
         );
-        assert!(msg.contains("full"), "{msg}");
+        assert!(msg.contains("layer full"), "{msg}");
         assert_eq!(
             state(&mut c),
             before,

@@ -843,6 +843,55 @@ fn stored_dimension_values_never_change() {
     );
 }
 
+/// A dimension's dotted path reads the attributes as a condition's path does (CONTRACT 13):
+/// into arrays by index and `length`, null where it leads nowhere. Each stored value is
+/// checked against `amba_eval_condition` on the same path and attributes.
+#[test]
+fn dimension_paths_read_like_condition_paths() {
+    let db = Db::with_amba("seg_paths");
+    let mut c = db.client();
+    let paths = ["tags.0", "tags.length", "devices.1.os", "tags.01", "plan.name"];
+    c.query_one(
+        "SELECT amba_create_experiment('paths', $1::text::jsonb, dimensions => $2)",
+        &[&AB, &paths.to_vec()],
+    )
+    .unwrap();
+    let attributes = json!({
+        "tags": ["beta", "vip"],
+        "devices": [{"os": "ios"}, {"os": "android"}],
+        "plan": "pro"
+    });
+    c.query_one(
+        "SELECT amba_assign('paths', 'u1', $1::text::jsonb)",
+        &[&attributes.to_string()],
+    )
+    .unwrap();
+    let stored = stored_dimensions(&mut c, "paths")["u1"].clone();
+    assert_eq!(
+        stored,
+        json!({"tags.0": "beta", "tags.length": "2", "devices.1.os": "android"})
+    );
+    for path in paths {
+        // What a condition sees at the path: the stored text (a number as its JSON text),
+        // or nothing when the path leads nowhere.
+        let condition = match &stored[path] {
+            Value::String(text) => match text.parse::<f64>() {
+                Ok(n) => json!({ path: n }),
+                Err(_) => json!({ path: text }),
+            },
+            _ => json!({ path: {"$exists": false} }),
+        };
+        let holds: bool = c
+            .query_one(
+                "SELECT amba_eval_condition($1::text::jsonb, $2::text::jsonb)",
+                &[&condition.to_string(), &attributes.to_string()],
+            )
+            .unwrap()
+            .get(0);
+        assert!(holds, "{path}: stored {:?}, condition {condition}", stored[path]);
+    }
+}
+
 /// A dimension the experiment does not have → INVALID_ARGUMENT (SQLSTATE 22023), also one
 /// differing only in case, and for an experiment without dimensions.
 #[test]
