@@ -660,8 +660,11 @@ fn arms_without_data_report_the_priors_interval() {
     .unwrap();
     // One exposed user in the control: still no period with two.
     let first = users_of_arm("prior", &[1.0, 1.0, 1.0], 0, "p", 1);
-    c.query_one("SELECT amba_assign('prior', $1), amba_expose('prior', $1)", &[&first[0]])
-        .unwrap();
+    c.query_one(
+        "SELECT amba_assign('prior', $1), amba_expose('prior', $1)",
+        &[&first[0]],
+    )
+    .unwrap();
     let z = 1.959_963_984_540_054; // scipy.stats.norm.ppf(0.975)
     let rows = c
         .query(
@@ -676,10 +679,19 @@ fn arms_without_data_report_the_priors_interval() {
         assert_eq!(row.get::<_, i64>(1), i64::from(i == 0), "{what}: exposed");
         assert_eq!(row.get::<_, Option<f64>>(2), None, "{what}: mean");
         let (low, high): (Option<f64>, Option<f64>) = (row.get(3), row.get(4));
-        assert!((low.unwrap() + z * 100.0).abs() < 1e-8, "{what}: ci_low {low:?}");
-        assert!((high.unwrap() - z * 100.0).abs() < 1e-8, "{what}: ci_high {high:?}");
+        assert!(
+            (low.unwrap() + z * 100.0).abs() < 1e-8,
+            "{what}: ci_low {low:?}"
+        );
+        assert!(
+            (high.unwrap() - z * 100.0).abs() < 1e-8,
+            "{what}: ci_high {high:?}"
+        );
         let best: Option<f64> = row.get(5);
-        assert!((best.unwrap() - 1.0 / 3.0).abs() < 1e-6, "{what}: best {best:?}");
+        assert!(
+            (best.unwrap() - 1.0 / 3.0).abs() < 1e-6,
+            "{what}: best {best:?}"
+        );
     }
 }
 

@@ -19,7 +19,9 @@
 //! - validation of `guardrails` at create and update (nothing written), and the experiment
 //!   jsonb and history carrying them;
 //! - pg_cron for real: a job scheduled in the test's database pauses a harmful experiment
-//!   within the 150 s allowed, and the job's run is recorded as succeeded.
+//!   within the 150 s allowed, and the job's run is recorded as succeeded;
+//! - concurrency, forced: a check waiting for another check's pause (committed or rolled
+//!   back) or for an admin's status change, and in REPEATABLE READ.
 //!
 //! Every test has a database of its own, so `amba_check_guardrails()` (every active
 //! experiment) sees only that test's experiments.
@@ -1332,4 +1334,151 @@ fn pg_cron_pauses_a_harmful_experiment() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "the job was not unscheduled");
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Concurrent checks and status changes, forced
+// ---------------------------------------------------------------------------------------
+
+/// The outcome of B's `amba_check_guardrails('harm')` forced to wait for A.
+struct Race {
+    /// B's rows, or its error (SQLSTATE, message).
+    b: Result<Vec<Check>, (String, String)>,
+    /// The notifications a listener received for `harm`, A's and B's together.
+    notified: usize,
+    /// `harm`'s history after both, by action.
+    actions: Vec<String>,
+    status: String,
+}
+
+/// `harm` (tripping guardrails 0, 1 and 2) in a database of its own. A runs `a_sql` in an
+/// open transaction (a check that pauses `harm`, or an admin's status change: either holds
+/// its row); B, in `b_isolation`, runs `amba_check_guardrails('harm')` and is seen waiting
+/// for A (pg_stat_activity, pg_blocking_pids) and still waiting 200 ms later; then A ends
+/// with `end`.
+fn forced_check_race(prefix: &str, a_sql: &str, end: &str, b_isolation: &str) -> Race {
+    use amba_integration_tests::{backend_pid, wait_until_blocked_by};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let db = Db::with_amba(prefix);
+    let mut setup = db.client();
+    harmful(&mut setup, "harm", HARM_GUARDRAILS, 600);
+    let audit_before = history(&mut setup, "harm").len();
+    let mut l = listener(&db.0);
+    let (mut a, mut b, mut observer) = (db.client(), db.client(), db.client());
+    let (pid_a, pid_b) = (backend_pid(&mut a), backend_pid(&mut b));
+
+    a.batch_execute("BEGIN").unwrap();
+    a.batch_execute(a_sql).unwrap();
+    let running = Arc::new(AtomicBool::new(true));
+    let flag = running.clone();
+    let isolation = b_isolation.to_string();
+    let second = std::thread::spawn(move || {
+        b.batch_execute(&format!("BEGIN ISOLATION LEVEL {isolation}"))
+            .unwrap();
+        let result = b
+            .query("SELECT * FROM amba_check_guardrails('harm')", &[])
+            .map(|rows| rows.iter().map(Check::of).collect::<Vec<_>>())
+            .map_err(|e| (sqlstate(&e).to_string(), db_message(&e)));
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        b.batch_execute(end).unwrap();
+        flag.store(false, Ordering::SeqCst);
+        result
+    });
+    let wait_event = wait_until_blocked_by(&mut observer, pid_b, pid_a, "B's check", || {
+        running.load(Ordering::SeqCst)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        running.load(Ordering::SeqCst),
+        "B finished while A held the row"
+    );
+    eprintln!("B waits for A ({wait_event}); A then runs {end}");
+    a.batch_execute(end).unwrap();
+    let b_result = second.join().unwrap();
+
+    let notified = notifications(&mut l, Duration::from_millis(700))
+        .iter()
+        .filter(|n| n.2["experiment_key"] == "harm")
+        .count();
+    let actions = history(&mut setup, "harm")[audit_before..]
+        .iter()
+        .map(|h| h.0.clone())
+        .collect();
+    Race {
+        b: b_result,
+        notified,
+        actions,
+        status: status(&mut setup, "harm"),
+    }
+}
+
+const A_CHECKS: &str = "SELECT count(*) FROM amba_check_guardrails('harm')";
+
+/// B's rows: the three tripping guardrails tripped; `paused` as given on every row.
+fn assert_b_rows(b: &Result<Vec<Check>, (String, String)>, paused: bool) {
+    let rows = b.as_ref().expect("B's check");
+    let tripped: Vec<i32> = rows
+        .iter()
+        .filter(|r| r.tripped)
+        .map(|r| r.guardrail)
+        .collect();
+    assert_eq!(tripped, [0, 1, 2], "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.paused == paused),
+        "paused must be {paused}: {rows:?}"
+    );
+}
+
+/// Two checks at once, the first commits its pause: B waits for the row, then finds `harm`
+/// paused and reports the trips without pausing it again: one `auto_pause` audit row and
+/// A's three notifications only.
+#[test]
+fn a_second_concurrent_check_does_not_pause_again() {
+    let race = forced_check_race("gr_race_commit", A_CHECKS, "COMMIT", "READ COMMITTED");
+    assert_b_rows(&race.b, false);
+    assert_eq!(race.actions, ["auto_pause"]);
+    assert_eq!(race.notified, 3, "A's notifications only");
+    assert_eq!(race.status, "paused");
+}
+
+/// Two checks at once, the first rolls back: B then pauses `harm` itself: one `auto_pause`
+/// audit row (B's) and B's three notifications only.
+#[test]
+fn a_concurrent_check_pauses_when_the_first_rolls_back() {
+    let race = forced_check_race("gr_race_rollback", A_CHECKS, "ROLLBACK", "READ COMMITTED");
+    assert_b_rows(&race.b, true);
+    assert_eq!(race.actions, ["auto_pause"]);
+    assert_eq!(race.notified, 3, "B's notifications only");
+    assert_eq!(race.status, "paused");
+}
+
+/// An admin ends `harm` while a check is under way: the check waits, then reports the trips
+/// and leaves the ended experiment as it is (no pause, no audit row, no notification).
+#[test]
+fn a_check_leaves_an_experiment_an_admin_ended_meanwhile() {
+    let race = forced_check_race(
+        "gr_race_admin",
+        "SELECT amba_update_experiment('harm', status => 'ended')",
+        "COMMIT",
+        "READ COMMITTED",
+    );
+    assert_b_rows(&race.b, false);
+    assert_eq!(race.actions, ["update"]);
+    assert_eq!(race.notified, 0);
+    assert_eq!(race.status, "ended");
+}
+
+/// In REPEATABLE READ the check's snapshot saw `harm` active; a pause committed meanwhile
+/// makes it fail cleanly (40001, retry) instead of pausing on a stale reading: nothing of
+/// B's is written.
+#[test]
+fn a_repeatable_read_check_fails_cleanly_on_a_concurrent_pause() {
+    let race = forced_check_race("gr_race_rr", A_CHECKS, "COMMIT", "REPEATABLE READ");
+    let (state, message) = race.b.as_ref().expect_err("B must fail");
+    assert_eq!(state, "40001", "{message}");
+    assert_eq!(race.actions, ["auto_pause"]);
+    assert_eq!(race.notified, 3, "A's notifications only");
+    assert_eq!(race.status, "paused");
 }

@@ -850,7 +850,13 @@ fn stored_dimension_values_never_change() {
 fn dimension_paths_read_like_condition_paths() {
     let db = Db::with_amba("seg_paths");
     let mut c = db.client();
-    let paths = ["tags.0", "tags.length", "devices.1.os", "tags.01", "plan.name"];
+    let paths = [
+        "tags.0",
+        "tags.length",
+        "devices.1.os",
+        "tags.01",
+        "plan.name",
+    ];
     c.query_one(
         "SELECT amba_create_experiment('paths', $1::text::jsonb, dimensions => $2)",
         &[&AB, &paths.to_vec()],
@@ -888,7 +894,11 @@ fn dimension_paths_read_like_condition_paths() {
             )
             .unwrap()
             .get(0);
-        assert!(holds, "{path}: stored {:?}, condition {condition}", stored[path]);
+        assert!(
+            holds,
+            "{path}: stored {:?}, condition {condition}",
+            stored[path]
+        );
     }
 }
 

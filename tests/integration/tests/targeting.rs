@@ -376,7 +376,11 @@ fn eval_condition_null_empty_and_bad_inputs() {
             assert_invalid(got, &format!("condition {bad}"));
         } else {
             let negated = text.contains("$not") || text.contains("$nor");
-            assert_eq!(got.unwrap(), negated, "condition {bad}: GrowthBook's answer");
+            assert_eq!(
+                got.unwrap(),
+                negated,
+                "condition {bad}: GrowthBook's answer"
+            );
         }
     }
     // Pure: IMMUTABLE (CONTRACT 10), and one function each for assign and peek, the
