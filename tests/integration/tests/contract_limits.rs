@@ -1480,6 +1480,19 @@ fn amba_analyst_reads_results_and_is_refused_every_write() {
     setup
         .query_one("SELECT amba_create_api_key($1)", &[&api_name])
         .unwrap();
+    // A segmented experiment and a bandit, each with an exposed user.
+    let seg_key = unique("analyst_seg");
+    let bandit_key = unique("analyst_bandit");
+    setup
+        .batch_execute(&format!(
+            "SELECT amba_create_experiment('{seg_key}', '{AB}', dimensions => ARRAY['country']);
+             SELECT amba_create_experiment('{bandit_key}', '{AB}',
+                 bandit => '{{\"event\": \"buy\", \"kind\": \"conversion\"}}');
+             SELECT amba_assign('{seg_key}', '{user}', '{{\"country\": \"DE\"}}'),
+                    amba_expose('{seg_key}', '{user}'),
+                    amba_assign('{bandit_key}', '{user}'), amba_expose('{bandit_key}', '{user}');"
+        ))
+        .unwrap();
 
     let mut ck = Check::new(|| {
         let mut c = connect();
@@ -1488,6 +1501,8 @@ fn amba_analyst_reads_results_and_is_refused_every_write() {
     });
     let k: &str = &key;
     let u: &str = &user;
+    let seg: &str = &seg_key;
+    let band: &str = &bandit_key;
     let reads: Vec<(&str, &str, Vec<&(dyn ToSql + Sync)>)> = vec![
         (
             "amba_results",
@@ -1555,10 +1570,32 @@ fn amba_analyst_reads_results_and_is_refused_every_write() {
             "SELECT count(*) FROM amba_experiment_history($1)",
             vec![&k],
         ),
+        (
+            "amba_results_by",
+            "SELECT count(*) FROM amba_results_by($1, 'buy', 'country')",
+            vec![&seg],
+        ),
+        (
+            "amba_bandit_results",
+            "SELECT count(*) FROM amba_bandit_results($1)",
+            vec![&band],
+        ),
     ];
     for (f, sql, params) in &reads {
         ck.accepted(&format!("as amba_analyst: {f}"), sql, params);
     }
+    ck.returns(
+        "as amba_analyst: amba_results_by sees the stored dimension value",
+        "SELECT string_agg(dimension_value, ',')::text FROM amba_results_by($1, 'buy', 'country') WHERE exposed_count > 0",
+        &[&seg],
+        Some("DE"),
+    );
+    ck.returns(
+        "as amba_analyst: amba_bandit_results sees the exposure",
+        "SELECT sum(exposed_count)::text FROM amba_bandit_results($1)",
+        &[&band],
+        Some("1"),
+    );
     // Results as the analyst equal the owner's.
     ck.returns(
         "as amba_analyst: amba_results sees the data",
