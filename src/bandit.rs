@@ -174,27 +174,35 @@ fn load(experiment_key: Option<&str>, lock: bool) -> Bandit {
         };
         let settings = parse(&settings_text, &weights);
         let mut periods: BTreeMap<i32, Vec<PeriodStats>> = BTreeMap::new();
-        let table = client
-            .select(
-                PERIOD_SUMS_SQL,
-                None,
-                &[
-                    id.into(),
-                    settings.event.as_str().into(),
-                    settings.mean.into(),
-                    settings.value_property.as_deref().into(),
-                ],
-            )
-            .expect("summing the arms");
-        for row in table {
-            let variant: String = row.get(1).expect("variant").expect("variant");
-            let version: i32 = row.get(2).expect("version").expect("version");
+        let rows: Vec<(String, i32, f64, f64, f64)> =
+            crate::errors::values_in_double_range("the bandit's values", || {
+                client
+                    .select(
+                        PERIOD_SUMS_SQL,
+                        None,
+                        &[
+                            id.into(),
+                            settings.event.as_str().into(),
+                            settings.mean.into(),
+                            settings.value_property.as_deref().into(),
+                        ],
+                    )
+                    .expect("summing the arms")
+                    .map(|row| {
+                        (
+                            row.get(1).expect("variant").expect("variant"),
+                            row.get(2).expect("version").expect("version"),
+                            row.get(3).expect("n").unwrap_or(0.0),
+                            row.get(4).expect("sum").unwrap_or(0.0),
+                            row.get(5).expect("sum_sq").unwrap_or(0.0),
+                        )
+                    })
+                    .collect()
+            });
+        for (variant, version, n, sum, sum_sq) in rows {
             let Some(arm) = variant_keys.iter().position(|k| *k == variant) else {
                 continue;
             };
-            let n: f64 = row.get(3).expect("n").unwrap_or(0.0);
-            let sum: f64 = row.get(4).expect("sum").unwrap_or(0.0);
-            let sum_sq: f64 = row.get(5).expect("sum_sq").unwrap_or(0.0);
             let period = periods
                 .entry(version)
                 .or_insert_with(|| vec![PeriodStats::default(); variant_keys.len()]);

@@ -39,6 +39,33 @@ pub fn raise_serialization_failure(message: &str) -> ! {
     unreachable!("ERROR does not return")
 }
 
+/// Runs `f`, statistics over stored event values, raising PostgreSQL's 22003 ("out of
+/// range for type double precision": a property value beyond float8, or a sum of squares
+/// that overflows it) as INVALID_ARGUMENT naming `what`, so a caller gets the contract's
+/// code and knows which input to look at. The transaction aborts as it would have.
+pub fn values_in_double_range<R>(what: &str, f: impl FnOnce() -> R) -> R {
+    use pgrx::pg_sys::panic::CaughtError;
+    pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+        .catch_when(
+            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            |caught| {
+                if let CaughtError::RustPanic { .. } = caught {
+                    caught.rethrow()
+                }
+                // Not PostgreSQL's message: it quotes the value in full (1e400 is 401 digits).
+                raise_code(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "{what} cannot be computed in double precision: a value or a sum of \
+                     squares is out of range (values and their squares must stay within \
+                     ±1.7e308)"
+                    ),
+                )
+            },
+        )
+        .execute()
+}
+
 /// Unwraps a validation result, raising its error.
 pub trait OrRaise<T> {
     fn or_raise(self) -> T;

@@ -182,26 +182,28 @@ fn arm_sums(experiments: &[Checked]) -> HashMap<(i64, Measure), Vec<(String, Arm
             per_variant = per_variant.join(", "),
             per_user = per_user.join(", "),
         );
-        Spi::connect(|client| {
-            for row in client
-                .select(&sql, None, &args)
-                .expect("counting the guardrails")
-            {
-                let id: i64 = row.get(1).expect("experiment").expect("experiment");
-                let variant: String = row.get(2).expect("variant").expect("variant");
-                let n = row.get::<f64>(3).expect("n").unwrap_or(0.0) as u64;
-                for (j, measure) in measures.iter().enumerate() {
-                    let get = |i: usize| row.get::<f64>(i).expect("a sum").unwrap_or(0.0);
-                    sums.entry((id, measure.clone())).or_default().insert(
-                        variant.clone(),
-                        ArmSums {
-                            n,
-                            sum: get(4 + 2 * j),
-                            sum_squares: get(5 + 2 * j),
-                        },
-                    );
+        crate::errors::values_in_double_range("the guardrails' values", || {
+            Spi::connect(|client| {
+                for row in client
+                    .select(&sql, None, &args)
+                    .expect("counting the guardrails")
+                {
+                    let id: i64 = row.get(1).expect("experiment").expect("experiment");
+                    let variant: String = row.get(2).expect("variant").expect("variant");
+                    let n = row.get::<f64>(3).expect("n").unwrap_or(0.0) as u64;
+                    for (j, measure) in measures.iter().enumerate() {
+                        let get = |i: usize| row.get::<f64>(i).expect("a sum").unwrap_or(0.0);
+                        sums.entry((id, measure.clone())).or_default().insert(
+                            variant.clone(),
+                            ArmSums {
+                                n,
+                                sum: get(4 + 2 * j),
+                                sum_squares: get(5 + 2 * j),
+                            },
+                        );
+                    }
                 }
-            }
+            })
         });
     }
     let mut arms = HashMap::new();

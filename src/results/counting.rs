@@ -227,7 +227,21 @@ pub enum Slicing<'a> {
 ///
 /// Planned at every call (with this experiment's statistics), and run as SPI runs a
 /// one-shot query: parallel workers allowed (a kept SPI plan never gets them).
+/// A property value (or a sum of squares) beyond double precision is INVALID_ARGUMENT.
 pub fn run_counting<'a, R>(
+    client: &SpiClient<'_>,
+    experiment_id: i64,
+    query: impl Fn(UserSlice) -> String,
+    slicing: Slicing<'_>,
+    args: Vec<pgrx::datum::DatumWithOid<'a>>,
+    read: impl FnOnce(pgrx::spi::SpiTupleTable) -> R,
+) -> R {
+    crate::errors::values_in_double_range("the events' values", || {
+        run_counting_slices(client, experiment_id, query, slicing, args, read)
+    })
+}
+
+fn run_counting_slices<'a, R>(
     client: &SpiClient<'_>,
     experiment_id: i64,
     query: impl Fn(UserSlice) -> String,

@@ -259,6 +259,87 @@ fn track_properties_at_64_kib_and_only_objects_or_null() {
     ck.finish("track_properties");
 }
 
+/// Property values amba_track accepts (any JSON number) but double precision cannot hold,
+/// or whose squares overflow it: every statistic over them is INVALID_ARGUMENT naming the
+/// values (not a bare 22003), and values within range still compute.
+#[test]
+fn values_beyond_double_precision_are_invalid_argument_in_every_statistic() {
+    let db = Db::with_amba("limits_huge");
+    let mut c = db.client();
+    let guardrails =
+        r#"[{"event": "rev", "value_property": "v", "kind": "mean", "bad": "decrease"}]"#;
+    let bandit = r#"{"event": "rev", "kind": "mean", "value_property": "v"}"#;
+    c.batch_execute(&format!(
+        "SELECT amba_create_experiment('huge', '{AB}', guardrails => '{guardrails}');
+         SELECT amba_create_experiment('huge_bandit', '{AB}', bandit => '{bandit}');"
+    ))
+    .unwrap();
+    for (i, value) in ["1e200", "1e400", "-1e400", "5"].iter().enumerate() {
+        let u = format!("u{i}");
+        c.query_one(
+            "SELECT amba_assign('huge', $1), amba_expose('huge', $1),
+                    amba_assign('huge_bandit', $1), amba_expose('huge_bandit', $1)",
+            &[&u],
+        )
+        .unwrap();
+        if i == 0 {
+            // One value whose square overflows: the sums of squares cannot be computed.
+            c.query_one(
+                "SELECT amba_track($1, 'rev', $2::text::jsonb)",
+                &[&u, &format!("{{\"v\": {value}}}")],
+            )
+            .unwrap();
+            for sql in [
+                "SELECT * FROM amba_metric_results('huge', 'rev', 'v')",
+                "SELECT * FROM amba_ratio_results('huge', 'rev', 'v', 'rev', NULL)",
+                "SELECT * FROM amba_check_guardrails('huge')",
+                "SELECT * FROM amba_bandit_results('huge_bandit')",
+            ] {
+                let m = amba_integration_tests::invalid_argument(&mut c, sql, &[]);
+                assert!(
+                    m.contains("values") && m.contains("double precision"),
+                    "{sql}: {m}"
+                );
+            }
+            // The quantile needs no squares: it is computed.
+            c.query(
+                "SELECT * FROM amba_quantile_results('huge', 'rev', 'v', 0.5)",
+                &[],
+            )
+            .unwrap();
+            c.batch_execute("DELETE FROM amba.events").unwrap();
+        } else {
+            c.query_one(
+                "SELECT amba_track($1, 'rev', $2::text::jsonb)",
+                &[&u, &format!("{{\"v\": {value}}}")],
+            )
+            .unwrap();
+        }
+    }
+    // Values beyond float8 itself (1e400): even reading them fails, in every statistic.
+    for sql in [
+        "SELECT * FROM amba_metric_results('huge', 'rev', 'v')",
+        "SELECT * FROM amba_quantile_results('huge', 'rev', 'v', 0.5)",
+        "SELECT * FROM amba_ratio_results('huge', 'rev', 'v', 'rev', NULL)",
+        "SELECT * FROM amba_check_guardrails('huge')",
+        "SELECT * FROM amba_bandit_results('huge_bandit')",
+    ] {
+        let m = amba_integration_tests::invalid_argument(&mut c, sql, &[]);
+        assert!(m.contains("double precision"), "{sql}: {m}");
+    }
+    // Within range again: computed.
+    c.batch_execute("DELETE FROM amba.events WHERE abs((properties->>'v')::numeric) > 1e300")
+        .unwrap();
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM amba_metric_results('huge', 'rev', 'v') WHERE mean IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(n >= 1);
+}
+
 #[test]
 fn track_event_names_and_occurred_at() {
     let mut ck = Check::new(connect);
