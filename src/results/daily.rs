@@ -7,9 +7,9 @@ use super::counting::{
     check_event, experiment_for_results, run_counting, Slicing, UserSlice,
     COUNTED_ASSIGNMENTS_FROM, COUNTED_ASSIGNMENTS_WHERE,
 };
-use crate::errors::OrRaise;
+use crate::errors::{raise_code, OrRaise};
 use amba_core::stats::{self, Arm};
-use amba_core::validate;
+use amba_core::{validate, ErrorCode};
 use pgrx::datum::Date;
 use pgrx::prelude::*;
 use std::collections::BTreeMap;
@@ -118,6 +118,9 @@ impl DailyRow {
     }
 }
 
+/// The most days daily results span (a century and a day or so of leap years).
+const MAX_DAYS: i64 = 36_600;
+
 fn results_daily(
     experiment_key: Option<&str>,
     conversion_event: Option<&str>,
@@ -182,6 +185,27 @@ fn results_daily(
         .chain(last_event_day)
         .max()
         .unwrap_or(first_day);
+    // An occurred_at centuries away (amba_track takes any timestamp) would ask for millions
+    // of rows, held in memory: refused with the dates, so the stray event can be found.
+    let span = i64::from(last_day) - i64::from(first_day) + 1;
+    if span > MAX_DAYS {
+        let date = |day: i32| {
+            Date::try_from(pgrx::pg_sys::DateADT::from(day))
+                .map(|d| d.to_string())
+                .unwrap_or_else(|_| day.to_string())
+        };
+        raise_code(
+            ErrorCode::InvalidArgument,
+            format!(
+                "daily results of {:?} would span {span} days, from the first exposure on {} \
+                 to an exposure or {event:?} event on {}; at most {MAX_DAYS} (about a \
+                 century): check the events' occurred_at",
+                experiment_key.unwrap_or_default(),
+                date(first_day),
+                date(last_day)
+            ),
+        );
+    }
     let n = variant_keys.len();
     let (mut exposed, mut converted) = (vec![0i64; n], vec![0i64; n]);
     let mut rows = Vec::new();

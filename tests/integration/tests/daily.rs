@@ -452,3 +452,68 @@ fn daily_intervals_follow_alpha() {
         failures.join("\n")
     );
 }
+
+/// A stray `occurred_at` centuries away would make the daily rows (and the report page)
+/// millions of days long: refused with INVALID_ARGUMENT naming the dates, with nothing
+/// allocated for them; 36,600 days (the limit) are still answered.
+#[test]
+fn a_span_beyond_a_century_is_invalid_argument() {
+    let mut c = connect();
+    let key = unique("daily_span");
+    let event = unique("daily_span_buy");
+    c.execute(
+        "SELECT amba_create_experiment($1, '[{\"key\":\"c\",\"weight\":1},{\"key\":\"t\",\"weight\":1}]')",
+        &[&key],
+    )
+    .unwrap();
+    c.execute(
+        "SELECT amba_assign($1, 'u1'), amba_expose($1, 'u1')",
+        &[&key],
+    )
+    .unwrap();
+    let first_day: String = c
+        .query_one("SELECT (now() AT TIME ZONE 'UTC')::date::text", &[])
+        .unwrap()
+        .get(0);
+    // The last day the limit allows: 36,600 days, first and last included.
+    c.execute(
+        "SELECT amba_track('u1', $1, NULL, (($2::text::date + 36599)::timestamp AT TIME ZONE 'UTC') + interval '1 hour')",
+        &[&event, &first_day],
+    )
+    .unwrap();
+    let days: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT day) FROM amba_results_daily($1, $2)",
+            &[&key, &event],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(days, 36_600);
+    // One day more, then year 294000.
+    for at in [
+        "($2::text::date + 36600)::timestamp AT TIME ZONE 'UTC'",
+        "'294000-01-01 00:00+00'::timestamptz",
+    ] {
+        c.execute(
+            &format!("SELECT amba_track('u1', $1, NULL, {at} + interval '1 hour' * length($2::text))"),
+            &[&event, &first_day],
+        )
+        .unwrap();
+        for sql in [
+            "SELECT count(*) FROM amba_results_daily($1, $2)",
+            "SELECT length(amba_report($1, $2))::bigint",
+        ] {
+            let e = c.query_one(sql, &[&key, &event]).unwrap_err();
+            let message = amba_integration_tests::db_message(&e);
+            assert_eq!(
+                amba_integration_tests::sqlstate(&e),
+                "22023",
+                "{sql}: {message}"
+            );
+            assert!(
+                message.starts_with("INVALID_ARGUMENT:") && message.contains(&first_day),
+                "{sql}: {message}"
+            );
+        }
+    }
+}
