@@ -88,39 +88,41 @@ $fn$;
 CREATE FUNCTION amba_api.pre_request() RETURNS void
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    headers jsonb := coalesce(nullif(current_setting('request.headers', true), '')::jsonb, '{}'::jsonb);
-    api_key text := headers ->> 'x-api-key';
+    headers jsonb := coalesce(nullif(pg_catalog.current_setting('request.headers'::text, true), ''::text)::jsonb,
+                              '{}'::jsonb);
+    api_key text := headers ->> 'x-api-key'::text;
     path text := amba._decoded_request_path();
-    request_role text := current_setting('role');
+    request_role text := pg_catalog.current_setting('role'::text);
     key_row amba.api_keys;
 BEGIN
-    IF api_key IS NULL OR api_key = '' THEN
+    IF api_key IS NULL OR api_key = ''::text THEN
         PERFORM amba._http_error(401, 'API_KEY_REQUIRED'::text, 'the X-Api-Key header is required'::text);
     END IF;
-    SELECT * INTO key_row FROM amba.api_keys k WHERE k.key_hash = sha256(convert_to(api_key, 'UTF8'));
+    SELECT * INTO key_row FROM amba.api_keys k WHERE k.key_hash = pg_catalog.sha256(pg_catalog.convert_to(api_key, 'UTF8'::name));
     IF key_row.name IS NULL OR key_row.revoked_at IS NOT NULL THEN
         PERFORM amba._http_error(401, 'API_KEY_INVALID'::text, 'the API key is unknown or revoked'::text);
     END IF;
 
-    IF path ~ '^/rpc/(experiments|overrides|users)_' THEN
-        IF key_row.kind <> 'admin' OR request_role <> 'amba_admin' THEN
+    IF path ~ '^/rpc/(experiments|overrides|users)_'::text THEN
+        IF key_row.kind <> 'admin'::text OR request_role <> 'amba_admin'::text THEN
             PERFORM amba._http_error(403, 'FORBIDDEN'::text,
                 'admin endpoints need an admin API key and the amba_admin role'::text);
         END IF;
     END IF;
     -- The admin role acts only with an admin key, whatever the path.
-    IF request_role = 'amba_admin' AND key_row.kind <> 'admin' THEN
+    IF request_role = 'amba_admin'::text AND key_row.kind <> 'admin'::text THEN
         PERFORM amba._http_error(403, 'FORBIDDEN'::text, 'the amba_admin role needs an admin API key'::text);
     END IF;
-    IF path IN ('/rpc/assign', '/rpc/expose', '/rpc/track', '/rpc/peek', '/my_assignments') THEN
-        IF request_role <> 'amba_client' THEN
+    IF path IN ('/rpc/assign'::text, '/rpc/expose'::text, '/rpc/track'::text, '/rpc/peek'::text,
+                '/my_assignments'::text) THEN
+        IF request_role <> 'amba_client'::text THEN
             PERFORM amba._http_error(403, 'FORBIDDEN'::text,
                 'client endpoints need an end-user session token (role amba_client)'::text);
         END IF;
     END IF;
     -- Attributes changes in the experiment history to this key.
-    PERFORM set_config('amba.api_key_name', key_row.name, true);
-    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+    PERFORM pg_catalog.set_config('amba.api_key_name'::text, key_row.name, true);
+    IF pg_catalog.current_setting('citus.propagate_set_commands'::text, true) IS NOT NULL THEN
         PERFORM amba._propagate_request_settings();
     END IF;
 END
@@ -136,8 +138,8 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 DECLARE
     user_id text := amba._client_user_id();
 BEGIN
-    RETURN json_build_object('experiment_key', experiment_key,
-                             'variant', amba._assign(experiment_key, user_id, attributes));
+    RETURN pg_catalog.json_build_object('experiment_key'::text, experiment_key,
+                                        'variant'::text, amba._assign(experiment_key, user_id, attributes));
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
@@ -150,8 +152,8 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 DECLARE
     user_id text := amba._client_user_id();
 BEGIN
-    RETURN json_build_object('experiment_key', experiment_key,
-                             'variant', amba._expose(experiment_key, user_id));
+    RETURN pg_catalog.json_build_object('experiment_key'::text, experiment_key,
+                                        'variant'::text, amba._expose(experiment_key, user_id));
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
@@ -164,8 +166,8 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 DECLARE
     user_id text := amba._client_user_id();
 BEGIN
-    RETURN json_build_object('event', event,
-                             'occurred_at', amba._track(user_id, event, properties, NULL::timestamptz));
+    RETURN pg_catalog.json_build_object('event'::text, event,
+                                        'occurred_at'::text, amba._track(user_id, event, properties, NULL::timestamptz));
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END
@@ -182,15 +184,15 @@ BEGIN
     -- (v12 Plan/CallPlan.hs jsonRpcParams, then json_to_record), so the object arrives as a
     -- jsonb string holding its JSON text. Read it; text that is not JSON stays a string,
     -- which amba._peek rejects (INVALID_ARGUMENT).
-    IF jsonb_typeof(attributes) = 'string' THEN
+    IF pg_catalog.jsonb_typeof(attributes) = 'string'::text THEN
         BEGIN
-            attributes := (attributes #>> '{}')::jsonb;
+            attributes := (attributes #>> '{}'::text[])::jsonb;
         EXCEPTION WHEN invalid_text_representation THEN
             NULL;
         END;
     END IF;
-    RETURN json_build_object('experiment_key', experiment_key,
-                             'variant', amba._peek(experiment_key, user_id, attributes));
+    RETURN pg_catalog.json_build_object('experiment_key'::text, experiment_key,
+                                        'variant'::text, amba._peek(experiment_key, user_id, attributes));
 EXCEPTION WHEN OTHERS THEN
     PERFORM amba._http_rethrow(SQLSTATE, SQLERRM);
 END

@@ -157,6 +157,10 @@ fn look_alikes_in_the_extension_schema_never_run_and_the_schema_may_need_quoting
             !src.contains("App-1") && !src.contains(".amba_"),
             "{name} calls into the extension's schema:\n{src}"
         );
+        // CONTRACT 8: only schema-qualified functions, no literal left for overload
+        // resolution to type.
+        let loose = loose_calls_and_literals(&src);
+        assert!(loose.is_empty(), "{name}: {loose:?}\n{src}");
     }
     // The public API works through the quoted schema too (where no look-alike shadows it).
     let v: Option<String> = c
@@ -543,4 +547,71 @@ fn the_bucketing_version_is_stored_and_checked() {
     // checks every experiment there is of this build's rule).
     c.execute("DELETE FROM amba.experiments WHERE key = $1", &[&key])
         .unwrap();
+}
+
+/// In a function body (SQL or PL/pgSQL): each call of a function that is not
+/// schema-qualified (`name(` without `schema.` before it; SQL's own constructs such as
+/// `coalesce(` aside) and each string literal without a `::type` cast right after it.
+/// Comments are skipped; literals' contents are not read as code.
+fn loose_calls_and_literals(src: &str) -> Vec<String> {
+    const SQL_CONSTRUCTS: [&str; 8] = [
+        "coalesce", "nullif", "greatest", "least", "exists", "in", "any", "all",
+    ];
+    let chars: Vec<char> = src.chars().collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '-' && chars.get(i + 1) == Some(&'-') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '\'' {
+            let start = i;
+            i += 1;
+            while i < chars.len() {
+                if chars[i] == '\'' && chars.get(i + 1) == Some(&'\'') {
+                    i += 2;
+                } else if chars[i] == '\'' {
+                    break;
+                } else {
+                    i += 1;
+                }
+            }
+            i += 1;
+            if !(chars.get(i) == Some(&':') && chars.get(i + 1) == Some(&':')) {
+                found.push(format!(
+                    "literal {} without a cast",
+                    chars[start..i].iter().collect::<String>()
+                ));
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let word: String = chars[start..i]
+                .iter()
+                .collect::<String>()
+                .to_ascii_lowercase();
+            let qualified = start > 0 && chars[start - 1] == '.';
+            if chars.get(i) == Some(&'(') && !qualified && !SQL_CONSTRUCTS.contains(&word.as_str())
+            {
+                found.push(format!("unqualified call {word}("));
+            }
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+#[test]
+fn the_loose_call_scanner_finds_what_it_must() {
+    assert_eq!(
+        loose_calls_and_literals(
+            "-- sha256( in a comment\n x := pg_catalog.sha256(convert_to(k, 'UTF8'::name)) || 'it''s'; y := coalesce(a, 'b'::text);"
+        ),
+        ["unqualified call convert_to(", "literal 'it''s' without a cast"]
+    );
 }
