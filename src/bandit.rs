@@ -65,6 +65,14 @@ fn parse(text: &str, weights: &[f64]) -> Settings {
         }
         Some(_) => invalid("bandit.value_property must be a string or null".into()),
     };
+    if weights.len() > bandit::MAX_ARMS {
+        invalid(format!(
+            "a bandit has at most {} variants (its exact weights cost the cube of the arms), \
+             not {}",
+            bandit::MAX_ARMS,
+            weights.len()
+        ));
+    }
     let k = weights.len() as f64;
     let min_weight = match object.get("min_weight") {
         None | Some(Value::Null) => 0.01,

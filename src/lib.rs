@@ -36,6 +36,10 @@ mod store;
 /// invalidation callbacks.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // The core's long computations honour a cancel, statement_timeout and a terminate.
+    amba_core::interrupt::install(|| {
+        pgrx::check_for_interrupts!();
+    });
     store::define_settings();
     store::invalidation::register();
 }

@@ -491,7 +491,10 @@ mod tests {
             Some(true),
             "deferred: no error yet"
         );
-        assert_eq!(count("SELECT count(*) FROM amba.exposures WHERE experiment_id = 777779"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM amba.exposures WHERE experiment_id = 777779"),
+            1
+        );
         Spi::run(
             "DO $$ BEGIN SET CONSTRAINTS ALL IMMEDIATE;
              EXCEPTION WHEN foreign_key_violation THEN

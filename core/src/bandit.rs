@@ -178,6 +178,10 @@ pub struct RankProbabilities {
     pub second: f64,
 }
 
+/// The most arms a bandit may have. The exact top-two integrals cost about k³ normal
+/// CDFs: 50 arms take 1.6 s (100 take 12 s, 200 take 87 s) on a 2-core machine.
+pub const MAX_ARMS: usize = 50;
+
 /// Half-width, in standard deviations of arm i, of the range integrated over (the
 /// normal mass outside ±10 is 1.5e-23).
 const HALF_RANGE: f64 = 10.0;
@@ -215,6 +219,7 @@ pub fn rank_probabilities(posteriors: &[Posterior]) -> Option<Vec<RankProbabilit
     }
     let mut out = Vec::with_capacity(k);
     for i in 0..k {
+        crate::interrupt::check();
         let me = posteriors[i];
         let others: Vec<Posterior> = posteriors
             .iter()
@@ -411,9 +416,15 @@ fn integrate(f: impl Fn(f64) -> [f64; 2], breaks: &[f64]) -> [f64; 2] {
     let mut pieces: Vec<Piece> = breaks
         .windows(2)
         .filter(|w| w[1] > w[0])
-        .map(|w| gauss_kronrod(&f, w[0], w[1]))
+        .map(|w| {
+            crate::interrupt::check();
+            gauss_kronrod(&f, w[0], w[1])
+        })
         .collect();
     while pieces.len() < MAX_PIECES {
+        // Each step evaluates the integrand 15 times, each over every other arm: with
+        // many arms a cancel must get through.
+        crate::interrupt::check();
         let total: f64 = pieces.iter().map(|p| p.error).sum();
         if total <= TOLERANCE {
             break;

@@ -10,6 +10,7 @@
 //!   always-valid p-values, Holm);
 //! - [`srm`]: the sample-ratio-mismatch test (Pearson's chi-square at assignment-time
 //!   weights);
+//! - [`interrupt`]: where long computations let PostgreSQL cancel them;
 //! - [`slices`]: where to cut user ids into slices of equal work for parallel counting;
 //! - [`columns`]: the columns of the results functions (name, SQL type), declared once for
 //!   the extension, its HTTP wrappers and the MCP server.
@@ -22,6 +23,7 @@ pub mod columns;
 pub mod condition;
 pub mod distributions;
 pub mod error;
+pub mod interrupt;
 pub mod metric;
 pub mod quantile;
 pub mod ratio;

@@ -243,19 +243,29 @@ fn cached(path: Path, key: &str) -> Option<Rc<Experiment>> {
 fn cached_checked_by_sql(key: &str) -> Option<Rc<Experiment>> {
     let cached = EXPERIMENTS.with(|m| m.borrow().get(key).cloned())?;
     let tables = [c"experiments", c"overrides", c"aliases"].map(|name| unsafe {
-        pg_sys::get_relname_relid(name.as_ptr(), pg_sys::get_namespace_oid(c"amba".as_ptr(), true))
+        pg_sys::get_relname_relid(
+            name.as_ptr(),
+            pg_sys::get_namespace_oid(c"amba".as_ptr(), true),
+        )
     });
     let current = !tables.contains(&pg_sys::InvalidOid)
         && access::readable(&tables)
         && Spi::connect(|client| {
-            with_plan(&VERSION_PLAN, client, LATEST_VERSION_SQL, &[pg_sys::INT8OID], false, |plan| {
-                let table = client
-                    .select(plan, Some(1), &[cached.id.into()])
-                    .expect("reading the experiment's row version");
-                !table.is_empty()
-                    && table.first().get::<String>(1).ok().flatten().as_deref()
-                        == Some(cached.version_text.as_str())
-            })
+            with_plan(
+                &VERSION_PLAN,
+                client,
+                LATEST_VERSION_SQL,
+                &[pg_sys::INT8OID],
+                false,
+                |plan| {
+                    let table = client
+                        .select(plan, Some(1), &[cached.id.into()])
+                        .expect("reading the experiment's row version");
+                    !table.is_empty()
+                        && table.first().get::<String>(1).ok().flatten().as_deref()
+                            == Some(cached.version_text.as_str())
+                },
+            )
         });
     if current {
         Some(cached)

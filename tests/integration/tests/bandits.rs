@@ -1264,3 +1264,77 @@ fn pg_cron_runs_the_bandit_update() {
         .get(0);
     assert_eq!(left, 0, "the job was not unscheduled");
 }
+
+// ---------------------------------------------------------------------------------------
+// 4. Many arms: capped, and the exact integrals can be cancelled
+// ---------------------------------------------------------------------------------------
+
+/// `n` variants of weight 1 as a JSON array text.
+fn arms(n: usize) -> String {
+    let v: Vec<Value> = (0..n)
+        .map(|i| json!({"key": format!("v{i}"), "weight": 1}))
+        .collect();
+    Value::Array(v).to_string()
+}
+
+/// The exact top-two integrals cost about k³: a bandit has at most 50 arms (51 is
+/// INVALID_ARGUMENT, at create and when variants are added), and on 50 arms with data the
+/// computation honours statement_timeout: cancelled (57014) at a quarter of its uncancelled
+/// time, the connection still usable.
+#[test]
+fn many_arms_are_capped_and_their_integrals_can_be_cancelled() {
+    let db = Db::with_amba("bandit_many");
+    let mut c = db.client();
+    let bandit = r#"{"event": "signup", "kind": "conversion", "min_weight": 0.001}"#;
+    let m = invalid_argument(
+        &mut c,
+        "SELECT amba_create_experiment('many51', $1::text::jsonb, bandit => $2::text::jsonb)",
+        &[&arms(51), &bandit],
+    );
+    assert!(m.contains("at most 50"), "{m}");
+    c.query_one(
+        "SELECT amba_create_experiment('many', $1::text::jsonb, bandit => $2::text::jsonb)",
+        &[&arms(50), &bandit],
+    )
+    .unwrap();
+    let m = invalid_argument(
+        &mut c,
+        "SELECT amba_update_experiment('many', $1::text::jsonb)",
+        &[&arms(51)],
+    );
+    assert!(m.contains("at most 50"), "{m}");
+    c.batch_execute(
+        "SELECT count(amba_assign('many', 'u' || g)), count(amba_expose('many', 'u' || g))
+           FROM generate_series(1, 600) g;
+         SELECT count(amba_track('u' || g, 'signup')) FROM generate_series(1, 600) g
+          WHERE g % 3 = 0 OR g % 7 = 0;",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let rows = c
+        .query("SELECT * FROM amba_bandit_results('many')", &[])
+        .unwrap();
+    let full = started.elapsed();
+    assert_eq!(rows.len(), 50);
+    assert!(
+        full > Duration::from_millis(200),
+        "too fast to cancel: {full:?}"
+    );
+    let timeout = full / 4;
+    c.batch_execute(&format!("SET statement_timeout = {}", timeout.as_millis()))
+        .unwrap();
+    let started = Instant::now();
+    let e = c
+        .query("SELECT * FROM amba_bandit_results('many')", &[])
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code().map(|s| s.code()), Some("57014"), "{e}");
+    assert!(
+        took < timeout + Duration::from_secs(1),
+        "cancelled after {took:?}; the timeout was {timeout:?} (uncancelled: {full:?})"
+    );
+    eprintln!("uncancelled {full:?}; statement_timeout {timeout:?} ended it after {took:?}");
+    c.batch_execute("RESET statement_timeout").unwrap();
+    let one: i32 = c.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1, "the connection is still usable");
+}
