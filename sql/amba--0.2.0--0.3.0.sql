@@ -846,13 +846,17 @@ BEGIN
         range_start := split_part(range_text, ' ', 1)::double precision;
         -- A gap between two ranges fits only if the range's computed end does not pass
         -- the next start: ranges stay disjoint also in floating point.
-        IF free_from + _place_in_layer.share <= range_start THEN
+        IF free_from + _place_in_layer.share <= range_start
+           AND free_from + _place_in_layer.share > free_from THEN
             RETURN free_from;
         END IF;
         free_from := greatest(free_from, split_part(range_text, ' ', 2)::double precision);
     END LOOP;
     -- The last gap, up to 1 (rounding of the shares' sum tolerated: no user's bucket is 1).
-    IF free_from + _place_in_layer.share <= 1 + 1e-12 THEN
+    -- A range starts below 1 and is not empty in floating point (a share too small to
+    -- move its start would hold nobody).
+    IF free_from < 1 AND free_from + _place_in_layer.share > free_from
+       AND free_from + _place_in_layer.share <= 1 + 1e-12 THEN
         RETURN free_from;
     END IF;
     PERFORM amba._raise('INVALID_ARGUMENT'::text,

@@ -50,7 +50,7 @@ impl Attributes {
 
     fn value(&self) -> &serde_json::Value {
         self.parsed.get_or_init(|| match &self.given {
-            Some(attributes) => attributes.to_value(),
+            Some(attributes) => attributes.to_value("attributes"),
             None => serde_json::Value::Object(Default::default()),
         })
     }
@@ -517,17 +517,18 @@ fn amba_layer_bucket(layer: Option<&str>, user_id: Option<&str>) -> f64 {
 /// Whether `attributes` (a JSON object; NULL = `{}`) satisfy `condition` in GrowthBook's
 /// condition language (SPEC §10); NULL or `{}` matches everyone. Pure: reads no table.
 #[pg_extern(immutable, parallel_safe)]
-fn amba_eval_condition(condition: Option<pgrx::JsonB>, attributes: Option<pgrx::JsonB>) -> bool {
+fn amba_eval_condition(condition: Option<JsonbDatum>, attributes: Option<JsonbDatum>) -> bool {
     let attributes = match attributes {
-        Some(pgrx::JsonB(value)) => value,
+        Some(given) => given.to_value("attributes"),
         None => serde_json::Value::Object(Default::default()),
     };
     amba_core::condition::check_attributes(&attributes).or_raise();
     match condition {
         // Answered as GrowthBook answers (an unknown operator never holds); an
         // experiment's targeting is checked strictly when written instead.
-        Some(pgrx::JsonB(condition)) => {
-            amba_core::condition::eval_condition(&condition, &attributes).or_raise()
+        Some(condition) => {
+            amba_core::condition::eval_condition(&condition.to_value("condition"), &attributes)
+                .or_raise()
         }
         None => true,
     }

@@ -156,10 +156,15 @@ fn arm_sums(experiments: &[Checked]) -> HashMap<(i64, Measure), Vec<(String, Arm
             let (event, property) = (3 + 2 * j, 4 + 2 * j);
             per_user.push(match &measure.mean_of {
                 None => format!("(count(*) FILTER (WHERE ev.event = ${event}) > 0)::int::float8 AS y{j}"),
+                // A value beyond ±1e100 (squares and sums must stay in double precision)
+                // makes the user's Y NaN: that experiment's intervals are NULL and never
+                // trip, and no other experiment's check fails with it. Below 1e-300, 0.
                 Some(_) => format!(
                     "coalesce(sum(CASE WHEN ${property}::text IS NULL THEN 1::float8 \
-                                       WHEN jsonb_typeof(ev.properties -> ${property}::text) = 'number' \
-                                       THEN (ev.properties -> ${property}::text)::float8 ELSE 0::float8 END) \
+                                       WHEN jsonb_typeof(ev.properties -> ${property}::text) <> 'number' THEN 0::float8 \
+                                       WHEN abs((ev.properties -> ${property}::text)::numeric) > 1e100 THEN 'NaN'::float8 \
+                                       WHEN abs((ev.properties -> ${property}::text)::numeric) < 1e-300 THEN 0::float8 \
+                                       ELSE (ev.properties -> ${property}::text)::float8 END) \
                               FILTER (WHERE ev.event = ${event}), 0) AS y{j}"
                 ),
             });

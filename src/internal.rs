@@ -87,8 +87,8 @@ mod amba {
     /// oversized conditions are INVALID_ARGUMENT naming the path). Returns what is stored:
     /// NULL for NULL or `{}` (everyone), else the condition as given.
     #[pg_extern(name = "_normalize_targeting", immutable, parallel_safe)]
-    fn normalize_targeting(targeting: Option<JsonB>) -> Option<JsonB> {
-        let JsonB(value) = targeting?;
+    fn normalize_targeting(targeting: Option<crate::jsonb::JsonbDatum>) -> Option<JsonB> {
+        let value = targeting?.to_value("targeting");
         let condition = amba_core::condition::compile_named(&value, "targeting").or_raise();
         (!condition.is_empty()).then_some(JsonB(value))
     }

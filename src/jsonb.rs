@@ -61,17 +61,37 @@ impl JsonbDatum {
     }
 }
 
+/// The largest JSON text amba parses from an argument (attributes, a condition): 64 KiB,
+/// as for event properties.
+pub const MAX_PARSED_BYTES: usize = 64 * 1024;
+
 impl JsonbDatum {
     /// The value parsed into serde's form (its JSON text, parsed): only where a rule needs
     /// to look inside, e.g. the attributes of a new user of a targeted experiment.
-    pub fn to_value(&self) -> serde_json::Value {
-        unsafe {
+    /// INVALID_ARGUMENT naming `what` for what jsonb holds but serde cannot (a number beyond
+    /// double precision such as 1e400, nesting deeper than 128) and for JSON text over
+    /// [`MAX_PARSED_BYTES`].
+    pub fn to_value(&self, what: &str) -> serde_json::Value {
+        let parsed = unsafe {
             let text =
                 pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)])
                     .expect("jsonb_out of a jsonb");
-            let value = serde_json::from_slice(text.to_bytes()).expect("jsonb text is JSON");
+            let bytes = text.to_bytes();
+            let parsed = if bytes.len() > MAX_PARSED_BYTES {
+                Err(format!(
+                    "{what} is {} bytes as JSON text; at most {MAX_PARSED_BYTES}",
+                    bytes.len()
+                ))
+            } else {
+                serde_json::from_slice(bytes).map_err(|e| {
+                    format!("{what} cannot be read: {e} (numbers must fit in double precision, nesting at most 128 levels)")
+                })
+            };
             pg_sys::pfree(text.as_ptr().cast_mut().cast());
-            value
-        }
+            parsed
+        };
+        parsed.unwrap_or_else(|detail| {
+            crate::errors::raise_code(amba_core::ErrorCode::InvalidArgument, detail)
+        })
     }
 }

@@ -752,6 +752,8 @@ impl Op {
 /// `insensitive`, strings lower-cased (the list is lower-cased already).
 fn is_in(actual: &Value, list: &[Value], insensitive: bool) -> bool {
     let contains = |v: &Value| {
+        // An attribute array against a long list: let a cancel through.
+        crate::interrupt::check();
         if insensitive {
             let folded = case_fold(v);
             list.iter().any(|e| strict_equal(&folded, e))

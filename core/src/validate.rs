@@ -190,6 +190,10 @@ pub fn variants_json(text: &str) -> Result<Vec<Variant>, CoreError> {
     variants(&value)
 }
 
+/// The most variants an experiment may have: every result, the report page and the daily
+/// rows grow with their number (a thousand is far beyond any real test).
+pub const MAX_VARIANTS: usize = 1000;
+
 pub fn variants(value: &Value) -> Result<Vec<Variant>, CoreError> {
     let items = value.as_array().ok_or_else(|| {
         CoreError::invalid(
@@ -202,7 +206,14 @@ pub fn variants(value: &Value) -> Result<Vec<Variant>, CoreError> {
             items.len()
         )));
     }
+    if items.len() > MAX_VARIANTS {
+        return Err(CoreError::invalid(format!(
+            "an experiment has at most {MAX_VARIANTS} variants, got {}",
+            items.len()
+        )));
+    }
     let mut out: Vec<Variant> = Vec::with_capacity(items.len());
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (i, item) in items.iter().enumerate() {
         let obj = item.as_object().ok_or_else(|| {
             CoreError::invalid(format!(
@@ -249,7 +260,7 @@ pub fn variants(value: &Value) -> Result<Vec<Variant>, CoreError> {
                 "variants[{i}].weight is {weight}; weights must be >= 0"
             )));
         }
-        if out.iter().any(|v| v.key == key) {
+        if !seen.insert(key) {
             return Err(CoreError::invalid(format!(
                 "variant key {key:?} appears twice"
             )));

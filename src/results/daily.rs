@@ -120,6 +120,8 @@ impl DailyRow {
 
 /// The most days daily results span (a century and a day or so of leap years).
 const MAX_DAYS: i64 = 36_600;
+/// The most rows (days × variants) they hold in memory: about 100 MB.
+const MAX_ROWS: i64 = 400_000;
 
 fn results_daily(
     experiment_key: Option<&str>,
@@ -188,7 +190,8 @@ fn results_daily(
     // An occurred_at centuries away (amba_track takes any timestamp) would ask for millions
     // of rows, held in memory: refused with the dates, so the stray event can be found.
     let span = i64::from(last_day) - i64::from(first_day) + 1;
-    if span > MAX_DAYS {
+    let rows_needed = span.saturating_mul(variant_keys.len() as i64);
+    if span > MAX_DAYS || rows_needed > MAX_ROWS {
         let date = |day: i32| {
             Date::try_from(pgrx::pg_sys::DateADT::from(day))
                 .map(|d| d.to_string())
@@ -198,11 +201,13 @@ fn results_daily(
             ErrorCode::InvalidArgument,
             format!(
                 "daily results of {:?} would span {span} days, from the first exposure on {} \
-                 to an exposure or {event:?} event on {}; at most {MAX_DAYS} (about a \
-                 century): check the events' occurred_at",
+                 to an exposure or {event:?} event on {} ({rows_needed} rows for {} \
+                 variants); at most {MAX_DAYS} days and {MAX_ROWS} rows: check the events' \
+                 occurred_at",
                 experiment_key.unwrap_or_default(),
                 date(first_day),
-                date(last_day)
+                date(last_day),
+                variant_keys.len()
             ),
         );
     }
@@ -210,6 +215,7 @@ fn results_daily(
     let (mut exposed, mut converted) = (vec![0i64; n], vec![0i64; n]);
     let mut rows = Vec::new();
     for day in first_day..=last_day {
+        pgrx::check_for_interrupts!();
         for v in 0..n {
             exposed[v] += new_exposed.get(&(day, v)).copied().unwrap_or(0);
             converted[v] += new_converted.get(&(day, v)).copied().unwrap_or(0);

@@ -260,10 +260,12 @@ fn track_properties_at_64_kib_and_only_objects_or_null() {
 }
 
 /// Property values amba_track accepts (any JSON number) but double precision cannot hold,
-/// or whose squares overflow it: every statistic over them is INVALID_ARGUMENT naming the
-/// values (not a bare 22003), and values within range still compute.
+/// or whose squares overflow it: every statistic an analyst asks for is INVALID_ARGUMENT
+/// naming the values (not a bare 22003); the guardrail check, which pg_cron runs over every
+/// experiment at once, answers NULL (never trips) for that experiment alone and checks the
+/// others; values within range compute again.
 #[test]
-fn values_beyond_double_precision_are_invalid_argument_in_every_statistic() {
+fn values_beyond_double_precision_are_refused_by_results_and_isolated_by_guardrails() {
     let db = Db::with_amba("limits_huge");
     let mut c = db.client();
     let guardrails =
@@ -271,9 +273,25 @@ fn values_beyond_double_precision_are_invalid_argument_in_every_statistic() {
     let bandit = r#"{"event": "rev", "kind": "mean", "value_property": "v"}"#;
     c.batch_execute(&format!(
         "SELECT amba_create_experiment('huge', '{AB}', guardrails => '{guardrails}');
-         SELECT amba_create_experiment('huge_bandit', '{AB}', bandit => '{bandit}');"
+         SELECT amba_create_experiment('huge_bandit', '{AB}', bandit => '{bandit}');
+         SELECT amba_create_experiment('calm', '{AB}', guardrails => '{guardrails}');
+         SELECT amba_assign('calm', 'c' || g), amba_expose('calm', 'c' || g),
+                amba_track('c' || g, 'rev', jsonb_build_object('v', g % 7))
+           FROM generate_series(1, 40) g;"
     ))
     .unwrap();
+    // The guardrail rows of `huge`: all NULL, never tripped; `calm`'s computed.
+    let guardrail_rows = |c: &mut Client| -> Vec<(String, bool, bool)> {
+        c.query(
+            "SELECT experiment_key, lift IS NULL AND cs_low IS NULL AND cs_high IS NULL, tripped
+               FROM amba_check_guardrails() ORDER BY experiment_key",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
     for (i, value) in ["1e200", "1e400", "-1e400", "5"].iter().enumerate() {
         let u = format!("u{i}");
         c.query_one(
@@ -292,7 +310,6 @@ fn values_beyond_double_precision_are_invalid_argument_in_every_statistic() {
             for sql in [
                 "SELECT * FROM amba_metric_results('huge', 'rev', 'v')",
                 "SELECT * FROM amba_ratio_results('huge', 'rev', 'v', 'rev', NULL)",
-                "SELECT * FROM amba_check_guardrails('huge')",
                 "SELECT * FROM amba_bandit_results('huge_bandit')",
             ] {
                 let m = amba_integration_tests::invalid_argument(&mut c, sql, &[]);
@@ -301,13 +318,21 @@ fn values_beyond_double_precision_are_invalid_argument_in_every_statistic() {
                     "{sql}: {m}"
                 );
             }
+            assert_eq!(
+                guardrail_rows(&mut c),
+                [
+                    ("calm".to_string(), false, false),
+                    ("huge".to_string(), true, false)
+                ]
+            );
             // The quantile needs no squares: it is computed.
             c.query(
                 "SELECT * FROM amba_quantile_results('huge', 'rev', 'v', 0.5)",
                 &[],
             )
             .unwrap();
-            c.batch_execute("DELETE FROM amba.events").unwrap();
+            c.batch_execute("DELETE FROM amba.events WHERE user_id = 'u0'")
+                .unwrap();
         } else {
             c.query_one(
                 "SELECT amba_track($1, 'rev', $2::text::jsonb)",
@@ -321,12 +346,18 @@ fn values_beyond_double_precision_are_invalid_argument_in_every_statistic() {
         "SELECT * FROM amba_metric_results('huge', 'rev', 'v')",
         "SELECT * FROM amba_quantile_results('huge', 'rev', 'v', 0.5)",
         "SELECT * FROM amba_ratio_results('huge', 'rev', 'v', 'rev', NULL)",
-        "SELECT * FROM amba_check_guardrails('huge')",
         "SELECT * FROM amba_bandit_results('huge_bandit')",
     ] {
         let m = amba_integration_tests::invalid_argument(&mut c, sql, &[]);
         assert!(m.contains("double precision"), "{sql}: {m}");
     }
+    assert_eq!(
+        guardrail_rows(&mut c),
+        [
+            ("calm".to_string(), false, false),
+            ("huge".to_string(), true, false)
+        ]
+    );
     // Within range again: computed.
     c.batch_execute("DELETE FROM amba.events WHERE abs((properties->>'v')::numeric) > 1e300")
         .unwrap();
@@ -1923,4 +1954,47 @@ fn harness_reports_every_kind_of_violation() {
     ck.accepted("probe refused", "SELECT 1/0", &[]);
     ck.returns("probe wrong value", "SELECT 'a'::text", &[], Some("b"));
     assert_eq!(ck.failures.len(), 5, "{:?}", ck.failures);
+}
+
+/// At most 1,000 variants (every result, the report and the daily rows grow with them):
+/// 1,000 are created, 1,001 are INVALID_ARGUMENT at create and update, nothing written.
+/// The duplicate-key check stays linear: 1,000 keys are checked at once.
+#[test]
+fn at_most_a_thousand_variants() {
+    let db = Db::with_amba("limits_variants");
+    let mut c = db.client();
+    let variants = |n: usize| {
+        let v: Vec<serde_json::Value> = (0..n)
+            .map(|i| serde_json::json!({"key": format!("v{i}"), "weight": 1}))
+            .collect();
+        serde_json::Value::Array(v).to_string()
+    };
+    c.query_one(
+        "SELECT amba_create_experiment('thousand', $1::text::jsonb)",
+        &[&variants(1000)],
+    )
+    .unwrap();
+    for sql in [
+        "SELECT amba_create_experiment('too_many', $1::text::jsonb)",
+        "SELECT amba_update_experiment('thousand', $1::text::jsonb)",
+    ] {
+        let m = amba_integration_tests::invalid_argument(&mut c, sql, &[&variants(1001)]);
+        assert!(m.contains("at most 1000 variants"), "{sql}: {m}");
+    }
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM amba.experiments WHERE key IN ('thousand', 'too_many')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let keys: i64 = c
+        .query_one(
+            "SELECT jsonb_array_length(amba_get_experiment('thousand')->'variants')::bigint",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 1000, "the update changed the variants");
 }

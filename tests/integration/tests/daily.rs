@@ -489,13 +489,42 @@ fn a_span_beyond_a_century_is_invalid_argument() {
         .unwrap()
         .get(0);
     assert_eq!(days, 36_600);
+    // Rows are days × variants: 20 variants over 36,600 days would be 732,000 rows, over
+    // the 400,000 held at most.
+    let wide = unique("daily_wide");
+    let twenty: Vec<String> = (0..20)
+        .map(|i| format!("{{\"key\":\"v{i}\",\"weight\":1}}"))
+        .collect();
+    c.execute(
+        "SELECT amba_create_experiment($1, $2::text::jsonb)",
+        &[&wide, &format!("[{}]", twenty.join(","))],
+    )
+    .unwrap();
+    c.execute(
+        "SELECT amba_assign($1, 'u1'), amba_expose($1, 'u1')",
+        &[&wide],
+    )
+    .unwrap();
+    let e = c
+        .query_one(
+            "SELECT count(*) FROM amba_results_daily($1, $2)",
+            &[&wide, &event],
+        )
+        .unwrap_err();
+    let message = amba_integration_tests::db_message(&e);
+    assert!(
+        message.starts_with("INVALID_ARGUMENT:") && message.contains("rows"),
+        "{message}"
+    );
     // One day more, then year 294000.
     for at in [
         "($2::text::date + 36600)::timestamp AT TIME ZONE 'UTC'",
         "'294000-01-01 00:00+00'::timestamptz",
     ] {
         c.execute(
-            &format!("SELECT amba_track('u1', $1, NULL, {at} + interval '1 hour' * length($2::text))"),
+            &format!(
+                "SELECT amba_track('u1', $1, NULL, {at} + interval '1 hour' * length($2::text))"
+            ),
             &[&event, &first_day],
         )
         .unwrap();

@@ -483,19 +483,23 @@ fn placement_takes_the_lowest_free_gap_and_ending_pausing_drafting_and_deleting_
             ("c".into(), 0.75, 1.0)
         ]
     );
-    // Full: even a tiny share is refused.
-    assert_invalid(
-        try_create(
-            &mut c,
-            "d",
-            New {
-                layer: Some(l),
-                share: Some(1e-9),
-                ..New::default()
-            },
-        ),
-        "any share in a full layer",
-    );
+    // Full: even a tiny share is refused, also one too small to move a start (which would
+    // otherwise be placed at 1, outside the unit interval, or make an empty range).
+    for share in [1e-9, 1e-13, 5e-324] {
+        let msg = assert_invalid(
+            try_create(
+                &mut c,
+                "d",
+                New {
+                    layer: Some(l),
+                    share: Some(share),
+                    ..New::default()
+                },
+            ),
+            &format!("share {share} in a full layer"),
+        );
+        assert!(msg.contains("layer full"), "{msg}");
+    }
 
     // Ending a frees [0, 0.25): its jsonb keeps the layer's key, start and end null.
     let a_ended = set_status(&mut c, "a", "ended").unwrap();

@@ -1362,3 +1362,76 @@ fn changes_reach_sessions_that_cached_the_definition() {
         v
     });
 }
+
+/// JSON that jsonb holds but amba cannot read — a number beyond double precision (1e400),
+/// nesting deeper than 128 levels, attributes over 64 KiB — is INVALID_ARGUMENT wherever it
+/// is read (amba_eval_condition, a targeting condition at create, the attributes of a new
+/// user of a targeted experiment in assign and peek), never a bare internal error, and
+/// nothing is written.
+#[test]
+fn json_amba_cannot_read_is_invalid_argument() {
+    let db = Db::with_amba("tgt_unreadable");
+    let mut c = db.client();
+    create(&mut c, "t", Some(&json!({"country": "DE"})), None);
+    let deep = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
+    let big = format!(
+        "{{\"country\": \"DE\", \"pad\": \"{}\"}}",
+        "x".repeat(70 * 1024)
+    );
+    let unreadable_attributes = [
+        r#"{"country": "DE", "b": 1e400}"#,
+        deep.as_str(),
+        big.as_str(),
+    ];
+    for attrs in unreadable_attributes {
+        let what = &attrs[..attrs.len().min(40)];
+        assert_invalid(
+            c.query_one(
+                "SELECT amba_eval_condition('{\"country\": \"DE\"}', $1::text::jsonb)",
+                &[&attrs],
+            ),
+            &format!("eval, attributes {what}"),
+        );
+        for f in ["amba_assign", "amba_peek"] {
+            assert_invalid(
+                c.query_one(
+                    &format!("SELECT {f}('t', 'new-user', $1::text::jsonb)"),
+                    &[&attrs],
+                ),
+                &format!("{f}, attributes {what}"),
+            );
+        }
+    }
+    for cond in [r#"{"a": 1e400}"#, deep.as_str()] {
+        let what = &cond[..cond.len().min(40)];
+        assert_invalid(
+            c.query_one(
+                "SELECT amba_eval_condition($1::text::jsonb, '{}')",
+                &[&cond],
+            ),
+            &format!("eval, condition {what}"),
+        );
+        assert_invalid(
+            c.query_one(
+                "SELECT amba_create_experiment('t2', $1::text::jsonb, targeting => $2::text::jsonb)",
+                &[&AB, &cond],
+            ),
+            &format!("create, targeting {what}"),
+        );
+    }
+    assert!(stored(&mut c, "t").is_empty(), "an assignment was stored");
+    let t2: i64 = c
+        .query_one(
+            "SELECT count(*) FROM amba.experiments WHERE key = 't2'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(t2, 0);
+    // Readable attributes still enrol.
+    assert!(
+        assign(&mut c, "t", "new-user", Some(&json!({"country": "DE"})))
+            .unwrap()
+            .is_some()
+    );
+}
