@@ -145,8 +145,8 @@ LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'amba_bucket_wrapper';
 
 CREATE OR REPLACE FUNCTION "amba_eval_condition"(
-	"condition" jsonb, /* Option < pgrx :: JsonB > */
-	"attributes" jsonb /* Option < pgrx :: JsonB > */
+	"condition" jsonb, /* Option < JsonbDatum > */
+	"attributes" jsonb /* Option < JsonbDatum > */
 ) RETURNS bool /* bool */
 IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
@@ -564,7 +564,7 @@ LANGUAGE c /* Rust */
 AS 'amba-0.3.0', 'normalize_guardrails_wrapper';
 
 CREATE OR REPLACE FUNCTION amba."_normalize_targeting"(
-	"targeting" jsonb /* Option < JsonB > */
+	"targeting" jsonb /* Option < crate :: jsonb :: JsonbDatum > */
 ) RETURNS jsonb /* Option < JsonB > */
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
