@@ -359,7 +359,11 @@ fn first_assignment(
             return Some(Assigned::Stored(variant));
         }
     }
-    panic!("could not assign user to experiment {key:?}: the experiment kept changing");
+    // Eight definitions committed while this call waited: ask the caller to retry, as
+    // PostgreSQL asks when concurrent updates get in the way.
+    raise_serialization_failure(&format!(
+        "could not assign the user to experiment {key:?}: its definition kept changing; retry"
+    ));
 }
 
 fn expose(experiment_key: Option<&str>, user_id: Option<&str>) -> String {
