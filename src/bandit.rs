@@ -122,7 +122,8 @@ fn to_json(s: &Settings) -> Value {
 /// user has the event at or after assignment, or — `mean` — their count of such events or
 /// sum of `value_property`, as SPEC §3c's Y without cap).
 const PERIOD_SUMS_SQL: &str = "\
-    SELECT t.variant, t.weight_version, count(*)::float8, sum(t.y), sum(t.y * t.y) FROM ( \
+    SELECT t.variant, t.weight_version, count(*)::float8, sum(t.y), \
+           sum(CASE WHEN abs(t.y) < 1e-150 THEN 0::float8 ELSE t.y * t.y END) FROM ( \
       SELECT a.variant, a.weight_version, \
         CASE WHEN NOT $3 THEN (EXISTS (SELECT 1 FROM amba.events e WHERE e.event = $2 \
                  AND e.user_id = a.user_id AND e.occurred_at >= a.assigned_at))::int::float8 \

@@ -39,10 +39,10 @@ pub fn raise_serialization_failure(message: &str) -> ! {
     unreachable!("ERROR does not return")
 }
 
-/// Runs `f`, statistics over stored event values, raising PostgreSQL's 22003 ("out of
-/// range for type double precision": a property value beyond float8, or a sum of squares
-/// that overflows it) as INVALID_ARGUMENT naming `what`, so a caller gets the contract's
-/// code and knows which input to look at. The transaction aborts as it would have.
+/// Runs `f`, statistics over stored event values, raising PostgreSQL's 22003 (a property
+/// value beyond double precision, or a square or sum that overflows or underflows it) as
+/// INVALID_ARGUMENT naming `what`, so a caller gets the contract's code and knows which
+/// input to look at. The transaction aborts as it would have.
 pub fn values_in_double_range<R>(what: &str, f: impl FnOnce() -> R) -> R {
     use pgrx::pg_sys::panic::CaughtError;
     pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
@@ -56,9 +56,9 @@ pub fn values_in_double_range<R>(what: &str, f: impl FnOnce() -> R) -> R {
                 raise_code(
                     ErrorCode::InvalidArgument,
                     format!(
-                        "{what} cannot be computed in double precision: a value or a sum of \
-                     squares is out of range (values and their squares must stay within \
-                     ±1.7e308)"
+                        "{what} cannot be computed in double precision: a value, or a product or \
+                     sum of values, is out of its range (magnitudes between about 1e-150 and \
+                     1e150 are safe)"
                     ),
                 )
             },

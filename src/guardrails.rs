@@ -168,7 +168,11 @@ fn arm_sums(experiments: &[Checked]) -> HashMap<(i64, Measure), Vec<(String, Arm
                               FILTER (WHERE ev.event = ${event}), 0) AS y{j}"
                 ),
             });
-            per_variant.push(format!("sum(p.y{j}), sum(p.y{j} * p.y{j})"));
+            // A square below double precision's smallest number is 0 (PostgreSQL would raise
+            // an underflow for the whole statement).
+            per_variant.push(format!(
+                "sum(p.y{j}), sum(CASE WHEN abs(p.y{j}) < 1e-150 THEN 0::float8 ELSE p.y{j} * p.y{j} END)"
+            ));
             args.push(measure.event.clone().into());
             args.push(measure.mean_of.clone().flatten().into());
         }

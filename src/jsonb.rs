@@ -61,9 +61,10 @@ impl JsonbDatum {
     }
 }
 
-/// The largest JSON text amba parses from an argument (attributes, a condition): 64 KiB,
-/// as for event properties.
-pub const MAX_PARSED_BYTES: usize = 64 * 1024;
+/// The largest JSON text amba parses from an argument (attributes, a condition): 128 KiB, a
+/// guard against huge inputs only (a condition's own limit, 64 KiB of compact JSON, is
+/// checked when it is compiled).
+pub const MAX_PARSED_BYTES: usize = 128 * 1024;
 
 impl JsonbDatum {
     /// The value parsed into serde's form (its JSON text, parsed): only where a rule needs

@@ -460,6 +460,22 @@ mod tests {
         Posterior { mean, sd }
     }
 
+    /// The integrals call the interrupt hook (PostgreSQL's CHECK_FOR_INTERRUPTS in the
+    /// extension): once per arm at least, and as they refine.
+    #[test]
+    fn the_integrals_let_interrupts_through() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        crate::interrupt::install(|| {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+        });
+        let before = CALLS.load(Ordering::SeqCst);
+        let ps: Vec<Posterior> = (0..8).map(|i| post(0.1 + 0.01 * i as f64, 0.02)).collect();
+        rank_probabilities(&ps).unwrap();
+        let calls = CALLS.load(Ordering::SeqCst) - before;
+        assert!(calls > 8 * 10, "{calls} checks for 8 arms");
+    }
+
     #[test]
     fn equal_posteriors_split_evenly() {
         for k in 2..=20 {

@@ -1329,8 +1329,10 @@ fn many_arms_are_capped_and_their_integrals_can_be_cancelled() {
         .unwrap_err();
     let took = started.elapsed();
     assert_eq!(e.code().map(|s| s.code()), Some("57014"), "{e}");
+    // Without interrupt checks inside the integrals the cancel would wait for the whole
+    // computation (about `full`).
     assert!(
-        took < timeout + Duration::from_secs(1),
+        took < full / 2,
         "cancelled after {took:?}; the timeout was {timeout:?} (uncancelled: {full:?})"
     );
     eprintln!("uncancelled {full:?}; statement_timeout {timeout:?} ended it after {took:?}");

@@ -1998,3 +1998,68 @@ fn at_most_a_thousand_variants() {
         .get(0);
     assert_eq!(keys, 1000, "the update changed the variants");
 }
+
+/// One event whose value a mean guardrail cannot use (beyond ±1e100, or beyond double
+/// precision) turns that experiment's guardrail rows NULL, never tripping, while every
+/// other experiment is still checked (pg_cron checks them all in one call); a tiny value
+/// (1e-200, whose square underflows) is read as the number it is. Each experiment has
+/// forty users with spread values, so its rows are computed before the bad event.
+#[test]
+fn one_bad_value_cannot_stop_the_other_guardrails() {
+    let db = Db::with_amba("limits_guard_isolation");
+    let mut c = db.client();
+    let guardrails =
+        r#"[{"event": "rev", "value_property": "v", "kind": "mean", "bad": "decrease"}]"#;
+    for key in ["harmed", "calm"] {
+        c.batch_execute(&format!(
+            "SELECT amba_create_experiment('{key}', '{AB}', guardrails => '{guardrails}');
+             SELECT amba_assign('{key}', '{key}' || g), amba_expose('{key}', '{key}' || g),
+                    amba_track('{key}' || g, 'rev', jsonb_build_object('v', g % 7))
+               FROM generate_series(1, 40) g;"
+        ))
+        .unwrap();
+    }
+    // experiment → (lift, cs_low and cs_high all NULL, tripped)
+    let rows = |c: &mut Client| -> Vec<(String, bool, bool)> {
+        c.query(
+            "SELECT experiment_key, lift IS NULL AND cs_low IS NULL AND cs_high IS NULL, tripped
+               FROM amba_check_guardrails() ORDER BY experiment_key",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    let computed = vec![
+        ("calm".to_string(), false, false),
+        ("harmed".to_string(), false, false),
+    ];
+    assert_eq!(rows(&mut c), computed, "before any bad value");
+    c.query_one(
+        "SELECT amba_track('harmed1', 'rev', '{\"v\": 1e-200}')",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(rows(&mut c), computed, "a tiny value");
+    for bad in ["1e200", "-1e200", "1e400", "-1e400"] {
+        c.query_one(
+            "SELECT amba_track('harmed2', 'rev', $1::text::jsonb)",
+            &[&format!("{{\"v\": {bad}}}")],
+        )
+        .unwrap();
+        assert_eq!(
+            rows(&mut c),
+            [
+                ("calm".to_string(), false, false),
+                ("harmed".to_string(), true, false)
+            ],
+            "a value of {bad}"
+        );
+        c.batch_execute(
+            "DELETE FROM amba.events WHERE user_id = 'harmed2' AND properties->>'v' <> '2'",
+        )
+        .unwrap();
+        assert_eq!(rows(&mut c), computed, "{bad} removed");
+    }
+}
