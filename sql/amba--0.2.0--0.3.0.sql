@@ -948,6 +948,11 @@ BEGIN
     PERFORM amba._check_coverage(_create_experiment.coverage);
     PERFORM amba._normalize_targeting(_create_experiment.targeting);
     PERFORM amba._normalize_guardrails(_create_experiment.guardrails::text);
+    -- A two-dimensional array would reach the Rust check flattened.
+    IF array_ndims(_create_experiment.dimensions) > 1 THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            'dimensions must be a one-dimensional array of attribute paths'::text);
+    END IF;
     PERFORM amba._normalize_dimensions(_create_experiment.dimensions);
     PERFORM amba._normalize_bandit(_create_experiment.bandit::text, new_weights);
     PERFORM amba._check_layer(_create_experiment.layer, share);
@@ -1013,6 +1018,11 @@ BEGIN
     -- Validated before anything is read or written; '{}' removes the condition.
     PERFORM amba._normalize_targeting(_update_experiment.targeting);
     PERFORM amba._normalize_guardrails(_update_experiment.guardrails::text);
+    -- A two-dimensional array would reach the Rust check flattened.
+    IF array_ndims(_update_experiment.dimensions) > 1 THEN
+        PERFORM amba._raise('INVALID_ARGUMENT'::text,
+            'dimensions must be a one-dimensional array of attribute paths'::text);
+    END IF;
     PERFORM amba._normalize_dimensions(_update_experiment.dimensions);
     IF _update_experiment.variants IS NOT NULL THEN
         SELECT * INTO new_keys, new_weights FROM amba._variant_arrays(_update_experiment.variants);

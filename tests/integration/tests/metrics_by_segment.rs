@@ -974,6 +974,16 @@ fn more_than_five_dimensions_are_refused_and_nothing_is_written() {
     );
     assert_eq!(history(&mut c), 0, "a refused create left a history row");
 
+    // A two-dimensional array (four paths once flattened) is refused too.
+    for sql in
+        ["SELECT amba_create_experiment('grid', $1::text::jsonb, dimensions => '{{a,b},{c,d}}')"]
+    {
+        let m = invalid_argument(&mut c, sql, &[&AB]);
+        assert!(m.contains("one-dimensional"), "{m}");
+    }
+    assert!(experiment_json(&mut c, "grid").is_null());
+    assert_eq!(history(&mut c), 0, "a refused create left a history row");
+
     // Five is the limit and fine.
     let created: String = c
         .query_one(
@@ -987,6 +997,12 @@ fn more_than_five_dimensions_are_refused_and_nothing_is_written() {
     let before = experiment_json(&mut c, "five");
     let rows = history(&mut c);
 
+    let m = invalid_argument(
+        &mut c,
+        "SELECT amba_update_experiment('five', dimensions => '{{a,b},{c,d}}')",
+        &[],
+    );
+    assert!(m.contains("one-dimensional"), "{m}");
     invalid_argument(
         &mut c,
         "SELECT amba_update_experiment('five', dimensions => $1)",
