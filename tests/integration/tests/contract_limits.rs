@@ -259,6 +259,23 @@ fn track_properties_at_64_kib_and_only_objects_or_null() {
     ck.finish("track_properties");
 }
 
+/// A mean guardrail on the `v` of `rev` events.
+const MEAN_GUARDRAIL: &str =
+    r#"[{"event": "rev", "value_property": "v", "kind": "mean", "bad": "decrease"}]"#;
+
+/// `amba_check_guardrails()`'s rows as (experiment, lift and both bounds NULL, tripped).
+fn guardrail_rows(c: &mut Client) -> Vec<(String, bool, bool)> {
+    c.query(
+        "SELECT experiment_key, lift IS NULL AND cs_low IS NULL AND cs_high IS NULL, tripped
+           FROM amba_check_guardrails() ORDER BY experiment_key",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
 /// Property values amba_track accepts (any JSON number) but double precision cannot hold,
 /// or whose squares overflow it: every statistic an analyst asks for is INVALID_ARGUMENT
 /// naming the values (not a bare 22003); the guardrail check, which pg_cron runs over every
@@ -268,8 +285,7 @@ fn track_properties_at_64_kib_and_only_objects_or_null() {
 fn values_beyond_double_precision_are_refused_by_results_and_isolated_by_guardrails() {
     let db = Db::with_amba("limits_huge");
     let mut c = db.client();
-    let guardrails =
-        r#"[{"event": "rev", "value_property": "v", "kind": "mean", "bad": "decrease"}]"#;
+    let guardrails = MEAN_GUARDRAIL;
     let bandit = r#"{"event": "rev", "kind": "mean", "value_property": "v"}"#;
     c.batch_execute(&format!(
         "SELECT amba_create_experiment('huge', '{AB}', guardrails => '{guardrails}');
@@ -280,18 +296,6 @@ fn values_beyond_double_precision_are_refused_by_results_and_isolated_by_guardra
            FROM generate_series(1, 40) g;"
     ))
     .unwrap();
-    // The guardrail rows of `huge`: all NULL, never tripped; `calm`'s computed.
-    let guardrail_rows = |c: &mut Client| -> Vec<(String, bool, bool)> {
-        c.query(
-            "SELECT experiment_key, lift IS NULL AND cs_low IS NULL AND cs_high IS NULL, tripped
-               FROM amba_check_guardrails() ORDER BY experiment_key",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
-    };
     for (i, value) in ["1e200", "1e400", "-1e400", "5"].iter().enumerate() {
         let u = format!("u{i}");
         c.query_one(
@@ -2008,8 +2012,7 @@ fn at_most_a_thousand_variants() {
 fn one_bad_value_cannot_stop_the_other_guardrails() {
     let db = Db::with_amba("limits_guard_isolation");
     let mut c = db.client();
-    let guardrails =
-        r#"[{"event": "rev", "value_property": "v", "kind": "mean", "bad": "decrease"}]"#;
+    let guardrails = MEAN_GUARDRAIL;
     for key in ["harmed", "calm"] {
         c.batch_execute(&format!(
             "SELECT amba_create_experiment('{key}', '{AB}', guardrails => '{guardrails}');
@@ -2019,29 +2022,17 @@ fn one_bad_value_cannot_stop_the_other_guardrails() {
         ))
         .unwrap();
     }
-    // experiment → (lift, cs_low and cs_high all NULL, tripped)
-    let rows = |c: &mut Client| -> Vec<(String, bool, bool)> {
-        c.query(
-            "SELECT experiment_key, lift IS NULL AND cs_low IS NULL AND cs_high IS NULL, tripped
-               FROM amba_check_guardrails() ORDER BY experiment_key",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
-    };
     let computed = vec![
         ("calm".to_string(), false, false),
         ("harmed".to_string(), false, false),
     ];
-    assert_eq!(rows(&mut c), computed, "before any bad value");
+    assert_eq!(guardrail_rows(&mut c), computed, "before any bad value");
     c.query_one(
         "SELECT amba_track('harmed1', 'rev', '{\"v\": 1e-200}')",
         &[],
     )
     .unwrap();
-    assert_eq!(rows(&mut c), computed, "a tiny value");
+    assert_eq!(guardrail_rows(&mut c), computed, "a tiny value");
     for bad in ["1e200", "-1e200", "1e400", "-1e400"] {
         c.query_one(
             "SELECT amba_track('harmed2', 'rev', $1::text::jsonb)",
@@ -2049,7 +2040,7 @@ fn one_bad_value_cannot_stop_the_other_guardrails() {
         )
         .unwrap();
         assert_eq!(
-            rows(&mut c),
+            guardrail_rows(&mut c),
             [
                 ("calm".to_string(), false, false),
                 ("harmed".to_string(), true, false)
@@ -2060,6 +2051,6 @@ fn one_bad_value_cannot_stop_the_other_guardrails() {
             "DELETE FROM amba.events WHERE user_id = 'harmed2' AND properties->>'v' <> '2'",
         )
         .unwrap();
-        assert_eq!(rows(&mut c), computed, "{bad} removed");
+        assert_eq!(guardrail_rows(&mut c), computed, "{bad} removed");
     }
 }
